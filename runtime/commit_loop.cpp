@@ -1,0 +1,107 @@
+#include "runtime/commit_loop.hpp"
+
+#include <vector>
+
+#include "runtime/error.hpp"
+
+namespace granary {
+
+commit_loop::commit_loop(storage& store, size_t max_group_ops)
+  : store_(store), max_group_ops_(max_group_ops == 0 ? 1 : max_group_ops) {
+  thread_ = std::thread{[this] { run(); }};
+}
+
+commit_loop::~commit_loop() {
+  stop();
+}
+
+void commit_loop::submit(write_batch&& batch, callback done) {
+  {
+    std::unique_lock guard{mtx_};
+    if (!failed_ && !stopping_) {
+      queue_.push_back(item{std::move(batch), std::move(done)});
+      guard.unlock();
+      cv_.notify_one();
+      return;
+    }
+  }
+  done(failed_ ? failure()
+               : make_error(errc::silo_stopped, "the commit loop has stopped"));
+}
+
+void commit_loop::stop() {
+  {
+    std::lock_guard guard{mtx_};
+    stopping_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable())
+    thread_.join();
+}
+
+caf::error commit_loop::failure() const {
+  std::lock_guard guard{mtx_};
+  return failure_;
+}
+
+commit_stats commit_loop::stats() const {
+  return commit_stats{groups_.load(), batches_.load(), ops_.load()};
+}
+
+void commit_loop::run() {
+  std::vector<item> group;
+  std::vector<const write_batch*> views;
+  for (;;) {
+    group.clear();
+    {
+      std::unique_lock guard{mtx_};
+      cv_.wait(guard, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty())
+        return; // Stopping and drained.
+      // Take whole batches until the group bound; the first always fits.
+      size_t ops = 0;
+      while (!queue_.empty()
+             && (group.empty()
+                 || ops + queue_.front().batch.size() <= max_group_ops_)) {
+        ops += queue_.front().batch.size();
+        group.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    views.clear();
+    size_t ops = 0;
+    for (auto& x : group) {
+      views.push_back(&x.batch);
+      ops += x.batch.size();
+    }
+    caf::error err;
+    if (failed_) {
+      err = failure();
+    } else if (ops > 0) {
+      err = store_.commit(views);
+      if (err) {
+        std::lock_guard guard{mtx_};
+        failure_ = err;
+        failed_ = true;
+      } else {
+        groups_.fetch_add(1, std::memory_order_relaxed);
+        batches_.fetch_add(group.size(), std::memory_order_relaxed);
+        ops_.fetch_add(ops, std::memory_order_relaxed);
+      }
+    }
+    for (auto& x : group)
+      x.done(err);
+    if (failed_) {
+      // Fail everything still queued; later submissions fail in `submit`.
+      std::deque<item> rest;
+      {
+        std::lock_guard guard{mtx_};
+        rest.swap(queue_);
+      }
+      for (auto& x : rest)
+        x.done(err);
+    }
+  }
+}
+
+} // namespace granary

@@ -1,0 +1,75 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "runtime/grain_id.hpp"
+
+namespace granary {
+
+/// The record kinds; each maps to one RocksDB column family.
+enum class column : uint8_t {
+  meta = 0,
+  state,
+  inbox,
+  outbox,
+  timers,
+  dedup,
+  dead_letters,
+  journal,
+};
+
+/// Number of distinct columns.
+inline constexpr size_t column_count = 8;
+
+/// Column family name of `c`.
+const char* to_string(column c);
+
+/// Key layout shared by every storage implementation. All keys except meta
+/// keys begin with a 2-byte big-endian partition id, so that a partition is
+/// one contiguous key range per column. A grain prefix then follows:
+///   partition(2) | varint(len(type)) | type | varint(len(key)) | key
+/// and a record-specific suffix (a big-endian sequence number, a timer name
+/// or a message id).
+namespace keys {
+
+/// Appends the 2-byte big-endian partition id.
+void append_partition(std::string& out, uint32_t partition);
+
+/// Returns the 2-byte prefix of `partition`.
+std::string partition_prefix(uint32_t partition);
+
+/// Returns the grain prefix of `id` in `partition`.
+std::string grain_prefix(uint32_t partition, const grain_id& id);
+
+/// Appends a big-endian 64-bit integer (sorts numerically).
+void append_u64(std::string& out, uint64_t value);
+
+/// Reads a big-endian 64-bit integer from the first 8 bytes of `in`.
+std::optional<uint64_t> read_u64(std::string_view in);
+
+/// Returns `prefix` followed by a big-endian sequence number.
+std::string with_seq(std::string prefix, uint64_t seq);
+
+/// Returns `prefix` followed by a raw suffix.
+std::string with_suffix(std::string prefix, std::string_view suffix);
+
+/// A key decoded into its parts.
+struct decoded {
+  uint32_t partition = 0;
+  grain_id id;
+  /// Bytes after the grain prefix.
+  std::string_view suffix;
+};
+
+/// Decodes a key that starts with a grain prefix; nullopt if malformed.
+std::optional<decoded> decode(std::string_view key);
+
+/// Hex rendering of a key for log lines.
+std::string printable(std::string_view key);
+
+} // namespace keys
+
+} // namespace granary

@@ -1,0 +1,56 @@
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "runtime/storage.hpp"
+
+namespace granary {
+
+/// In-memory storage for tests and the deterministic simulation. It can be
+/// told to fail commits, to exercise the fail-stop path.
+class memory_storage : public storage {
+public:
+  caf::expected<std::optional<std::string>> get(column col,
+                                                std::string_view key) override;
+
+  caf::error commit(std::span<const write_batch* const> batches) override;
+
+  caf::error scan(column col, std::string_view prefix, std::string_view start,
+                  size_t limit, const scan_visitor& visit) override;
+
+  std::optional<uint64_t> free_bytes() override;
+
+  /// Makes every commit from now on fail with a storage failure.
+  void fail_commits(bool value) {
+    fail_commits_ = value;
+  }
+
+  /// Pretends that only `bytes` are free (nullopt: unknown).
+  void set_free_bytes(std::optional<uint64_t> bytes);
+
+  /// Number of successful commits so far.
+  uint64_t commits() const {
+    return commits_;
+  }
+
+  /// Number of records in `col`.
+  size_t count(column col) const;
+
+  /// Writes a raw record directly, bypassing the runtime (for corruption
+  /// tests).
+  void poke(column col, std::string key, std::string value);
+
+private:
+  mutable std::mutex mtx_;
+  std::array<std::map<std::string, std::string, std::less<>>, column_count>
+    data_;
+  std::atomic<bool> fail_commits_{false};
+  std::optional<uint64_t> free_bytes_;
+  std::atomic<uint64_t> commits_{0};
+};
+
+} // namespace granary

@@ -1,0 +1,1179 @@
+#include "runtime/partition.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+
+#include <caf/actor_cast.hpp>
+#include <caf/send.hpp>
+#include <google/protobuf/message.h>
+
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+
+namespace granary {
+
+using namespace detail;
+
+namespace {
+
+constexpr int64_t never = std::numeric_limits<int64_t>::max();
+
+// Bounds the work done by one housekeeping tick, so that a huge backlog of
+// timers or idle activations cannot starve the partition's mailbox.
+constexpr size_t max_timers_per_tick = 4'096;
+constexpr size_t max_sweep_per_tick = 16'384;
+
+std::string encode_ms(int64_t ms) {
+  std::string out;
+  keys::append_u64(out, static_cast<uint64_t>(ms));
+  return out;
+}
+
+const grain_id no_sender{};
+
+} // namespace
+
+partition::partition(caf::actor_config& cfg, silo_core& core, uint32_t id)
+  : caf::event_based_actor(cfg), core_(core), id_(id) {
+  // Default handlers would print to stderr and drop; unexpected messages are
+  // a programming error here, but must not kill the partition.
+  set_default_handler(caf::drop);
+}
+
+caf::behavior partition::make_behavior() {
+  return {
+    [this](call_msg& m) { on_call(m); },
+    [this](tell_msg& m) { on_tell(m); },
+    [this](send_msg& m) { on_send(m); },
+    [this](deliver_msg& m) { on_deliver(m); },
+    [this](ack_msg& m) { on_ack(m); },
+    [this](committed_msg& m) { on_committed(m); },
+    [this](admin_msg& m) { m.fn(*this); },
+    [this](flush_atom) { flush(); },
+    [this](tick_atom) { on_tick(); },
+    [this](recover_atom) -> caf::result<bool> {
+      if (auto err = recover())
+        return err;
+      return true;
+    },
+    [this](stop_atom) {
+      auto rp = make_response_promise();
+      stopping_ = true;
+      flush();
+      if (inflight_.empty())
+        rp.deliver(true);
+      else
+        stop_promises_.push_back(rp);
+      return rp;
+    },
+  };
+}
+
+// -- admission ----------------------------------------------------------------
+
+caf::error partition::overloaded(std::string what, int64_t retry_after_ms) {
+  bump(core_.stats.overloaded);
+  what += "; retry after ";
+  what += std::to_string(retry_after_ms);
+  what += " ms";
+  return make_error(errc::overloaded, std::move(what));
+}
+
+void partition::on_call(call_msg& m) {
+  core_.release(id_);
+  if (failed_ || stopping_) {
+    m.reply(failed_ ? failure_
+                    : make_error(errc::silo_stopped, "the silo is stopping"));
+    return;
+  }
+  auto act_res = activate(m.target);
+  if (!act_res) {
+    m.reply(std::move(act_res.error()));
+    return;
+  }
+  auto& act = **act_res;
+  const google::protobuf::Message* proto = nullptr;
+  if (auto err = check_payload_type(act, m.msg->GetDescriptor()->full_name(),
+                                    proto)) {
+    m.reply(std::move(err));
+    return;
+  }
+  turn t{this, *act.id, false, {}, no_sender, 1, core_.clk->now_ms()};
+  caf::expected<message_ptr> result{caf::error{}};
+  try {
+    result = act.grain->handle(t, *m.msg);
+  } catch (const std::exception& e) {
+    result = make_error(errc::handler_failed,
+                        "handler of " + to_string(*act.id)
+                          + " threw: " + e.what());
+  }
+  bump(core_.stats.turns);
+  bump(core_.stats.transient_turns);
+  bool writes = act.grain->dirty() || !t.sends_.empty() || !t.timers_.empty();
+  if (result && writes) {
+    if (auto err = core_.check_space())
+      result = std::move(err);
+    else if (uncommitted_turns_ >= core_.cfg.max_uncommitted_per_partition)
+      result = overloaded("partition " + std::to_string(id_) + " has "
+                            + std::to_string(uncommitted_turns_)
+                            + " turns waiting for their commit",
+                          5);
+  }
+  if (!result) {
+    bump(core_.stats.failed_turns);
+    rollback(act);
+    for (auto& out : t.tells_)
+      core_.release(partition_of(out.to, core_.cfg.partitions));
+    defer_after(act, [reply = std::move(m.reply),
+                      err = std::move(result.error())](const caf::error&) {
+      reply(err);
+    });
+    return;
+  }
+  if (writes)
+    apply_turn(act, t);
+  else
+    for (auto& out : t.tells_)
+      defer_after(act, [this, out = std::move(out)](const caf::error& err) {
+        auto p = partition_of(out.to, core_.cfg.partitions);
+        if (err)
+          core_.release(p);
+        else
+          caf::anon_send(core_.partitions[p], tell_msg{out.to, out.msg});
+      });
+  defer_after(act, [reply = std::move(m.reply),
+                    msg = std::move(*result)](const caf::error& err) {
+    if (err)
+      reply(err);
+    else
+      reply(msg);
+  });
+}
+
+void partition::on_tell(tell_msg& m) {
+  // A tell is a transient call whose reply nobody awaits; errors are logged
+  // because there is no caller to return them to.
+  auto target = m.target;
+  call_msg call{std::move(m.target), std::move(m.msg),
+                [target](caf::expected<message_ptr> res) {
+                  if (!res)
+                    log(log_level::warning, "transient tell to "
+                                              + to_string(target)
+                                              + " failed: "
+                                              + describe(res.error()));
+                }};
+  on_call(call);
+}
+
+void partition::on_send(send_msg& m) {
+  core_.release(id_);
+  auto reject = [&](caf::error err) { m.done(err); };
+  if (failed_ || stopping_)
+    return reject(failed_ ? failure_
+                          : make_error(errc::silo_stopped,
+                                       "the silo is stopping"));
+  if (auto err = core_.check_space())
+    return reject(std::move(err));
+  if (uncommitted_turns_ >= core_.cfg.max_uncommitted_per_partition)
+    return reject(overloaded("partition " + std::to_string(id_) + " has "
+                               + std::to_string(uncommitted_turns_)
+                               + " turns waiting for their commit",
+                             5));
+  grain_id target{m.env->target().type(), m.env->target().key()};
+  auto act_res = activate(target);
+  if (!act_res)
+    return reject(std::move(act_res.error()));
+  auto& act = **act_res;
+  const google::protobuf::Message* proto = nullptr;
+  if (auto err = check_payload_type(act, m.env->payload_type(), proto))
+    return reject(std::move(err));
+  {
+    // Reject undecodable bytes up front: nothing is stored, the caller
+    // learns exactly what was wrong.
+    std::unique_ptr<google::protobuf::Message> probe{proto->New()};
+    if (!probe->ParseFromString(m.env->payload()))
+      return reject(make_error(errc::malformed_message,
+                               "payload of message " + m.env->msg_id()
+                                 + " to " + to_string(target)
+                                 + " does not parse as "
+                                 + m.env->payload_type()));
+  }
+  auto dk = keys::with_suffix(prefix_of(target), m.env->msg_id());
+  if (pending_ids_.count(dk) > 0) {
+    bump(core_.stats.duplicates);
+    // Acknowledge once everything in flight (the original) is durable.
+    defer(std::move(m.done));
+    return;
+  }
+  auto seen = core_.store->get(column::dedup, dk);
+  if (!seen)
+    return reject(std::move(seen.error()));
+  if (*seen) {
+    bump(core_.stats.duplicates);
+    m.done(caf::none);
+    return;
+  }
+  pending_ids_.insert(dk);
+  work_item item;
+  item.env = std::move(m.env);
+  item.done = std::move(m.done);
+  if (act.blocked
+      && act.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
+    pending_ids_.erase(dk);
+    auto retry = std::max<int64_t>(act.blocked->retry_at_ms
+                                     - core_.clk->now_ms(),
+                                   10);
+    return item.done(overloaded("inbox of grain " + to_string(target)
+                                  + " holds "
+                                  + std::to_string(act.blocked->items.size())
+                                  + " messages (max_inbox_per_grain)",
+                                retry));
+  }
+  accept_durable(act, std::move(item));
+}
+
+void partition::on_deliver(deliver_msg& m) {
+  core_.release(id_);
+  // The sender keeps its envelope for redelivery: work on a private copy.
+  auto env = std::make_shared<wire::Envelope>(*m.env);
+  work_item item;
+  item.env = env;
+  item.from = m.from;
+  if (failed_ || stopping_)
+    return; // The sender redelivers after its timeout or restart.
+  int64_t retry_ms = 10;
+  if (auto err = core_.check_space()) {
+    ack_sender(item, err, 1'000);
+    return;
+  }
+  if (uncommitted_turns_ >= core_.cfg.max_uncommitted_per_partition) {
+    ack_sender(item, overloaded("partition busy", retry_ms), retry_ms);
+    return;
+  }
+  grain_id target{env->target().type(), env->target().key()};
+  auto dk = keys::with_suffix(prefix_of(target), env->msg_id());
+  if (pending_ids_.count(dk) > 0) {
+    bump(core_.stats.duplicates);
+    ack_sender(item, caf::none, 0);
+    return;
+  }
+  auto seen = core_.store->get(column::dedup, dk);
+  if (!seen) {
+    fail_stop(seen.error());
+    return;
+  }
+  if (*seen) {
+    bump(core_.stats.duplicates);
+    ack_sender(item, caf::none, 0);
+    return;
+  }
+  auto act_res = activate(target);
+  if (!act_res) {
+    if (code_of(act_res.error()) == errc::unknown_grain_type) {
+      pending_ids_.insert(dk);
+      dead_letter(nullptr, item, describe(act_res.error()));
+    } else {
+      ack_sender(item, act_res.error(), 1'000);
+    }
+    return;
+  }
+  auto& act = **act_res;
+  if (act.blocked
+      && act.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
+    retry_ms = std::max<int64_t>(act.blocked->retry_at_ms
+                                   - core_.clk->now_ms(),
+                                 10);
+    ack_sender(item, overloaded("inbox full", retry_ms), retry_ms);
+    return;
+  }
+  pending_ids_.insert(dk);
+  accept_durable(act, std::move(item));
+}
+
+void partition::accept_durable(activation& act, work_item item) {
+  if (!act.blocked) {
+    run_durable(act, item);
+    return;
+  }
+  // Queue behind the blocked message; store it so that the accept is
+  // durable before the sender is acknowledged.
+  if (item.source_key.empty()) {
+    item.source_col = column::inbox;
+    item.source_key = keys::with_seq(prefix_of(*act.id), core_.next_seq());
+    batch_.put(column::inbox, item.source_key, item.env->SerializeAsString());
+    touch_write(act);
+    if (item.done)
+      defer(std::exchange(item.done, nullptr));
+    if (item.from != no_partition) {
+      ack_sender(item, caf::none, 0);
+      item.from = no_partition;
+    }
+  }
+  act.blocked->items.push_back(std::move(item));
+}
+
+void partition::ack_sender(work_item& item, caf::error err,
+                           int64_t retry_after_ms) {
+  if (item.from == no_partition)
+    return;
+  auto to = core_.partitions[item.from];
+  ack_msg ack{item.env->ack_key(), std::move(err), retry_after_ms};
+  if (ack.err) {
+    caf::anon_send(to, std::move(ack));
+    return;
+  }
+  defer([to, ack = std::move(ack)](const caf::error& err) {
+    if (!err)
+      caf::anon_send(to, ack);
+  });
+}
+
+void partition::on_ack(ack_msg& m) {
+  auto i = outbox_.find(m.outbox_key);
+  if (i == outbox_.end())
+    return; // Duplicate acknowledgement.
+  auto now = core_.clk->now_ms();
+  if (m.err) {
+    i->second.next_attempt_ms = now + std::max<int64_t>(m.retry_after_ms, 5);
+    arm(i->second.next_attempt_ms);
+    return;
+  }
+  batch_.erase(column::outbox, m.outbox_key);
+  if (auto c = outbox_count_.find(i->second.sender); c != outbox_count_.end())
+    if (--c->second == 0)
+      outbox_count_.erase(c);
+  outbox_.erase(i);
+  schedule_flush();
+}
+
+// -- turns --------------------------------------------------------------------
+
+caf::expected<partition::activation*> partition::activate(const grain_id& id) {
+  auto now = core_.clk->now_ms();
+  if (auto i = catalog_.find(id); i != catalog_.end()) {
+    auto* act = i->second.get();
+    act->last_used_ms = now;
+    lru_touch(*act);
+    return act;
+  }
+  auto* factory = core_.registry.find(id.type);
+  if (!factory) {
+    std::string known;
+    for (auto& name : core_.registry.names())
+      known += (known.empty() ? "" : ", ") + name;
+    return make_error(errc::unknown_grain_type,
+                      "grain type '" + id.type
+                        + "' is not registered on this silo (registered: "
+                        + (known.empty() ? "none" : known) + ")");
+  }
+  auto grain = (*factory)();
+  auto key = prefix_of(id);
+  auto bytes = core_.store->get(column::state, key);
+  if (!bytes)
+    return std::move(bytes.error());
+  caf::error err;
+  if (*bytes)
+    err = grain->load_state(std::string_view{**bytes});
+  else
+    err = grain->load_state(std::nullopt);
+  if (err) {
+    auto msg = "state record of grain " + to_string(id) + " (key "
+               + keys::printable(key)
+               + ") does not decode; the record is kept untouched: "
+               + describe(err);
+    log(log_level::error, msg);
+    return make_error(errc::corrupt_record, std::move(msg));
+  }
+  grain->clear_dirty();
+  auto [it, added] = catalog_.emplace(id, std::make_unique<activation>());
+  auto* act = it->second.get();
+  act->id = &it->first;
+  act->grain = std::move(grain);
+  act->has_state = bytes->has_value();
+  if (act->has_state)
+    act->state_bytes = std::move(**bytes);
+  act->last_used_ms = now;
+  lru_touch(*act);
+  bump(core_.stats.activations);
+  act->grain->on_activate();
+  arm(now + std::max<int64_t>(core_.cfg.idle_age.count() / 2, 1));
+  return act;
+}
+
+caf::error partition::check_payload_type(activation& act,
+                                         const std::string& type,
+                                         const google::protobuf::Message*& proto) {
+  proto = act.grain->prototype(type);
+  if (proto)
+    return caf::none;
+  return make_error(errc::unhandled_message,
+                    "grain type '" + act.id->type
+                      + "' does not handle message type '" + type + "'");
+}
+
+void partition::run_durable(activation& act, work_item& item) {
+  auto& env = *item.env;
+  const google::protobuf::Message* proto = nullptr;
+  if (auto err = check_payload_type(act, env.payload_type(), proto)) {
+    dead_letter(&act, item, describe(err));
+    return;
+  }
+  std::unique_ptr<google::protobuf::Message> msg{proto->New()};
+  if (!msg->ParseFromString(env.payload())) {
+    dead_letter(&act, item,
+                "payload does not parse as " + env.payload_type());
+    return;
+  }
+  grain_id sender;
+  if (env.has_sender())
+    sender = grain_id{env.sender().type(), env.sender().key()};
+  turn t{this,
+         *act.id,
+         true,
+         env.msg_id(),
+         sender,
+         env.attempts() + 1,
+         core_.clk->now_ms()};
+  caf::expected<message_ptr> result{caf::error{}};
+  try {
+    result = act.grain->handle(t, *msg);
+  } catch (const std::exception& e) {
+    result = make_error(errc::handler_failed, "handler of " + to_string(*act.id)
+                                                + " threw: " + e.what());
+  }
+  bump(core_.stats.turns);
+  bump(core_.stats.durable_turns);
+  if (!result) {
+    for (auto& out : t.tells_)
+      core_.release(partition_of(out.to, core_.cfg.partitions));
+    fail_durable(act, std::move(item), result.error());
+    return;
+  }
+  if (item.source_col != column::timers) {
+    auto dk = keys::with_suffix(prefix_of(*act.id), env.msg_id());
+    batch_.put(column::dedup, dk, encode_ms(t.now_ms()));
+    defer([this, dk](const caf::error&) { pending_ids_.erase(dk); });
+  }
+  finish_source(item);
+  apply_turn(act, t);
+  if (item.done)
+    defer(std::move(item.done));
+  ack_sender(item, caf::none, 0);
+}
+
+void partition::fail_durable(activation& act, work_item item,
+                             const caf::error& err) {
+  bump(core_.stats.failed_turns);
+  rollback(act);
+  auto& env = *item.env;
+  env.set_attempts(env.attempts() + 1);
+  log(log_level::warning,
+      "grain " + to_string(*act.id) + ": message " + env.msg_id() + " ("
+        + env.payload_type() + ") failed, attempt "
+        + std::to_string(env.attempts()) + "/"
+        + std::to_string(core_.cfg.max_attempts) + ": " + describe(err));
+  if (env.attempts() >= core_.cfg.max_attempts) {
+    dead_letter(&act, item,
+                "failed " + std::to_string(env.attempts())
+                  + " attempts; last error: " + describe(err));
+    return;
+  }
+  if (item.source_key.empty()) {
+    item.source_col = column::inbox;
+    item.source_key = keys::with_seq(prefix_of(*act.id), core_.next_seq());
+  }
+  if (item.source_col == column::inbox) {
+    // Store (or update) the message with its attempt count, so that a
+    // restart neither loses it nor resets its poison-message accounting.
+    batch_.put(column::inbox, item.source_key, env.SerializeAsString());
+    touch_write(act);
+    if (item.done)
+      defer(std::exchange(item.done, nullptr));
+    if (item.from != no_partition) {
+      ack_sender(item, caf::none, 0);
+      item.from = no_partition;
+    }
+  }
+  if (!act.blocked)
+    act.blocked = std::make_unique<blocked_queue>();
+  act.blocked->retry_at_ms = core_.clk->now_ms() + retry_delay(env.attempts());
+  act.blocked->items.push_front(std::move(item));
+  blocked_.insert(act.id);
+  arm(act.blocked->retry_at_ms);
+}
+
+void partition::dead_letter(activation* act, work_item& item,
+                            const std::string& why) {
+  auto& env = *item.env;
+  grain_id target{env.target().type(), env.target().key()};
+  auto prefix = prefix_of(target);
+  wire::DeadLetter dl;
+  *dl.mutable_envelope() = env;
+  dl.set_error(why);
+  dl.set_dead_ms(core_.clk->now_ms());
+  dl.set_attempts(env.attempts());
+  batch_.put(column::dead_letters, keys::with_suffix(prefix, env.msg_id()),
+             dl.SerializeAsString());
+  if (item.source_col != column::timers) {
+    auto dk = keys::with_suffix(prefix, env.msg_id());
+    batch_.put(column::dedup, dk, encode_ms(dl.dead_ms()));
+    defer([this, dk](const caf::error&) { pending_ids_.erase(dk); });
+  }
+  finish_source(item);
+  if (act)
+    touch_write(*act);
+  else
+    schedule_flush();
+  bump(core_.stats.dead_letters);
+  log(log_level::warning, "message " + env.msg_id() + " to "
+                            + to_string(target)
+                            + " moved to dead letters: " + why);
+  if (item.done)
+    defer(std::move(item.done));
+  ack_sender(item, caf::none, 0);
+}
+
+void partition::finish_source(work_item& item) {
+  if (item.source_key.empty())
+    return;
+  if (item.source_col != column::timers) {
+    batch_.erase(item.source_col, item.source_key);
+    return;
+  }
+  if (timers_.count(item.source_key) > 0)
+    return; // Re-set after this firing; the new schedule owns the key.
+  auto& env = *item.env;
+  if (env.period_ms() <= 0) {
+    batch_.erase(column::timers, item.source_key);
+    return;
+  }
+  auto now = core_.clk->now_ms();
+  auto due = env.due_ms() + env.period_ms();
+  if (due <= now)
+    due = now + env.period_ms(); // Skip missed periods rather than burst.
+  auto next = std::make_shared<wire::Envelope>(env);
+  next->set_due_ms(due);
+  next->set_attempts(0);
+  next->set_msg_id("t:" + env.timer_name() + ":" + std::to_string(due));
+  batch_.put(column::timers, item.source_key, next->SerializeAsString());
+  timers_[item.source_key] = timer_entry{due, next};
+  timer_queue_.emplace(due, item.source_key);
+  arm(due);
+}
+
+void partition::apply_turn(activation& act, turn& t) {
+  auto prefix = prefix_of(*act.id);
+  if (act.grain->dirty()) {
+    std::string bytes;
+    act.grain->save_state(bytes);
+    act.state_bytes = bytes;
+    act.has_state = true;
+    act.grain->clear_dirty();
+    batch_.put(column::state, prefix, std::move(bytes));
+  }
+  auto now = t.now_ms();
+  for (auto& out : t.sends_) {
+    auto key = keys::with_seq(prefix, core_.next_seq());
+    auto env = std::make_shared<wire::Envelope>();
+    env->set_msg_id(core_.next_msg_id());
+    env->mutable_target()->set_type(out.to.type);
+    env->mutable_target()->set_key(out.to.key);
+    env->set_payload_type(std::move(out.payload_type));
+    env->set_payload(std::move(out.payload));
+    env->mutable_sender()->set_type(act.id->type);
+    env->mutable_sender()->set_key(act.id->key);
+    env->set_ack_key(key);
+    env->set_accepted_ms(now);
+    batch_.put(column::outbox, key, env->SerializeAsString());
+    outbox_[key] = pending_out{env, *act.id,
+                               partition_of(out.to, core_.cfg.partitions),
+                               never, 0};
+    ++outbox_count_[*act.id];
+    defer([this, key](const caf::error& err) {
+      if (err)
+        return;
+      if (auto i = outbox_.find(key); i != outbox_.end())
+        deliver(key, i->second);
+    });
+  }
+  for (auto& tc : t.timers_) {
+    auto key = keys::with_suffix(prefix, tc.name);
+    if (tc.cancel) {
+      batch_.erase(column::timers, key);
+      timers_.erase(key);
+      continue;
+    }
+    auto env = std::make_shared<wire::Envelope>();
+    env->set_msg_id("t:" + tc.name + ":" + std::to_string(tc.due_ms));
+    env->mutable_target()->set_type(act.id->type);
+    env->mutable_target()->set_key(act.id->key);
+    env->set_payload_type(std::move(tc.payload_type));
+    env->set_payload(std::move(tc.payload));
+    env->set_due_ms(tc.due_ms);
+    env->set_period_ms(tc.period_ms);
+    env->set_timer_name(tc.name);
+    env->set_accepted_ms(now);
+    batch_.put(column::timers, key, env->SerializeAsString());
+    timers_[key] = timer_entry{tc.due_ms, env};
+    timer_queue_.emplace(tc.due_ms, key);
+    arm(tc.due_ms);
+  }
+  for (auto& out : t.tells_)
+    defer([this, out = std::move(out)](const caf::error& err) {
+      auto p = partition_of(out.to, core_.cfg.partitions);
+      if (err)
+        core_.release(p);
+      else
+        caf::anon_send(core_.partitions[p], tell_msg{out.to, out.msg});
+    });
+  touch_write(act);
+}
+
+void partition::rollback(activation& act) {
+  if (!act.grain->dirty())
+    return;
+  std::optional<std::string_view> bytes;
+  if (act.has_state)
+    bytes = act.state_bytes;
+  // The bytes decoded when they were saved, so this cannot fail.
+  static_cast<void>(act.grain->load_state(bytes));
+  act.grain->clear_dirty();
+}
+
+void partition::run_blocked(activation& act) {
+  auto now = core_.clk->now_ms();
+  // Bounded: each iteration removes one item, and the queue is bounded by
+  // max_inbox_per_grain; a failure re-queues the item and returns.
+  while (act.blocked && !act.blocked->items.empty()) {
+    if (act.blocked->retry_at_ms > now) {
+      arm(act.blocked->retry_at_ms);
+      return;
+    }
+    auto item = std::move(act.blocked->items.front());
+    act.blocked->items.pop_front();
+    run_durable(act, item);
+  }
+  if (act.blocked && act.blocked->items.empty()) {
+    act.blocked.reset();
+    blocked_.erase(act.id);
+  }
+}
+
+int64_t partition::retry_delay(uint32_t attempts) const {
+  auto delay = core_.cfg.retry_initial.count();
+  for (uint32_t i = 1; i < attempts && delay < core_.cfg.retry_max.count();
+       ++i)
+    delay *= 2;
+  return std::min<int64_t>(delay, core_.cfg.retry_max.count());
+}
+
+// -- commit and effects -------------------------------------------------------
+
+void partition::touch_write(activation& act) {
+  act.last_ticket = next_ticket_;
+  ++batch_turns_;
+  ++uncommitted_turns_;
+  schedule_flush();
+}
+
+void partition::defer(effect fx) {
+  effects_.push_back(std::move(fx));
+  schedule_flush();
+}
+
+void partition::defer_after(activation& act, effect fx) {
+  // A reply may reveal state written by a turn whose commit is still
+  // pending; it waits for that commit so that no caller ever observes state
+  // a crash could take back.
+  if (act.last_ticket > committed_through_)
+    defer(std::move(fx));
+  else
+    fx(caf::none);
+}
+
+void partition::schedule_flush() {
+  if (flush_scheduled_)
+    return;
+  flush_scheduled_ = true;
+  // Lands behind everything already in the mailbox: one flush per burst.
+  send(this, flush_atom::value);
+}
+
+void partition::flush() {
+  flush_scheduled_ = false;
+  if (batch_.empty()) {
+    if (effects_.empty())
+      return;
+    if (!inflight_.empty()) {
+      auto& tail = inflight_.back().effects;
+      for (auto& fx : effects_)
+        tail.push_back(std::move(fx));
+      effects_.clear();
+      return;
+    }
+    auto fxs = std::move(effects_);
+    effects_.clear();
+    for (auto& fx : fxs)
+      fx(failed_ ? failure_ : caf::error{});
+    return;
+  }
+  auto ticket = next_ticket_++;
+  inflight_.push_back(inflight{ticket, batch_turns_, std::move(effects_)});
+  effects_.clear();
+  batch_turns_ = 0;
+  auto self = caf::actor_cast<caf::actor>(this);
+  core_.commits->submit(std::move(batch_),
+                        [self, ticket](const caf::error& err) {
+                          caf::anon_send(self, committed_msg{ticket, err});
+                        });
+  batch_.clear();
+}
+
+void partition::on_committed(committed_msg& m) {
+  if (inflight_.empty() || inflight_.front().ticket != m.ticket) {
+    // The commit loop notifies in submission order; anything else is a bug
+    // that must not be papered over.
+    fail_stop(make_error(errc::storage_failure,
+                         "commit notifications out of order in partition "
+                           + std::to_string(id_)));
+    return;
+  }
+  auto done = std::move(inflight_.front());
+  inflight_.pop_front();
+  committed_through_ = done.ticket;
+  uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
+  if (m.err)
+    fail_stop(m.err);
+  for (auto& fx : done.effects)
+    fx(m.err);
+  if (stopping_ && inflight_.empty() && batch_.empty()) {
+    for (auto& rp : stop_promises_)
+      rp.deliver(true);
+    stop_promises_.clear();
+  }
+}
+
+void partition::fail_stop(const caf::error& err) {
+  if (failed_)
+    return;
+  failed_ = true;
+  failure_ = make_error(errc::storage_failure,
+                        "silo fail-stopped after a storage error; reopen it: "
+                          + describe(err));
+  log(log_level::error, "partition " + std::to_string(id_) + ": "
+                          + describe(failure_));
+}
+
+// -- outbox -------------------------------------------------------------------
+
+void partition::deliver(const std::string& key, pending_out& out) {
+  auto now = core_.clk->now_ms();
+  if (core_.reserve(out.target_partition)) {
+    out.next_attempt_ms = now + 10;
+  } else {
+    ++out.attempts;
+    out.next_attempt_ms = now + core_.cfg.redelivery_timeout.count();
+    caf::anon_send(core_.partitions[out.target_partition],
+                   deliver_msg{out.env, id_});
+  }
+  arm(out.next_attempt_ms);
+}
+
+// -- timers and housekeeping --------------------------------------------------
+
+void partition::arm(int64_t at_ms) {
+  if (at_ms >= armed_at_)
+    return;
+  armed_at_ = at_ms;
+  auto delay = std::max<int64_t>(at_ms - core_.clk->now_ms(), 0);
+  delayed_send(this, std::chrono::milliseconds{delay}, tick_atom::value);
+}
+
+void partition::on_tick() {
+  armed_at_ = never;
+  if (failed_)
+    return;
+  auto now = core_.clk->now_ms();
+  fire_timers(now);
+  retry_blocked(now);
+  retry_outbox(now);
+  sweep_idle(now);
+  // Re-arm for the earliest remaining deadline.
+  if (!timer_queue_.empty())
+    arm(timer_queue_.begin()->first);
+  for (auto* id : blocked_)
+    if (auto i = catalog_.find(*id); i != catalog_.end() && i->second->blocked)
+      arm(i->second->blocked->retry_at_ms);
+  for (auto& [key, out] : outbox_)
+    arm(out.next_attempt_ms);
+  if (!catalog_.empty())
+    arm(now + std::max<int64_t>(core_.cfg.idle_age.count() / 2, 1));
+}
+
+void partition::fire_timers(int64_t now) {
+  size_t fired = 0;
+  while (!timer_queue_.empty() && timer_queue_.begin()->first <= now
+         && fired < max_timers_per_tick) {
+    auto [due, key] = *timer_queue_.begin();
+    timer_queue_.erase(timer_queue_.begin());
+    auto i = timers_.find(key);
+    if (i == timers_.end() || i->second.due_ms != due)
+      continue; // Cancelled or re-set.
+    auto env = i->second.env;
+    timers_.erase(i);
+    ++fired;
+    bump(core_.stats.timers_fired);
+    work_item item;
+    item.env = env;
+    item.source_col = column::timers;
+    item.source_key = key;
+    grain_id target{env->target().type(), env->target().key()};
+    auto act = activate(target);
+    if (!act) {
+      if (code_of(act.error()) == errc::unknown_grain_type) {
+        dead_letter(nullptr, item, describe(act.error()));
+      } else {
+        // Keep the timer and try again later; it is still stored.
+        auto retry = now + 1'000;
+        timers_[key] = timer_entry{retry, env};
+        timer_queue_.emplace(retry, key);
+      }
+      continue;
+    }
+    auto& a = **act;
+    if (a.blocked && a.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
+      auto retry = a.blocked->retry_at_ms + 1;
+      timers_[key] = timer_entry{retry, env};
+      timer_queue_.emplace(retry, key);
+      continue;
+    }
+    accept_durable(a, std::move(item));
+  }
+  if (!timer_queue_.empty() && timer_queue_.begin()->first <= now)
+    arm(now); // More are due; continue after the mailbox had a turn.
+}
+
+void partition::retry_blocked(int64_t now) {
+  std::vector<const grain_id*> due;
+  for (auto* id : blocked_) {
+    auto i = catalog_.find(*id);
+    if (i != catalog_.end() && i->second->blocked
+        && i->second->blocked->retry_at_ms <= now)
+      due.push_back(id);
+  }
+  for (auto* id : due)
+    if (auto i = catalog_.find(*id); i != catalog_.end())
+      run_blocked(*i->second);
+}
+
+void partition::retry_outbox(int64_t now) {
+  for (auto& [key, out] : outbox_)
+    if (out.next_attempt_ms <= now)
+      deliver(key, out);
+}
+
+bool partition::can_deactivate(const activation& act) const {
+  return !act.blocked && act.last_ticket <= committed_through_
+         && outbox_count_.count(*act.id) == 0;
+}
+
+void partition::sweep_idle(int64_t now) {
+  auto horizon = now - core_.cfg.idle_age.count();
+  size_t visited = 0;
+  while (lru_tail_ && lru_tail_->last_used_ms <= horizon
+         && visited++ < max_sweep_per_tick) {
+    auto* act = lru_tail_;
+    if (!can_deactivate(*act)) {
+      lru_touch(*act); // Busy: look again after another idle period.
+      act->last_used_ms = now;
+      continue;
+    }
+    act->grain->on_deactivate();
+    lru_unlink(*act);
+    auto id = *act->id;
+    catalog_.erase(id);
+    bump(core_.stats.deactivations);
+  }
+}
+
+void partition::lru_touch(activation& act) {
+  if (lru_head_ == &act)
+    return;
+  lru_unlink(act);
+  act.lru_next = lru_head_;
+  act.lru_prev = nullptr;
+  if (lru_head_)
+    lru_head_->lru_prev = &act;
+  lru_head_ = &act;
+  if (!lru_tail_)
+    lru_tail_ = &act;
+}
+
+void partition::lru_unlink(activation& act) {
+  if (act.lru_prev)
+    act.lru_prev->lru_next = act.lru_next;
+  else if (lru_head_ == &act)
+    lru_head_ = act.lru_next;
+  if (act.lru_next)
+    act.lru_next->lru_prev = act.lru_prev;
+  else if (lru_tail_ == &act)
+    lru_tail_ = act.lru_prev;
+  act.lru_prev = act.lru_next = nullptr;
+}
+
+// -- recovery -----------------------------------------------------------------
+
+void partition::quarantine(column col, std::string_view key,
+                           std::string_view value, const std::string& why) {
+  wire::DeadLetter dl;
+  dl.set_error(why);
+  dl.set_dead_ms(core_.clk->now_ms());
+  dl.set_origin_column(to_string(col));
+  dl.set_origin_key(std::string{key});
+  dl.set_raw_value(std::string{value});
+  // 0xff cannot start a valid grain prefix's type length, so quarantined
+  // records never collide with dead letters of real grains.
+  auto qkey = keys::partition_prefix(id_) + "\xff" + to_string(col) + ":"
+              + std::string{key};
+  batch_.put(column::dead_letters, std::move(qkey), dl.SerializeAsString());
+  batch_.erase(col, std::string{key});
+  ++batch_turns_;
+  ++uncommitted_turns_;
+  schedule_flush();
+  bump(core_.stats.quarantined);
+  log(log_level::error, "quarantined corrupt " + std::string{to_string(col)}
+                          + " record " + keys::printable(key) + ": " + why);
+}
+
+caf::error partition::recover() {
+  auto prefix = keys::partition_prefix(id_);
+  auto now = core_.clk->now_ms();
+  // Pages through one column; the loop ends when a page comes back short.
+  auto each = [&](column col, auto&& fn) -> caf::error {
+    std::string start = prefix;
+    for (;;) {
+      size_t seen = 0;
+      std::string last;
+      auto err = core_.store->scan(col, prefix, start, recovery_page,
+                                   [&](std::string_view k, std::string_view v) {
+                                     ++seen;
+                                     last.assign(k);
+                                     auto env
+                                       = std::make_shared<wire::Envelope>();
+                                     if (!env->ParseFromArray(v.data(),
+                                                              static_cast<int>(
+                                                                v.size()))
+                                         || !keys::decode(k)) {
+                                       quarantine(col, k, v,
+                                                  "record does not decode as "
+                                                  "an envelope");
+                                       return true;
+                                     }
+                                     fn(std::string{k}, std::move(env));
+                                     return true;
+                                   });
+      if (err)
+        return err;
+      if (seen < recovery_page)
+        return caf::none;
+      start = last;
+      start.push_back('\0');
+    }
+  };
+  auto err = each(column::timers, [&](std::string key, envelope_ptr env) {
+    auto due = env->due_ms();
+    timer_queue_.emplace(due, key);
+    timers_[std::move(key)] = timer_entry{due, std::move(env)};
+  });
+  if (err)
+    return err;
+  err = each(column::outbox, [&](std::string key, envelope_ptr env) {
+    grain_id sender{env->sender().type(), env->sender().key()};
+    grain_id target{env->target().type(), env->target().key()};
+    ++outbox_count_[sender];
+    outbox_[std::move(key)]
+      = pending_out{std::move(env), std::move(sender),
+                    partition_of(target, core_.cfg.partitions), now, 0};
+  });
+  if (err)
+    return err;
+  std::vector<work_item> inbox;
+  err = each(column::inbox, [&](std::string key, envelope_ptr env) {
+    work_item item;
+    item.env = std::move(env);
+    item.source_col = column::inbox;
+    item.source_key = std::move(key);
+    inbox.push_back(std::move(item));
+  });
+  if (err)
+    return err;
+  for (auto& item : inbox) {
+    grain_id target{item.env->target().type(), item.env->target().key()};
+    auto act = activate(target);
+    if (!act) {
+      if (code_of(act.error()) == errc::unknown_grain_type) {
+        dead_letter(nullptr, item, describe(act.error()));
+      } else {
+        log(log_level::error, "inbox entry " + keys::printable(item.source_key)
+                                + " stays stored: " + describe(act.error()));
+      }
+      continue;
+    }
+    auto& a = **act;
+    if (!a.blocked)
+      a.blocked = std::make_unique<blocked_queue>();
+    pending_ids_.insert(
+      keys::with_suffix(prefix_of(target), item.env->msg_id()));
+    a.blocked->items.push_back(std::move(item));
+    blocked_.insert(a.id);
+  }
+  if (!timers_.empty() || !outbox_.empty() || !blocked_.empty())
+    arm(now);
+  return caf::none;
+}
+
+// -- administration -----------------------------------------------------------
+
+void partition::admin_dead_letter(const grain_id& target,
+                                  const std::string& msg_id, bool requeue,
+                                  done_fn done) {
+  if (failed_)
+    return done(failure_);
+  auto prefix = prefix_of(target);
+  auto key = keys::with_suffix(prefix, msg_id);
+  auto raw = core_.store->get(column::dead_letters, key);
+  if (!raw)
+    return done(raw.error());
+  if (!*raw)
+    return done(make_error(errc::not_found, "no dead letter " + msg_id
+                                              + " for grain "
+                                              + to_string(target)));
+  wire::DeadLetter dl;
+  if (!dl.ParseFromString(**raw))
+    return done(make_error(errc::corrupt_record,
+                           "dead letter " + keys::printable(key)
+                             + " does not decode"));
+  if (!requeue) {
+    batch_.erase(column::dead_letters, key);
+    schedule_flush();
+    defer(std::move(done));
+    return;
+  }
+  auto act = activate(target);
+  if (!act)
+    return done(act.error());
+  auto& a = **act;
+  if (a.blocked && a.blocked->items.size() >= core_.cfg.max_inbox_per_grain)
+    return done(overloaded("inbox of grain " + to_string(target) + " is full",
+                           100));
+  batch_.erase(column::dead_letters, key);
+  auto dk = keys::with_suffix(prefix, msg_id);
+  batch_.erase(column::dedup, dk);
+  pending_ids_.insert(dk);
+  work_item item;
+  item.env = std::make_shared<wire::Envelope>(dl.envelope());
+  item.env->set_attempts(0);
+  item.done = std::move(done);
+  // The requeued message is stored in the inbox in the same commit that
+  // removes the dead letter, so a crash loses neither.
+  item.source_col = column::inbox;
+  item.source_key = keys::with_seq(prefix, core_.next_seq());
+  batch_.put(column::inbox, item.source_key, item.env->SerializeAsString());
+  touch_write(a);
+  if (a.blocked) {
+    defer(std::exchange(item.done, nullptr));
+    a.blocked->items.push_back(std::move(item));
+  } else {
+    run_durable(a, item);
+  }
+}
+
+// -- turn ---------------------------------------------------------------------
+
+caf::error turn::check_room() {
+  if (sends_.size() + timers_.size() + tells_.size() >= max_effects)
+    return make_error(errc::overloaded,
+                      "a turn may record at most "
+                        + std::to_string(max_effects) + " sends and timers");
+  return caf::none;
+}
+
+caf::error turn::send(const grain_id& to, const google::protobuf::Message& msg) {
+  if (auto err = check_room())
+    return err;
+  if (to.type.empty())
+    return make_error(errc::invalid_argument, "send: empty grain type");
+  auto& core = owner_->core_;
+  auto size = msg.ByteSizeLong();
+  if (size > core.cfg.max_payload_bytes)
+    return make_error(errc::payload_too_large,
+                      "payload of " + std::to_string(size)
+                        + " bytes exceeds max_payload_bytes="
+                        + std::to_string(core.cfg.max_payload_bytes));
+  size_t pending = 0;
+  if (auto i = owner_->outbox_count_.find(self_);
+      i != owner_->outbox_count_.end())
+    pending = i->second;
+  if (pending + sends_.size() >= core.cfg.max_outbox_per_grain)
+    return owner_->overloaded("grain " + to_string(self_) + " has "
+                                + std::to_string(pending + sends_.size())
+                                + " undelivered messages "
+                                  "(max_outbox_per_grain)",
+                              50);
+  outgoing out{to, msg.GetDescriptor()->full_name(), {}};
+  msg.SerializeToString(&out.payload);
+  sends_.push_back(std::move(out));
+  return caf::none;
+}
+
+caf::error turn::set_timer(std::string name, std::chrono::milliseconds delay,
+                           const google::protobuf::Message& msg,
+                           std::chrono::milliseconds period) {
+  if (auto err = check_room())
+    return err;
+  if (name.empty())
+    return make_error(errc::invalid_argument, "set_timer: empty timer name");
+  if (delay.count() < 0 || period.count() < 0)
+    return make_error(errc::invalid_argument,
+                      "set_timer: negative delay or period");
+  auto& core = owner_->core_;
+  auto size = msg.ByteSizeLong();
+  if (size > core.cfg.max_payload_bytes)
+    return make_error(errc::payload_too_large,
+                      "timer payload of " + std::to_string(size)
+                        + " bytes exceeds max_payload_bytes");
+  timer_change tc;
+  tc.name = std::move(name);
+  tc.due_ms = now_ms_ + delay.count();
+  tc.period_ms = period.count();
+  tc.payload_type = msg.GetDescriptor()->full_name();
+  msg.SerializeToString(&tc.payload);
+  timers_.push_back(std::move(tc));
+  return caf::none;
+}
+
+caf::error turn::cancel_timer(std::string name) {
+  if (auto err = check_room())
+    return err;
+  timer_change tc;
+  tc.name = std::move(name);
+  tc.cancel = true;
+  timers_.push_back(std::move(tc));
+  return caf::none;
+}
+
+caf::error turn::tell(const grain_id& to, message_ptr msg) {
+  if (auto err = check_room())
+    return err;
+  if (!msg)
+    return make_error(errc::invalid_argument, "tell: null message");
+  auto& core = owner_->core_;
+  auto p = partition_of(to, core.cfg.partitions);
+  if (auto err = core.reserve(p))
+    return err;
+  tells_.push_back(transient_out{to, std::move(msg)});
+  return caf::none;
+}
+
+} // namespace granary

@@ -1,0 +1,474 @@
+#include "runtime/silo.hpp"
+
+#include <charconv>
+#include <future>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+#include <google/protobuf/message.h>
+
+#include "granary.pb.h"
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+#include "runtime/partition.hpp"
+#include "runtime/silo_core.hpp"
+
+namespace granary {
+
+using namespace detail;
+
+namespace {
+
+constexpr uint32_t format_version = 1;
+constexpr const char* meta_key = "silo";
+
+std::string hex(uint64_t x) {
+  char buf[16];
+  auto res = std::to_chars(buf, buf + sizeof(buf), x, 16);
+  return std::string{buf, res.ptr};
+}
+
+caf::error bad(const char* field, std::string problem) {
+  return make_error(errc::invalid_config,
+                    std::string{"silo config: "} + field + " " + problem);
+}
+
+} // namespace
+
+// -- silo_config --------------------------------------------------------------
+
+caf::error silo_config::validate() const {
+  if (partitions == 0 || partitions > 65'535)
+    return bad("partitions", "must be between 1 and 65535, got "
+                               + std::to_string(partitions));
+  if (threads == 0 || threads > 1'024)
+    return bad("threads",
+               "must be between 1 and 1024, got " + std::to_string(threads));
+  if (scheduler_policy != "sharing" && scheduler_policy != "stealing")
+    return bad("scheduler_policy", "must be \"sharing\" or \"stealing\", got \""
+                                     + scheduler_policy + "\"");
+  if (idle_age.count() <= 0)
+    return bad("idle_age", "must be positive");
+  if (max_queued_per_partition == 0)
+    return bad("max_queued_per_partition", "must be positive");
+  if (max_inbox_per_grain == 0)
+    return bad("max_inbox_per_grain", "must be positive");
+  if (max_outbox_per_grain == 0)
+    return bad("max_outbox_per_grain", "must be positive");
+  if (max_uncommitted_per_partition == 0)
+    return bad("max_uncommitted_per_partition", "must be positive");
+  if (max_attempts == 0)
+    return bad("max_attempts", "must be at least 1");
+  if (retry_initial.count() <= 0 || retry_max < retry_initial)
+    return bad("retry_initial",
+               "must be positive and not above retry_max");
+  if (max_payload_bytes == 0 || max_payload_bytes > (64u << 20))
+    return bad("max_payload_bytes", "must be between 1 byte and 64 MiB");
+  if (max_group_ops == 0)
+    return bad("max_group_ops", "must be positive");
+  if (redelivery_timeout.count() <= 0)
+    return bad("redelivery_timeout", "must be positive");
+  return caf::none;
+}
+
+// -- grain_registry -----------------------------------------------------------
+
+caf::error grain_registry::add(std::string type_name, grain_factory factory) {
+  if (type_name.empty())
+    return make_error(errc::invalid_argument, "grain type name is empty");
+  if (!factory)
+    return make_error(errc::invalid_argument,
+                      "grain type '" + type_name + "' has no factory");
+  if (factories_.count(type_name) > 0)
+    return make_error(errc::invalid_argument,
+                      "grain type '" + type_name + "' is registered twice");
+  factories_.emplace(std::move(type_name), std::move(factory));
+  return caf::none;
+}
+
+const grain_factory* grain_registry::find(std::string_view type_name) const {
+  if (auto i = factories_.find(type_name); i != factories_.end())
+    return &i->second;
+  return nullptr;
+}
+
+std::vector<std::string> grain_registry::names() const {
+  std::vector<std::string> out;
+  for (auto& [name, f] : factories_)
+    out.push_back(name);
+  return out;
+}
+
+// -- silo_core ----------------------------------------------------------------
+
+std::string silo_core::next_msg_id() {
+  auto n = next_counter.fetch_add(1, std::memory_order_relaxed);
+  return hex(incarnation) + "." + hex(n);
+}
+
+caf::error silo_core::reserve(uint32_t p) {
+  auto limit = static_cast<int64_t>(cfg.max_queued_per_partition);
+  auto prev = gauges[p].queued.fetch_add(1, std::memory_order_relaxed);
+  if (prev < limit)
+    return caf::none;
+  gauges[p].queued.fetch_sub(1, std::memory_order_relaxed);
+  bump(stats.overloaded);
+  return make_error(errc::overloaded,
+                    "partition " + std::to_string(p) + " has "
+                      + std::to_string(prev)
+                      + " queued requests (max_queued_per_partition="
+                      + std::to_string(limit) + "); retry after 10 ms");
+}
+
+caf::error silo_core::check_space() {
+  using namespace std::chrono;
+  auto now
+    = duration_cast<milliseconds>(steady_clock::now().time_since_epoch())
+        .count();
+  auto last = space_checked_ms.load(std::memory_order_relaxed);
+  if (now - last >= space_check_ms
+      && space_checked_ms.compare_exchange_strong(last, now)) {
+    auto free = store->free_bytes();
+    bool low = free && *free < cfg.min_free_bytes;
+    if (low && !space_low.load())
+      log(log_level::error,
+          "data volume has " + std::to_string(*free >> 20)
+            + " MiB free, below min_free_bytes; refusing new durable work");
+    space_low = low;
+  }
+  if (space_low.load(std::memory_order_relaxed))
+    return make_error(errc::storage_full,
+                      "the data volume is below min_free_bytes ("
+                        + std::to_string(cfg.min_free_bytes >> 20)
+                        + " MiB); free space and retry");
+  return caf::none;
+}
+
+caf::error silo_core::check_running() const {
+  if (commits && commits->failed())
+    return make_error(errc::storage_failure,
+                      "silo fail-stopped after a storage error: "
+                        + describe(commits->failure()));
+  if (stopping)
+    return make_error(errc::silo_stopped, "the silo is stopped");
+  return caf::none;
+}
+
+// -- silo ---------------------------------------------------------------------
+
+silo::silo(std::unique_ptr<silo_core> core) : core_(std::move(core)) {
+}
+
+silo::~silo() {
+  static_cast<void>(stop());
+}
+
+caf::expected<std::unique_ptr<silo>>
+silo::start(silo_config cfg, grain_registry registry,
+            std::unique_ptr<storage> store, std::shared_ptr<granary::clock> clk) {
+  if (auto err = cfg.validate())
+    return err;
+  if (!store)
+    return make_error(errc::invalid_argument, "silo::start: no storage");
+  if (!clk)
+    clk = make_system_clock();
+  // The partition count is part of the on-disk layout: check it, and bump
+  // the incarnation that keeps sequence numbers unique across restarts.
+  auto raw = store->get(column::meta, meta_key);
+  if (!raw)
+    return std::move(raw.error());
+  wire::SiloMeta meta;
+  if (*raw) {
+    if (!meta.ParseFromString(**raw))
+      return make_error(errc::corrupt_record,
+                        "silo metadata record does not decode; refusing to "
+                        "start on an unknown layout");
+    if (meta.format_version() > format_version)
+      return make_error(errc::invalid_config,
+                        "data directory has format version "
+                          + std::to_string(meta.format_version())
+                          + ", this build reads up to "
+                          + std::to_string(format_version));
+    if (meta.partitions() != cfg.partitions)
+      return make_error(errc::invalid_config,
+                        "data directory was created with "
+                          + std::to_string(meta.partitions())
+                          + " partitions but the config asks for "
+                          + std::to_string(cfg.partitions)
+                          + "; the partition count is fixed at creation");
+  } else {
+    meta.set_format_version(format_version);
+    meta.set_partitions(cfg.partitions);
+    meta.set_created_ms(clk->now_ms());
+  }
+  meta.set_incarnation(meta.incarnation() + 1);
+  {
+    write_batch wb;
+    wb.put(column::meta, meta_key, meta.SerializeAsString());
+    const write_batch* views[] = {&wb};
+    if (auto err = store->commit(views))
+      return err;
+  }
+  auto core = std::make_unique<silo_core>();
+  core->cfg = std::move(cfg);
+  core->registry = std::move(registry);
+  core->store = std::move(store);
+  core->clk = std::move(clk);
+  core->incarnation = meta.incarnation();
+  core->sys_cfg = std::make_unique<caf::actor_system_config>();
+  core->sys_cfg->set("scheduler.max-threads", core->cfg.threads);
+  core->sys_cfg->set("scheduler.policy",
+                     core->cfg.scheduler_policy == "sharing"
+                       ? caf::atom("sharing")
+                       : caf::atom("stealing"));
+  core->sys_cfg->set("logger.console-verbosity", caf::atom("quiet"));
+  core->sys_cfg->set("logger.file-verbosity", caf::atom("quiet"));
+  core->sys = std::make_unique<caf::actor_system>(*core->sys_cfg);
+  core->commits = std::make_unique<commit_loop>(*core->store,
+                                                core->cfg.max_group_ops);
+  core->gauges = std::make_unique<mailbox_gauge[]>(core->cfg.partitions);
+  for (uint32_t p = 0; p < core->cfg.partitions; ++p)
+    core->partitions.push_back(
+      core->sys->spawn<partition>(std::ref(*core), p));
+  std::unique_ptr<silo> result{new silo(std::move(core))};
+  auto& c = *result->core_;
+  caf::error failure;
+  {
+    caf::scoped_actor self{*c.sys};
+    for (auto& p : c.partitions)
+      self->send(p, recover_atom::value);
+    for (size_t i = 0; i < c.partitions.size(); ++i)
+      self->receive([](bool) {},
+                    [&](caf::error& err) {
+                      if (!failure)
+                        failure = std::move(err);
+                    });
+  }
+  if (failure) {
+    static_cast<void>(result->stop());
+    return failure;
+  }
+  return result;
+}
+
+caf::error silo::stop() {
+  auto& c = *core_;
+  if (!c.sys || c.stopping.exchange(true))
+    return caf::none;
+  {
+    caf::scoped_actor self{*c.sys};
+    for (auto& p : c.partitions)
+      self->send(p, stop_atom::value);
+    for (size_t i = 0; i < c.partitions.size(); ++i)
+      self->receive([](bool) {}, [](caf::error&) {},
+                    caf::after(std::chrono::seconds{30}) >> [] {});
+  }
+  c.commits->stop();
+  for (auto& p : c.partitions)
+    caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
+  c.partitions.clear();
+  auto failure = c.commits->failure();
+  c.sys.reset();
+  c.commits.reset();
+  c.store.reset();
+  return failure;
+}
+
+void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
+  auto& c = *core_;
+  if (auto err = c.check_running())
+    return reply(std::move(err));
+  if (!msg)
+    return reply(make_error(errc::invalid_argument, "call: null message"));
+  if (target.type.empty())
+    return reply(make_error(errc::invalid_argument, "call: empty grain type"));
+  auto p = partition_of(target, c.cfg.partitions);
+  if (auto err = c.reserve(p))
+    return reply(std::move(err));
+  caf::anon_send(c.partitions[p],
+                 call_msg{std::move(target), std::move(msg), std::move(reply)});
+}
+
+namespace {
+
+// Shared between a blocking caller and a callback that may outlive it.
+template <class T>
+struct waiter {
+  std::promise<T> promise;
+  std::atomic<bool> done{false};
+
+  void set(T value) {
+    if (!done.exchange(true))
+      promise.set_value(std::move(value));
+  }
+};
+
+} // namespace
+
+caf::expected<message_ptr> silo::call(grain_id target, message_ptr msg,
+                                      std::chrono::milliseconds timeout) {
+  auto w = std::make_shared<waiter<caf::expected<message_ptr>>>();
+  auto fut = w->promise.get_future();
+  auto name = to_string(target);
+  call_async(std::move(target), std::move(msg),
+             [w](caf::expected<message_ptr> res) { w->set(std::move(res)); });
+  if (fut.wait_for(timeout) != std::future_status::ready)
+    return make_error(errc::timeout, "transient call to " + name
+                                       + " timed out after "
+                                       + std::to_string(timeout.count())
+                                       + " ms");
+  return fut.get();
+}
+
+void silo::send_async(grain_id target, const google::protobuf::Message& msg,
+                      std::string msg_id, send_handler done) {
+  auto& c = *core_;
+  if (auto err = c.check_running())
+    return done(err);
+  if (target.type.empty())
+    return done(make_error(errc::invalid_argument, "send: empty grain type"));
+  auto size = msg.ByteSizeLong();
+  if (size > c.cfg.max_payload_bytes)
+    return done(make_error(errc::payload_too_large,
+                           "payload of " + std::to_string(size)
+                             + " bytes to " + to_string(target)
+                             + " exceeds max_payload_bytes="
+                             + std::to_string(c.cfg.max_payload_bytes)));
+  auto p = partition_of(target, c.cfg.partitions);
+  if (auto err = c.reserve(p))
+    return done(err);
+  auto env = std::make_shared<wire::Envelope>();
+  env->set_msg_id(msg_id.empty() ? c.next_msg_id() : std::move(msg_id));
+  env->mutable_target()->set_type(std::move(target.type));
+  env->mutable_target()->set_key(std::move(target.key));
+  env->set_payload_type(msg.GetDescriptor()->full_name());
+  msg.SerializeToString(env->mutable_payload());
+  env->set_accepted_ms(c.clk->now_ms());
+  caf::anon_send(c.partitions[p], send_msg{std::move(env), std::move(done)});
+}
+
+caf::error silo::send(grain_id target, const google::protobuf::Message& msg,
+                      std::string msg_id, std::chrono::milliseconds timeout) {
+  auto w = std::make_shared<waiter<caf::error>>();
+  auto fut = w->promise.get_future();
+  auto name = to_string(target);
+  send_async(std::move(target), msg, std::move(msg_id),
+             [w](const caf::error& err) { w->set(err); });
+  if (fut.wait_for(timeout) != std::future_status::ready)
+    return make_error(errc::timeout,
+                      "durable send to " + name + " was not acknowledged within "
+                        + std::to_string(timeout.count())
+                        + " ms; resend with the same msg_id to be safe");
+  return fut.get();
+}
+
+caf::expected<std::vector<dead_letter_info>>
+silo::dead_letters(size_t limit) {
+  auto& c = *core_;
+  if (auto err = c.check_running())
+    return err;
+  std::vector<dead_letter_info> out;
+  auto err = c.store->scan(
+    column::dead_letters, {}, {}, limit,
+    [&](std::string_view key, std::string_view value) {
+      wire::DeadLetter dl;
+      dead_letter_info info;
+      if (!dl.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+        info.target = grain_id{"<undecodable>", keys::printable(key)};
+        info.error = "dead-letter record does not decode";
+      } else if (!dl.origin_column().empty()) {
+        info.target = grain_id{"<quarantined " + dl.origin_column() + ">",
+                               keys::printable(dl.origin_key())};
+        info.error = dl.error();
+        info.dead_ms = dl.dead_ms();
+      } else {
+        auto& env = dl.envelope();
+        info.target = grain_id{env.target().type(), env.target().key()};
+        info.msg_id = env.msg_id();
+        info.payload_type = env.payload_type();
+        info.error = dl.error();
+        info.attempts = dl.attempts();
+        info.dead_ms = dl.dead_ms();
+      }
+      out.push_back(std::move(info));
+      return true;
+    });
+  if (err)
+    return err;
+  return out;
+}
+
+namespace {
+
+caf::error run_admin(silo_core& c, const grain_id& target,
+                     const std::string& msg_id, bool requeue) {
+  if (auto err = c.check_running())
+    return err;
+  auto w = std::make_shared<waiter<caf::error>>();
+  auto fut = w->promise.get_future();
+  auto p = partition_of(target, c.cfg.partitions);
+  caf::anon_send(c.partitions[p],
+                 admin_msg{[w, target, msg_id, requeue](partition& self) {
+                   self.admin_dead_letter(target, msg_id, requeue,
+                                          [w](const caf::error& err) {
+                                            w->set(err);
+                                          });
+                 }});
+  if (fut.wait_for(std::chrono::seconds{30}) != std::future_status::ready)
+    return make_error(errc::timeout, "dead-letter operation timed out");
+  return fut.get();
+}
+
+} // namespace
+
+caf::error silo::requeue_dead_letter(const grain_id& target,
+                                     const std::string& msg_id) {
+  return run_admin(*core_, target, msg_id, true);
+}
+
+caf::error silo::drop_dead_letter(const grain_id& target,
+                                  const std::string& msg_id) {
+  return run_admin(*core_, target, msg_id, false);
+}
+
+silo_stats silo::stats() const {
+  auto& s = core_->stats;
+  silo_stats out;
+  out.turns = s.turns.load();
+  out.durable_turns = s.durable_turns.load();
+  out.transient_turns = s.transient_turns.load();
+  out.failed_turns = s.failed_turns.load();
+  out.activations = s.activations.load();
+  out.deactivations = s.deactivations.load();
+  out.active = out.activations - std::min(out.activations, out.deactivations);
+  out.dead_letters = s.dead_letters.load();
+  out.overloaded = s.overloaded.load();
+  out.duplicates = s.duplicates.load();
+  out.timers_fired = s.timers_fired.load();
+  out.quarantined = s.quarantined.load();
+  if (core_->commits)
+    out.commits = core_->commits->stats();
+  return out;
+}
+
+caf::error silo::failure() const {
+  if (core_->commits)
+    return core_->commits->failure();
+  return caf::none;
+}
+
+const silo_config& silo::config() const {
+  return core_->cfg;
+}
+
+caf::actor_system& silo::system() {
+  return *core_->sys;
+}
+
+uint32_t silo::partitions() const {
+  return core_->cfg.partitions;
+}
+
+} // namespace granary

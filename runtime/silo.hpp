@@ -1,0 +1,192 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+#include <caf/fwd.hpp>
+
+#include "runtime/clock.hpp"
+#include "runtime/commit_loop.hpp"
+#include "runtime/grain_base.hpp"
+#include "runtime/grain_id.hpp"
+#include "runtime/storage.hpp"
+
+namespace granary::wire {
+class DeadLetter;
+} // namespace granary::wire
+
+namespace granary {
+
+/// Tunables of one silo. Every queue has a bound here.
+struct silo_config {
+  /// Partitions of the key space; fixed when the data directory is created.
+  uint32_t partitions = 64;
+  /// CAF scheduler threads. CAF's own default is max(cores, 4).
+  size_t threads = 2;
+  /// CAF scheduler policy: "sharing" or "stealing". Work-stealing with few
+  /// threads stalls on large fan-outs in CAF 0.17, hence the default.
+  std::string scheduler_policy = "sharing";
+  /// An activation idle this long is dropped from memory.
+  std::chrono::milliseconds idle_age{std::chrono::minutes{10}};
+  /// Requests waiting in one partition's mailbox before callers get
+  /// `overloaded`.
+  size_t max_queued_per_partition = 16'384;
+  /// Durable messages waiting for one blocked grain before `overloaded`.
+  size_t max_inbox_per_grain = 1'024;
+  /// Undelivered durable messages one grain may have sent.
+  size_t max_outbox_per_grain = 4'096;
+  /// Turns of one partition waiting for their commit before `overloaded`.
+  size_t max_uncommitted_per_partition = 32'768;
+  /// Attempts at a durable message before it becomes a dead letter.
+  uint32_t max_attempts = 5;
+  /// First retry delay of a failed durable message; doubles per attempt.
+  std::chrono::milliseconds retry_initial{20};
+  /// Upper bound of the retry delay.
+  std::chrono::milliseconds retry_max{2'000};
+  /// Largest accepted payload, in bytes.
+  size_t max_payload_bytes = 1 << 20;
+  /// New durable work is refused while the data volume has less free space.
+  uint64_t min_free_bytes = uint64_t{256} << 20;
+  /// Operations merged into one durable write at most.
+  size_t max_group_ops = 65'536;
+  /// Resend an unacknowledged outbox entry after this long.
+  std::chrono::milliseconds redelivery_timeout{std::chrono::seconds{30}};
+  /// How long dedup records are kept (effectively-once window).
+  std::chrono::milliseconds dedup_retention{std::chrono::hours{24 * 7}};
+
+  /// Checks every value; the error names the field and the problem.
+  caf::error validate() const;
+};
+
+/// Maps registered grain type names to factories.
+class grain_registry {
+public:
+  /// Registers `type_name`; fails when it is empty or already taken.
+  caf::error add(std::string type_name, grain_factory factory);
+
+  /// Returns the factory of `type_name`, or nullptr.
+  const grain_factory* find(std::string_view type_name) const;
+
+  /// Registered type names, sorted.
+  std::vector<std::string> names() const;
+
+private:
+  std::map<std::string, grain_factory, std::less<>> factories_;
+};
+
+/// Counters of a running silo.
+struct silo_stats {
+  uint64_t turns = 0;
+  uint64_t durable_turns = 0;
+  uint64_t transient_turns = 0;
+  uint64_t failed_turns = 0;
+  uint64_t activations = 0;
+  uint64_t deactivations = 0;
+  uint64_t active = 0;
+  uint64_t dead_letters = 0;
+  uint64_t overloaded = 0;
+  uint64_t duplicates = 0;
+  uint64_t timers_fired = 0;
+  uint64_t quarantined = 0;
+  commit_stats commits;
+};
+
+/// A dead-letter record as shown to users.
+struct dead_letter_info {
+  grain_id target;
+  std::string msg_id;
+  std::string payload_type;
+  std::string error;
+  uint32_t attempts = 0;
+  int64_t dead_ms = 0;
+};
+
+namespace detail {
+struct silo_core;
+} // namespace detail
+
+/// One silo: a CAF actor system hosting the partitions of the key space,
+/// their grain activations, and the group-commit loop over a storage.
+class silo {
+public:
+  /// Callback of a transient call; runs on a silo thread, must not block.
+  using reply_handler = std::function<void(caf::expected<message_ptr>)>;
+
+  /// Callback of a durable send: `caf::none` once the message is durable.
+  using send_handler = std::function<void(const caf::error&)>;
+
+  /// Opens `store`, recovers every partition and starts serving.
+  static caf::expected<std::unique_ptr<silo>>
+  start(silo_config cfg, grain_registry registry,
+        std::unique_ptr<storage> store,
+        std::shared_ptr<granary::clock> clk = make_system_clock());
+
+  /// Stops the silo (see `stop`).
+  ~silo();
+
+  silo(const silo&) = delete;
+  silo& operator=(const silo&) = delete;
+
+  /// Stops accepting work, commits what is pending and shuts down.
+  caf::error stop();
+
+  /// Transient call: at most once, in memory. `reply` runs exactly once.
+  void call_async(grain_id target, message_ptr msg, reply_handler reply);
+
+  /// Blocking transient call with a timeout.
+  caf::expected<message_ptr> call(grain_id target, message_ptr msg,
+                                  std::chrono::milliseconds timeout
+                                  = std::chrono::seconds{10});
+
+  /// Durable send: `done` runs once the message is durably accepted.
+  /// Resending with the same `msg_id` is deduplicated by the receiver; an
+  /// empty `msg_id` gets a fresh unique id.
+  void send_async(grain_id target, const google::protobuf::Message& msg,
+                  std::string msg_id, send_handler done);
+
+  /// Blocking durable send.
+  caf::error send(grain_id target, const google::protobuf::Message& msg,
+                  std::string msg_id = {},
+                  std::chrono::milliseconds timeout = std::chrono::seconds{30});
+
+  /// Lists up to `limit` dead letters.
+  caf::expected<std::vector<dead_letter_info>> dead_letters(size_t limit
+                                                            = 1'000);
+
+  /// Moves a dead letter back into its grain's inbox with fresh attempts.
+  caf::error requeue_dead_letter(const grain_id& target,
+                                 const std::string& msg_id);
+
+  /// Deletes a dead letter.
+  caf::error drop_dead_letter(const grain_id& target,
+                              const std::string& msg_id);
+
+  /// Returns current counters.
+  silo_stats stats() const;
+
+  /// The first storage failure, if the silo has fail-stopped.
+  caf::error failure() const;
+
+  /// The silo's configuration.
+  const silo_config& config() const;
+
+  /// The underlying actor system (for benchmarks and tooling).
+  caf::actor_system& system();
+
+  /// Partition count, fixed at creation.
+  uint32_t partitions() const;
+
+private:
+  explicit silo(std::unique_ptr<detail::silo_core> core);
+
+  std::unique_ptr<detail::silo_core> core_;
+};
+
+} // namespace granary

@@ -1,0 +1,89 @@
+#pragma once
+
+// Internal: state shared by the silo and its partitions.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+
+#include "runtime/clock.hpp"
+#include "runtime/commit_loop.hpp"
+#include "runtime/error.hpp"
+#include "runtime/silo.hpp"
+#include "runtime/storage.hpp"
+
+namespace granary::detail {
+
+/// A bounded counter of requests in a partition's mailbox.
+struct mailbox_gauge {
+  alignas(64) std::atomic<int64_t> queued{0};
+};
+
+/// Silo-wide counters, updated with relaxed atomics.
+struct counters {
+  std::atomic<uint64_t> turns{0};
+  std::atomic<uint64_t> durable_turns{0};
+  std::atomic<uint64_t> transient_turns{0};
+  std::atomic<uint64_t> failed_turns{0};
+  std::atomic<uint64_t> activations{0};
+  std::atomic<uint64_t> deactivations{0};
+  std::atomic<uint64_t> dead_letters{0};
+  std::atomic<uint64_t> overloaded{0};
+  std::atomic<uint64_t> duplicates{0};
+  std::atomic<uint64_t> timers_fired{0};
+  std::atomic<uint64_t> quarantined{0};
+};
+
+inline void bump(std::atomic<uint64_t>& x, uint64_t n = 1) {
+  x.fetch_add(n, std::memory_order_relaxed);
+}
+
+struct silo_core {
+  silo_config cfg;
+  grain_registry registry;
+  std::unique_ptr<storage> store;
+  std::shared_ptr<granary::clock> clk;
+  std::unique_ptr<caf::actor_system_config> sys_cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::unique_ptr<commit_loop> commits;
+  std::vector<caf::actor> partitions;
+  std::unique_ptr<mailbox_gauge[]> gauges;
+  uint64_t incarnation = 0;
+  std::atomic<uint64_t> next_counter{0};
+  std::atomic<bool> stopping{false};
+  counters stats;
+  // Free-space watermark, refreshed at most every `space_check_ms`.
+  std::atomic<int64_t> space_checked_ms{0};
+  std::atomic<bool> space_low{false};
+  static constexpr int64_t space_check_ms = 500;
+
+  /// Returns a fresh, silo-unique message id.
+  std::string next_msg_id();
+
+  /// Returns a fresh sequence number, unique across restarts.
+  uint64_t next_seq() {
+    return (incarnation << 40) | (next_counter.fetch_add(1) & ((1ull << 40) - 1));
+  }
+
+  /// Reserves a slot in partition `p`'s mailbox, or returns `overloaded`.
+  caf::error reserve(uint32_t p);
+
+  /// Releases a slot reserved by `reserve`.
+  void release(uint32_t p) {
+    gauges[p].queued.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+  /// Returns `storage_full` while free space is below the watermark.
+  caf::error check_space();
+
+  /// Returns the reason the silo no longer accepts work, if any.
+  caf::error check_running() const;
+};
+
+} // namespace granary::detail

@@ -1,0 +1,108 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "runtime/keys.hpp"
+
+namespace granary {
+
+/// One put or delete inside a write batch.
+struct write_op {
+  column col;
+  bool erase;
+  std::string key;
+  std::string value;
+};
+
+/// The operations of one or more turns, applied atomically. The runtime
+/// builds batches; a storage implementation only applies them.
+class write_batch {
+public:
+  /// Adds a put of `value` under `key` in `col`.
+  void put(column col, std::string key, std::string value) {
+    bytes_ += key.size() + value.size();
+    ops_.push_back(write_op{col, false, std::move(key), std::move(value)});
+  }
+
+  /// Adds a delete of `key` in `col`.
+  void erase(column col, std::string key) {
+    bytes_ += key.size();
+    ops_.push_back(write_op{col, true, std::move(key), {}});
+  }
+
+  /// Appends all operations of `other`, leaving it empty.
+  void absorb(write_batch&& other);
+
+  /// Returns the operations in order.
+  const std::vector<write_op>& ops() const noexcept {
+    return ops_;
+  }
+
+  /// Returns the number of operations.
+  size_t size() const noexcept {
+    return ops_.size();
+  }
+
+  /// Returns the summed size of keys and values.
+  size_t bytes() const noexcept {
+    return bytes_;
+  }
+
+  /// Returns true when the batch holds no operation.
+  bool empty() const noexcept {
+    return ops_.empty();
+  }
+
+  /// Removes all operations.
+  void clear() noexcept {
+    ops_.clear();
+    bytes_ = 0;
+  }
+
+private:
+  std::vector<write_op> ops_;
+  size_t bytes_ = 0;
+};
+
+/// Visitor for `storage::scan`; returns false to stop early.
+using scan_visitor
+  = std::function<bool(std::string_view key, std::string_view value)>;
+
+/// The storage seam. The runtime knows no RocksDB: persistence implements
+/// this interface, and tests use `memory_storage`.
+class storage {
+public:
+  virtual ~storage();
+
+  /// Reads one record; nullopt when absent.
+  virtual caf::expected<std::optional<std::string>> get(column col,
+                                                        std::string_view key)
+    = 0;
+
+  /// Applies all `batches` as one atomic write and returns only after it is
+  /// durable (fsync'd). An error leaves the outcome unknown: callers treat
+  /// it as fail-stop.
+  virtual caf::error commit(std::span<const write_batch* const> batches) = 0;
+
+  /// Visits, in key order, up to `limit` records of `col` whose keys begin
+  /// with `prefix` and are greater than or equal to `start` (`start` may be
+  /// empty).
+  virtual caf::error scan(column col, std::string_view prefix,
+                          std::string_view start, size_t limit,
+                          const scan_visitor& visit)
+    = 0;
+
+  /// Free bytes on the volume holding the data; nullopt if not applicable.
+  virtual std::optional<uint64_t> free_bytes() = 0;
+};
+
+} // namespace granary

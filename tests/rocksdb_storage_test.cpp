@@ -1,0 +1,476 @@
+#include "persistence/rocksdb_storage.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <thread>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <rocksdb/env.h>
+
+#include "runtime/error.hpp"
+#include "runtime/keys.hpp"
+
+using namespace granary;
+
+namespace {
+
+using kv_list = std::vector<std::pair<std::string, std::string>>;
+
+// Forwards to the default environment, but fails every Sync and Fsync of
+// WAL files once `fail_syncs` is set, like a dying disk.
+class failing_env : public rocksdb::EnvWrapper {
+public:
+  failing_env() : rocksdb::EnvWrapper(rocksdb::Env::Default()) {
+    // nop
+  }
+
+  const char* Name() const override {
+    return "failing_env";
+  }
+
+  rocksdb::Status NewWritableFile(const std::string& name,
+                                  std::unique_ptr<rocksdb::WritableFile>* out,
+                                  const rocksdb::EnvOptions& opts) override {
+    auto st = target()->NewWritableFile(name, out, opts);
+    if (st.ok() && name.ends_with(".log"))
+      *out = std::make_unique<file>(std::move(*out), fail_syncs);
+    return st;
+  }
+
+  std::atomic<bool> fail_syncs{false};
+
+private:
+  class file : public rocksdb::WritableFileWrapper {
+  public:
+    file(std::unique_ptr<rocksdb::WritableFile> f, std::atomic<bool>& fail)
+      : rocksdb::WritableFileWrapper(f.get()), owned_(std::move(f)),
+        fail_(fail) {
+      // nop
+    }
+
+    rocksdb::Status Sync() override {
+      if (fail_)
+        return rocksdb::Status::IOError("injected fsync failure");
+      return rocksdb::WritableFileWrapper::Sync();
+    }
+
+    rocksdb::Status Fsync() override {
+      if (fail_)
+        return rocksdb::Status::IOError("injected fsync failure");
+      return rocksdb::WritableFileWrapper::Fsync();
+    }
+
+  private:
+    std::unique_ptr<rocksdb::WritableFile> owned_;
+    std::atomic<bool>& fail_;
+  };
+};
+
+class rocksdb_storage_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/granary_rocksdb_test_XXXXXX";
+    auto* dir = mkdtemp(tmpl);
+    ASSERT_NE(dir, nullptr) << std::strerror(errno);
+    root_ = dir;
+    cfg_.data_dir = root_ + "/data";
+  }
+
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(root_, ec);
+  }
+
+  std::unique_ptr<rocksdb_storage> open_store() {
+    auto res = rocksdb_storage::open(cfg_);
+    EXPECT_TRUE(res) << describe(res.error());
+    return res ? std::move(*res) : nullptr;
+  }
+
+  static caf::error commit(storage& st, const write_batch& batch) {
+    const write_batch* batches[] = {&batch};
+    return st.commit(batches);
+  }
+
+  static std::optional<std::string> lookup(storage& st, column col,
+                                           std::string_view key) {
+    auto res = st.get(col, key);
+    EXPECT_TRUE(res) << describe(res.error());
+    return res ? *res : std::nullopt;
+  }
+
+  static kv_list scan_all(storage& st, column col, std::string_view prefix,
+                          std::string_view start, size_t limit) {
+    kv_list out;
+    auto err = st.scan(col, prefix, start, limit,
+                       [&](std::string_view k, std::string_view v) {
+                         out.emplace_back(std::string{k}, std::string{v});
+                         return true;
+                       });
+    EXPECT_FALSE(err) << describe(err);
+    return out;
+  }
+
+  std::string root_;
+  rocksdb_config cfg_;
+};
+
+} // namespace
+
+TEST_F(rocksdb_storage_test, put_get_erase_across_columns) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  write_batch b;
+  b.put(column::meta, "silo", "m1");
+  b.put(column::state, "k", "state-value");
+  b.put(column::inbox, "k", "inbox-value");
+  b.put(column::journal, "k", "journal-value");
+  b.put(column::dedup, "gone", "x");
+  b.erase(column::dedup, "gone");
+  ASSERT_FALSE(commit(*st, b));
+  EXPECT_EQ(st->wal_syncs(), 1u);
+  EXPECT_EQ(lookup(*st, column::meta, "silo"), "m1");
+  // The same key in different columns holds different records.
+  EXPECT_EQ(lookup(*st, column::state, "k"), "state-value");
+  EXPECT_EQ(lookup(*st, column::inbox, "k"), "inbox-value");
+  EXPECT_EQ(lookup(*st, column::journal, "k"), "journal-value");
+  EXPECT_EQ(lookup(*st, column::outbox, "k"), std::nullopt);
+  EXPECT_EQ(lookup(*st, column::dedup, "gone"), std::nullopt);
+  write_batch b2;
+  b2.erase(column::state, "k");
+  b2.put(column::inbox, "k", "overwritten");
+  ASSERT_FALSE(commit(*st, b2));
+  EXPECT_EQ(lookup(*st, column::state, "k"), std::nullopt);
+  EXPECT_EQ(lookup(*st, column::inbox, "k"), "overwritten");
+  EXPECT_EQ(st->wal_syncs(), 2u);
+  // Binary keys and values with embedded zero bytes round-trip.
+  write_batch b3;
+  std::string bin_key{"\0\1\xff", 3};
+  std::string bin_val{"a\0b", 3};
+  b3.put(column::timers, bin_key, bin_val);
+  ASSERT_FALSE(commit(*st, b3));
+  EXPECT_EQ(lookup(*st, column::timers, bin_key), bin_val);
+}
+
+TEST_F(rocksdb_storage_test, multi_batch_commit_applies_in_order) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  write_batch first;
+  first.put(column::state, "a", "1");
+  first.put(column::outbox, "o", "msg");
+  write_batch second;
+  second.put(column::state, "a", "2");
+  second.erase(column::outbox, "o");
+  second.put(column::dedup, "d", "seen");
+  const write_batch* batches[] = {&first, &second};
+  ASSERT_FALSE(st->commit(batches));
+  // One commit is one WAL sync, however many batches it merges.
+  EXPECT_EQ(st->wal_syncs(), 1u);
+  EXPECT_EQ(lookup(*st, column::state, "a"), "2");
+  EXPECT_EQ(lookup(*st, column::outbox, "o"), std::nullopt);
+  EXPECT_EQ(lookup(*st, column::dedup, "d"), "seen");
+}
+
+TEST_F(rocksdb_storage_test, multi_batch_commit_is_atomic) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  // Each commit writes "a" and "b" from two separate batches. A scan reads
+  // from one implicit snapshot, so it must never see one without the other.
+  constexpr int rounds = 200;
+  std::atomic<bool> done{false};
+  std::atomic<int> torn{0};
+  std::atomic<int> scans{0};
+  std::thread reader{[&] {
+    while (!done.load()) {
+      auto kvs = scan_all(*st, column::state, "", "", 10);
+      std::string a, b;
+      for (auto& [k, v] : kvs)
+        (k == "a" ? a : b) = v;
+      if (a != b)
+        ++torn;
+      ++scans;
+    }
+  }};
+  for (int i = 0; i < rounds; ++i) {
+    write_batch first;
+    first.put(column::state, "a", std::to_string(i));
+    write_batch second;
+    second.put(column::state, "b", std::to_string(i));
+    const write_batch* bs[] = {&first, &second};
+    ASSERT_FALSE(st->commit(bs));
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(torn.load(), 0);
+  EXPECT_GT(scans.load(), 0);
+  EXPECT_EQ(st->wal_syncs(), static_cast<uint64_t>(rounds));
+  auto last = std::to_string(rounds - 1);
+  st.reset();
+  st = open_store();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(scan_all(*st, column::state, "", "", 10),
+            (kv_list{{"a", last}, {"b", last}}));
+}
+
+TEST_F(rocksdb_storage_test, empty_commit_is_a_no_op) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  write_batch empty;
+  ASSERT_FALSE(commit(*st, empty));
+  ASSERT_FALSE(st->commit({}));
+  EXPECT_EQ(st->wal_syncs(), 0u);
+}
+
+TEST_F(rocksdb_storage_test, scan_prefix_start_limit) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  grain_id g1{"order", "o-1"};
+  grain_id g2{"order", "o-2"};
+  auto p1 = keys::grain_prefix(7, g1);
+  auto p2 = keys::grain_prefix(7, g2);
+  write_batch b;
+  // Inserted out of order; big-endian sequence numbers sort numerically.
+  for (uint64_t seq : {300u, 2u, 256u, 1u, 65536u})
+    b.put(column::inbox, keys::with_seq(p1, seq), "m" + std::to_string(seq));
+  b.put(column::inbox, keys::with_seq(p2, 0), "other");
+  b.put(column::inbox, keys::with_seq(keys::grain_prefix(6, g1), 5), "p6");
+  ASSERT_FALSE(commit(*st, b));
+  auto values = [](const kv_list& xs) {
+    std::vector<std::string> out;
+    for (auto& [k, v] : xs)
+      out.push_back(v);
+    return out;
+  };
+  using strs = std::vector<std::string>;
+  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, "", 100)),
+            (strs{"m1", "m2", "m256", "m300", "m65536"}));
+  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, "", 2)),
+            (strs{"m1", "m2"}));
+  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, keys::with_seq(p1, 3),
+                            2)),
+            (strs{"m256", "m300"}));
+  // A start below the prefix is clamped to the prefix.
+  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, "\x00", 1)),
+            (strs{"m1"}));
+  // A start beyond the prefix range yields nothing.
+  EXPECT_TRUE(scan_all(*st, column::inbox, p1, p2, 100).empty());
+  EXPECT_TRUE(scan_all(*st, column::inbox, p1, "", 0).empty());
+  // The partition prefix covers both grains of partition 7 but not 6.
+  EXPECT_EQ(values(scan_all(*st, column::inbox, keys::partition_prefix(7), "",
+                            100)),
+            (strs{"m1", "m2", "m256", "m300", "m65536", "other"}));
+  // An empty prefix scans the whole column in key order.
+  EXPECT_EQ(scan_all(*st, column::inbox, "", "", 100).size(), 7u);
+  // Other columns are separate key spaces.
+  EXPECT_TRUE(scan_all(*st, column::outbox, "", "", 100).empty());
+  // The visitor stops the scan by returning false.
+  size_t calls = 0;
+  auto err = st->scan(column::inbox, p1, "", 100,
+                      [&](std::string_view, std::string_view) {
+                        return ++calls < 3;
+                      });
+  EXPECT_FALSE(err);
+  EXPECT_EQ(calls, 3u);
+}
+
+TEST_F(rocksdb_storage_test, scan_prefix_ending_in_ff_bytes) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  std::string prefix{"a\xff\xff", 3};
+  write_batch b;
+  b.put(column::state, std::string{"a\xfe", 2}, "below");
+  b.put(column::state, prefix, "exact");
+  b.put(column::state, prefix + "z", "inside");
+  b.put(column::state, "b", "above");
+  b.put(column::state, std::string{"\xff\xff", 2}, "top");
+  ASSERT_FALSE(commit(*st, b));
+  EXPECT_EQ(scan_all(*st, column::state, prefix, "", 10),
+            (kv_list{{prefix, "exact"}, {prefix + "z", "inside"}}));
+  std::string all_ff{"\xff\xff", 2};
+  EXPECT_EQ(scan_all(*st, column::state, all_ff, "", 10),
+            (kv_list{{all_ff, "top"}}));
+}
+
+TEST_F(rocksdb_storage_test, scan_skips_deleted_records) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  write_batch b;
+  for (int i = 0; i < 10; ++i)
+    b.put(column::outbox, keys::with_seq("q", i), std::to_string(i));
+  ASSERT_FALSE(commit(*st, b));
+  write_batch del;
+  for (int i = 0; i < 8; ++i)
+    del.erase(column::outbox, keys::with_seq("q", i));
+  ASSERT_FALSE(commit(*st, del));
+  EXPECT_EQ(scan_all(*st, column::outbox, "q", "", 10),
+            (kv_list{{keys::with_seq("q", 8), "8"},
+                     {keys::with_seq("q", 9), "9"}}));
+}
+
+TEST_F(rocksdb_storage_test, data_survives_reopen) {
+  {
+    auto st = open_store();
+    ASSERT_TRUE(st);
+    write_batch b;
+    for (size_t i = 0; i < column_count; ++i) {
+      auto col = static_cast<column>(i);
+      b.put(col, "key", std::string{"value-"} + to_string(col));
+    }
+    b.put(column::state, "erased", "x");
+    ASSERT_FALSE(commit(*st, b));
+    write_batch b2;
+    b2.erase(column::state, "erased");
+    ASSERT_FALSE(commit(*st, b2));
+  }
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  for (size_t i = 0; i < column_count; ++i) {
+    auto col = static_cast<column>(i);
+    EXPECT_EQ(lookup(*st, col, "key"), std::string{"value-"} + to_string(col));
+  }
+  EXPECT_EQ(lookup(*st, column::state, "erased"), std::nullopt);
+  EXPECT_EQ(st->wal_syncs(), 0u);
+}
+
+TEST_F(rocksdb_storage_test, second_open_in_same_process_is_locked) {
+  auto first = open_store();
+  ASSERT_TRUE(first);
+  auto second = rocksdb_storage::open(cfg_);
+  ASSERT_FALSE(second);
+  EXPECT_EQ(code_of(second.error()), errc::data_dir_locked)
+    << describe(second.error());
+  auto text = describe(second.error());
+  EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
+  EXPECT_NE(text.find("in use by another silo"), std::string::npos) << text;
+  // The first instance is unaffected, and the lock is released on close.
+  write_batch b;
+  b.put(column::state, "k", "v");
+  EXPECT_FALSE(commit(*first, b));
+  first.reset();
+  auto third = open_store();
+  ASSERT_TRUE(third);
+  EXPECT_EQ(lookup(*third, column::state, "k"), "v");
+}
+
+TEST_F(rocksdb_storage_test, open_while_other_process_holds_lock) {
+  // Create the database, then let a child process hold its LOCK file the
+  // way RocksDB does (an fcntl write lock), as another silo process would.
+  open_store().reset();
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  auto lock_path = cfg_.data_dir + "/LOCK";
+  auto pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Only async-signal-safe calls after fork in a threaded process.
+    close(ready[0]);
+    int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT, 0644);
+    struct flock fl = {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    char ok = (fd >= 0 && fcntl(fd, F_SETLK, &fl) == 0) ? '1' : '0';
+    [[maybe_unused]] auto n = write(ready[1], &ok, 1);
+    pause();
+    _exit(0);
+  }
+  close(ready[1]);
+  char ok = '0';
+  ASSERT_EQ(read(ready[0], &ok, 1), 1);
+  close(ready[0]);
+  auto res = rocksdb_storage::open(cfg_);
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  ASSERT_EQ(ok, '1');
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), errc::data_dir_locked)
+    << describe(res.error());
+  auto text = describe(res.error());
+  EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
+  // Once the other process is gone, the directory opens again.
+  EXPECT_TRUE(open_store());
+}
+
+TEST_F(rocksdb_storage_test, empty_data_dir_is_invalid_config) {
+  rocksdb_config cfg;
+  auto res = rocksdb_storage::open(cfg);
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), errc::invalid_config)
+    << describe(res.error());
+}
+
+TEST_F(rocksdb_storage_test, missing_dir_without_create_fails) {
+  cfg_.create_if_missing = false;
+  auto res = rocksdb_storage::open(cfg_);
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), errc::storage_failure)
+    << describe(res.error());
+  auto text = describe(res.error());
+  EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
+}
+
+TEST_F(rocksdb_storage_test, creates_nested_data_dir) {
+  cfg_.data_dir = root_ + "/a/b/c";
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  EXPECT_TRUE(std::filesystem::exists(cfg_.data_dir + "/CURRENT"));
+}
+
+TEST_F(rocksdb_storage_test, free_bytes_is_positive) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  auto free = st->free_bytes();
+  ASSERT_TRUE(free.has_value());
+  EXPECT_GT(*free, 0u);
+}
+
+TEST_F(rocksdb_storage_test, failed_write_fail_stops_until_reopen) {
+  failing_env env;
+  cfg_.env = &env;
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  write_batch good;
+  good.put(column::state, "before", "ok");
+  ASSERT_FALSE(commit(*st, good));
+  env.fail_syncs = true;
+  write_batch bad;
+  bad.put(column::state, "during", "unknown outcome");
+  auto err = commit(*st, bad);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), errc::storage_failure) << describe(err);
+  EXPECT_NE(describe(err).find("injected fsync failure"), std::string::npos)
+    << describe(err);
+  EXPECT_TRUE(st->failed());
+  // Even with a healthy disk again, the store stays fail-stopped.
+  env.fail_syncs = false;
+  write_batch later;
+  later.put(column::state, "after", "x");
+  err = commit(*st, later);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), errc::storage_failure);
+  auto text = describe(err);
+  EXPECT_NE(text.find("fail-stopped"), std::string::npos) << text;
+  EXPECT_NE(text.find("reopen"), std::string::npos) << text;
+  EXPECT_EQ(st->wal_syncs(), 1u);
+  // Reads still work, and acknowledged data is intact.
+  EXPECT_EQ(lookup(*st, column::state, "before"), "ok");
+  // Reopening recovers: the acknowledged write is there and commits work.
+  st.reset();
+  st = open_store();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(lookup(*st, column::state, "before"), "ok");
+  EXPECT_FALSE(st->failed());
+  ASSERT_FALSE(commit(*st, later));
+  EXPECT_EQ(lookup(*st, column::state, "after"), "x");
+}
