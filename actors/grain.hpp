@@ -28,7 +28,7 @@ template <class Derived>
 class handlers {
 public:
   using invoker = std::function<caf::expected<message_ptr>(
-    Derived&, turn&, const google::protobuf::Message&)>;
+      Derived&, turn&, const google::protobuf::Message&)>;
 
   /// One registered handler.
   struct entry {
@@ -44,15 +44,15 @@ public:
     static_assert(std::is_base_of_v<google::protobuf::Message, R>,
                   "handler reply must be a protobuf message");
     entries_.insert_or_assign(
-      std::string{M::descriptor()->full_name()},
-      entry{&M::default_instance(),
-            [fn](Derived& self, turn& t, const google::protobuf::Message& m)
-              -> caf::expected<message_ptr> {
-              auto res = (self.*fn)(t, static_cast<const M&>(m));
-              if (!res)
-                return std::move(res.error());
-              return message_ptr{std::make_shared<R>(std::move(*res))};
-            }});
+        std::string{M::descriptor()->full_name()},
+        entry{&M::default_instance(),
+              [fn](Derived& self, turn& t, const google::protobuf::Message& m)
+                  -> caf::expected<message_ptr> {
+                auto res = (self.*fn)(t, static_cast<const M&>(m));
+                if (!res)
+                  return std::move(res.error());
+                return message_ptr{std::make_shared<R>(std::move(*res))};
+              }});
     return *this;
   }
 
@@ -91,7 +91,7 @@ public:
     if (!e)
       return make_error(errc::unhandled_message,
                         "grain type '" + name() + "' does not handle '"
-                          + msg.GetDescriptor()->full_name() + "'");
+                            + msg.GetDescriptor()->full_name() + "'");
     return e->fn(static_cast<Derived&>(*this), t, msg);
   }
 
@@ -102,7 +102,7 @@ public:
                                   static_cast<int>(bytes->size())))
       return make_error(errc::corrupt_record,
                         "state does not parse as "
-                          + std::string{State::descriptor()->full_name()});
+                            + std::string{State::descriptor()->full_name()});
     return caf::none;
   }
 
@@ -152,8 +152,9 @@ grain_id id_of(std::string key) {
 template <class G>
 class grain_ref {
 public:
-  grain_ref(silo& s, std::string key) : silo_(&s), id_(id_of<G>(std::move(key))) {
-  }
+  grain_ref(silo& s, std::string key)
+      : silo_(&s)
+      , id_(id_of<G>(std::move(key))) {}
 
   /// The grain's identity.
   const grain_id& id() const noexcept {
@@ -171,9 +172,9 @@ public:
     if (!typed)
       return make_error(errc::malformed_message,
                         "reply from " + to_string(id_) + " is "
-                          + (*res)->GetDescriptor()->full_name()
-                          + ", expected "
-                          + std::string{R::descriptor()->full_name()});
+                            + (*res)->GetDescriptor()->full_name()
+                            + ", expected "
+                            + std::string{R::descriptor()->full_name()});
     return *typed;
   }
 

@@ -26,8 +26,8 @@ namespace granary {
 namespace {
 
 constexpr std::array<column, column_count> all_columns = {
-  column::meta,   column::state, column::inbox,        column::outbox,
-  column::timers, column::dedup, column::dead_letters, column::journal,
+    column::meta,   column::state, column::inbox,        column::outbox,
+    column::timers, column::dedup, column::dead_letters, column::journal,
 };
 
 rocksdb::Slice to_slice(std::string_view x) {
@@ -75,9 +75,9 @@ bool is_short_lived(column col) {
 rocksdb::CompressionType long_lived_compression() {
   // Debian links LZ4, but fall back gracefully on builds without it.
   auto supported = rocksdb::GetSupportedCompressions();
-  auto has_lz4 = std::find(supported.begin(), supported.end(),
-                           rocksdb::kLZ4Compression)
-                 != supported.end();
+  auto has_lz4
+      = std::find(supported.begin(), supported.end(), rocksdb::kLZ4Compression)
+        != supported.end();
   return has_lz4 ? rocksdb::kLZ4Compression : rocksdb::kNoCompression;
 }
 
@@ -109,7 +109,7 @@ make_cf_options(const std::shared_ptr<rocksdb::Cache>& cache,
 } // namespace
 
 rocksdb_storage::rocksdb_storage(std::string data_dir)
-  : data_dir_(std::move(data_dir)) {
+    : data_dir_(std::move(data_dir)) {
   // nop
 }
 
@@ -123,9 +123,9 @@ rocksdb_storage::open(const rocksdb_config& cfg) {
     std::error_code ec;
     std::filesystem::create_directories(cfg.data_dir, ec);
     if (ec)
-      return make_error(errc::storage_failure,
-                        "cannot create data directory '" + cfg.data_dir
-                          + "': " + ec.message());
+      return make_error(errc::storage_failure, "cannot create data directory '"
+                                                   + cfg.data_dir
+                                                   + "': " + ec.message());
   }
   rocksdb::DBOptions db_opts;
   db_opts.create_if_missing = cfg.create_if_missing;
@@ -160,18 +160,18 @@ rocksdb_storage::open(const rocksdb_config& cfg) {
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  auto st = rocksdb::DB::Open(db_opts, cfg.data_dir, descriptors, &handles,
-                              &raw);
+  auto st
+      = rocksdb::DB::Open(db_opts, cfg.data_dir, descriptors, &handles, &raw);
   if (!st.ok()) {
     if (is_lock_error(st))
       return make_error(errc::data_dir_locked,
                         "data directory '" + cfg.data_dir
-                          + "' is in use by another silo (RocksDB LOCK is "
-                            "held): "
-                          + st.ToString());
+                            + "' is in use by another silo (RocksDB LOCK is "
+                              "held): "
+                            + st.ToString());
     return make_error(errc::storage_failure,
                       "cannot open RocksDB in data directory '" + cfg.data_dir
-                        + "': " + st.ToString());
+                          + "': " + st.ToString());
   }
   std::unique_ptr<rocksdb_storage> result{new rocksdb_storage(cfg.data_dir)};
   result->db_.reset(raw);
@@ -181,7 +181,7 @@ rocksdb_storage::open(const rocksdb_config& cfg) {
   // first, then the columns in enum order.
   for (size_t i = 0; i < column_count; ++i)
     result->columns_[static_cast<size_t>(all_columns[i])]
-      = result->handles_[i + 1];
+        = result->handles_[i + 1];
   return result;
 }
 
@@ -201,15 +201,15 @@ rocksdb_storage::~rocksdb_storage() {
 caf::expected<std::optional<std::string>>
 rocksdb_storage::get(column col, std::string_view key) {
   rocksdb::PinnableSlice value;
-  auto st = db_->Get(rocksdb::ReadOptions{}, handle(col), to_slice(key),
-                     &value);
+  auto st
+      = db_->Get(rocksdb::ReadOptions{}, handle(col), to_slice(key), &value);
   if (st.IsNotFound())
     return std::optional<std::string>{};
   if (!st.ok())
     return make_error(errc::storage_failure,
                       std::string{"rocksdb get in column '"} + to_string(col)
-                        + "' of '" + data_dir_ + "' failed: "
-                        + st.ToString());
+                          + "' of '" + data_dir_
+                          + "' failed: " + st.ToString());
   return std::optional<std::string>{std::string{to_view(value)}};
 }
 
@@ -219,8 +219,8 @@ rocksdb_storage::commit(std::span<const write_batch* const> batches) {
     std::lock_guard guard{error_mtx_};
     return make_error(errc::storage_failure,
                       "storage '" + data_dir_
-                        + "' is fail-stopped after an earlier write error ("
-                        + first_error_ + "); the silo must be reopened");
+                          + "' is fail-stopped after an earlier write error ("
+                          + first_error_ + "); the silo must be reopened");
   }
   rocksdb::WriteBatch wb;
   for (auto* batch : batches) {
@@ -236,7 +236,7 @@ rocksdb_storage::commit(std::span<const write_batch* const> batches) {
         return make_error(errc::storage_failure,
                           std::string{"cannot add record to write batch for "
                                       "column '"}
-                            + to_string(op.col) + "': " + st.ToString());
+                              + to_string(op.col) + "': " + st.ToString());
     }
   }
   if (wb.Count() == 0)
@@ -252,8 +252,8 @@ rocksdb_storage::commit(std::span<const write_batch* const> batches) {
         first_error_ = text;
     }
     failed_.store(true, std::memory_order_release);
-    return make_error(errc::storage_failure, "rocksdb write to '" + data_dir_
-                                               + "' failed: " + text);
+    return make_error(errc::storage_failure,
+                      "rocksdb write to '" + data_dir_ + "' failed: " + text);
   }
   wal_syncs_.fetch_add(1, std::memory_order_relaxed);
   return caf::none;
@@ -271,8 +271,8 @@ caf::error rocksdb_storage::scan(column col, std::string_view prefix,
   while (!upper.empty() && static_cast<unsigned char>(upper.back()) == 0xff)
     upper.pop_back();
   if (!upper.empty())
-    upper.back() = static_cast<char>(static_cast<unsigned char>(upper.back())
-                                      + 1);
+    upper.back()
+        = static_cast<char>(static_cast<unsigned char>(upper.back()) + 1);
   rocksdb::Slice upper_slice{upper};
   rocksdb::ReadOptions ro;
   if (!upper.empty())
@@ -290,8 +290,8 @@ caf::error rocksdb_storage::scan(column col, std::string_view prefix,
   if (auto st = it->status(); !st.ok())
     return make_error(errc::storage_failure,
                       std::string{"rocksdb scan of column '"} + to_string(col)
-                        + "' in '" + data_dir_ + "' failed: "
-                        + st.ToString());
+                          + "' in '" + data_dir_
+                          + "' failed: " + st.ToString());
   return caf::none;
 }
 

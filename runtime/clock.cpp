@@ -9,8 +9,8 @@ clock::~clock() = default;
 int64_t system_clock::now_ms() const {
   using namespace std::chrono;
   return duration_cast<milliseconds>(
-           std::chrono::system_clock::now().time_since_epoch())
-    .count();
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 std::shared_ptr<clock> make_system_clock() {

@@ -25,8 +25,8 @@ public:
 /// A clock that moves only when told to (for tests).
 class manual_clock final : public clock {
 public:
-  explicit manual_clock(int64_t start_ms = 1'000'000) : now_(start_ms) {
-  }
+  explicit manual_clock(int64_t start_ms = 1'000'000)
+      : now_(start_ms) {}
 
   int64_t now_ms() const override {
     return now_.load();

@@ -7,7 +7,8 @@
 namespace granary {
 
 commit_loop::commit_loop(storage& store, size_t max_group_ops)
-  : store_(store), max_group_ops_(max_group_ops == 0 ? 1 : max_group_ops) {
+    : store_(store)
+    , max_group_ops_(max_group_ops == 0 ? 1 : max_group_ops) {
   thread_ = std::thread{[this] { run(); }};
 }
 

@@ -34,9 +34,8 @@ public:
 
   /// Runs one turn for `msg`. Returns the reply, or an error that makes a
   /// durable message count as a failed attempt.
-  virtual caf::expected<message_ptr> handle(turn& t,
-                                            const google::protobuf::Message& msg)
-    = 0;
+  virtual caf::expected<message_ptr>
+  handle(turn& t, const google::protobuf::Message& msg) = 0;
 
   /// Replaces the in-memory state with the decoded `bytes`, or with the
   /// default state when `bytes` is nullopt.
@@ -46,12 +45,10 @@ public:
   virtual void save_state(std::string& out) const = 0;
 
   /// Called once after the state was loaded.
-  virtual void on_activate() {
-  }
+  virtual void on_activate() {}
 
   /// Called before an idle activation is dropped from memory.
-  virtual void on_deactivate() {
-  }
+  virtual void on_deactivate() {}
 
   /// True when a turn changed the state since the last `clear_dirty()`.
   bool dirty() const noexcept {

@@ -112,9 +112,9 @@ std::optional<decoded> decode(std::string_view key) {
   if (key.size() < 2)
     return std::nullopt;
   decoded out;
-  out.partition = (static_cast<uint32_t>(static_cast<unsigned char>(key[0]))
-                   << 8)
-                  | static_cast<unsigned char>(key[1]);
+  out.partition
+      = (static_cast<uint32_t>(static_cast<unsigned char>(key[0])) << 8)
+        | static_cast<unsigned char>(key[1]);
   key.remove_prefix(2);
   auto type = read_chunk(key);
   if (!type)

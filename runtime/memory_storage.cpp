@@ -13,8 +13,7 @@ memory_storage::get(column col, std::string_view key) {
   return std::optional<std::string>{};
 }
 
-caf::error
-memory_storage::commit(std::span<const write_batch* const> batches) {
+caf::error memory_storage::commit(std::span<const write_batch* const> batches) {
   if (fail_commits_)
     return make_error(errc::storage_failure,
                       "memory storage: injected commit failure");

@@ -47,7 +47,7 @@ public:
 private:
   mutable std::mutex mtx_;
   std::array<std::map<std::string, std::string, std::less<>>, column_count>
-    data_;
+      data_;
   std::atomic<bool> fail_commits_{false};
   std::optional<uint64_t> free_bytes_;
   std::atomic<uint64_t> commits_{0};

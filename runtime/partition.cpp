@@ -35,7 +35,9 @@ const grain_id no_sender{};
 } // namespace
 
 partition::partition(caf::actor_config& cfg, silo_core& core, uint32_t id)
-  : caf::event_based_actor(cfg), core_(core), id_(id) {
+    : caf::event_based_actor(cfg)
+    , core_(core)
+    , id_(id) {
   // Default handlers would print to stderr and drop; unexpected messages are
   // a programming error here, but must not kill the partition.
   set_default_handler(caf::drop);
@@ -43,30 +45,30 @@ partition::partition(caf::actor_config& cfg, silo_core& core, uint32_t id)
 
 caf::behavior partition::make_behavior() {
   return {
-    [this](call_msg& m) { on_call(m); },
-    [this](tell_msg& m) { on_tell(m); },
-    [this](send_msg& m) { on_send(m); },
-    [this](deliver_msg& m) { on_deliver(m); },
-    [this](ack_msg& m) { on_ack(m); },
-    [this](committed_msg& m) { on_committed(m); },
-    [this](admin_msg& m) { m.fn(*this); },
-    [this](flush_atom) { flush(); },
-    [this](tick_atom) { on_tick(); },
-    [this](recover_atom) -> caf::result<bool> {
-      if (auto err = recover())
-        return err;
-      return true;
-    },
-    [this](stop_atom) {
-      auto rp = make_response_promise();
-      stopping_ = true;
-      flush();
-      if (inflight_.empty())
-        rp.deliver(true);
-      else
-        stop_promises_.push_back(rp);
-      return rp;
-    },
+      [this](call_msg& m) { on_call(m); },
+      [this](tell_msg& m) { on_tell(m); },
+      [this](send_msg& m) { on_send(m); },
+      [this](deliver_msg& m) { on_deliver(m); },
+      [this](ack_msg& m) { on_ack(m); },
+      [this](committed_msg& m) { on_committed(m); },
+      [this](admin_msg& m) { m.fn(*this); },
+      [this](flush_atom) { flush(); },
+      [this](tick_atom) { on_tick(); },
+      [this](recover_atom) -> caf::result<bool> {
+        if (auto err = recover())
+          return err;
+        return true;
+      },
+      [this](stop_atom) {
+        auto rp = make_response_promise();
+        stopping_ = true;
+        flush();
+        if (inflight_.empty())
+          rp.deliver(true);
+        else
+          stop_promises_.push_back(rp);
+        return rp;
+      },
   };
 }
 
@@ -94,8 +96,8 @@ void partition::on_call(call_msg& m) {
   }
   auto& act = **act_res;
   const google::protobuf::Message* proto = nullptr;
-  if (auto err = check_payload_type(act, m.msg->GetDescriptor()->full_name(),
-                                    proto)) {
+  if (auto err
+      = check_payload_type(act, m.msg->GetDescriptor()->full_name(), proto)) {
     m.reply(std::move(err));
     return;
   }
@@ -104,9 +106,8 @@ void partition::on_call(call_msg& m) {
   try {
     result = act.grain->handle(t, *m.msg);
   } catch (const std::exception& e) {
-    result = make_error(errc::handler_failed,
-                        "handler of " + to_string(*act.id)
-                          + " threw: " + e.what());
+    result = make_error(errc::handler_failed, "handler of " + to_string(*act.id)
+                                                  + " threw: " + e.what());
   }
   bump(core_.stats.turns);
   bump(core_.stats.transient_turns);
@@ -116,8 +117,8 @@ void partition::on_call(call_msg& m) {
       result = std::move(err);
     else if (uncommitted_turns_ >= core_.cfg.max_uncommitted_per_partition)
       result = overloaded("partition " + std::to_string(id_) + " has "
-                            + std::to_string(uncommitted_turns_)
-                            + " turns waiting for their commit",
+                              + std::to_string(uncommitted_turns_)
+                              + " turns waiting for their commit",
                           5);
   }
   if (!result) {
@@ -125,10 +126,9 @@ void partition::on_call(call_msg& m) {
     rollback(act);
     for (auto& out : t.tells_)
       core_.release(partition_of(out.to, core_.cfg.partitions));
-    defer_after(act, [reply = std::move(m.reply),
-                      err = std::move(result.error())](const caf::error&) {
-      reply(err);
-    });
+    defer_after(act,
+                [reply = std::move(m.reply), err = std::move(result.error())](
+                    const caf::error&) { reply(err); });
     return;
   }
   if (writes)
@@ -158,10 +158,9 @@ void partition::on_tell(tell_msg& m) {
   call_msg call{std::move(m.target), std::move(m.msg),
                 [target](caf::expected<message_ptr> res) {
                   if (!res)
-                    log(log_level::warning, "transient tell to "
-                                              + to_string(target)
-                                              + " failed: "
-                                              + describe(res.error()));
+                    log(log_level::warning,
+                        "transient tell to " + to_string(target)
+                            + " failed: " + describe(res.error()));
                 }};
   on_call(call);
 }
@@ -170,15 +169,15 @@ void partition::on_send(send_msg& m) {
   core_.release(id_);
   auto reject = [&](caf::error err) { m.done(err); };
   if (failed_ || stopping_)
-    return reject(failed_ ? failure_
-                          : make_error(errc::silo_stopped,
-                                       "the silo is stopping"));
+    return reject(failed_
+                      ? failure_
+                      : make_error(errc::silo_stopped, "the silo is stopping"));
   if (auto err = core_.check_space())
     return reject(std::move(err));
   if (uncommitted_turns_ >= core_.cfg.max_uncommitted_per_partition)
     return reject(overloaded("partition " + std::to_string(id_) + " has "
-                               + std::to_string(uncommitted_turns_)
-                               + " turns waiting for their commit",
+                                 + std::to_string(uncommitted_turns_)
+                                 + " turns waiting for their commit",
                              5));
   grain_id target{m.env->target().type(), m.env->target().key()};
   auto act_res = activate(target);
@@ -194,10 +193,9 @@ void partition::on_send(send_msg& m) {
     std::unique_ptr<google::protobuf::Message> probe{proto->New()};
     if (!probe->ParseFromString(m.env->payload()))
       return reject(make_error(errc::malformed_message,
-                               "payload of message " + m.env->msg_id()
-                                 + " to " + to_string(target)
-                                 + " does not parse as "
-                                 + m.env->payload_type()));
+                               "payload of message " + m.env->msg_id() + " to "
+                                   + to_string(target) + " does not parse as "
+                                   + m.env->payload_type()));
   }
   auto dk = keys::with_suffix(prefix_of(target), m.env->msg_id());
   if (pending_ids_.count(dk) > 0) {
@@ -221,13 +219,12 @@ void partition::on_send(send_msg& m) {
   if (act.blocked
       && act.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
     pending_ids_.erase(dk);
-    auto retry = std::max<int64_t>(act.blocked->retry_at_ms
-                                     - core_.clk->now_ms(),
-                                   10);
+    auto retry
+        = std::max<int64_t>(act.blocked->retry_at_ms - core_.clk->now_ms(), 10);
     return item.done(overloaded("inbox of grain " + to_string(target)
-                                  + " holds "
-                                  + std::to_string(act.blocked->items.size())
-                                  + " messages (max_inbox_per_grain)",
+                                    + " holds "
+                                    + std::to_string(act.blocked->items.size())
+                                    + " messages (max_inbox_per_grain)",
                                 retry));
   }
   accept_durable(act, std::move(item));
@@ -281,9 +278,8 @@ void partition::on_deliver(deliver_msg& m) {
   auto& act = **act_res;
   if (act.blocked
       && act.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
-    retry_ms = std::max<int64_t>(act.blocked->retry_at_ms
-                                   - core_.clk->now_ms(),
-                                 10);
+    retry_ms
+        = std::max<int64_t>(act.blocked->retry_at_ms - core_.clk->now_ms(), 10);
     ack_sender(item, overloaded("inbox full", retry_ms), retry_ms);
     return;
   }
@@ -364,8 +360,8 @@ caf::expected<partition::activation*> partition::activate(const grain_id& id) {
       known += (known.empty() ? "" : ", ") + name;
     return make_error(errc::unknown_grain_type,
                       "grain type '" + id.type
-                        + "' is not registered on this silo (registered: "
-                        + (known.empty() ? "none" : known) + ")");
+                          + "' is not registered on this silo (registered: "
+                          + (known.empty() ? "none" : known) + ")");
   }
   auto grain = (*factory)();
   auto key = prefix_of(id);
@@ -378,10 +374,10 @@ caf::expected<partition::activation*> partition::activate(const grain_id& id) {
   else
     err = grain->load_state(std::nullopt);
   if (err) {
-    auto msg = "state record of grain " + to_string(id) + " (key "
-               + keys::printable(key)
-               + ") does not decode; the record is kept untouched: "
-               + describe(err);
+    auto msg
+        = "state record of grain " + to_string(id) + " (key "
+          + keys::printable(key)
+          + ") does not decode; the record is kept untouched: " + describe(err);
     log(log_level::error, msg);
     return make_error(errc::corrupt_record, std::move(msg));
   }
@@ -401,15 +397,15 @@ caf::expected<partition::activation*> partition::activate(const grain_id& id) {
   return act;
 }
 
-caf::error partition::check_payload_type(activation& act,
-                                         const std::string& type,
-                                         const google::protobuf::Message*& proto) {
+caf::error
+partition::check_payload_type(activation& act, const std::string& type,
+                              const google::protobuf::Message*& proto) {
   proto = act.grain->prototype(type);
   if (proto)
     return caf::none;
   return make_error(errc::unhandled_message,
                     "grain type '" + act.id->type
-                      + "' does not handle message type '" + type + "'");
+                        + "' does not handle message type '" + type + "'");
 }
 
 void partition::run_durable(activation& act, work_item& item) {
@@ -421,8 +417,7 @@ void partition::run_durable(activation& act, work_item& item) {
   }
   std::unique_ptr<google::protobuf::Message> msg{proto->New()};
   if (!msg->ParseFromString(env.payload())) {
-    dead_letter(&act, item,
-                "payload does not parse as " + env.payload_type());
+    dead_letter(&act, item, "payload does not parse as " + env.payload_type());
     return;
   }
   grain_id sender;
@@ -440,7 +435,7 @@ void partition::run_durable(activation& act, work_item& item) {
     result = act.grain->handle(t, *msg);
   } catch (const std::exception& e) {
     result = make_error(errc::handler_failed, "handler of " + to_string(*act.id)
-                                                + " threw: " + e.what());
+                                                  + " threw: " + e.what());
   }
   bump(core_.stats.turns);
   bump(core_.stats.durable_turns);
@@ -470,13 +465,13 @@ void partition::fail_durable(activation& act, work_item item,
   env.set_attempts(env.attempts() + 1);
   log(log_level::warning,
       "grain " + to_string(*act.id) + ": message " + env.msg_id() + " ("
-        + env.payload_type() + ") failed, attempt "
-        + std::to_string(env.attempts()) + "/"
-        + std::to_string(core_.cfg.max_attempts) + ": " + describe(err));
+          + env.payload_type() + ") failed, attempt "
+          + std::to_string(env.attempts()) + "/"
+          + std::to_string(core_.cfg.max_attempts) + ": " + describe(err));
   if (env.attempts() >= core_.cfg.max_attempts) {
     dead_letter(&act, item,
                 "failed " + std::to_string(env.attempts())
-                  + " attempts; last error: " + describe(err));
+                    + " attempts; last error: " + describe(err));
     return;
   }
   if (item.source_key.empty()) {
@@ -526,9 +521,8 @@ void partition::dead_letter(activation* act, work_item& item,
   else
     schedule_flush();
   bump(core_.stats.dead_letters);
-  log(log_level::warning, "message " + env.msg_id() + " to "
-                            + to_string(target)
-                            + " moved to dead letters: " + why);
+  log(log_level::warning, "message " + env.msg_id() + " to " + to_string(target)
+                              + " moved to dead letters: " + why);
   if (item.done)
     defer(std::move(item.done));
   ack_sender(item, caf::none, 0);
@@ -586,9 +580,8 @@ void partition::apply_turn(activation& act, turn& t) {
     env->set_ack_key(key);
     env->set_accepted_ms(now);
     batch_.put(column::outbox, key, env->SerializeAsString());
-    outbox_[key] = pending_out{env, *act.id,
-                               partition_of(out.to, core_.cfg.partitions),
-                               never, 0};
+    outbox_[key] = pending_out{
+        env, *act.id, partition_of(out.to, core_.cfg.partitions), never, 0};
     ++outbox_count_[*act.id];
     defer([this, key](const caf::error& err) {
       if (err)
@@ -662,8 +655,7 @@ void partition::run_blocked(activation& act) {
 
 int64_t partition::retry_delay(uint32_t attempts) const {
   auto delay = core_.cfg.retry_initial.count();
-  for (uint32_t i = 1; i < attempts && delay < core_.cfg.retry_max.count();
-       ++i)
+  for (uint32_t i = 1; i < attempts && delay < core_.cfg.retry_max.count(); ++i)
     delay *= 2;
   return std::min<int64_t>(delay, core_.cfg.retry_max.count());
 }
@@ -736,7 +728,7 @@ void partition::on_committed(committed_msg& m) {
     // that must not be papered over.
     fail_stop(make_error(errc::storage_failure,
                          "commit notifications out of order in partition "
-                           + std::to_string(id_)));
+                             + std::to_string(id_)));
     return;
   }
   auto done = std::move(inflight_.front());
@@ -760,9 +752,9 @@ void partition::fail_stop(const caf::error& err) {
   failed_ = true;
   failure_ = make_error(errc::storage_failure,
                         "silo fail-stopped after a storage error; reopen it: "
-                          + describe(err));
-  log(log_level::error, "partition " + std::to_string(id_) + ": "
-                          + describe(failure_));
+                            + describe(err));
+  log(log_level::error,
+      "partition " + std::to_string(id_) + ": " + describe(failure_));
 }
 
 // -- outbox -------------------------------------------------------------------
@@ -943,7 +935,7 @@ void partition::quarantine(column col, std::string_view key,
   schedule_flush();
   bump(core_.stats.quarantined);
   log(log_level::error, "quarantined corrupt " + std::string{to_string(col)}
-                          + " record " + keys::printable(key) + ": " + why);
+                            + " record " + keys::printable(key) + ": " + why);
 }
 
 caf::error partition::recover() {
@@ -955,24 +947,22 @@ caf::error partition::recover() {
     for (;;) {
       size_t seen = 0;
       std::string last;
-      auto err = core_.store->scan(col, prefix, start, recovery_page,
-                                   [&](std::string_view k, std::string_view v) {
-                                     ++seen;
-                                     last.assign(k);
-                                     auto env
-                                       = std::make_shared<wire::Envelope>();
-                                     if (!env->ParseFromArray(v.data(),
-                                                              static_cast<int>(
-                                                                v.size()))
-                                         || !keys::decode(k)) {
-                                       quarantine(col, k, v,
-                                                  "record does not decode as "
-                                                  "an envelope");
-                                       return true;
-                                     }
-                                     fn(std::string{k}, std::move(env));
-                                     return true;
-                                   });
+      auto err = core_.store->scan(
+          col, prefix, start, recovery_page,
+          [&](std::string_view k, std::string_view v) {
+            ++seen;
+            last.assign(k);
+            auto env = std::make_shared<wire::Envelope>();
+            if (!env->ParseFromArray(v.data(), static_cast<int>(v.size()))
+                || !keys::decode(k)) {
+              quarantine(col, k, v,
+                         "record does not decode as "
+                         "an envelope");
+              return true;
+            }
+            fn(std::string{k}, std::move(env));
+            return true;
+          });
       if (err)
         return err;
       if (seen < recovery_page)
@@ -993,8 +983,8 @@ caf::error partition::recover() {
     grain_id target{env->target().type(), env->target().key()};
     ++outbox_count_[sender];
     outbox_[std::move(key)]
-      = pending_out{std::move(env), std::move(sender),
-                    partition_of(target, core_.cfg.partitions), now, 0};
+        = pending_out{std::move(env), std::move(sender),
+                      partition_of(target, core_.cfg.partitions), now, 0};
   });
   if (err)
     return err;
@@ -1016,7 +1006,7 @@ caf::error partition::recover() {
         dead_letter(nullptr, item, describe(act.error()));
       } else {
         log(log_level::error, "inbox entry " + keys::printable(item.source_key)
-                                + " stays stored: " + describe(act.error()));
+                                  + " stays stored: " + describe(act.error()));
       }
       continue;
     }
@@ -1024,7 +1014,7 @@ caf::error partition::recover() {
     if (!a.blocked)
       a.blocked = std::make_unique<blocked_queue>();
     pending_ids_.insert(
-      keys::with_suffix(prefix_of(target), item.env->msg_id()));
+        keys::with_suffix(prefix_of(target), item.env->msg_id()));
     a.blocked->items.push_back(std::move(item));
     blocked_.insert(a.id);
   }
@@ -1047,13 +1037,13 @@ void partition::admin_dead_letter(const grain_id& target,
     return done(raw.error());
   if (!*raw)
     return done(make_error(errc::not_found, "no dead letter " + msg_id
-                                              + " for grain "
-                                              + to_string(target)));
+                                                + " for grain "
+                                                + to_string(target)));
   wire::DeadLetter dl;
   if (!dl.ParseFromString(**raw))
-    return done(make_error(errc::corrupt_record,
-                           "dead letter " + keys::printable(key)
-                             + " does not decode"));
+    return done(
+        make_error(errc::corrupt_record,
+                   "dead letter " + keys::printable(key) + " does not decode"));
   if (!requeue) {
     batch_.erase(column::dead_letters, key);
     schedule_flush();
@@ -1065,8 +1055,8 @@ void partition::admin_dead_letter(const grain_id& target,
     return done(act.error());
   auto& a = **act;
   if (a.blocked && a.blocked->items.size() >= core_.cfg.max_inbox_per_grain)
-    return done(overloaded("inbox of grain " + to_string(target) + " is full",
-                           100));
+    return done(
+        overloaded("inbox of grain " + to_string(target) + " is full", 100));
   batch_.erase(column::dead_letters, key);
   auto dk = keys::with_suffix(prefix, msg_id);
   batch_.erase(column::dedup, dk);
@@ -1093,13 +1083,14 @@ void partition::admin_dead_letter(const grain_id& target,
 
 caf::error turn::check_room() {
   if (sends_.size() + timers_.size() + tells_.size() >= max_effects)
-    return make_error(errc::overloaded,
-                      "a turn may record at most "
-                        + std::to_string(max_effects) + " sends and timers");
+    return make_error(errc::overloaded, "a turn may record at most "
+                                            + std::to_string(max_effects)
+                                            + " sends and timers");
   return caf::none;
 }
 
-caf::error turn::send(const grain_id& to, const google::protobuf::Message& msg) {
+caf::error turn::send(const grain_id& to,
+                      const google::protobuf::Message& msg) {
   if (auto err = check_room())
     return err;
   if (to.type.empty())
@@ -1109,17 +1100,17 @@ caf::error turn::send(const grain_id& to, const google::protobuf::Message& msg) 
   if (size > core.cfg.max_payload_bytes)
     return make_error(errc::payload_too_large,
                       "payload of " + std::to_string(size)
-                        + " bytes exceeds max_payload_bytes="
-                        + std::to_string(core.cfg.max_payload_bytes));
+                          + " bytes exceeds max_payload_bytes="
+                          + std::to_string(core.cfg.max_payload_bytes));
   size_t pending = 0;
   if (auto i = owner_->outbox_count_.find(self_);
       i != owner_->outbox_count_.end())
     pending = i->second;
   if (pending + sends_.size() >= core.cfg.max_outbox_per_grain)
     return owner_->overloaded("grain " + to_string(self_) + " has "
-                                + std::to_string(pending + sends_.size())
-                                + " undelivered messages "
-                                  "(max_outbox_per_grain)",
+                                  + std::to_string(pending + sends_.size())
+                                  + " undelivered messages "
+                                    "(max_outbox_per_grain)",
                               50);
   outgoing out{to, msg.GetDescriptor()->full_name(), {}};
   msg.SerializeToString(&out.payload);
@@ -1142,7 +1133,7 @@ caf::error turn::set_timer(std::string name, std::chrono::milliseconds delay,
   if (size > core.cfg.max_payload_bytes)
     return make_error(errc::payload_too_large,
                       "timer payload of " + std::to_string(size)
-                        + " bytes exceeds max_payload_bytes");
+                          + " bytes exceeds max_payload_bytes");
   timer_change tc;
   tc.name = std::move(name);
   tc.due_ms = now_ms_ + delay.count();

@@ -221,7 +221,7 @@ private:
   detail::silo_core& core_;
   uint32_t id_;
   std::unordered_map<grain_id, std::unique_ptr<activation>, grain_id_hash>
-    catalog_;
+      catalog_;
   activation* lru_head_ = nullptr;
   activation* lru_tail_ = nullptr;
 

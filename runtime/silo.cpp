@@ -42,13 +42,13 @@ caf::error bad(const char* field, std::string problem) {
 caf::error silo_config::validate() const {
   if (partitions == 0 || partitions > 65'535)
     return bad("partitions", "must be between 1 and 65535, got "
-                               + std::to_string(partitions));
+                                 + std::to_string(partitions));
   if (threads == 0 || threads > 1'024)
     return bad("threads",
                "must be between 1 and 1024, got " + std::to_string(threads));
   if (scheduler_policy != "sharing" && scheduler_policy != "stealing")
     return bad("scheduler_policy", "must be \"sharing\" or \"stealing\", got \""
-                                     + scheduler_policy + "\"");
+                                       + scheduler_policy + "\"");
   if (idle_age.count() <= 0)
     return bad("idle_age", "must be positive");
   if (max_queued_per_partition == 0)
@@ -62,8 +62,7 @@ caf::error silo_config::validate() const {
   if (max_attempts == 0)
     return bad("max_attempts", "must be at least 1");
   if (retry_initial.count() <= 0 || retry_max < retry_initial)
-    return bad("retry_initial",
-               "must be positive and not above retry_max");
+    return bad("retry_initial", "must be positive and not above retry_max");
   if (max_payload_bytes == 0 || max_payload_bytes > (64u << 20))
     return bad("max_payload_bytes", "must be between 1 byte and 64 MiB");
   if (max_group_ops == 0)
@@ -117,16 +116,15 @@ caf::error silo_core::reserve(uint32_t p) {
   bump(stats.overloaded);
   return make_error(errc::overloaded,
                     "partition " + std::to_string(p) + " has "
-                      + std::to_string(prev)
-                      + " queued requests (max_queued_per_partition="
-                      + std::to_string(limit) + "); retry after 10 ms");
+                        + std::to_string(prev)
+                        + " queued requests (max_queued_per_partition="
+                        + std::to_string(limit) + "); retry after 10 ms");
 }
 
 caf::error silo_core::check_space() {
   using namespace std::chrono;
-  auto now
-    = duration_cast<milliseconds>(steady_clock::now().time_since_epoch())
-        .count();
+  auto now = duration_cast<milliseconds>(steady_clock::now().time_since_epoch())
+                 .count();
   auto last = space_checked_ms.load(std::memory_order_relaxed);
   if (now - last >= space_check_ms
       && space_checked_ms.compare_exchange_strong(last, now)) {
@@ -135,14 +133,14 @@ caf::error silo_core::check_space() {
     if (low && !space_low.load())
       log(log_level::error,
           "data volume has " + std::to_string(*free >> 20)
-            + " MiB free, below min_free_bytes; refusing new durable work");
+              + " MiB free, below min_free_bytes; refusing new durable work");
     space_low = low;
   }
   if (space_low.load(std::memory_order_relaxed))
     return make_error(errc::storage_full,
                       "the data volume is below min_free_bytes ("
-                        + std::to_string(cfg.min_free_bytes >> 20)
-                        + " MiB); free space and retry");
+                          + std::to_string(cfg.min_free_bytes >> 20)
+                          + " MiB); free space and retry");
   return caf::none;
 }
 
@@ -150,7 +148,7 @@ caf::error silo_core::check_running() const {
   if (commits && commits->failed())
     return make_error(errc::storage_failure,
                       "silo fail-stopped after a storage error: "
-                        + describe(commits->failure()));
+                          + describe(commits->failure()));
   if (stopping)
     return make_error(errc::silo_stopped, "the silo is stopped");
   return caf::none;
@@ -158,8 +156,8 @@ caf::error silo_core::check_running() const {
 
 // -- silo ---------------------------------------------------------------------
 
-silo::silo(std::unique_ptr<silo_core> core) : core_(std::move(core)) {
-}
+silo::silo(std::unique_ptr<silo_core> core)
+    : core_(std::move(core)) {}
 
 silo::~silo() {
   static_cast<void>(stop());
@@ -167,7 +165,8 @@ silo::~silo() {
 
 caf::expected<std::unique_ptr<silo>>
 silo::start(silo_config cfg, grain_registry registry,
-            std::unique_ptr<storage> store, std::shared_ptr<granary::clock> clk) {
+            std::unique_ptr<storage> store,
+            std::shared_ptr<granary::clock> clk) {
   if (auto err = cfg.validate())
     return err;
   if (!store)
@@ -188,16 +187,16 @@ silo::start(silo_config cfg, grain_registry registry,
     if (meta.format_version() > format_version)
       return make_error(errc::invalid_config,
                         "data directory has format version "
-                          + std::to_string(meta.format_version())
-                          + ", this build reads up to "
-                          + std::to_string(format_version));
+                            + std::to_string(meta.format_version())
+                            + ", this build reads up to "
+                            + std::to_string(format_version));
     if (meta.partitions() != cfg.partitions)
       return make_error(errc::invalid_config,
                         "data directory was created with "
-                          + std::to_string(meta.partitions())
-                          + " partitions but the config asks for "
-                          + std::to_string(cfg.partitions)
-                          + "; the partition count is fixed at creation");
+                            + std::to_string(meta.partitions())
+                            + " partitions but the config asks for "
+                            + std::to_string(cfg.partitions)
+                            + "; the partition count is fixed at creation");
   } else {
     meta.set_format_version(format_version);
     meta.set_partitions(cfg.partitions);
@@ -219,19 +218,17 @@ silo::start(silo_config cfg, grain_registry registry,
   core->incarnation = meta.incarnation();
   core->sys_cfg = std::make_unique<caf::actor_system_config>();
   core->sys_cfg->set("scheduler.max-threads", core->cfg.threads);
-  core->sys_cfg->set("scheduler.policy",
-                     core->cfg.scheduler_policy == "sharing"
-                       ? caf::atom("sharing")
-                       : caf::atom("stealing"));
+  core->sys_cfg->set("scheduler.policy", core->cfg.scheduler_policy == "sharing"
+                                             ? caf::atom("sharing")
+                                             : caf::atom("stealing"));
   core->sys_cfg->set("logger.console-verbosity", caf::atom("quiet"));
   core->sys_cfg->set("logger.file-verbosity", caf::atom("quiet"));
   core->sys = std::make_unique<caf::actor_system>(*core->sys_cfg);
-  core->commits = std::make_unique<commit_loop>(*core->store,
-                                                core->cfg.max_group_ops);
+  core->commits
+      = std::make_unique<commit_loop>(*core->store, core->cfg.max_group_ops);
   core->gauges = std::make_unique<mailbox_gauge[]>(core->cfg.partitions);
   for (uint32_t p = 0; p < core->cfg.partitions; ++p)
-    core->partitions.push_back(
-      core->sys->spawn<partition>(std::ref(*core), p));
+    core->partitions.push_back(core->sys->spawn<partition>(std::ref(*core), p));
   std::unique_ptr<silo> result{new silo(std::move(core))};
   auto& c = *result->core_;
   caf::error failure;
@@ -315,10 +312,9 @@ caf::expected<message_ptr> silo::call(grain_id target, message_ptr msg,
   call_async(std::move(target), std::move(msg),
              [w](caf::expected<message_ptr> res) { w->set(std::move(res)); });
   if (fut.wait_for(timeout) != std::future_status::ready)
-    return make_error(errc::timeout, "transient call to " + name
-                                       + " timed out after "
-                                       + std::to_string(timeout.count())
-                                       + " ms");
+    return make_error(errc::timeout,
+                      "transient call to " + name + " timed out after "
+                          + std::to_string(timeout.count()) + " ms");
   return fut.get();
 }
 
@@ -332,10 +328,10 @@ void silo::send_async(grain_id target, const google::protobuf::Message& msg,
   auto size = msg.ByteSizeLong();
   if (size > c.cfg.max_payload_bytes)
     return done(make_error(errc::payload_too_large,
-                           "payload of " + std::to_string(size)
-                             + " bytes to " + to_string(target)
-                             + " exceeds max_payload_bytes="
-                             + std::to_string(c.cfg.max_payload_bytes)));
+                           "payload of " + std::to_string(size) + " bytes to "
+                               + to_string(target)
+                               + " exceeds max_payload_bytes="
+                               + std::to_string(c.cfg.max_payload_bytes)));
   auto p = partition_of(target, c.cfg.partitions);
   if (auto err = c.reserve(p))
     return done(err);
@@ -358,43 +354,43 @@ caf::error silo::send(grain_id target, const google::protobuf::Message& msg,
              [w](const caf::error& err) { w->set(err); });
   if (fut.wait_for(timeout) != std::future_status::ready)
     return make_error(errc::timeout,
-                      "durable send to " + name + " was not acknowledged within "
-                        + std::to_string(timeout.count())
-                        + " ms; resend with the same msg_id to be safe");
+                      "durable send to " + name
+                          + " was not acknowledged within "
+                          + std::to_string(timeout.count())
+                          + " ms; resend with the same msg_id to be safe");
   return fut.get();
 }
 
-caf::expected<std::vector<dead_letter_info>>
-silo::dead_letters(size_t limit) {
+caf::expected<std::vector<dead_letter_info>> silo::dead_letters(size_t limit) {
   auto& c = *core_;
   if (auto err = c.check_running())
     return err;
   std::vector<dead_letter_info> out;
   auto err = c.store->scan(
-    column::dead_letters, {}, {}, limit,
-    [&](std::string_view key, std::string_view value) {
-      wire::DeadLetter dl;
-      dead_letter_info info;
-      if (!dl.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-        info.target = grain_id{"<undecodable>", keys::printable(key)};
-        info.error = "dead-letter record does not decode";
-      } else if (!dl.origin_column().empty()) {
-        info.target = grain_id{"<quarantined " + dl.origin_column() + ">",
-                               keys::printable(dl.origin_key())};
-        info.error = dl.error();
-        info.dead_ms = dl.dead_ms();
-      } else {
-        auto& env = dl.envelope();
-        info.target = grain_id{env.target().type(), env.target().key()};
-        info.msg_id = env.msg_id();
-        info.payload_type = env.payload_type();
-        info.error = dl.error();
-        info.attempts = dl.attempts();
-        info.dead_ms = dl.dead_ms();
-      }
-      out.push_back(std::move(info));
-      return true;
-    });
+      column::dead_letters, {}, {}, limit,
+      [&](std::string_view key, std::string_view value) {
+        wire::DeadLetter dl;
+        dead_letter_info info;
+        if (!dl.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          info.target = grain_id{"<undecodable>", keys::printable(key)};
+          info.error = "dead-letter record does not decode";
+        } else if (!dl.origin_column().empty()) {
+          info.target = grain_id{"<quarantined " + dl.origin_column() + ">",
+                                 keys::printable(dl.origin_key())};
+          info.error = dl.error();
+          info.dead_ms = dl.dead_ms();
+        } else {
+          auto& env = dl.envelope();
+          info.target = grain_id{env.target().type(), env.target().key()};
+          info.msg_id = env.msg_id();
+          info.payload_type = env.payload_type();
+          info.error = dl.error();
+          info.attempts = dl.attempts();
+          info.dead_ms = dl.dead_ms();
+        }
+        out.push_back(std::move(info));
+        return true;
+      });
   if (err)
     return err;
   return out;
@@ -409,13 +405,11 @@ caf::error run_admin(silo_core& c, const grain_id& target,
   auto w = std::make_shared<waiter<caf::error>>();
   auto fut = w->promise.get_future();
   auto p = partition_of(target, c.cfg.partitions);
-  caf::anon_send(c.partitions[p],
-                 admin_msg{[w, target, msg_id, requeue](partition& self) {
-                   self.admin_dead_letter(target, msg_id, requeue,
-                                          [w](const caf::error& err) {
-                                            w->set(err);
-                                          });
-                 }});
+  caf::anon_send(
+      c.partitions[p], admin_msg{[w, target, msg_id, requeue](partition& self) {
+        self.admin_dead_letter(target, msg_id, requeue,
+                               [w](const caf::error& err) { w->set(err); });
+      }});
   if (fut.wait_for(std::chrono::seconds{30}) != std::future_status::ready)
     return make_error(errc::timeout, "dead-letter operation timed out");
   return fut.get();

@@ -68,7 +68,8 @@ struct silo_core {
 
   /// Returns a fresh sequence number, unique across restarts.
   uint64_t next_seq() {
-    return (incarnation << 40) | (next_counter.fetch_add(1) & ((1ull << 40) - 1));
+    return (incarnation << 40)
+           | (next_counter.fetch_add(1) & ((1ull << 40) - 1));
   }
 
   /// Reserves a slot in partition `p`'s mailbox, or returns `overloaded`.

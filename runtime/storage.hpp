@@ -75,7 +75,7 @@ private:
 
 /// Visitor for `storage::scan`; returns false to stop early.
 using scan_visitor
-  = std::function<bool(std::string_view key, std::string_view value)>;
+    = std::function<bool(std::string_view key, std::string_view value)>;
 
 /// The storage seam. The runtime knows no RocksDB: persistence implements
 /// this interface, and tests use `memory_storage`.
@@ -86,7 +86,7 @@ public:
   /// Reads one record; nullopt when absent.
   virtual caf::expected<std::optional<std::string>> get(column col,
                                                         std::string_view key)
-    = 0;
+      = 0;
 
   /// Applies all `batches` as one atomic write and returns only after it is
   /// durable (fsync'd). An error leaves the outcome unknown: callers treat
@@ -99,7 +99,7 @@ public:
   virtual caf::error scan(column col, std::string_view prefix,
                           std::string_view start, size_t limit,
                           const scan_visitor& visit)
-    = 0;
+      = 0;
 
   /// Free bytes on the volume holding the data; nullopt if not applicable.
   virtual std::optional<uint64_t> free_bytes() = 0;

@@ -103,14 +103,13 @@ private:
   turn(partition* owner, const grain_id& self, bool durable,
        std::string message_id, const grain_id& sender, uint32_t attempt,
        int64_t now_ms)
-    : owner_(owner),
-      self_(self),
-      durable_(durable),
-      message_id_(std::move(message_id)),
-      sender_(sender),
-      attempt_(attempt),
-      now_ms_(now_ms) {
-  }
+      : owner_(owner)
+      , self_(self)
+      , durable_(durable)
+      , message_id_(std::move(message_id))
+      , sender_(sender)
+      , attempt_(attempt)
+      , now_ms_(now_ms) {}
 
   caf::error check_room();
 

@@ -1,13 +1,13 @@
 #include "persistence/rocksdb_storage.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <atomic>
 #include <filesystem>
 #include <memory>
-#include <thread>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -32,7 +32,8 @@ using kv_list = std::vector<std::pair<std::string, std::string>>;
 // WAL files once `fail_syncs` is set, like a dying disk.
 class failing_env : public rocksdb::EnvWrapper {
 public:
-  failing_env() : rocksdb::EnvWrapper(rocksdb::Env::Default()) {
+  failing_env()
+      : rocksdb::EnvWrapper(rocksdb::Env::Default()) {
     // nop
   }
 
@@ -55,8 +56,9 @@ private:
   class file : public rocksdb::WritableFileWrapper {
   public:
     file(std::unique_ptr<rocksdb::WritableFile> f, std::atomic<bool>& fail)
-      : rocksdb::WritableFileWrapper(f.get()), owned_(std::move(f)),
-        fail_(fail) {
+        : rocksdb::WritableFileWrapper(f.get())
+        , owned_(std::move(f))
+        , fail_(fail) {
       // nop
     }
 
@@ -258,29 +260,26 @@ TEST_F(rocksdb_storage_test, scan_prefix_start_limit) {
             (strs{"m1", "m2", "m256", "m300", "m65536"}));
   EXPECT_EQ(values(scan_all(*st, column::inbox, p1, "", 2)),
             (strs{"m1", "m2"}));
-  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, keys::with_seq(p1, 3),
-                            2)),
+  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, keys::with_seq(p1, 3), 2)),
             (strs{"m256", "m300"}));
   // A start below the prefix is clamped to the prefix.
-  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, "\x00", 1)),
-            (strs{"m1"}));
+  EXPECT_EQ(values(scan_all(*st, column::inbox, p1, "\x00", 1)), (strs{"m1"}));
   // A start beyond the prefix range yields nothing.
   EXPECT_TRUE(scan_all(*st, column::inbox, p1, p2, 100).empty());
   EXPECT_TRUE(scan_all(*st, column::inbox, p1, "", 0).empty());
   // The partition prefix covers both grains of partition 7 but not 6.
-  EXPECT_EQ(values(scan_all(*st, column::inbox, keys::partition_prefix(7), "",
-                            100)),
-            (strs{"m1", "m2", "m256", "m300", "m65536", "other"}));
+  EXPECT_EQ(
+      values(scan_all(*st, column::inbox, keys::partition_prefix(7), "", 100)),
+      (strs{"m1", "m2", "m256", "m300", "m65536", "other"}));
   // An empty prefix scans the whole column in key order.
   EXPECT_EQ(scan_all(*st, column::inbox, "", "", 100).size(), 7u);
   // Other columns are separate key spaces.
   EXPECT_TRUE(scan_all(*st, column::outbox, "", "", 100).empty());
   // The visitor stops the scan by returning false.
   size_t calls = 0;
-  auto err = st->scan(column::inbox, p1, "", 100,
-                      [&](std::string_view, std::string_view) {
-                        return ++calls < 3;
-                      });
+  auto err = st->scan(
+      column::inbox, p1, "", 100,
+      [&](std::string_view, std::string_view) { return ++calls < 3; });
   EXPECT_FALSE(err);
   EXPECT_EQ(calls, 3u);
 }
@@ -314,9 +313,9 @@ TEST_F(rocksdb_storage_test, scan_skips_deleted_records) {
   for (int i = 0; i < 8; ++i)
     del.erase(column::outbox, keys::with_seq("q", i));
   ASSERT_FALSE(commit(*st, del));
-  EXPECT_EQ(scan_all(*st, column::outbox, "q", "", 10),
-            (kv_list{{keys::with_seq("q", 8), "8"},
-                     {keys::with_seq("q", 9), "9"}}));
+  EXPECT_EQ(
+      scan_all(*st, column::outbox, "q", "", 10),
+      (kv_list{{keys::with_seq("q", 8), "8"}, {keys::with_seq("q", 9), "9"}}));
 }
 
 TEST_F(rocksdb_storage_test, data_survives_reopen) {
@@ -350,7 +349,7 @@ TEST_F(rocksdb_storage_test, second_open_in_same_process_is_locked) {
   auto second = rocksdb_storage::open(cfg_);
   ASSERT_FALSE(second);
   EXPECT_EQ(code_of(second.error()), errc::data_dir_locked)
-    << describe(second.error());
+      << describe(second.error());
   auto text = describe(second.error());
   EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
   EXPECT_NE(text.find("in use by another silo"), std::string::npos) << text;
@@ -395,7 +394,7 @@ TEST_F(rocksdb_storage_test, open_while_other_process_holds_lock) {
   ASSERT_EQ(ok, '1');
   ASSERT_FALSE(res);
   EXPECT_EQ(code_of(res.error()), errc::data_dir_locked)
-    << describe(res.error());
+      << describe(res.error());
   auto text = describe(res.error());
   EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
   // Once the other process is gone, the directory opens again.
@@ -407,7 +406,7 @@ TEST_F(rocksdb_storage_test, empty_data_dir_is_invalid_config) {
   auto res = rocksdb_storage::open(cfg);
   ASSERT_FALSE(res);
   EXPECT_EQ(code_of(res.error()), errc::invalid_config)
-    << describe(res.error());
+      << describe(res.error());
 }
 
 TEST_F(rocksdb_storage_test, missing_dir_without_create_fails) {
@@ -415,7 +414,7 @@ TEST_F(rocksdb_storage_test, missing_dir_without_create_fails) {
   auto res = rocksdb_storage::open(cfg_);
   ASSERT_FALSE(res);
   EXPECT_EQ(code_of(res.error()), errc::storage_failure)
-    << describe(res.error());
+      << describe(res.error());
   auto text = describe(res.error());
   EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
 }
@@ -450,7 +449,7 @@ TEST_F(rocksdb_storage_test, failed_write_fail_stops_until_reopen) {
   ASSERT_TRUE(err);
   EXPECT_EQ(code_of(err), errc::storage_failure) << describe(err);
   EXPECT_NE(describe(err).find("injected fsync failure"), std::string::npos)
-    << describe(err);
+      << describe(err);
   EXPECT_TRUE(st->failed());
   // Even with a healthy disk again, the store stays fail-stopped.
   env.fail_syncs = false;

@@ -4,9 +4,9 @@ namespace hello {
 
 void counter::define(granary::handlers<counter>& h) {
   h.on(&counter::add)
-    .on(&counter::get)
-    .on(&counter::start_reminder)
-    .on(&counter::tick);
+      .on(&counter::get)
+      .on(&counter::start_reminder)
+      .on(&counter::tick);
 }
 
 Value counter::current() const {
@@ -25,8 +25,8 @@ caf::expected<Value> counter::get(granary::turn&, const Get&) {
   return current();
 }
 
-caf::expected<granary::done>
-counter::start_reminder(granary::turn& t, const StartReminder& msg) {
+caf::expected<granary::done> counter::start_reminder(granary::turn& t,
+                                                     const StartReminder& msg) {
   if (msg.period_ms() <= 0)
     return granary::make_error(granary::errc::invalid_argument,
                                "StartReminder.period_ms must be positive");

@@ -1,0 +1,465 @@
+// Runtime behaviour on in-memory storage: turns, effectively-once durable
+// messages, outbox delivery, backpressure, activation lifecycle, timers,
+// poison messages, quarantine and fail-stop.
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "granary.pb.h"
+#include "runtime/keys.hpp"
+#include "test_grains.hpp"
+
+using namespace granary;
+using namespace granary::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Polls `pred` until it holds or `timeout` passes.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout = 5s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred())
+      return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return pred();
+}
+
+class runtime_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    flaky_fails = false;
+    mem = std::make_shared<memory_storage>();
+    cfg.partitions = 8;
+  }
+
+  void TearDown() override {
+    flaky_fails = false;
+  }
+
+  std::unique_ptr<silo> start() {
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    auto s = silo::start(cfg, std::move(reg),
+                         std::make_unique<shared_storage>(mem));
+    if (!s) {
+      ADD_FAILURE() << describe(s.error());
+      return nullptr;
+    }
+    return std::move(*s);
+  }
+
+  static grain_id pid(std::string key) {
+    return id_of<probe>(std::move(key));
+  }
+
+  static Add add(int64_t delta) {
+    Add m;
+    m.set_delta(delta);
+    return m;
+  }
+
+  static caf::expected<Value> get(silo& s, const std::string& key) {
+    return grain_ref<probe>{s, key}.call<Value>(Get{});
+  }
+
+  std::shared_ptr<memory_storage> mem;
+  silo_config cfg;
+};
+
+} // namespace
+
+TEST(grain_id, stable_hash_never_changes) {
+  // Placement depends on this hash; a change would move every grain.
+  EXPECT_EQ(stable_hash(grain_id{"a", "b"}), stable_hash(grain_id{"a", "b"}));
+  EXPECT_NE(stable_hash(grain_id{"ab", ""}), stable_hash(grain_id{"a", "b"}));
+  EXPECT_EQ(stable_hash(grain_id{"test.probe", "k"}), 0xd43af7975d085c0cull);
+}
+
+TEST(grain_id, partitions_spread_evenly) {
+  std::vector<int> counts(64);
+  for (int i = 0; i < 64'000; ++i)
+    ++counts[partition_of(grain_id{"t", "key-" + std::to_string(i)}, 64)];
+  for (auto c : counts) {
+    EXPECT_GT(c, 800);
+    EXPECT_LT(c, 1'200);
+  }
+}
+
+TEST(keys, grain_prefix_round_trips_and_sorts_by_sequence) {
+  grain_id id{"type", std::string{"k\0ey", 4}};
+  auto prefix = keys::grain_prefix(513, id);
+  auto a = keys::with_seq(prefix, 2);
+  auto b = keys::with_seq(prefix, 256);
+  EXPECT_LT(a, b);
+  auto d = keys::decode(b);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->partition, 513u);
+  EXPECT_EQ(d->id, id);
+  EXPECT_EQ(keys::read_u64(d->suffix), 256u);
+  EXPECT_FALSE(keys::decode(std::string{"\x00\x01\x85", 3}));
+  EXPECT_FALSE(keys::decode("x"));
+}
+
+TEST_F(runtime_test, transient_call_replies) {
+  auto s = start();
+  auto v = grain_ref<probe>{*s, "a"}.call<Value>(add(5));
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5);
+  EXPECT_EQ(s->stats().activations, 1u);
+}
+
+TEST_F(runtime_test, unknown_grain_type_and_unhandled_message_are_clear) {
+  auto s = start();
+  auto r = s->call(grain_id{"no.such", "x"}, std::make_shared<Get>());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(code_of(r.error()), errc::unknown_grain_type);
+  EXPECT_NE(describe(r.error()).find("no.such"), std::string::npos);
+  EXPECT_NE(describe(r.error()).find("test.probe"), std::string::npos);
+  auto u = s->call(pid("a"), std::make_shared<Unhandled>());
+  ASSERT_FALSE(u);
+  EXPECT_EQ(code_of(u.error()), errc::unhandled_message);
+  EXPECT_NE(describe(u.error()).find("granary.test.Unhandled"),
+            std::string::npos);
+  auto d = s->send(pid("a"), Unhandled{});
+  EXPECT_EQ(code_of(d), errc::unhandled_message);
+  // The silo keeps serving.
+  EXPECT_TRUE(get(*s, "a"));
+}
+
+TEST_F(runtime_test, durable_send_is_effectively_once) {
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("a"), add(3), "m-1"));
+  ASSERT_FALSE(s->send(pid("a"), add(3), "m-1"));
+  ASSERT_FALSE(s->send(pid("a"), add(4), "m-2"));
+  auto v = get(*s, "a");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value(), 7);
+  EXPECT_GE(s->stats().duplicates, 1u);
+  // The dedup record survives a restart.
+  s.reset();
+  s = start();
+  ASSERT_FALSE(s->send(pid("a"), add(3), "m-1"));
+  v = get(*s, "a");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value(), 7);
+}
+
+TEST_F(runtime_test, acknowledged_state_is_in_storage) {
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("a"), add(9)));
+  auto raw = mem->get(
+      column::state,
+      keys::grain_prefix(partition_of(pid("a"), cfg.partitions), pid("a")));
+  ASSERT_TRUE(raw && *raw);
+  ProbeState st;
+  ASSERT_TRUE(st.ParseFromString(**raw));
+  EXPECT_EQ(st.value(), 9);
+}
+
+TEST_F(runtime_test, transient_call_that_writes_state_persists_it) {
+  auto s = start();
+  ASSERT_TRUE(grain_ref<probe>(*s, "a").call<Value>(add(2)));
+  s.reset();
+  s = start();
+  auto v = get(*s, "a");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value(), 2);
+}
+
+TEST_F(runtime_test, grain_to_grain_send_goes_through_the_outbox) {
+  auto s = start();
+  for (int i = 0; i < 20; ++i) {
+    Forward f;
+    f.set_to("dst-" + std::to_string(i % 3));
+    f.set_delta(1);
+    ASSERT_FALSE(s->send(pid("src-" + std::to_string(i)), f));
+  }
+  EXPECT_TRUE(eventually([&] {
+    int64_t sum = 0;
+    for (int k = 0; k < 3; ++k)
+      if (auto v = get(*s, "dst-" + std::to_string(k)))
+        sum += v->value();
+    return sum == 20;
+  }));
+  // Acknowledged deliveries remove their outbox entries.
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+}
+
+TEST_F(runtime_test, outbox_is_redelivered_after_restart) {
+  // An outbox entry left by a crash (stored, never acknowledged) is sent
+  // again on recovery and applied once.
+  Add a = add(5);
+  wire::Envelope env;
+  env.set_msg_id("orphan-1");
+  env.mutable_target()->set_type("test.probe");
+  env.mutable_target()->set_key("dst");
+  env.set_payload_type("granary.test.Add");
+  a.SerializeToString(env.mutable_payload());
+  env.mutable_sender()->set_type("test.probe");
+  env.mutable_sender()->set_key("src");
+  auto src = pid("src");
+  auto key = keys::with_seq(
+      keys::grain_prefix(partition_of(src, cfg.partitions), src), 1);
+  env.set_ack_key(key);
+  mem->poke(column::outbox, key, env.SerializeAsString());
+  auto s = start();
+  EXPECT_TRUE(eventually([&] {
+    auto v = get(*s, "dst");
+    return v && v->value() == 5;
+  }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  // Redelivering the same message again is deduplicated.
+  mem->poke(column::outbox, key, env.SerializeAsString());
+  s.reset();
+  s = start();
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  auto v = get(*s, "dst");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value(), 5);
+}
+
+TEST_F(runtime_test, blocked_grain_inbox_is_bounded) {
+  cfg.max_inbox_per_grain = 2;
+  cfg.retry_initial = 10s;
+  cfg.retry_max = 10s;
+  auto s = start();
+  flaky_fails = true;
+  Flaky f;
+  f.set_delta(1);
+  // The first fails and blocks the grain; it is stored in the inbox.
+  ASSERT_FALSE(s->send(pid("a"), f));
+  ASSERT_FALSE(s->send(pid("a"), f));
+  auto err = s->send(pid("a"), f);
+  ASSERT_EQ(code_of(err), errc::overloaded) << describe(err);
+  EXPECT_NE(describe(err).find("retry after"), std::string::npos);
+  EXPECT_NE(describe(err).find("test.probe/a"), std::string::npos);
+  EXPECT_EQ(mem->count(column::inbox), 2u);
+  // Other grains are not affected.
+  EXPECT_FALSE(s->send(pid("b"), add(1)));
+}
+
+TEST_F(runtime_test, partition_queue_overload_is_reported_never_dropped) {
+  cfg.partitions = 1;
+  cfg.max_queued_per_partition = 4;
+  auto s = start();
+  std::atomic<int> ok{0}, overloaded{0}, other{0};
+  constexpr int total = 2'000;
+  for (int i = 0; i < total; ++i)
+    s->call_async(pid("k" + std::to_string(i % 10)), std::make_shared<Get>(),
+                  [&](caf::expected<message_ptr> r) {
+                    if (r)
+                      ++ok;
+                    else if (code_of(r.error()) == errc::overloaded)
+                      ++overloaded;
+                    else
+                      ++other;
+                  });
+  EXPECT_TRUE(eventually([&] { return ok + overloaded + other == total; }));
+  EXPECT_EQ(other, 0);
+  EXPECT_GT(overloaded, 0);
+  EXPECT_GT(ok, 0);
+}
+
+TEST_F(runtime_test, idle_grains_deactivate_and_reload_state) {
+  cfg.idle_age = 50ms;
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("a"), add(4)));
+  EXPECT_EQ(s->stats().active, 1u);
+  EXPECT_TRUE(eventually([&] { return s->stats().deactivations >= 1; }));
+  EXPECT_EQ(s->stats().active, 0u);
+  auto v = get(*s, "a");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value(), 4);
+  EXPECT_EQ(s->stats().activations, 2u);
+}
+
+TEST_F(runtime_test, timers_fire_and_survive_restart) {
+  auto s = start();
+  Arm arm;
+  arm.set_name("once");
+  arm.set_delay_ms(300);
+  ASSERT_FALSE(s->send(pid("a"), arm));
+  s.reset(); // Stop before it is due.
+  EXPECT_EQ(mem->count(column::timers), 1u);
+  s = start();
+  EXPECT_TRUE(eventually([&] {
+    auto v = get(*s, "a");
+    return v && v->fired() == 1;
+  }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::timers) == 0; }));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(get(*s, "a")->fired(), 1); // One-shot: fired once.
+}
+
+TEST_F(runtime_test, reminders_repeat_until_cancelled) {
+  auto s = start();
+  Arm arm;
+  arm.set_name("r");
+  arm.set_delay_ms(10);
+  arm.set_period_ms(20);
+  ASSERT_FALSE(s->send(pid("a"), arm));
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() >= 3; }));
+  Disarm d;
+  d.set_name("r");
+  ASSERT_FALSE(s->send(pid("a"), d));
+  auto after = get(*s, "a")->fired();
+  std::this_thread::sleep_for(150ms);
+  EXPECT_LE(get(*s, "a")->fired(), after + 1);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+}
+
+TEST_F(runtime_test, poison_message_becomes_dead_letter_and_grain_continues) {
+  cfg.max_attempts = 3;
+  cfg.retry_initial = 5ms;
+  auto s = start();
+  flaky_fails = true;
+  Flaky f;
+  f.set_delta(100);
+  ASSERT_FALSE(s->send(pid("a"), f, "poison-1"));
+  ASSERT_FALSE(s->send(pid("a"), add(1), "good-1"));
+  EXPECT_TRUE(eventually([&] { return s->stats().dead_letters == 1; }));
+  // The failing turns were rolled back; the good message was processed.
+  EXPECT_TRUE(eventually([&] {
+    auto v = get(*s, "a");
+    return v && v->value() == 1;
+  }));
+  auto dl = s->dead_letters();
+  ASSERT_TRUE(dl);
+  ASSERT_EQ(dl->size(), 1u);
+  EXPECT_EQ((*dl)[0].msg_id, "poison-1");
+  EXPECT_EQ((*dl)[0].attempts, 3u);
+  EXPECT_NE((*dl)[0].error.find("failing on purpose"), std::string::npos);
+  EXPECT_EQ(mem->count(column::inbox), 0u);
+  // Fix the cause, requeue: it is processed once and leaves the list.
+  flaky_fails = false;
+  ASSERT_FALSE(s->requeue_dead_letter(pid("a"), "poison-1"));
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->value() == 101; }));
+  EXPECT_TRUE(s->dead_letters()->empty());
+  EXPECT_EQ(code_of(s->drop_dead_letter(pid("a"), "poison-1")),
+            errc::not_found);
+}
+
+TEST_F(runtime_test, dead_letters_can_be_dropped) {
+  cfg.max_attempts = 1;
+  auto s = start();
+  flaky_fails = true;
+  ASSERT_FALSE(s->send(pid("a"), Flaky{}, "p"));
+  EXPECT_TRUE(eventually([&] { return s->dead_letters()->size() == 1; }));
+  ASSERT_FALSE(s->drop_dead_letter(pid("a"), "p"));
+  EXPECT_TRUE(eventually([&] { return s->dead_letters()->empty(); }));
+}
+
+TEST_F(runtime_test, corrupt_inbox_record_is_quarantined_at_recovery) {
+  auto id = pid("a");
+  auto p = partition_of(id, cfg.partitions);
+  auto key = keys::with_seq(keys::grain_prefix(p, id), 7);
+  mem->poke(column::inbox, key, "\xff\xff garbage");
+  auto s = start();
+  EXPECT_EQ(s->stats().quarantined, 1u);
+  EXPECT_TRUE(eventually([&] { return mem->count(column::inbox) == 0; }));
+  auto dl = s->dead_letters();
+  ASSERT_TRUE(dl);
+  ASSERT_EQ(dl->size(), 1u);
+  EXPECT_NE(dl->front().target.type.find("quarantined inbox"),
+            std::string::npos);
+  // Other work goes on, including on the same grain.
+  ASSERT_FALSE(s->send(id, add(2)));
+  EXPECT_EQ(get(*s, "a")->value(), 2);
+}
+
+TEST_F(runtime_test, undecodable_payload_in_inbox_is_dead_lettered) {
+  auto id = pid("a");
+  wire::Envelope env;
+  env.set_msg_id("bad-payload");
+  env.mutable_target()->set_type(id.type);
+  env.mutable_target()->set_key(id.key);
+  env.set_payload_type("granary.test.Add");
+  env.set_payload("\xff\xff\xff");
+  auto key = keys::with_seq(
+      keys::grain_prefix(partition_of(id, cfg.partitions), id), 1);
+  mem->poke(column::inbox, key, env.SerializeAsString());
+  auto s = start();
+  EXPECT_TRUE(eventually([&] { return s->stats().dead_letters == 1; }));
+  auto dl = s->dead_letters();
+  ASSERT_TRUE(dl && dl->size() == 1);
+  EXPECT_NE(dl->front().error.find("does not parse"), std::string::npos);
+}
+
+TEST_F(runtime_test, corrupt_state_fails_only_that_grain_and_is_kept) {
+  auto id = pid("bad");
+  auto key = keys::grain_prefix(partition_of(id, cfg.partitions), id);
+  mem->poke(column::state, key, "\xff\xff\xff");
+  auto s = start();
+  auto r = get(*s, "bad");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(code_of(r.error()), errc::corrupt_record);
+  EXPECT_NE(describe(r.error()).find("test.probe/bad"), std::string::npos);
+  EXPECT_EQ(*mem->get(column::state, key), std::string{"\xff\xff\xff"});
+  EXPECT_TRUE(get(*s, "good"));
+}
+
+TEST_F(runtime_test, oversized_payload_is_refused) {
+  cfg.max_payload_bytes = 64;
+  auto s = start();
+  Big b;
+  b.set_data(std::string(1'000, 'x'));
+  auto err = s->send(pid("a"), b);
+  EXPECT_EQ(code_of(err), errc::payload_too_large);
+  EXPECT_NE(describe(err).find("max_payload_bytes=64"), std::string::npos);
+}
+
+TEST_F(runtime_test, storage_failure_fail_stops_the_silo) {
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("a"), add(1)));
+  mem->fail_commits(true);
+  auto err = s->send(pid("a"), add(1));
+  EXPECT_EQ(code_of(err), errc::storage_failure);
+  EXPECT_TRUE(s->failure());
+  mem->fail_commits(false);
+  // Still refused: the outcome of the failed write is unknown until reopen.
+  EXPECT_TRUE(s->send(pid("b"), add(1)));
+  s.reset();
+  s = start();
+  EXPECT_EQ(get(*s, "a")->value(), 1);
+}
+
+TEST_F(runtime_test, low_disk_space_refuses_durable_work_but_serves_reads) {
+  mem->set_free_bytes(uint64_t{1} << 20);
+  auto s = start();
+  auto err = s->send(pid("a"), add(1));
+  EXPECT_EQ(code_of(err), errc::storage_full) << describe(err);
+  EXPECT_TRUE(get(*s, "a"));
+}
+
+TEST_F(runtime_test, config_errors_name_the_field) {
+  cfg.partitions = 0;
+  grain_registry reg;
+  auto s = silo::start(cfg, std::move(reg), std::make_unique<memory_storage>());
+  ASSERT_FALSE(s);
+  EXPECT_EQ(code_of(s.error()), errc::invalid_config);
+  EXPECT_NE(describe(s.error()).find("partitions"), std::string::npos);
+}
+
+TEST_F(runtime_test, partition_count_is_fixed_at_creation) {
+  start().reset();
+  cfg.partitions = 16;
+  grain_registry reg;
+  auto s
+      = silo::start(cfg, std::move(reg), std::make_unique<shared_storage>(mem));
+  ASSERT_FALSE(s);
+  EXPECT_NE(describe(s.error()).find("created with 8 partitions"),
+            std::string::npos);
+}
+
+TEST(grain_registry, rejects_duplicates_and_empty_names) {
+  grain_registry reg;
+  EXPECT_FALSE(register_grain<probe>(reg));
+  EXPECT_EQ(code_of(register_grain<probe>(reg)), errc::invalid_argument);
+  EXPECT_TRUE(reg.add("", [] { return std::make_unique<probe>(); }));
+}
