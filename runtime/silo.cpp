@@ -362,38 +362,9 @@ caf::error silo::send(grain_id target, const google::protobuf::Message& msg,
 }
 
 caf::expected<std::vector<dead_letter_info>> silo::dead_letters(size_t limit) {
-  auto& c = *core_;
-  if (auto err = c.check_running())
+  if (auto err = core_->check_running())
     return err;
-  std::vector<dead_letter_info> out;
-  auto err = c.store->scan(
-      column::dead_letters, {}, {}, limit,
-      [&](std::string_view key, std::string_view value) {
-        wire::DeadLetter dl;
-        dead_letter_info info;
-        if (!dl.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
-          info.target = grain_id{"<undecodable>", keys::printable(key)};
-          info.error = "dead-letter record does not decode";
-        } else if (!dl.origin_column().empty()) {
-          info.target = grain_id{"<quarantined " + dl.origin_column() + ">",
-                                 keys::printable(dl.origin_key())};
-          info.error = dl.error();
-          info.dead_ms = dl.dead_ms();
-        } else {
-          auto& env = dl.envelope();
-          info.target = grain_id{env.target().type(), env.target().key()};
-          info.msg_id = env.msg_id();
-          info.payload_type = env.payload_type();
-          info.error = dl.error();
-          info.attempts = dl.attempts();
-          info.dead_ms = dl.dead_ms();
-        }
-        out.push_back(std::move(info));
-        return true;
-      });
-  if (err)
-    return err;
-  return out;
+  return list_dead_letters(*core_->store, limit);
 }
 
 namespace {

@@ -12,6 +12,7 @@
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 
+#include "runtime/admin.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/commit_loop.hpp"
 #include "runtime/grain_base.hpp"
@@ -96,16 +97,6 @@ struct silo_stats {
   uint64_t timers_fired = 0;
   uint64_t quarantined = 0;
   commit_stats commits;
-};
-
-/// A dead-letter record as shown to users.
-struct dead_letter_info {
-  grain_id target;
-  std::string msg_id;
-  std::string payload_type;
-  std::string error;
-  uint32_t attempts = 0;
-  int64_t dead_ms = 0;
 };
 
 namespace detail {

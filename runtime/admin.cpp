@@ -1,0 +1,126 @@
+#include "runtime/admin.hpp"
+
+#include "granary.pb.h"
+#include "runtime/error.hpp"
+#include "runtime/keys.hpp"
+
+namespace granary {
+
+namespace {
+
+constexpr const char* meta_key = "silo";
+
+caf::expected<wire::SiloMeta> read_meta(storage& store) {
+  auto raw = store.get(column::meta, meta_key);
+  if (!raw)
+    return std::move(raw.error());
+  if (!*raw)
+    return make_error(errc::not_found,
+                      "no silo metadata: this is not a Granary data directory");
+  wire::SiloMeta meta;
+  if (!meta.ParseFromString(**raw))
+    return make_error(errc::corrupt_record, "silo metadata does not decode");
+  return meta;
+}
+
+// A dead letter located by grain and message id, with the silo metadata.
+struct located {
+  wire::SiloMeta meta;
+  std::string key;
+  wire::DeadLetter dl;
+};
+
+caf::expected<located> locate(storage& store, const grain_id& target,
+                              const std::string& msg_id) {
+  auto meta = read_meta(store);
+  if (!meta)
+    return std::move(meta.error());
+  auto p = partition_of(target, meta->partitions());
+  auto key = keys::with_suffix(keys::grain_prefix(p, target), msg_id);
+  auto raw = store.get(column::dead_letters, key);
+  if (!raw)
+    return std::move(raw.error());
+  if (!*raw)
+    return make_error(errc::not_found, "no dead letter " + msg_id
+                                           + " for grain " + to_string(target));
+  located out{std::move(*meta), std::move(key), {}};
+  if (!out.dl.ParseFromString(**raw))
+    return make_error(errc::corrupt_record, "dead letter "
+                                                + keys::printable(out.key)
+                                                + " does not decode");
+  return out;
+}
+
+caf::error commit_one(storage& store, const write_batch& wb) {
+  const write_batch* views[] = {&wb};
+  return store.commit(views);
+}
+
+} // namespace
+
+caf::expected<std::vector<dead_letter_info>> list_dead_letters(storage& store,
+                                                               size_t limit) {
+  std::vector<dead_letter_info> out;
+  auto err = store.scan(
+      column::dead_letters, {}, {}, limit,
+      [&](std::string_view key, std::string_view value) {
+        wire::DeadLetter dl;
+        dead_letter_info info;
+        if (!dl.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          info.target = grain_id{"<undecodable>", keys::printable(key)};
+          info.error = "dead-letter record does not decode";
+        } else if (!dl.origin_column().empty()) {
+          info.target = grain_id{"<quarantined " + dl.origin_column() + ">",
+                                 keys::printable(dl.origin_key())};
+          info.error = dl.error();
+          info.dead_ms = dl.dead_ms();
+        } else {
+          auto& env = dl.envelope();
+          info.target = grain_id{env.target().type(), env.target().key()};
+          info.msg_id = env.msg_id();
+          info.payload_type = env.payload_type();
+          info.error = dl.error();
+          info.attempts = dl.attempts();
+          info.dead_ms = dl.dead_ms();
+        }
+        out.push_back(std::move(info));
+        return true;
+      });
+  if (err)
+    return err;
+  return out;
+}
+
+caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
+                                       const std::string& msg_id) {
+  auto found = locate(store, target, msg_id);
+  if (!found)
+    return found.error();
+  auto& meta = found->meta;
+  // A fresh incarnation keeps the new inbox key unique against anything a
+  // previous silo run or a later one generates.
+  meta.set_incarnation(meta.incarnation() + 1);
+  auto prefix
+      = keys::grain_prefix(partition_of(target, meta.partitions()), target);
+  auto env = found->dl.envelope();
+  env.set_attempts(0);
+  write_batch wb;
+  wb.put(column::meta, meta_key, meta.SerializeAsString());
+  wb.erase(column::dead_letters, found->key);
+  wb.erase(column::dedup, keys::with_suffix(prefix, msg_id));
+  wb.put(column::inbox, keys::with_seq(prefix, meta.incarnation() << 40),
+         env.SerializeAsString());
+  return commit_one(store, wb);
+}
+
+caf::error drop_dead_letter_offline(storage& store, const grain_id& target,
+                                    const std::string& msg_id) {
+  auto found = locate(store, target, msg_id);
+  if (!found)
+    return found.error();
+  write_batch wb;
+  wb.erase(column::dead_letters, found->key);
+  return commit_one(store, wb);
+}
+
+} // namespace granary

@@ -1,0 +1,39 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "runtime/grain_id.hpp"
+#include "runtime/storage.hpp"
+
+namespace granary {
+
+/// A dead-letter record as shown to users.
+struct dead_letter_info {
+  grain_id target;
+  std::string msg_id;
+  std::string payload_type;
+  std::string error;
+  uint32_t attempts = 0;
+  int64_t dead_ms = 0;
+};
+
+/// Lists up to `limit` dead letters (including quarantined records).
+caf::expected<std::vector<dead_letter_info>> list_dead_letters(storage& store,
+                                                               size_t limit);
+
+/// With no silo running on `store`: moves a dead letter back into its
+/// grain's inbox, where the next silo start picks it up. One atomic commit
+/// removes the dead letter and its dedup record and stores the message.
+caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
+                                       const std::string& msg_id);
+
+/// With no silo running on `store`: deletes a dead letter.
+caf::error drop_dead_letter_offline(storage& store, const grain_id& target,
+                                    const std::string& msg_id);
+
+} // namespace granary
