@@ -101,8 +101,8 @@ std::string counter_key(int64_t k) {
 std::unique_ptr<granary::silo> open_silo(const std::string& data_dir) {
   auto store = granary::rocksdb_storage::open({.data_dir = data_dir});
   if (!store) {
-    std::fprintf(stderr, "crash_child: cannot open %s: %s\n",
-                 data_dir.c_str(), granary::describe(store.error()).c_str());
+    std::fprintf(stderr, "crash_child: cannot open %s: %s\n", data_dir.c_str(),
+                 granary::describe(store.error()).c_str());
     return nullptr;
   }
   granary::grain_registry registry;
@@ -125,8 +125,9 @@ std::unique_ptr<granary::silo> open_silo(const std::string& data_dir) {
 class runner {
 public:
   runner(granary::silo& s, const options& opts)
-    : silo_(s), opts_(opts), acks_(static_cast<size_t>(opts.count)) {
-  }
+      : silo_(s)
+      , opts_(opts)
+      , acks_(static_cast<size_t>(opts.count)) {}
 
   void run() {
     int64_t next = 0;
@@ -167,8 +168,8 @@ private:
   void send(int64_t i) {
     hello::Add add;
     add.set_delta(1);
-    auto target = granary::id_of<hello::counter>(counter_key(i
-                                                             % opts_.counters));
+    auto target
+        = granary::id_of<hello::counter>(counter_key(i % opts_.counters));
     silo_.send_async(std::move(target), add, "inc-" + std::to_string(i),
                      [this, i](const caf::error& err) { on_done(i, err); });
   }
@@ -186,14 +187,13 @@ private:
         ++acked_;
       else
         std::fprintf(stderr, "crash_child: id %lld acknowledged %d times\n",
-                     static_cast<long long>(i),
-                     acks_[static_cast<size_t>(i)]);
+                     static_cast<long long>(i), acks_[static_cast<size_t>(i)]);
     } else {
       std::printf("err %lld %s\n", static_cast<long long>(i),
                   granary::describe(err).c_str());
       std::fflush(stdout);
       retries_.push_back(
-        retry{i, std::chrono::steady_clock::now() + retry_delay});
+          retry{i, std::chrono::steady_clock::now() + retry_delay});
     }
     --inflight_;
     cv_.notify_one();

@@ -220,6 +220,7 @@ public:
         if (errno == EINTR)
           continue;
         ADD_FAILURE() << "poll: " << std::strerror(errno);
+        ::kill(pid_, SIGKILL);
         break;
       }
       if (rc == 0)
@@ -229,6 +230,7 @@ public:
         if (errno == EINTR || errno == EAGAIN)
           continue;
         ADD_FAILURE() << "read: " << std::strerror(errno);
+        ::kill(pid_, SIGKILL);
         break;
       }
       if (n == 0)
@@ -318,11 +320,11 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
 
   temp_dir dir;
   {
-    auto tmpl = (std::filesystem::temp_directory_path()
-                 / "granary-crash-XXXXXX")
-                  .string();
+    auto tmpl
+        = (std::filesystem::temp_directory_path() / "granary-crash-XXXXXX")
+              .string();
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr)
-      << "mkdtemp: " << std::strerror(errno);
+        << "mkdtemp: " << std::strerror(errno);
     dir.path = tmpl;
   }
   auto data_dir = (dir.path / "data").string();
@@ -337,9 +339,9 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
   auto verify = [&](const std::string& when, bool exact) {
     auto res = run_child(data_dir, "verify", std::nullopt, 60s);
     ASSERT_TRUE(res.clean_exit())
-      << when << ": verify child ended with " << res.describe_status();
+        << when << ": verify child ended with " << res.describe_status();
     ASSERT_TRUE(res.bad_lines.empty())
-      << when << ": unexpected output: " << res.bad_lines.front();
+        << when << ": unexpected output: " << res.bad_lines.front();
     int64_t sum = 0;
     for (int64_t k = 0; k < n_counters; ++k) {
       auto v = res.values[static_cast<size_t>(k)];
@@ -347,29 +349,29 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
       auto hi = ids_of_counter(k);
       ASSERT_GE(v, 0) << when << ": no value for counter c" << k;
       sum += v;
-      EXPECT_GE(v, lo) << when << ": counter c" << k << " lost "
-                       << lo - v << " acknowledged increments (seed "
+      EXPECT_GE(v, lo) << when << ": counter c" << k << " lost " << lo - v
+                       << " acknowledged increments (seed " << seed << ")";
+      EXPECT_LE(v, hi) << when << ": counter c" << k << " is " << v - hi
+                       << " above its " << hi
+                       << " distinct ids: some were applied twice (seed "
                        << seed << ")";
-      EXPECT_LE(v, hi) << when << ": counter c" << k << " applied "
-                       << v - hi << " increments twice (seed " << seed
-                       << ")";
       EXPECT_GE(v, last_values[static_cast<size_t>(k)])
-        << when << ": counter c" << k << " went back from "
-        << last_values[static_cast<size_t>(k)] << " to " << v << " (seed "
-        << seed << ")";
+          << when << ": counter c" << k << " went back from "
+          << last_values[static_cast<size_t>(k)] << " to " << v << " (seed "
+          << seed << ")";
       if (exact) {
         EXPECT_EQ(v, hi) << when << ": counter c" << k
                          << " after a finished run (seed " << seed << ")";
       }
       last_values[static_cast<size_t>(k)] = v;
     }
-    std::cout << "  " << when << ": sum of counters " << sum << " / "
-              << n_ids << "\n";
+    std::cout << "  " << when << ": sum of counters " << sum << " / " << n_ids
+              << "\n";
   };
 
   auto absorb = [&](const std::string& when, const child_result& res) {
     EXPECT_TRUE(res.bad_lines.empty())
-      << when << ": unexpected output: " << res.bad_lines.front();
+        << when << ": unexpected output: " << res.bad_lines.front();
     size_t fresh = 0;
     for (auto i : res.acks) {
       if (!acked[static_cast<size_t>(i)]) {
@@ -378,8 +380,8 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
         ++fresh;
       }
     }
-    std::cout << "  " << when << ": " << res.acks.size() << " acks ("
-              << fresh << " new), " << res.errs << " errs, "
+    std::cout << "  " << when << ": " << res.acks.size() << " acks (" << fresh
+              << " new), " << res.errs << " errs, "
               << (res.done ? "done" : "not done") << ", "
               << res.describe_status() << "\n";
     if (res.errs > 0)
@@ -392,10 +394,12 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
     auto when = "run " + std::to_string(run) + " (kill after "
                 + std::to_string(delay.count()) + " ms)";
     auto res = run_child(data_dir, "run", delay, 120s);
-    ASSERT_FALSE(res.timed_out) << when << ": child timed out";
+    ASSERT_FALSE(res.timed_out)
+        << when << ": child timed out after " << res.acks.size() << " acks, "
+        << res.errs << " errs; first: " << res.first_err;
     ASSERT_TRUE(res.killed() || (res.clean_exit() && res.done))
-      << when << ": child ended with " << res.describe_status()
-      << (res.done ? " after" : " before") << " printing done";
+        << when << ": child ended with " << res.describe_status()
+        << (res.done ? " after" : " before") << " printing done";
     absorb(when, res);
     if (res.done)
       exact_expected = true;
@@ -407,23 +411,25 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
   }
 
   auto final_res = run_child(data_dir, "run", std::nullopt, 120s);
-  ASSERT_FALSE(final_res.timed_out) << "final run did not finish in 120 s";
+  ASSERT_FALSE(final_res.timed_out)
+      << "final run did not finish in 120 s: " << final_res.acks.size()
+      << " acks, " << final_res.errs << " errs; first: " << final_res.first_err;
   ASSERT_TRUE(final_res.clean_exit() && final_res.done)
-    << "final run ended with " << final_res.describe_status()
-    << (final_res.done ? " after" : " before") << " printing done";
+      << "final run ended with " << final_res.describe_status()
+      << (final_res.done ? " after" : " before") << " printing done";
   absorb("final run", final_res);
   EXPECT_EQ(std::count(acked.begin(), acked.end(), true), n_ids)
-    << "the final run did not acknowledge every id";
+      << "the final run did not acknowledge every id";
   verify("after the final run", true);
 
   auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
-    clock_type::now() - started);
+      clock_type::now() - started);
   std::cout << "  " << killed_mid_way << " of " << n_runs
             << " runs killed mid-way; total " << elapsed.count() << " ms\n";
   // Mid-way means: acknowledged something, then died before "done". A run
   // killed during startup proves little, one that finished proves nothing
   // about crashes.
   EXPECT_GE(killed_mid_way, 2)
-    << "too few runs were killed while sending; raise n_ids if they "
-       "finished, look at startup time if they acknowledged nothing";
+      << "too few runs were killed while sending; raise n_ids if they "
+         "finished, look at startup time if they acknowledged nothing";
 }
