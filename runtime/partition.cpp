@@ -23,6 +23,7 @@ constexpr int64_t never = std::numeric_limits<int64_t>::max();
 // timers or idle activations cannot starve the partition's mailbox.
 constexpr size_t max_timers_per_tick = 4'096;
 constexpr size_t max_sweep_per_tick = 16'384;
+constexpr size_t dedup_sweep_page = 4'096;
 
 std::string encode_ms(int64_t ms) {
   std::string out;
@@ -791,6 +792,9 @@ void partition::on_tick() {
   retry_blocked(now);
   retry_outbox(now);
   sweep_idle(now);
+  if (now >= next_dedup_sweep_)
+    sweep_dedup(now);
+  arm(next_dedup_sweep_);
   // Re-arm for the earliest remaining deadline.
   if (!timer_queue_.empty())
     arm(timer_queue_.begin()->first);
@@ -886,6 +890,43 @@ void partition::sweep_idle(int64_t now) {
     auto id = *act->id;
     catalog_.erase(id);
     bump(core_.stats.deactivations);
+  }
+}
+
+void partition::sweep_dedup(int64_t now) {
+  auto prefix = keys::partition_prefix(id_);
+  if (dedup_cursor_.empty())
+    dedup_cursor_ = prefix;
+  auto horizon = now - core_.cfg.dedup_retention.count();
+  size_t seen = 0;
+  std::string last;
+  auto err = core_.store->scan(
+      column::dedup, prefix, dedup_cursor_, dedup_sweep_page,
+      [&](std::string_view key, std::string_view value) {
+        ++seen;
+        last.assign(key);
+        auto at = keys::read_u64(value);
+        if (at && static_cast<int64_t>(*at) < horizon
+            && pending_ids_.count(last) == 0)
+          batch_.erase(column::dedup, last);
+        return true;
+      });
+  if (err) {
+    log(log_level::warning, "partition " + std::to_string(id_)
+                                + ": dedup sweep failed: " + describe(err));
+    next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
+    return;
+  }
+  if (!batch_.empty())
+    schedule_flush();
+  if (seen < dedup_sweep_page) {
+    // Reached the end of the range: start over after a full interval.
+    dedup_cursor_.clear();
+    next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
+  } else {
+    dedup_cursor_ = last;
+    dedup_cursor_.push_back('\0');
+    next_dedup_sweep_ = now + 10;
   }
 }
 
@@ -1018,6 +1059,8 @@ caf::error partition::recover() {
     a.blocked->items.push_back(std::move(item));
     blocked_.insert(a.id);
   }
+  next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
+  arm(next_dedup_sweep_);
   if (!timers_.empty() || !outbox_.empty() || !blocked_.empty())
     arm(now);
   return caf::none;

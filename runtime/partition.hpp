@@ -205,6 +205,7 @@ private:
   void retry_outbox(int64_t now);
   void retry_blocked(int64_t now);
   void sweep_idle(int64_t now);
+  void sweep_dedup(int64_t now);
   void lru_touch(activation& act);
   void lru_unlink(activation& act);
   bool can_deactivate(const activation& act) const;
@@ -253,6 +254,10 @@ private:
 
   // Grains with a blocked queue waiting for a retry.
   std::unordered_set<const grain_id*> blocked_;
+
+  // Dedup retention sweep: resume key and next due time.
+  std::string dedup_cursor_;
+  int64_t next_dedup_sweep_ = 0;
 
   int64_t armed_at_ = std::numeric_limits<int64_t>::max();
   bool failed_ = false;

@@ -61,6 +61,9 @@ struct silo_config {
   std::chrono::milliseconds redelivery_timeout{std::chrono::seconds{30}};
   /// How long dedup records are kept (effectively-once window).
   std::chrono::milliseconds dedup_retention{std::chrono::hours{24 * 7}};
+  /// How often each partition sweeps expired dedup records (a bounded page
+  /// per sweep).
+  std::chrono::milliseconds dedup_sweep_interval{std::chrono::minutes{1}};
 
   /// Checks every value; the error names the field and the problem.
   caf::error validate() const;

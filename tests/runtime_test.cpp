@@ -489,3 +489,17 @@ TEST_F(runtime_test, offline_requeue_is_picked_up_by_the_next_start) {
   }));
   EXPECT_TRUE(eventually([&] { return mem->count(column::inbox) == 0; }));
 }
+
+TEST_F(runtime_test, dedup_records_expire_after_the_retention_window) {
+  cfg.dedup_retention = 300ms;
+  cfg.dedup_sweep_interval = 20ms;
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("a"), add(1), "m-1"));
+  ASSERT_FALSE(s->send(pid("a"), add(1), "m-1"));
+  EXPECT_EQ(get(*s, "a")->value(), 1);
+  EXPECT_EQ(mem->count(column::dedup), 1u);
+  EXPECT_TRUE(eventually([&] { return mem->count(column::dedup) == 0; }));
+  // Past the window the id is new again: that is the documented contract.
+  ASSERT_FALSE(s->send(pid("a"), add(1), "m-1"));
+  EXPECT_EQ(get(*s, "a")->value(), 2);
+}
