@@ -736,7 +736,9 @@ void partition::on_committed(committed_msg& m) {
   inflight_.pop_front();
   committed_through_ = done.ticket;
   uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
-  if (m.err)
+  // A batch refused because the silo is shutting down is not a storage
+  // failure: its writes are simply not made, and are redone after restart.
+  if (m.err && code_of(m.err) != errc::silo_stopped)
     fail_stop(m.err);
   for (auto& fx : done.effects)
     fx(m.err);
