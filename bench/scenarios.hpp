@@ -86,7 +86,7 @@ public:
   caf::expected<result> run(std::string_view name);
 
 private:
-  caf::expected<result> transient_ping(double duration_s);
+  caf::expected<result> transient_ping();
   caf::expected<result> durable_ping();
   caf::expected<result> fanout();
   caf::expected<result> memory();

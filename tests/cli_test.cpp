@@ -1,0 +1,139 @@
+// The `granary dead-letters` command against a real RocksDB directory.
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include "persistence/rocksdb_storage.hpp"
+#include "test_grains.hpp"
+
+using namespace granary;
+using namespace granary::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct run_result {
+  int status = -1;
+  std::string out;
+};
+
+// Runs the granary binary with `args`; captures stdout and stderr.
+run_result granary_cmd(const std::string& args) {
+  run_result res;
+  auto cmd = std::string{GRANARY_BIN} + " " + args + " 2>&1";
+  auto* pipe = popen(cmd.c_str(), "r");
+  if (!pipe)
+    return res;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
+    res.out.append(buf.data(), n);
+  auto raw = pclose(pipe);
+  res.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return res;
+}
+
+class cli_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/granary-cli-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir = tmpl;
+  }
+
+  void TearDown() override {
+    flaky_fails = false;
+    std::filesystem::remove_all(dir);
+  }
+
+  std::unique_ptr<silo> start(silo_config cfg) {
+    auto store = rocksdb_storage::open({.data_dir = dir});
+    EXPECT_TRUE(store) << describe(store.error());
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    auto s = silo::start(cfg, std::move(reg), std::move(*store));
+    EXPECT_TRUE(s) << describe(s.error());
+    return s ? std::move(*s) : nullptr;
+  }
+
+  std::string dir;
+};
+
+} // namespace
+
+TEST_F(cli_test, lists_requeues_and_drops_dead_letters) {
+  silo_config cfg;
+  cfg.partitions = 4;
+  cfg.max_attempts = 1;
+  {
+    auto s = start(cfg);
+    ASSERT_TRUE(s);
+    flaky_fails = true;
+    Flaky f;
+    f.set_delta(5);
+    ASSERT_FALSE(s->send(id_of<probe>("a"), f, "poison-a"));
+    ASSERT_FALSE(s->send(id_of<probe>("b"), f, "poison-b"));
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (s->dead_letters()->size() < 2
+           && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(s->dead_letters()->size(), 2u);
+    // While the silo runs, the directory is locked: a clear refusal.
+    auto locked = granary_cmd("dead-letters --data " + dir);
+    EXPECT_EQ(locked.status, 1) << locked.out;
+    EXPECT_NE(locked.out.find("stop the silo"), std::string::npos)
+        << locked.out;
+  }
+  flaky_fails = false;
+  auto list = granary_cmd("dead-letters --data " + dir);
+  ASSERT_EQ(list.status, 0) << list.out;
+  EXPECT_NE(list.out.find("test.probe/a  msg poison-a"), std::string::npos)
+      << list.out;
+  EXPECT_NE(list.out.find("failing on purpose"), std::string::npos);
+  EXPECT_NE(list.out.find("2 dead letter(s)"), std::string::npos);
+  auto json = granary_cmd("dead-letters --data " + dir + " --json");
+  EXPECT_NE(json.out.find("\"msg_id\":\"poison-b\""), std::string::npos)
+      << json.out;
+  auto requeue = granary_cmd("dead-letters --data " + dir
+                             + " requeue test.probe a poison-a");
+  ASSERT_EQ(requeue.status, 0) << requeue.out;
+  auto drop = granary_cmd("dead-letters --data " + dir
+                          + " drop test.probe b poison-b");
+  ASSERT_EQ(drop.status, 0) << drop.out;
+  auto missing = granary_cmd("dead-letters --data " + dir
+                             + " drop test.probe b poison-b");
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.out.find("not_found"), std::string::npos) << missing.out;
+  EXPECT_EQ(granary_cmd("dead-letters --data " + dir + " frobnicate").status,
+            2);
+  EXPECT_EQ(granary_cmd("dead-letters").status, 2);
+  // The requeued message is processed by the next silo; the dropped one
+  // is gone.
+  auto s = start(cfg);
+  ASSERT_TRUE(s);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  int64_t value = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto v = grain_ref<probe>{*s, "a"}.call<Value>(Get{});
+    if (v && (value = v->value()) == 5)
+      break;
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(value, 5);
+  EXPECT_EQ(grain_ref<probe>(*s, "b").call<Value>(Get{})->value(), 0);
+  EXPECT_TRUE(s->dead_letters()->empty());
+}
+
+TEST_F(cli_test, refuses_a_directory_that_is_not_a_silo) {
+  auto res = granary_cmd("dead-letters --data " + dir + "/nothing-here");
+  EXPECT_EQ(res.status, 1);
+  EXPECT_NE(res.out.find("nothing-here"), std::string::npos) << res.out;
+}

@@ -1,0 +1,166 @@
+#include "tools/granary/dead_letters_cmd.hpp"
+
+#include <charconv>
+#include <cstdio>
+#include <ctime>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "persistence/rocksdb_storage.hpp"
+#include "runtime/admin.hpp"
+#include "runtime/error.hpp"
+
+namespace granary::cli {
+
+namespace {
+
+constexpr int exit_ok = 0;
+constexpr int exit_failed = 1;
+constexpr int exit_usage = 2;
+
+constexpr const char* usage_text
+    = "usage: granary dead-letters --data DIR [list] [--limit N] [--json]\n"
+      "       granary dead-letters --data DIR requeue TYPE KEY MSG_ID\n"
+      "       granary dead-letters --data DIR drop TYPE KEY MSG_ID\n"
+      "\n"
+      "Works on the data directory of a stopped silo. A requeued message is\n"
+      "stored in its grain's inbox and processed when the silo starts.\n";
+
+int usage(const std::string& what) {
+  std::fprintf(stderr, "granary dead-letters: %s\n%s", what.c_str(),
+               usage_text);
+  return exit_usage;
+}
+
+std::string iso_time(int64_t ms) {
+  if (ms <= 0)
+    return "-";
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string json_string(std::string_view in) {
+  std::string out = "\"";
+  for (unsigned char c : in) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+int fail(const caf::error& err) {
+  std::fprintf(stderr, "granary dead-letters: %s\n", describe(err).c_str());
+  if (code_of(err) == errc::data_dir_locked)
+    std::fprintf(stderr, "granary dead-letters: stop the silo that uses this "
+                         "directory first\n");
+  return exit_failed;
+}
+
+} // namespace
+
+int dead_letters_main(int argc, char** argv) {
+  std::string data_dir;
+  std::string action = "list";
+  std::vector<std::string> positional;
+  size_t limit = 1'000;
+  bool json = false;
+  for (int i = 0; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--data" && i + 1 < argc) {
+      data_dir = argv[++i];
+    } else if (arg == "--limit" && i + 1 < argc) {
+      std::string_view text = argv[++i];
+      auto res = std::from_chars(text.data(), text.data() + text.size(), limit);
+      if (res.ec != std::errc{} || res.ptr != text.data() + text.size()
+          || limit == 0)
+        return usage("--limit takes a positive number, got '"
+                     + std::string{text} + "'");
+    } else if (arg == "--json") {
+      json = true;
+    } else if (arg == "--help" || arg == "-h") {
+      std::fputs(usage_text, stdout);
+      return exit_ok;
+    } else if (arg.starts_with("--")) {
+      return usage("unknown option '" + std::string{arg} + "'");
+    } else {
+      positional.emplace_back(arg);
+    }
+  }
+  if (data_dir.empty())
+    return usage("--data DIR is required");
+  if (!positional.empty()) {
+    action = positional.front();
+    positional.erase(positional.begin());
+  }
+  if (action != "list" && action != "requeue" && action != "drop")
+    return usage("unknown action '" + action + "'");
+  if (action == "list" && !positional.empty())
+    return usage("list takes no arguments");
+  if (action != "list" && positional.size() != 3)
+    return usage(action + " takes TYPE KEY MSG_ID");
+  auto store = rocksdb_storage::open(
+      rocksdb_config{.data_dir = data_dir, .create_if_missing = false});
+  if (!store)
+    return fail(store.error());
+  if (action == "list") {
+    auto letters = list_dead_letters(**store, limit);
+    if (!letters)
+      return fail(letters.error());
+    for (auto& dl : *letters) {
+      if (json)
+        std::printf("{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
+                    "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
+                    "\"error\":%s}\n",
+                    json_string(dl.target.type).c_str(),
+                    json_string(dl.target.key).c_str(),
+                    json_string(dl.msg_id).c_str(),
+                    json_string(dl.payload_type).c_str(), dl.attempts,
+                    json_string(iso_time(dl.dead_ms)).c_str(),
+                    json_string(dl.error).c_str());
+      else
+        std::printf("%s/%s  msg %s  %s  attempts %u  at %s\n    %s\n",
+                    dl.target.type.c_str(), dl.target.key.c_str(),
+                    dl.msg_id.c_str(), dl.payload_type.c_str(), dl.attempts,
+                    iso_time(dl.dead_ms).c_str(), dl.error.c_str());
+    }
+    if (!json)
+      std::printf("%zu dead letter(s)%s\n", letters->size(),
+                  letters->size() == limit ? " (limit reached)" : "");
+    return exit_ok;
+  }
+  grain_id target{positional[0], positional[1]};
+  auto err = action == "requeue"
+                 ? requeue_dead_letter_offline(**store, target, positional[2])
+                 : drop_dead_letter_offline(**store, target, positional[2]);
+  if (err)
+    return fail(err);
+  std::printf("%s dead letter %s of %s\n",
+              action == "requeue" ? "requeued" : "dropped",
+              positional[2].c_str(), to_string(target).c_str());
+  return exit_ok;
+}
+
+} // namespace granary::cli
