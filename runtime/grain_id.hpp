@@ -29,9 +29,11 @@ inline uint32_t partition_of(const grain_id& id, uint32_t partitions) noexcept {
   return static_cast<uint32_t>(stable_hash(id) % partitions);
 }
 
-/// Hash functor for unordered containers.
+/// Hash functor for unordered containers. Deliberately not `noexcept`:
+/// libstdc++ then caches each node's hash, so that lookups in a catalog of
+/// a million activations do not rehash keys on every probe.
 struct grain_id_hash {
-  size_t operator()(const grain_id& id) const noexcept {
+  size_t operator()(const grain_id& id) const {
     return static_cast<size_t>(stable_hash(id));
   }
 };

@@ -199,19 +199,21 @@ void partition::on_send(send_msg& m) {
                                    + m.env->payload_type()));
   }
   auto dk = keys::with_suffix(prefix_of(target), m.env->msg_id());
-  if (pending_ids_.count(dk) > 0) {
-    bump(core_.stats.duplicates);
-    // Acknowledge once everything in flight (the original) is durable.
-    defer(std::move(m.done));
-    return;
-  }
-  auto seen = core_.store->get(column::dedup, dk);
-  if (!seen)
-    return reject(std::move(seen.error()));
-  if (*seen) {
-    bump(core_.stats.duplicates);
-    m.done(caf::none);
-    return;
+  if (!m.fresh) {
+    if (pending_ids_.count(dk) > 0) {
+      bump(core_.stats.duplicates);
+      // Acknowledge once everything in flight (the original) is durable.
+      defer(std::move(m.done));
+      return;
+    }
+    auto seen = core_.store->get(column::dedup, dk);
+    if (!seen)
+      return reject(std::move(seen.error()));
+    if (*seen) {
+      bump(core_.stats.duplicates);
+      m.done(caf::none);
+      return;
+    }
   }
   pending_ids_.insert(dk);
   work_item item;
@@ -251,20 +253,22 @@ void partition::on_deliver(deliver_msg& m) {
   }
   grain_id target{env->target().type(), env->target().key()};
   auto dk = keys::with_suffix(prefix_of(target), env->msg_id());
-  if (pending_ids_.count(dk) > 0) {
-    bump(core_.stats.duplicates);
-    ack_sender(item, caf::none, 0);
-    return;
-  }
-  auto seen = core_.store->get(column::dedup, dk);
-  if (!seen) {
-    fail_stop(seen.error());
-    return;
-  }
-  if (*seen) {
-    bump(core_.stats.duplicates);
-    ack_sender(item, caf::none, 0);
-    return;
+  if (!m.fresh) {
+    if (pending_ids_.count(dk) > 0) {
+      bump(core_.stats.duplicates);
+      ack_sender(item, caf::none, 0);
+      return;
+    }
+    auto seen = core_.store->get(column::dedup, dk);
+    if (!seen) {
+      fail_stop(seen.error());
+      return;
+    }
+    if (*seen) {
+      bump(core_.stats.duplicates);
+      ack_sender(item, caf::none, 0);
+      return;
+    }
   }
   auto act_res = activate(target);
   if (!act_res) {
@@ -449,7 +453,7 @@ void partition::run_durable(activation& act, work_item& item) {
   if (item.source_col != column::timers) {
     auto dk = keys::with_suffix(prefix_of(*act.id), env.msg_id());
     batch_.put(column::dedup, dk, encode_ms(t.now_ms()));
-    defer([this, dk](const caf::error&) { pending_ids_.erase(dk); });
+    batch_ids_.push_back(dk);
   }
   finish_source(item);
   apply_turn(act, t);
@@ -514,7 +518,7 @@ void partition::dead_letter(activation* act, work_item& item,
   if (item.source_col != column::timers) {
     auto dk = keys::with_suffix(prefix, env.msg_id());
     batch_.put(column::dedup, dk, encode_ms(dl.dead_ms()));
-    defer([this, dk](const caf::error&) { pending_ids_.erase(dk); });
+    batch_ids_.push_back(dk);
   }
   finish_source(item);
   if (act)
@@ -712,8 +716,10 @@ void partition::flush() {
     return;
   }
   auto ticket = next_ticket_++;
-  inflight_.push_back(inflight{ticket, batch_turns_, std::move(effects_)});
+  inflight_.push_back(inflight{ticket, batch_turns_, std::move(effects_),
+                               std::move(batch_ids_)});
   effects_.clear();
+  batch_ids_.clear();
   batch_turns_ = 0;
   auto self = caf::actor_cast<caf::actor>(this);
   core_.commits->submit(std::move(batch_),
@@ -740,6 +746,8 @@ void partition::on_committed(committed_msg& m) {
   // failure: its writes are simply not made, and are redone after restart.
   if (m.err && code_of(m.err) != errc::silo_stopped)
     fail_stop(m.err);
+  for (auto& id : done.ids)
+    pending_ids_.erase(id);
   for (auto& fx : done.effects)
     fx(m.err);
   if (stopping_ && inflight_.empty() && batch_.empty()) {
@@ -767,10 +775,11 @@ void partition::deliver(const std::string& key, pending_out& out) {
   if (core_.reserve(out.target_partition)) {
     out.next_attempt_ms = now + 10;
   } else {
+    bool fresh = out.attempts == 0;
     ++out.attempts;
     out.next_attempt_ms = now + core_.cfg.redelivery_timeout.count();
     caf::anon_send(core_.partitions[out.target_partition],
-                   deliver_msg{out.env, id_});
+                   deliver_msg{out.env, id_, fresh});
   }
   arm(out.next_attempt_ms);
 }
@@ -1025,9 +1034,10 @@ caf::error partition::recover() {
     grain_id sender{env->sender().type(), env->sender().key()};
     grain_id target{env->target().type(), env->target().key()};
     ++outbox_count_[sender];
+    // Attempts start at 1: an earlier run may have delivered it already.
     outbox_[std::move(key)]
         = pending_out{std::move(env), std::move(sender),
-                      partition_of(target, core_.cfg.partitions), now, 0};
+                      partition_of(target, core_.cfg.partitions), now, 1};
   });
   if (err)
     return err;

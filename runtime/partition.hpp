@@ -55,12 +55,16 @@ struct tell_msg {
 struct send_msg {
   envelope_ptr env;
   done_fn done;
+  // The silo generated the id for this send: no earlier copy can exist.
+  bool fresh = false;
 };
 
 /// Durable message from another partition's outbox.
 struct deliver_msg {
   envelope_ptr env;
   uint32_t from;
+  // First delivery of a silo-generated id: no earlier copy can exist.
+  bool fresh = false;
 };
 
 /// Receiver's answer to a `deliver_msg`.
@@ -229,6 +233,7 @@ private:
   // Group commit: writes and effects of turns since the last flush.
   write_batch batch_;
   std::vector<effect> effects_;
+  std::vector<std::string> batch_ids_;
   size_t batch_turns_ = 0;
   bool flush_scheduled_ = false;
   uint64_t next_ticket_ = 1;
@@ -237,6 +242,8 @@ private:
     uint64_t ticket;
     size_t turns;
     std::vector<effect> effects;
+    // Dedup keys whose records this commit makes durable.
+    std::vector<std::string> ids;
   };
   std::deque<inflight> inflight_;
   size_t uncommitted_turns_ = 0;

@@ -49,6 +49,8 @@ caf::error silo_config::validate() const {
   if (scheduler_policy != "sharing" && scheduler_policy != "stealing")
     return bad("scheduler_policy", "must be \"sharing\" or \"stealing\", got \""
                                        + scheduler_policy + "\"");
+  if (max_throughput == 0)
+    return bad("max_throughput", "must be positive");
   if (idle_age.count() <= 0)
     return bad("idle_age", "must be positive");
   if (max_queued_per_partition == 0)
@@ -225,6 +227,7 @@ silo::start(silo_config cfg, grain_registry registry,
   core->sys_cfg->set("scheduler.policy", core->cfg.scheduler_policy == "sharing"
                                              ? caf::atom("sharing")
                                              : caf::atom("stealing"));
+  core->sys_cfg->set("scheduler.max-throughput", core->cfg.max_throughput);
   core->sys_cfg->set("logger.console-verbosity", caf::atom("quiet"));
   core->sys_cfg->set("logger.file-verbosity", caf::atom("quiet"));
   core->sys = std::make_unique<caf::actor_system>(*core->sys_cfg);
@@ -340,13 +343,15 @@ void silo::send_async(grain_id target, const google::protobuf::Message& msg,
   if (auto err = c.reserve(p))
     return done(err);
   auto env = std::make_shared<wire::Envelope>();
-  env->set_msg_id(msg_id.empty() ? c.next_msg_id() : std::move(msg_id));
+  bool fresh = msg_id.empty();
+  env->set_msg_id(fresh ? c.next_msg_id() : std::move(msg_id));
   env->mutable_target()->set_type(std::move(target.type));
   env->mutable_target()->set_key(std::move(target.key));
   env->set_payload_type(msg.GetDescriptor()->full_name());
   msg.SerializeToString(env->mutable_payload());
   env->set_accepted_ms(c.clk->now_ms());
-  caf::anon_send(c.partitions[p], send_msg{std::move(env), std::move(done)});
+  caf::anon_send(c.partitions[p],
+                 send_msg{std::move(env), std::move(done), fresh});
 }
 
 caf::error silo::send(grain_id target, const google::protobuf::Message& msg,

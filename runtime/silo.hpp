@@ -34,6 +34,11 @@ struct silo_config {
   /// CAF scheduler policy: "sharing" or "stealing". Work-stealing with few
   /// threads stalls on large fan-outs in CAF 0.17, hence the default.
   std::string scheduler_policy = "sharing";
+  /// Messages a partition handles before it yields its thread. CAF 0.17's
+  /// default (unbounded) lets one busy partition starve the others; 100
+  /// raised 1M-grain fan-out from 0.43-0.65M to 0.82M deliveries/s and cut
+  /// the driver's p99 from ~100 ms to ~20 ms on the reference machine.
+  size_t max_throughput = 100;
   /// An activation idle this long is dropped from memory.
   std::chrono::milliseconds idle_age{std::chrono::minutes{10}};
   /// Requests waiting in one partition's mailbox before callers get
