@@ -5,6 +5,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/logger.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <google/protobuf/message.h>
@@ -250,6 +251,11 @@ silo::start(silo_config cfg, grain_registry registry,
                         failure = std::move(err);
                     });
   }
+  // CAF 0.17 pins its logger in a thread-local of every thread that built
+  // the system or a scoped_actor, and ~actor_system waits for the logger:
+  // without this, stopping the silo from another thread hangs until this
+  // thread exits.
+  caf::logger::set_current_actor_system(nullptr);
   if (failure) {
     static_cast<void>(result->stop());
     return failure;
@@ -269,6 +275,7 @@ caf::error silo::stop() {
       self->receive([](bool) {}, [](caf::error&) {},
                     caf::after(std::chrono::seconds{30}) >> [] {});
   }
+  caf::logger::set_current_actor_system(nullptr); // See silo::start.
   c.commits->stop();
   for (auto& p : c.partitions)
     caf::anon_send_exit(p, caf::exit_reason::user_shutdown);

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
@@ -88,7 +89,10 @@ struct loss_stats {
 /// and `Fsync` count: neither `RangeSync` nor `Close` makes data durable).
 /// Renames, links, truncations and deletions carry the records along, so
 /// that `copy_durable` can cut a consistent copy of a data directory to
-/// what a power loss would leave. It also injects WAL faults on request.
+/// what a power loss would leave. Directory entries are not modeled: a file
+/// counts as present once some of its data was synced, and a rename as
+/// durable at once (RocksDB syncs the directory after both). It also
+/// injects WAL faults on request.
 class faulty_env : public rocksdb::EnvWrapper {
 public:
   faulty_env()
@@ -109,6 +113,9 @@ public:
 
   /// Faults injected so far.
   std::atomic<uint64_t> injected{0};
+
+  /// WAL syncs started but not yet credited as durable.
+  std::atomic<int> wal_syncs_in_flight{0};
 
   rocksdb::Status NewWritableFile(const std::string& name,
                                   std::unique_ptr<rocksdb::WritableFile>* out,
@@ -214,6 +221,14 @@ public:
     return f();
   }
 
+  /// Returns whether some WAL holds bytes that are not synced yet. Call
+  /// only inside `frozen`.
+  bool has_unsynced_wal() const {
+    return std::any_of(files_.begin(), files_.end(), [](auto& kvp) {
+      return is_wal(kvp.first) && kvp.second->appended > kvp.second->synced;
+    });
+  }
+
   /// Copies the regular files of `src` to a new directory `dst`, each cut
   /// to what survives a power loss under `model`. Files this environment
   /// never wrote (LOCK, the info LOG) are copied as they are. Call only
@@ -246,9 +261,9 @@ public:
         ++out.omitted;
       } else {
         keep = durable;
-        if (model.torn_tails && len > durable)
-          keep
-              += std::uniform_int_distribution<uint64_t>{0, len - durable}(rng);
+        // A torn tail keeps part of what was not synced, never all of it.
+        if (auto tail = len - durable; model.torn_tails && tail > 0)
+          keep += std::uniform_int_distribution<uint64_t>{0, tail - 1}(rng);
         copy_prefix(entry.path(), dst / name, keep);
         ++out.files;
       }
@@ -385,13 +400,17 @@ private:
     {
       std::lock_guard guard{mtx_};
       len = rec.appended;
+      if (wal)
+        ++wal_syncs_in_flight;
     }
     auto st = do_sync();
+    std::lock_guard guard{mtx_};
     if (st.ok()) {
-      std::lock_guard guard{mtx_};
       rec.synced = std::max(rec.synced, len);
       rec.syncs.push_back(len);
     }
+    if (wal)
+      --wal_syncs_in_flight;
     return st;
   }
 
@@ -764,7 +783,7 @@ std::vector<caf::error> resend(silo& s, uint32_t grains,
   return st->errors;
 }
 
-// -- silo lifecycle -----------------------------------------------------------
+// -- running silos -----------------------------------------------------------
 
 constexpr uint32_t partitions = 8;
 
@@ -838,6 +857,8 @@ protected:
 
 class power_loss : public tmp_dir_test {};
 
+class silo_lifecycle : public tmp_dir_test {};
+
 class io_fault : public tmp_dir_test {
 protected:
   enum class fault { wal_sync, torn_wal_append };
@@ -851,21 +872,24 @@ protected:
 
 // -- power loss ---------------------------------------------------------------
 
-// While clients send, the data directory is cut three times to what a power
-// loss would leave, each cut under a different model of unsynced data. A
-// silo recovered from each cut must hold every message acknowledged (and
-// every id a transient read revealed) before the cut, each applied once
-// with its delta; resending all issued ids must then apply the missing ones
-// exactly once, which shows that each turn's state and dedup record are
-// durable together. Each cut is also taken as a "lying" copy whose WALs
-// lack their last syncs; the same checks must find losses there, which
-// shows that the checks detect a runtime acknowledging before its fsync.
+// While clients send, the data directory is cut eight times to what a power
+// loss would leave, under three models of unsynced data; every other cut
+// waits for a WAL sync in flight, when acknowledged-looking bytes are most
+// at risk. A silo recovered from each cut must hold every message
+// acknowledged (and every id a transient read revealed) before the cut,
+// each applied once with its delta; resending all issued ids must then
+// apply the missing ones exactly once, which shows that each turn's state
+// and dedup record are durable together. Each cut is also taken as a
+// "lying" copy whose WALs lack their last syncs; the same checks must find
+// losses there, which shows that they detect a runtime acknowledging ahead
+// of its fsync.
 TEST_F(power_loss, acknowledged_messages_survive_losing_unsynced_data) {
   constexpr uint32_t threads = 4;
-  constexpr uint32_t grains = 16;
+  // Many grains keep each probe's seen list, rewritten by every turn, short.
+  constexpr uint32_t grains = 64;
   constexpr uint32_t window = 16;
-  constexpr int cuts = 3;
-  const size_t lie_lag = std::getenv("LAG") ? std::atoi(std::getenv("LAG")) : 8;
+  constexpr int cuts = 8;
+  constexpr size_t lie_lag = 16;
   auto t0 = clock_type::now();
   auto data = root_ / "data";
   faulty_env env;
@@ -874,6 +898,8 @@ TEST_F(power_loss, acknowledged_messages_survive_losing_unsynced_data) {
   std::mt19937 rng{20'261'127};
   struct cut {
     loss_model model;
+    // Waits for a WAL sync in flight, so that there is a tail to lose.
+    bool mid_sync = false;
     loss_stats stats;
     loss_stats lie_stats;
     size_t acked = 0;
@@ -881,9 +907,11 @@ TEST_F(power_loss, acknowledged_messages_survive_losing_unsynced_data) {
     std::vector<uint64_t> issued;
   };
   std::vector<cut> taken(cuts);
-  taken[0].model = {.torn_tails = false, .keep_unsynced_files = false};
-  taken[1].model = {.torn_tails = true, .keep_unsynced_files = true};
-  taken[2].model = {.torn_tails = false, .keep_unsynced_files = true};
+  for (int i = 0; i < cuts; ++i) {
+    taken[i].model.torn_tails = i % 3 == 1;
+    taken[i].model.keep_unsynced_files = i % 3 != 0;
+    taken[i].mid_sync = i % 2 == 1;
+  }
   std::vector<std::string> acked;
   std::vector<uint64_t> issued;
   size_t reads = 0;
@@ -893,19 +921,29 @@ TEST_F(power_loss, acknowledged_messages_survive_losing_unsynced_data) {
     ASSERT_TRUE(tr.wait_acked(200)) << "no traffic";
     for (int i = 0; i < cuts; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds{
-          std::uniform_int_distribution{150, 350}(rng)});
+          std::uniform_int_distribution{50, 150}(rng)});
       auto& c = taken[i];
       auto dir = root_ / ("cut" + std::to_string(i));
-      env.frozen([&] {
-        // Acknowledgements and reads before the cut are after its syncs.
-        c.acked = tr.acked_count();
-        c.observed = obs.seen();
-        c.stats = env.copy_durable(data, dir, c.model, rng);
-        loss_model lie{.wal_sync_lag = lie_lag};
-        c.lie_stats = env.copy_durable(
-            data, root_ / ("lie" + std::to_string(i)), lie, rng);
-        c.issued = tr.issued();
-      });
+      auto deadline = clock_type::now() + 5s;
+      for (bool done = false; !done;) {
+        while (c.mid_sync && env.wal_syncs_in_flight == 0
+               && clock_type::now() < deadline)
+          std::this_thread::yield();
+        done = env.frozen([&] {
+          if (c.mid_sync && !env.has_unsynced_wal()
+              && clock_type::now() < deadline)
+            return false;
+          // Acknowledgements and reads before the cut are after its syncs.
+          c.acked = tr.acked_count();
+          c.observed = obs.seen();
+          c.stats = env.copy_durable(data, dir, c.model, rng);
+          loss_model lie{.wal_sync_lag = lie_lag};
+          c.lie_stats = env.copy_durable(
+              data, root_ / ("lie" + std::to_string(i)), lie, rng);
+          c.issued = tr.issued();
+          return true;
+        });
+      }
     }
     ASSERT_TRUE(tr.finish()) << "sends were never acknowledged";
     reads = obs.reads();
@@ -928,19 +966,21 @@ TEST_F(power_loss, acknowledged_messages_survive_losing_unsynced_data) {
     EXPECT_EQ(res.problem_count, 0u) << "clean stop: " << res.summary();
     EXPECT_FALSE(stop_within(*r, 30s));
   }
-  uint64_t wal_dropped = 0;
   for (int i = 0; i < cuts; ++i) {
     SCOPED_TRACE("cut " + std::to_string(i));
     auto& c = taken[i];
-    wal_dropped += c.stats.wal_dropped_bytes;
     std::span<const std::string> before{acked.data(), c.acked};
     auto r = start_silo(root_ / ("cut" + std::to_string(i)));
     ASSERT_TRUE(r) << describe(r.error());
     auto res = audit(**r, grains, c.issued, before);
     EXPECT_EQ(res.problem_count, 0u) << res.summary();
+    std::vector<std::string> unread;
     for (auto& id : c.observed)
-      EXPECT_EQ(res.applied.count(id), 1u)
-          << id << " was revealed by a read before the cut but is lost";
+      if (res.applied.count(id) == 0)
+        unread.push_back(id);
+    EXPECT_TRUE(unread.empty())
+        << unread.size() << " ids revealed by reads before the cut are lost, "
+        << "first " << unread[0];
     auto errors = resend(**r, grains, c.issued);
     EXPECT_TRUE(errors.empty())
         << errors.size() << " resends failed, first: " << describe(errors[0]);
@@ -964,9 +1004,11 @@ TEST_F(power_loss, acknowledged_messages_survive_losing_unsynced_data) {
               << c.stats.wal_dropped_bytes << " of WAL); lying copy lost "
               << lie.lost << '\n';
   }
-  // Some acknowledged-looking bytes must really have been cut away, or the
-  // power loss was a no-op and the test proved nothing.
-  EXPECT_GT(wal_dropped, 0u) << "no cut dropped unsynced WAL bytes";
+  // Mid-sync cuts must really have cut WAL bytes away, or their power loss
+  // was a no-op and their torn tails tested nothing.
+  for (int i = 1; i < cuts; i += 2)
+    EXPECT_GT(taken[i].stats.wal_dropped_bytes, 0u)
+        << "mid-sync cut " << i << " dropped no unsynced WAL bytes";
   EXPECT_GT(reads, 0u);
   std::cout << acked.size() << " acked in " << traffic_secs << " s, " << reads
             << " reads; whole test " << seconds_since(t0) << " s\n";
@@ -1143,8 +1185,7 @@ TEST_F(io_fault, fsync_failure_during_start_is_reported) {
   EXPECT_FALSE(stop_within(*s, 30s));
 }
 
-// -- silo lifecycle
-// -------------------------------------------------------------
+// -- silo lifecycle -----------------------------------------------------------
 
 // Stopping a silo on another thread than the one that started it must not
 // hang. CAF 0.17 keeps a reference to its logger in a thread-local of the
@@ -1153,7 +1194,7 @@ TEST_F(io_fault, fsync_failure_during_start_is_reported) {
 // starting thread exits. Here the starting thread stays alive for
 // `patience`, then exits, which unblocks a hung stop so the test can
 // report it instead of hanging.
-TEST_F(io_fault, stop_on_another_thread_than_start) {
+TEST_F(silo_lifecycle, stop_on_another_thread_than_start) {
   constexpr auto patience = 5s;
   caf::expected<std::unique_ptr<silo>> s{caf::error{}};
   std::promise<void> started;
@@ -1164,7 +1205,11 @@ TEST_F(io_fault, stop_on_another_thread_than_start) {
     release.get_future().wait();
   }};
   started.get_future().wait();
-  ASSERT_TRUE(s) << describe(s.error());
+  if (!s) {
+    release.set_value();
+    starter.join();
+    FAIL() << describe(s.error());
+  }
   EXPECT_FALSE((*s)->send(id_of<probe>("g0"), add_of({0, 0}), msg_id({0, 0})));
   auto stopped = std::async(std::launch::async, [&] {
     static_cast<void>((*s)->stop());
