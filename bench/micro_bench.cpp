@@ -122,26 +122,6 @@ void bm_burst_puts(benchmark::State& state) {
 }
 BENCHMARK(bm_burst_puts)->Arg(4)->Arg(64);
 
-void bm_burst_absorb(benchmark::State& state) {
-  // A partition merging the batches of `range(0)` turns into one.
-  auto turns = static_cast<size_t>(state.range(0));
-  std::string value(40, 'x');
-  auto prefix = keys::grain_prefix(17, sample_id);
-  for (auto _ : state) {
-    write_batch burst;
-    for (size_t i = 0; i < turns; ++i) {
-      write_batch wb;
-      wb.put(column::dedup, keys::with_seq(prefix, i), value);
-      wb.put(column::state, prefix, value);
-      burst.absorb(std::move(wb));
-    }
-    benchmark::DoNotOptimize(burst.size());
-  }
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations())
-                          * static_cast<int64_t>(turns));
-}
-BENCHMARK(bm_burst_absorb)->Arg(4)->Arg(64);
-
 } // namespace
 
 BENCHMARK_MAIN();

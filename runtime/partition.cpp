@@ -787,10 +787,15 @@ void partition::deliver(const std::string& key, pending_out& out) {
 // -- timers and housekeeping --------------------------------------------------
 
 void partition::arm(int64_t at_ms) {
-  if (at_ms >= armed_at_)
+  // Deadlines are in the silo's clock, the wake-up in CAF's: never sleep
+  // longer than timer_poll, so that a clock that jumps (a stepped wall
+  // clock, or a test's manual clock) is noticed within one poll.
+  auto now = core_.clk->now_ms();
+  auto delay
+      = std::clamp<int64_t>(at_ms - now, 0, core_.cfg.timer_poll.count());
+  if (now + delay >= armed_at_)
     return;
-  armed_at_ = at_ms;
-  auto delay = std::max<int64_t>(at_ms - core_.clk->now_ms(), 0);
+  armed_at_ = now + delay;
   delayed_send(this, std::chrono::milliseconds{delay}, tick_atom::value);
 }
 

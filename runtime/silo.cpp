@@ -72,6 +72,8 @@ caf::error silo_config::validate() const {
     return bad("max_group_ops", "must be positive");
   if (redelivery_timeout.count() <= 0)
     return bad("redelivery_timeout", "must be positive");
+  if (timer_poll.count() <= 0)
+    return bad("timer_poll", "must be positive");
   if (dedup_retention.count() <= 0)
     return bad("dedup_retention", "must be positive");
   if (dedup_sweep_interval.count() <= 0)

@@ -64,6 +64,9 @@ struct silo_config {
   size_t max_group_ops = 65'536;
   /// Resend an unacknowledged outbox entry after this long.
   std::chrono::milliseconds redelivery_timeout{std::chrono::seconds{30}};
+  /// Longest sleep of a partition with pending deadlines; bounds how late
+  /// a timer fires after the silo's clock jumps forward.
+  std::chrono::milliseconds timer_poll{std::chrono::seconds{1}};
   /// How long dedup records are kept (effectively-once window).
   std::chrono::milliseconds dedup_retention{std::chrono::hours{24 * 7}};
   /// How often each partition sweeps expired dedup records (a bounded page

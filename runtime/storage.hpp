@@ -39,9 +39,6 @@ public:
     ops_.push_back(write_op{col, true, std::move(key), {}});
   }
 
-  /// Appends all operations of `other`, leaving it empty.
-  void absorb(write_batch&& other);
-
   /// Returns the operations in order.
   const std::vector<write_op>& ops() const noexcept {
     return ops_;

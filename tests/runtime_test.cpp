@@ -503,3 +503,26 @@ TEST_F(runtime_test, dedup_records_expire_after_the_retention_window) {
   ASSERT_FALSE(s->send(pid("a"), add(1), "m-1"));
   EXPECT_EQ(get(*s, "a")->value(), 2);
 }
+
+TEST_F(runtime_test, a_thirty_day_timer_fires_when_the_clock_gets_there) {
+  // The silo's clock is a seam: a manual clock skips 30 days at once.
+  auto clk = std::make_shared<manual_clock>();
+  cfg.timer_poll = 10ms;
+  grain_registry reg;
+  ASSERT_FALSE(register_grain<probe>(reg));
+  auto started = silo::start(cfg, std::move(reg),
+                             std::make_unique<shared_storage>(mem), clk);
+  ASSERT_TRUE(started);
+  auto& s = **started;
+  Arm arm;
+  arm.set_name("month");
+  arm.set_delay_ms(int64_t{30} * 24 * 3600 * 1000);
+  ASSERT_FALSE(s.send(pid("a"), arm));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(get(s, "a")->fired(), 0);
+  clk->advance(int64_t{30} * 24 * 3600 * 1000 - 1);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(get(s, "a")->fired(), 0);
+  clk->advance(1);
+  EXPECT_TRUE(eventually([&] { return get(s, "a")->fired() == 1; }, 2s));
+}
