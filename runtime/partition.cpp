@@ -215,13 +215,12 @@ void partition::on_send(send_msg& m) {
       return;
     }
   }
-  pending_ids_.insert(dk);
   work_item item;
   item.env = std::move(m.env);
   item.done = std::move(m.done);
+  item.dedup = !m.fresh;
   if (act.blocked
       && act.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
-    pending_ids_.erase(dk);
     auto retry
         = std::max<int64_t>(act.blocked->retry_at_ms - core_.clk->now_ms(), 10);
     return item.done(overloaded("inbox of grain " + to_string(target)
@@ -230,6 +229,8 @@ void partition::on_send(send_msg& m) {
                                     + " messages (max_inbox_per_grain)",
                                 retry));
   }
+  if (item.dedup)
+    pending_ids_.insert(dk);
   accept_durable(act, std::move(item));
 }
 
@@ -450,7 +451,7 @@ void partition::run_durable(activation& act, work_item& item) {
     fail_durable(act, std::move(item), result.error());
     return;
   }
-  if (item.source_col != column::timers) {
+  if (item.dedup) {
     auto dk = keys::with_suffix(prefix_of(*act.id), env.msg_id());
     batch_.put(column::dedup, dk, encode_ms(t.now_ms()));
     batch_ids_.push_back(dk);
@@ -515,7 +516,7 @@ void partition::dead_letter(activation* act, work_item& item,
   dl.set_attempts(env.attempts());
   batch_.put(column::dead_letters, keys::with_suffix(prefix, env.msg_id()),
              dl.SerializeAsString());
-  if (item.source_col != column::timers) {
+  if (item.dedup) {
     auto dk = keys::with_suffix(prefix, env.msg_id());
     batch_.put(column::dedup, dk, encode_ms(dl.dead_ms()));
     batch_ids_.push_back(dk);
@@ -839,6 +840,7 @@ void partition::fire_timers(int64_t now) {
     work_item item;
     item.env = env;
     item.source_col = column::timers;
+    item.dedup = false;
     item.source_key = key;
     grain_id target{env->target().type(), env->target().key()};
     auto act = activate(target);

@@ -129,6 +129,10 @@ private:
     // Where the message is stored (inbox or timers); empty if nowhere yet.
     column source_col = column::inbox;
     std::string source_key;
+    // Whether processing writes a dedup record. Not for timers (their
+    // record is the source of truth) nor for client sends whose id the
+    // silo generated: nobody can ever resend those ids.
+    bool dedup = true;
   };
 
   struct blocked_queue {

@@ -148,8 +148,10 @@ public:
                                   = std::chrono::seconds{10});
 
   /// Durable send: `done` runs once the message is durably accepted.
-  /// Resending with the same `msg_id` is deduplicated by the receiver; an
-  /// empty `msg_id` gets a fresh unique id.
+  /// Resending with the same `msg_id` is deduplicated by the receiver
+  /// (within `dedup_retention`). An empty `msg_id` gets a fresh id that no
+  /// one can resend, so no dedup record is kept for it: pass your own id
+  /// when you may retry after a lost acknowledgement.
   void send_async(grain_id target, const google::protobuf::Message& msg,
                   std::string msg_id, send_handler done);
 

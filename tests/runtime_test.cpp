@@ -526,3 +526,20 @@ TEST_F(runtime_test, a_thirty_day_timer_fires_when_the_clock_gets_there) {
   clk->advance(1);
   EXPECT_TRUE(eventually([&] { return get(s, "a")->fired() == 1; }, 2s));
 }
+
+TEST_F(runtime_test, only_resendable_ids_cost_a_dedup_record) {
+  auto s = start();
+  // A silo-generated id can never be resent: no dedup record is written.
+  ASSERT_FALSE(s->send(pid("a"), add(1)));
+  EXPECT_EQ(mem->count(column::dedup), 0u);
+  // A caller's id can be: it is deduplicated.
+  ASSERT_FALSE(s->send(pid("a"), add(1), "client-1"));
+  EXPECT_EQ(mem->count(column::dedup), 1u);
+  // Grain-to-grain sends can be redelivered by the outbox: deduplicated.
+  Forward f;
+  f.set_to("b");
+  f.set_delta(1);
+  ASSERT_FALSE(s->send(pid("a"), f, "client-2"));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::dedup) == 3; }));
+  EXPECT_EQ(get(*s, "a")->value(), 3);
+}
