@@ -104,6 +104,9 @@ caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
       = keys::grain_prefix(partition_of(target, meta.partitions()), target);
   auto env = found->dl.envelope();
   env.set_attempts(0);
+  // A dead-lettered call was answered with its error already.
+  env.clear_reply_to();
+  env.clear_correlation();
   write_batch wb;
   wb.put(column::meta, meta_key, meta.SerializeAsString());
   wb.erase(column::dead_letters, found->key);

@@ -33,6 +33,24 @@ std::string encode_ms(int64_t ms) {
 
 const grain_id no_sender{};
 
+// The reply to a durable call whose handler answered `msg`.
+wire::Reply reply_of(const message_ptr& msg) {
+  wire::Reply reply;
+  if (msg) {
+    reply.set_payload_type(msg->GetDescriptor()->full_name());
+    msg->SerializeToString(reply.mutable_payload());
+  }
+  return reply;
+}
+
+// The reply to a durable call that failed for good.
+wire::Reply error_reply(errc code, const std::string& why) {
+  wire::Reply reply;
+  reply.set_error_code(static_cast<uint32_t>(code));
+  reply.set_error(why);
+  return reply;
+}
+
 } // namespace
 
 partition::partition(caf::actor_config& cfg, silo_core& core, uint32_t id)
@@ -271,11 +289,20 @@ void partition::on_deliver(deliver_msg& m) {
       return;
     }
   }
+  if (env->has_reply_to()) {
+    // A call's reply joins its target's outbox: refuse new calls while that
+    // outbox is full, so that replies never have to be refused.
+    if (auto err = check_outbox_room(target, 0)) {
+      ack_sender(item, std::move(err), 50);
+      return;
+    }
+  }
   auto act_res = activate(target);
   if (!act_res) {
     if (code_of(act_res.error()) == errc::unknown_grain_type) {
       pending_ids_.insert(dk);
-      dead_letter(nullptr, item, describe(act_res.error()));
+      dead_letter(nullptr, item, errc::unknown_grain_type,
+                  describe(act_res.error()));
     } else {
       ack_sender(item, act_res.error(), 1'000);
     }
@@ -418,12 +445,13 @@ void partition::run_durable(activation& act, work_item& item) {
   auto& env = *item.env;
   const google::protobuf::Message* proto = nullptr;
   if (auto err = check_payload_type(act, env.payload_type(), proto)) {
-    dead_letter(&act, item, describe(err));
+    dead_letter(&act, item, code_of(err), describe(err));
     return;
   }
   std::unique_ptr<google::protobuf::Message> msg{proto->New()};
   if (!msg->ParseFromString(env.payload())) {
-    dead_letter(&act, item, "payload does not parse as " + env.payload_type());
+    dead_letter(&act, item, errc::malformed_message,
+                "payload does not parse as " + env.payload_type());
     return;
   }
   grain_id sender;
@@ -458,6 +486,8 @@ void partition::run_durable(activation& act, work_item& item) {
   }
   finish_source(item);
   apply_turn(act, t);
+  if (env.has_reply_to())
+    answer_call(env, reply_of(*result));
   if (item.done)
     defer(std::move(item.done));
   ack_sender(item, caf::none, 0);
@@ -475,7 +505,11 @@ void partition::fail_durable(activation& act, work_item item,
           + std::to_string(env.attempts()) + "/"
           + std::to_string(core_.cfg.max_attempts) + ": " + describe(err));
   if (env.attempts() >= core_.cfg.max_attempts) {
-    dead_letter(&act, item,
+    // The handler's own code tells a caller more than a generic failure.
+    auto code = code_of(err);
+    if (code == errc::unspecified)
+      code = errc::handler_failed;
+    dead_letter(&act, item, code,
                 "failed " + std::to_string(env.attempts())
                     + " attempts; last error: " + describe(err));
     return;
@@ -504,7 +538,7 @@ void partition::fail_durable(activation& act, work_item item,
   arm(act.blocked->retry_at_ms);
 }
 
-void partition::dead_letter(activation* act, work_item& item,
+void partition::dead_letter(activation* act, work_item& item, errc code,
                             const std::string& why) {
   auto& env = *item.env;
   grain_id target{env.target().type(), env.target().key()};
@@ -529,6 +563,9 @@ void partition::dead_letter(activation* act, work_item& item,
   bump(core_.stats.dead_letters);
   log(log_level::warning, "message " + env.msg_id() + " to " + to_string(target)
                               + " moved to dead letters: " + why);
+  // A caller never waits forever: a dead-lettered call is answered too.
+  if (env.has_reply_to())
+    answer_call(env, error_reply(code, why));
   if (item.done)
     defer(std::move(item.done));
   ack_sender(item, caf::none, 0);
@@ -574,27 +611,18 @@ void partition::apply_turn(activation& act, turn& t) {
   }
   auto now = t.now_ms();
   for (auto& out : t.sends_) {
-    auto key = keys::with_seq(prefix, core_.next_seq());
+    auto to = partition_of(out.to, core_.cfg.partitions);
     auto env = std::make_shared<wire::Envelope>();
-    env->set_msg_id(core_.next_msg_id());
-    env->mutable_target()->set_type(out.to.type);
-    env->mutable_target()->set_key(out.to.key);
+    env->mutable_target()->set_type(std::move(out.to.type));
+    env->mutable_target()->set_key(std::move(out.to.key));
     env->set_payload_type(std::move(out.payload_type));
     env->set_payload(std::move(out.payload));
-    env->mutable_sender()->set_type(act.id->type);
-    env->mutable_sender()->set_key(act.id->key);
-    env->set_ack_key(key);
-    env->set_accepted_ms(now);
-    batch_.put(column::outbox, key, env->SerializeAsString());
-    outbox_[key] = pending_out{
-        env, *act.id, partition_of(out.to, core_.cfg.partitions), never, 0};
-    ++outbox_count_[*act.id];
-    defer([this, key](const caf::error& err) {
-      if (err)
-        return;
-      if (auto i = outbox_.find(key); i != outbox_.end())
-        deliver(key, i->second);
-    });
+    if (out.call) {
+      env->mutable_reply_to()->set_type(act.id->type);
+      env->mutable_reply_to()->set_key(act.id->key);
+      env->set_correlation(std::move(out.correlation));
+    }
+    put_outbox(*act.id, to, std::move(env), now);
   }
   for (auto& tc : t.timers_) {
     auto key = keys::with_suffix(prefix, tc.name);
@@ -785,6 +813,59 @@ void partition::deliver(const std::string& key, pending_out& out) {
   arm(out.next_attempt_ms);
 }
 
+void partition::put_outbox(const grain_id& sender, uint32_t to,
+                           envelope_ptr env, int64_t now) {
+  auto key = keys::with_seq(prefix_of(sender), core_.next_seq());
+  env->set_msg_id(core_.next_msg_id());
+  env->mutable_sender()->set_type(sender.type);
+  env->mutable_sender()->set_key(sender.key);
+  env->set_ack_key(key);
+  env->set_accepted_ms(now);
+  batch_.put(column::outbox, key, env->SerializeAsString());
+  outbox_[key] = pending_out{std::move(env), sender, to, never, 0};
+  ++outbox_count_[sender];
+  defer([this, key](const caf::error& err) {
+    if (err)
+      return;
+    if (auto i = outbox_.find(key); i != outbox_.end())
+      deliver(key, i->second);
+  });
+}
+
+void partition::answer_call(const wire::Envelope& env, wire::Reply reply) {
+  if (!env.has_reply_to())
+    return;
+  reply.set_correlation(env.correlation());
+  if (auto size = reply.ByteSizeLong(); size > core_.cfg.max_payload_bytes) {
+    reply = error_reply(errc::payload_too_large,
+                        "reply of " + std::to_string(size)
+                            + " bytes exceeds max_payload_bytes="
+                            + std::to_string(core_.cfg.max_payload_bytes));
+    reply.set_correlation(env.correlation());
+  }
+  auto out = std::make_shared<wire::Envelope>();
+  *out->mutable_target() = env.reply_to();
+  out->set_payload_type(wire::Reply::descriptor()->full_name());
+  reply.SerializeToString(out->mutable_payload());
+  // The call's target answers, even if it has no activation (unknown type).
+  grain_id caller{env.reply_to().type(), env.reply_to().key()};
+  put_outbox(grain_id{env.target().type(), env.target().key()},
+             partition_of(caller, core_.cfg.partitions), std::move(out),
+             core_.clk->now_ms());
+}
+
+caf::error partition::check_outbox_room(const grain_id& sender, size_t extra) {
+  size_t pending = extra;
+  if (auto i = outbox_count_.find(sender); i != outbox_count_.end())
+    pending += i->second;
+  if (pending < core_.cfg.max_outbox_per_grain)
+    return caf::none;
+  return overloaded("grain " + to_string(sender) + " has "
+                        + std::to_string(pending)
+                        + " undelivered messages (max_outbox_per_grain)",
+                    50);
+}
+
 // -- timers and housekeeping --------------------------------------------------
 
 void partition::arm(int64_t at_ms) {
@@ -846,7 +927,8 @@ void partition::fire_timers(int64_t now) {
     auto act = activate(target);
     if (!act) {
       if (code_of(act.error()) == errc::unknown_grain_type) {
-        dead_letter(nullptr, item, describe(act.error()));
+        dead_letter(nullptr, item, errc::unknown_grain_type,
+                    describe(act.error()));
       } else {
         // Keep the timer and try again later; it is still stored.
         auto retry = now + 1'000;
@@ -1063,7 +1145,8 @@ caf::error partition::recover() {
     auto act = activate(target);
     if (!act) {
       if (code_of(act.error()) == errc::unknown_grain_type) {
-        dead_letter(nullptr, item, describe(act.error()));
+        dead_letter(nullptr, item, errc::unknown_grain_type,
+                    describe(act.error()));
       } else {
         log(log_level::error, "inbox entry " + keys::printable(item.source_key)
                                   + " stays stored: " + describe(act.error()));
@@ -1126,6 +1209,10 @@ void partition::admin_dead_letter(const grain_id& target,
   work_item item;
   item.env = std::make_shared<wire::Envelope>(dl.envelope());
   item.env->set_attempts(0);
+  // A dead-lettered call was answered with its error already; answering
+  // again would give the caller two replies for one call.
+  item.env->clear_reply_to();
+  item.env->clear_correlation();
   item.done = std::move(done);
   // The requeued message is stored in the inbox in the same commit that
   // removes the dead letter, so a crash loses neither.
@@ -1153,28 +1240,34 @@ caf::error turn::check_room() {
 
 caf::error turn::send(const grain_id& to,
                       const google::protobuf::Message& msg) {
+  return record_send(to, msg, false, {});
+}
+
+caf::error turn::call(const grain_id& to, const google::protobuf::Message& msg,
+                      std::string correlation) {
+  return record_send(to, msg, true, std::move(correlation));
+}
+
+caf::error turn::record_send(const grain_id& to,
+                             const google::protobuf::Message& msg, bool call,
+                             std::string correlation) {
+  const char* what = call ? "call" : "send";
   if (auto err = check_room())
     return err;
   if (to.type.empty())
-    return make_error(errc::invalid_argument, "send: empty grain type");
+    return make_error(errc::invalid_argument,
+                      std::string{what} + ": empty grain type");
   auto& core = owner_->core_;
-  auto size = msg.ByteSizeLong();
+  auto size = msg.ByteSizeLong() + correlation.size();
   if (size > core.cfg.max_payload_bytes)
     return make_error(errc::payload_too_large,
                       "payload of " + std::to_string(size)
                           + " bytes exceeds max_payload_bytes="
                           + std::to_string(core.cfg.max_payload_bytes));
-  size_t pending = 0;
-  if (auto i = owner_->outbox_count_.find(self_);
-      i != owner_->outbox_count_.end())
-    pending = i->second;
-  if (pending + sends_.size() >= core.cfg.max_outbox_per_grain)
-    return owner_->overloaded("grain " + to_string(self_) + " has "
-                                  + std::to_string(pending + sends_.size())
-                                  + " undelivered messages "
-                                    "(max_outbox_per_grain)",
-                              50);
-  outgoing out{to, msg.GetDescriptor()->full_name(), {}};
+  if (auto err = owner_->check_outbox_room(self_, sends_.size()))
+    return err;
+  outgoing out{
+      to, msg.GetDescriptor()->full_name(), {}, call, std::move(correlation)};
   msg.SerializeToString(&out.payload);
   sends_.push_back(std::move(out));
   return caf::none;

@@ -21,6 +21,7 @@
 #include <caf/event_based_actor.hpp>
 
 #include "granary.pb.h"
+#include "runtime/error.hpp"
 #include "runtime/grain_base.hpp"
 #include "runtime/grain_id.hpp"
 #include "runtime/keys.hpp"
@@ -188,7 +189,8 @@ private:
   void run_durable(activation& act, work_item& item);
   void run_blocked(activation& act);
   void fail_durable(activation& act, work_item item, const caf::error& err);
-  void dead_letter(activation* act, work_item& item, const std::string& why);
+  void dead_letter(activation* act, work_item& item, errc code,
+                   const std::string& why);
   void apply_turn(activation& act, turn& t);
   void rollback(activation& act);
   void finish_source(work_item& item);
@@ -206,6 +208,17 @@ private:
 
   // -- outbox ----------------------------------------------------------------
   void deliver(const std::string& key, pending_out& out);
+  // Stores `env` (target and payload set) in `sender`'s outbox as part of
+  // the current batch; it is delivered to partition `to` once the batch is
+  // durable.
+  void put_outbox(const grain_id& sender, uint32_t to, detail::envelope_ptr env,
+                  int64_t now);
+  // Answers `env` with `reply` through its target's outbox, if `env` is a
+  // durable call.
+  void answer_call(const wire::Envelope& env, wire::Reply reply);
+  // Returns `overloaded` when `sender` has `max_outbox_per_grain`
+  // undelivered messages, counting `extra` ones not stored yet.
+  caf::error check_outbox_room(const grain_id& sender, size_t extra);
 
   // -- timers and housekeeping -----------------------------------------------
   void arm(int64_t at_ms);

@@ -55,6 +55,19 @@ public:
   /// `payload_too_large`.
   caf::error send(const grain_id& to, const google::protobuf::Message& msg);
 
+  /// Calls grain `to` durably: sends `msg` exactly like `send` (same checks,
+  /// same outbox path, same guarantees) and asks for an answer. Once the
+  /// target has processed `msg`, it sends this grain a durable
+  /// `granary::wire::Reply` carrying `correlation` and the handler's reply
+  /// message, in the commit of that turn. If `msg` is dead-lettered instead
+  /// (unknown grain type, unhandled or undecodable payload, `max_attempts`
+  /// failures), the `Reply` carries the error code and reason. This grain
+  /// handles the `Reply` as an ordinary durable message: register a handler
+  /// for `granary::wire::Reply`. `correlation` counts against
+  /// `max_payload_bytes` together with `msg`.
+  caf::error call(const grain_id& to, const google::protobuf::Message& msg,
+                  std::string correlation);
+
   /// Schedules `msg` to this grain after `delay`, durably, under `name`.
   /// A timer of the same name is replaced. With a non-zero `period` it is a
   /// reminder that re-arms itself after each firing.
@@ -71,11 +84,15 @@ public:
   /// partition queue is full.
   caf::error tell(const grain_id& to, message_ptr msg);
 
-  /// Outgoing durable message recorded by `send`.
+  /// Outgoing durable message recorded by `send` or `call`.
   struct outgoing {
     grain_id to;
     std::string payload_type;
     std::string payload;
+    /// True for a `call`: the target replies to this grain.
+    bool call = false;
+    /// The `call`'s correlation, copied into its reply.
+    std::string correlation;
   };
 
   /// Timer change recorded by `set_timer` or `cancel_timer`.
@@ -112,6 +129,10 @@ private:
       , now_ms_(now_ms) {}
 
   caf::error check_room();
+
+  caf::error record_send(const grain_id& to,
+                         const google::protobuf::Message& msg, bool call,
+                         std::string correlation);
 
   partition* owner_;
   const grain_id& self_;

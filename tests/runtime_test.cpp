@@ -18,18 +18,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Polls `pred` until it holds or `timeout` passes.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 5s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred())
-      return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return pred();
-}
-
 class runtime_test : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -66,6 +54,81 @@ protected:
 
   static caf::expected<Value> get(silo& s, const std::string& key) {
     return grain_ref<probe>{s, key}.call<Value>(Get{});
+  }
+
+  static Ask ask(std::string to, int64_t delta, std::string correlation,
+                 std::string kind = {}, std::string to_type = {}) {
+    Ask m;
+    m.set_to(std::move(to));
+    m.set_delta(delta);
+    m.set_correlation(std::move(correlation));
+    m.set_kind(std::move(kind));
+    m.set_to_type(std::move(to_type));
+    return m;
+  }
+
+  // The answers probe `key` has recorded (empty if it cannot be read).
+  static std::vector<Answer> answers(silo& s, const std::string& key) {
+    auto v = get(s, key);
+    if (!v)
+      return {};
+    return {v->answers().begin(), v->answers().end()};
+  }
+
+  // Waits until probe "src" has one answer and nothing is left in flight;
+  // checks that it is the successful reply `value` to `correlation`, and
+  // that probe "dst" holds `value`.
+  void expect_single_answer(silo& s, const std::string& correlation,
+                            int64_t value) {
+    EXPECT_TRUE(eventually([&] { return answers(s, "src").size() == 1; }));
+    EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+    auto got = answers(s, "src");
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].correlation(), correlation);
+    EXPECT_EQ(got[0].value(), value);
+    EXPECT_EQ(got[0].error_code(), 0u) << got[0].error();
+    EXPECT_EQ(get(s, "dst")->value(), value);
+  }
+
+  // A message from grain `from` to `to`, as a grain's outbox stores it.
+  static wire::Envelope envelope(std::string msg_id, const grain_id& from,
+                                 const grain_id& to,
+                                 const google::protobuf::Message& m) {
+    wire::Envelope env;
+    env.set_msg_id(std::move(msg_id));
+    env.mutable_target()->set_type(to.type);
+    env.mutable_target()->set_key(to.key);
+    env.set_payload_type(m.GetDescriptor()->full_name());
+    m.SerializeToString(env.mutable_payload());
+    env.mutable_sender()->set_type(from.type);
+    env.mutable_sender()->set_key(from.key);
+    return env;
+  }
+
+  // The key of grain `id`'s inbox or outbox entry `seq`.
+  std::string seq_key(const grain_id& id, uint64_t seq) const {
+    return keys::with_seq(
+        keys::grain_prefix(partition_of(id, cfg.partitions), id), seq);
+  }
+
+  // Stores `env` as its sender's outbox entry `seq`, as if a crash had
+  // left it unacknowledged.
+  void poke_outbox(wire::Envelope env, uint64_t seq) {
+    auto key = seq_key(grain_id{env.sender().type(), env.sender().key()}, seq);
+    env.set_ack_key(key);
+    mem->poke(column::outbox, key, env.SerializeAsString());
+  }
+
+  // Checks that probe "src" has no answer yet, restarts the silo with
+  // failures switched off and expects the answer to arrive once.
+  void restart_and_expect_answer(std::unique_ptr<silo>& s,
+                                 const std::string& correlation,
+                                 int64_t value) {
+    EXPECT_TRUE(answers(*s, "src").empty());
+    s.reset();
+    flaky_fails = false;
+    s = start();
+    expect_single_answer(*s, correlation, value);
   }
 
   std::shared_ptr<memory_storage> mem;
@@ -194,20 +257,8 @@ TEST_F(runtime_test, grain_to_grain_send_goes_through_the_outbox) {
 TEST_F(runtime_test, outbox_is_redelivered_after_restart) {
   // An outbox entry left by a crash (stored, never acknowledged) is sent
   // again on recovery and applied once.
-  Add a = add(5);
-  wire::Envelope env;
-  env.set_msg_id("orphan-1");
-  env.mutable_target()->set_type("test.probe");
-  env.mutable_target()->set_key("dst");
-  env.set_payload_type("granary.test.Add");
-  a.SerializeToString(env.mutable_payload());
-  env.mutable_sender()->set_type("test.probe");
-  env.mutable_sender()->set_key("src");
-  auto src = pid("src");
-  auto key = keys::with_seq(
-      keys::grain_prefix(partition_of(src, cfg.partitions), src), 1);
-  env.set_ack_key(key);
-  mem->poke(column::outbox, key, env.SerializeAsString());
+  auto env = envelope("orphan-1", pid("src"), pid("dst"), add(5));
+  poke_outbox(env, 1);
   auto s = start();
   EXPECT_TRUE(eventually([&] {
     auto v = get(*s, "dst");
@@ -215,7 +266,7 @@ TEST_F(runtime_test, outbox_is_redelivered_after_restart) {
   }));
   EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
   // Redelivering the same message again is deduplicated.
-  mem->poke(column::outbox, key, env.SerializeAsString());
+  poke_outbox(env, 1);
   s.reset();
   s = start();
   EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
@@ -542,4 +593,172 @@ TEST_F(runtime_test, only_resendable_ids_cost_a_dedup_record) {
   ASSERT_FALSE(s->send(pid("a"), f, "client-2"));
   EXPECT_TRUE(eventually([&] { return mem->count(column::dedup) == 3; }));
   EXPECT_EQ(get(*s, "a")->value(), 3);
+}
+
+// -- durable calls ------------------------------------------------------------
+
+TEST_F(runtime_test, a_call_is_answered_once_with_the_reply_and_correlation) {
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("dst-1"), add(10)));
+  for (int i = 1; i <= 3; ++i)
+    ASSERT_FALSE(s->send(pid("src"), ask("dst-" + std::to_string(i), i,
+                                         "c-" + std::to_string(i))));
+  EXPECT_TRUE(eventually([&] { return answers(*s, "src").size() == 3; }));
+  // Everything delivered and acknowledged: no further reply can come.
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  auto got = answers(*s, "src");
+  ASSERT_EQ(got.size(), 3u);
+  for (int i = 1; i <= 3; ++i) {
+    auto corr = "c-" + std::to_string(i);
+    auto n = std::count_if(got.begin(), got.end(), [&](const Answer& a) {
+      return a.correlation() == corr;
+    });
+    EXPECT_EQ(n, 1) << corr;
+  }
+  for (auto& a : got) {
+    EXPECT_EQ(a.error_code(), 0u) << a.error();
+    EXPECT_TRUE(a.error().empty());
+    auto i = a.correlation().substr(2);
+    // The reply is the target's handler reply: its value after the Add.
+    EXPECT_EQ(a.value(), i == "1" ? 11 : std::stoi(i)) << a.correlation();
+    EXPECT_EQ(a.from(), "test.probe/dst-" + i);
+  }
+  EXPECT_EQ(get(*s, "dst-1")->value(), 11);
+}
+
+TEST_F(runtime_test, a_call_survives_a_restart_right_after_it_was_sent) {
+  auto s = start();
+  ASSERT_FALSE(s->send(pid("src"), ask("dst", 4, "c-now")));
+  s.reset(); // Wherever the call was, it is stored.
+  s = start();
+  expect_single_answer(*s, "c-now", 4);
+}
+
+TEST_F(runtime_test, a_call_stored_unprocessed_is_answered_after_restart) {
+  cfg.retry_initial = 10s;
+  cfg.retry_max = 10s;
+  auto s = start();
+  // A failing message blocks the target, so the call waits in its inbox.
+  flaky_fails = true;
+  ASSERT_FALSE(s->send(pid("dst"), Flaky{}));
+  ASSERT_FALSE(s->send(pid("src"), ask("dst", 5, "c-stored")));
+  EXPECT_TRUE(eventually([&] {
+    return mem->count(column::inbox) == 2 && mem->count(column::outbox) == 0;
+  }));
+  restart_and_expect_answer(s, "c-stored", 5);
+}
+
+TEST_F(runtime_test, a_reply_stored_undelivered_is_delivered_after_restart) {
+  cfg.retry_initial = 10s;
+  cfg.retry_max = 10s;
+  cfg.max_inbox_per_grain = 1;
+  // The caller is blocked by a failing message and its inbox is full, so
+  // the reply to its call (left in its outbox by a crash) stays in the
+  // target's outbox.
+  flaky_fails = true;
+  auto src = pid("src");
+  auto stuck = envelope("stuck-1", grain_id{}, src, Flaky{});
+  stuck.clear_sender();
+  mem->poke(column::inbox, seq_key(src, 1), stuck.SerializeAsString());
+  auto call = envelope("call-1", src, pid("dst"), add(5));
+  *call.mutable_reply_to() = call.sender();
+  call.set_correlation("c-held");
+  poke_outbox(call, 1);
+  auto s = start();
+  EXPECT_TRUE(eventually([&] {
+    auto v = get(*s, "dst");
+    return v && v->value() == 5 && mem->count(column::outbox) == 1;
+  }));
+  restart_and_expect_answer(s, "c-held", 5);
+}
+
+TEST_F(runtime_test, a_dead_lettered_call_is_answered_with_its_error) {
+  cfg.max_attempts = 2;
+  cfg.retry_initial = 5ms;
+  auto s = start();
+  flaky_fails = true;
+  ASSERT_FALSE(s->send(pid("src"), ask("x", 1, "c-type", "add", "no.such")));
+  ASSERT_FALSE(s->send(pid("src"), ask("dst", 1, "c-fail", "flaky")));
+  ASSERT_FALSE(s->send(pid("src"), ask("dst", 1, "c-unhandled", "unhandled")));
+  EXPECT_TRUE(eventually([&] { return answers(*s, "src").size() == 3; }));
+  std::map<std::string, Answer> by_corr;
+  for (auto& a : answers(*s, "src"))
+    by_corr[a.correlation()] = a;
+  ASSERT_EQ(by_corr.size(), 3u);
+  auto& type = by_corr["c-type"];
+  EXPECT_EQ(type.error_code(), static_cast<uint32_t>(errc::unknown_grain_type));
+  EXPECT_NE(type.error().find("'no.such' is not registered"), std::string::npos)
+      << type.error();
+  EXPECT_EQ(type.from(), "no.such/x");
+  auto& fail = by_corr["c-fail"];
+  EXPECT_EQ(fail.error_code(), static_cast<uint32_t>(errc::handler_failed));
+  EXPECT_NE(fail.error().find("failed 2 attempts"), std::string::npos)
+      << fail.error();
+  EXPECT_NE(fail.error().find("failing on purpose"), std::string::npos);
+  auto& unhandled = by_corr["c-unhandled"];
+  EXPECT_EQ(unhandled.error_code(),
+            static_cast<uint32_t>(errc::unhandled_message));
+  EXPECT_NE(unhandled.error().find("granary.test.Unhandled"), std::string::npos)
+      << unhandled.error();
+  EXPECT_EQ(s->dead_letters()->size(), 3u);
+  // A requeued call is not answered twice: its caller has its reply.
+  flaky_fails = false;
+  auto dl = s->dead_letters();
+  auto failed = std::find_if(dl->begin(), dl->end(), [](auto& d) {
+    return d.payload_type == "granary.test.Flaky";
+  });
+  ASSERT_NE(failed, dl->end());
+  ASSERT_FALSE(s->requeue_dead_letter(pid("dst"), failed->msg_id));
+  EXPECT_TRUE(eventually([&] { return get(*s, "dst")->value() == 1; }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  EXPECT_EQ(answers(*s, "src").size(), 3u);
+}
+
+TEST_F(runtime_test, a_reply_to_an_unknown_grain_type_is_dead_lettered_once) {
+  auto call = envelope("call-x", pid("src"), pid("dst"), add(2));
+  call.mutable_reply_to()->set_type("no.such");
+  call.mutable_reply_to()->set_key("r");
+  poke_outbox(call, 1);
+  auto s = start();
+  EXPECT_TRUE(eventually([&] { return s->dead_letters()->size() == 1; }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  auto dl = s->dead_letters();
+  ASSERT_EQ(dl->size(), 1u);
+  EXPECT_EQ((*dl)[0].target, (grain_id{"no.such", "r"}));
+  EXPECT_EQ((*dl)[0].payload_type, "granary.wire.Reply");
+  EXPECT_EQ(get(*s, "dst")->value(), 2);
+}
+
+TEST_F(runtime_test, redelivered_calls_and_replies_take_effect_once) {
+  auto call = envelope("call-dup", pid("src"), pid("dst"), add(5));
+  *call.mutable_reply_to() = call.sender();
+  call.set_correlation("c-dup");
+  poke_outbox(call, 1);
+  wire::Reply reply;
+  reply.set_correlation("c-reply");
+  Value seven;
+  seven.set_value(7);
+  reply.set_payload_type(seven.GetDescriptor()->full_name());
+  seven.SerializeToString(reply.mutable_payload());
+  auto answer = envelope("reply-dup", pid("other"), pid("src"), reply);
+  poke_outbox(answer, 1);
+  auto s = start();
+  EXPECT_TRUE(eventually([&] { return answers(*s, "src").size() == 2; }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  // A crash before the acknowledgements: both are delivered again.
+  poke_outbox(call, 1);
+  poke_outbox(answer, 1);
+  s.reset();
+  s = start();
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  std::this_thread::sleep_for(50ms);
+  auto got = answers(*s, "src");
+  ASSERT_EQ(got.size(), 2u);
+  std::map<std::string, int64_t> values;
+  for (auto& a : got)
+    values[a.correlation()] = a.value();
+  EXPECT_EQ(values["c-dup"], 5);
+  EXPECT_EQ(values["c-reply"], 7);
+  EXPECT_EQ(get(*s, "dst")->value(), 5);
+  EXPECT_GE(s->stats().duplicates, 2u);
 }

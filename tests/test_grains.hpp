@@ -3,13 +3,29 @@
 // Grains and helpers shared by the runtime tests.
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <thread>
 
 #include "actors/grain.hpp"
+#include "granary.pb.h"
 #include "runtime/memory_storage.hpp"
 #include "test.pb.h"
 
 namespace granary::test {
+
+/// Polls `pred` until it holds or `timeout` passes.
+template <class Pred>
+bool eventually(Pred pred,
+                std::chrono::milliseconds timeout = std::chrono::seconds{5}) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred())
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds{5});
+  }
+  return pred();
+}
 
 /// When true, `probe` fails every `Flaky` message.
 inline std::atomic<bool> flaky_fails{false};
@@ -27,7 +43,9 @@ public:
         .on(&probe::arm)
         .on(&probe::disarm)
         .on(&probe::fired)
-        .on(&probe::big);
+        .on(&probe::big)
+        .on(&probe::ask)
+        .on(&probe::answer);
   }
 
   caf::expected<Value> add(turn& t, const Add& m) {
@@ -82,12 +100,46 @@ public:
     return done{};
   }
 
+  caf::expected<done> ask(turn& t, const Ask& m) {
+    grain_id to{m.to_type().empty() ? std::string{type_name} : m.to_type(),
+                m.to()};
+    caf::error err;
+    if (m.kind() == "flaky") {
+      Flaky f;
+      f.set_delta(m.delta());
+      err = t.call(to, f, m.correlation());
+    } else if (m.kind() == "unhandled") {
+      err = t.call(to, Unhandled{}, m.correlation());
+    } else {
+      Add a;
+      a.set_delta(m.delta());
+      err = t.call(to, a, m.correlation());
+    }
+    if (err)
+      return err;
+    return done{};
+  }
+
+  caf::expected<done> answer(turn& t, const wire::Reply& r) {
+    auto& a = *state().add_answers();
+    a.set_correlation(r.correlation());
+    a.set_error_code(r.error_code());
+    a.set_error(r.error());
+    a.set_from(to_string(t.sender()));
+    Value v;
+    if (r.payload_type() == Value::descriptor()->full_name()
+        && v.ParseFromString(r.payload()))
+      a.set_value(v.value());
+    return done{};
+  }
+
 private:
   Value current() const {
     Value v;
     v.set_value(view().value());
     v.set_fired(view().fired());
     *v.mutable_seen() = view().seen();
+    *v.mutable_answers() = view().answers();
     return v;
   }
 };
