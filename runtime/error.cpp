@@ -44,6 +44,8 @@ const char* to_string(errc code) {
       return "invalid_argument";
     case errc::not_found:
       return "not_found";
+    case errc::nondeterminism:
+      return "nondeterminism";
   }
   return "unknown";
 }

@@ -42,6 +42,8 @@ enum class errc : uint8_t {
   invalid_argument,
   /// The requested record does not exist.
   not_found,
+  /// A workflow's code issued a command that does not match its journal.
+  nondeterminism,
 };
 
 /// Name of the CAF error category used for `errc`.

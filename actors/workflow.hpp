@@ -1,0 +1,246 @@
+#pragma once
+
+#include <chrono>
+#include <coroutine>
+#include <string>
+#include <type_traits>
+
+#include "actors/grain.hpp"
+#include "actors/task.hpp"
+#include "actors/workflow_engine.hpp"
+#include "runtime/log.hpp"
+
+namespace granary {
+
+/// What a workflow's code may await. Every command is journaled with a
+/// sequence number; on replay the journal answers instead of the world.
+class workflow_context {
+public:
+  explicit workflow_context(workflow_engine& engine, const grain_id& self)
+      : engine_(&engine)
+      , self_(&self) {}
+
+  /// The workflow's id (its grain key).
+  const std::string& workflow_id() const {
+    return self_->key;
+  }
+
+  /// Awaitable result of a journaled command.
+  template <class R>
+  struct awaiter {
+    workflow_engine* engine;
+    uint64_t seq;
+
+    bool await_ready() const {
+      return engine->completed(seq);
+    }
+
+    void await_suspend(std::coroutine_handle<> h) {
+      engine->park(seq, h);
+    }
+
+    caf::expected<R> await_resume() {
+      if constexpr (std::is_void_v<R>) {
+        if (auto err = engine->error_of(seq))
+          return err;
+        return {};
+      } else {
+        R out;
+        if (auto err = engine->result_into(seq, out))
+          return err;
+        return out;
+      }
+    }
+  };
+
+  /// Durable call to grain `to`; resumes with its reply of type `R`.
+  template <class R>
+  awaiter<R> call(const grain_id& to, const google::protobuf::Message& msg) {
+    return {engine_, engine_->call(to, msg)};
+  }
+
+  /// Durable call to grain `key` of class `G`.
+  template <class R, class G>
+  awaiter<R> call(const std::string& key,
+                  const google::protobuf::Message& msg) {
+    return call<R>(id_of<G>(key), msg);
+  }
+
+  /// Durable timer: resumes after `duration`, across restarts.
+  awaiter<void> sleep(std::chrono::milliseconds duration) {
+    return {engine_, engine_->sleep(duration)};
+  }
+
+  /// Wall-clock milliseconds, recorded once and replayed.
+  int64_t now() {
+    return engine_->now();
+  }
+
+  /// A random number, recorded once and replayed.
+  uint64_t random() {
+    return engine_->random();
+  }
+
+  /// Runs `fn` once and records its result (a protobuf message `R`);
+  /// replay returns the recorded result without running `fn`.
+  template <class R, class F>
+  caf::expected<R> side_effect(const std::string& name, F&& fn) {
+    auto type = std::string{R::descriptor()->full_name()};
+    if (auto* e = engine_->replay_side_effect(name, type)) {
+      if (e->error_code() != 0)
+        return make_error(static_cast<errc>(e->error_code()), e->error());
+      R out;
+      if (!out.ParseFromString(e->result()))
+        return make_error(errc::malformed_message,
+                          "recorded side effect '" + name
+                              + "' does not parse as " + type);
+      return out;
+    }
+    caf::expected<R> res = fn();
+    engine_->record_side_effect(name, type, res ? &*res : nullptr,
+                                res ? caf::error{} : res.error());
+    return res;
+  }
+
+  /// Patch point for changing workflow code: runs that passed this point
+  /// before `change_id` existed get `min`; new runs get `max`, recorded.
+  int64_t version(const std::string& change_id, int64_t min, int64_t max) {
+    return engine_->version(change_id, min, max);
+  }
+
+private:
+  workflow_engine* engine_;
+  const grain_id* self_;
+};
+
+/// Base class of workflows: a grain whose state is its journal and whose
+/// entry point is `task<Output> run(workflow_context&, const Input&)`.
+/// Sending an `Input` starts it (a second start is ignored: ids are
+/// unique); `DescribeWorkflow` queries it without replaying.
+template <class Derived, class Input, class Output>
+class workflow : public grain<Derived, wire::WorkflowState> {
+public:
+  using super = grain<Derived, wire::WorkflowState>;
+
+  static void define(handlers<Derived>& h) {
+    using info = caf::expected<wire::WorkflowInfo>;
+    using result = caf::expected<done>;
+    h.on(static_cast<info (Derived::*)(turn&, const Input&)>(
+             &workflow::on_start))
+        .on(static_cast<result (Derived::*)(turn&, const wire::Reply&)>(
+            &workflow::on_reply))
+        .on(static_cast<result (Derived::*)(turn&, const wire::WakeUp&)>(
+            &workflow::on_wake))
+        .on(static_cast<result (Derived::*)(
+                turn&, const wire::ResumeWorkflow&)>(&workflow::on_resume))
+        .on(static_cast<info (Derived::*)(
+                turn&, const wire::DescribeWorkflow&)>(&workflow::on_describe));
+  }
+
+  caf::expected<wire::WorkflowInfo> on_start(turn& t, const Input& in) {
+    if (this->view().status() == wire::WorkflowState::NEW) {
+      auto& st = this->state();
+      st.set_status(wire::WorkflowState::RUNNING);
+      st.set_input_type(std::string{Input::descriptor()->full_name()});
+      in.SerializeToString(st.mutable_input());
+      st.set_start_msg_id(t.message_id());
+      st.set_random_seed(stable_hash(grain_id{t.message_id(), t.self().key}));
+      advance(t, {});
+    }
+    return info();
+  }
+
+  caf::expected<done> on_reply(turn& t, const wire::Reply& reply) {
+    engine_.bind(&this->state(), &t.self());
+    advance(t, engine_.complete_call(reply));
+    return done{};
+  }
+
+  caf::expected<done> on_wake(turn& t, const wire::WakeUp& wake) {
+    engine_.bind(&this->state(), &t.self());
+    advance(t, engine_.complete_sleep(wake.seq()));
+    return done{};
+  }
+
+  caf::expected<done> on_resume(turn& t, const wire::ResumeWorkflow&) {
+    if (this->view().status() == wire::WorkflowState::SUSPENDED) {
+      run_.reset();
+      advance(t, {});
+    }
+    return done{};
+  }
+
+  caf::error load_state(std::optional<std::string_view> bytes) override {
+    // A rolled-back or reloaded journal must be replayed, not continued.
+    run_.reset();
+    return super::load_state(bytes);
+  }
+
+  caf::expected<wire::WorkflowInfo> on_describe(turn&,
+                                                const wire::DescribeWorkflow&) {
+    return info();
+  }
+
+private:
+  struct live_run {
+    workflow_context ctx;
+    Input input;
+    task<Output> coro;
+  };
+
+  // Continues the run: resumes `waiting` if the coroutine is live, or
+  // replays the journal from the start in a fresh coroutine.
+  void advance(turn& t, std::coroutine_handle<> waiting) {
+    auto status = this->view().status();
+    if (status == wire::WorkflowState::COMPLETED
+        || status == wire::WorkflowState::FAILED
+        || status == wire::WorkflowState::NEW)
+      return;
+    auto& st = this->state();
+    engine_.bind(&st, &t.self());
+    engine_.set_turn(&t);
+    if (!run_ || run_->coro.done()) {
+      engine_.rewind();
+      run_ = std::make_unique<live_run>(
+          live_run{workflow_context{engine_, t.self()}, Input{}, {}});
+      run_->input.ParseFromString(st.input());
+      run_->coro = static_cast<Derived*>(this)->run(run_->ctx, run_->input);
+      run_->coro.resume();
+    } else if (waiting) {
+      waiting.resume();
+    }
+    engine_.set_turn(nullptr);
+    if (!run_->coro.done())
+      return;
+    auto& res = run_->coro.result();
+    if (!engine_.halted().empty()) {
+      st.set_status(wire::WorkflowState::SUSPENDED);
+      st.set_error(engine_.halted());
+      log(log_level::error, engine_.halted());
+    } else if (res) {
+      st.set_status(wire::WorkflowState::COMPLETED);
+      st.set_output_type(std::string{Output::descriptor()->full_name()});
+      res->SerializeToString(st.mutable_output());
+      st.clear_error();
+    } else {
+      st.set_status(wire::WorkflowState::FAILED);
+      st.set_error(describe(res.error()));
+    }
+  }
+
+  wire::WorkflowInfo info() const {
+    auto& st = this->view();
+    wire::WorkflowInfo out;
+    out.set_status(st.status());
+    out.set_output_type(st.output_type());
+    out.set_output(st.output());
+    out.set_error(st.error());
+    out.set_journal_size(static_cast<uint64_t>(st.journal_size()));
+    return out;
+  }
+
+  workflow_engine engine_;
+  std::unique_ptr<live_run> run_;
+};
+
+} // namespace granary

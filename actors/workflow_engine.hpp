@@ -1,0 +1,137 @@
+#pragma once
+
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <string>
+
+#include <caf/expected.hpp>
+#include <google/protobuf/message.h>
+
+#include "granary.pb.h"
+#include "runtime/error.hpp"
+#include "runtime/grain_id.hpp"
+#include "runtime/turn.hpp"
+#include "workflow.pb.h"
+
+namespace granary {
+
+namespace detail {
+
+/// Thrown into workflow code when a replayed command does not match the
+/// journal; it unwinds the coroutine without touching any data.
+struct workflow_halt : std::exception {
+  const char* what() const noexcept override {
+    return "workflow halted: non-determinism";
+  }
+};
+
+} // namespace detail
+
+/// The journal and command machinery of one workflow activation. Not a
+/// template, so that it is compiled once; `workflow<...>` drives it.
+class workflow_engine {
+public:
+  /// Upper bound on journal entries of one run (continue-as-new bounds
+  /// real workflows long before this).
+  static constexpr size_t max_journal = 100'000;
+
+  /// Binds the engine to the grain's state, which it journals into.
+  void bind(wire::WorkflowState* state, const grain_id* self) {
+    state_ = state;
+    self_ = self;
+  }
+
+  /// Starts a replay from sequence number 0.
+  void rewind() {
+    next_seq_ = 0;
+    parked_ = {};
+    halted_.clear();
+  }
+
+  /// The turn during which commands are issued; null outside turns.
+  void set_turn(turn* t) {
+    turn_ = t;
+  }
+
+  /// Non-empty after a non-determinism error: what did not match.
+  const std::string& halted() const {
+    return halted_;
+  }
+
+  // -- commands (called by workflow_context) ---------------------------------
+
+  /// Journals a grain call; returns its sequence number.
+  uint64_t call(const grain_id& to, const google::protobuf::Message& msg);
+
+  /// Journals a durable sleep; returns its sequence number.
+  uint64_t sleep(std::chrono::milliseconds duration);
+
+  /// Journaled wall-clock time.
+  int64_t now();
+
+  /// Journaled random number.
+  uint64_t random();
+
+  /// Journaled version marker (see workflow_context::version).
+  int64_t version(const std::string& change_id, int64_t min, int64_t max);
+
+  /// Looks up the side effect at the next sequence number: returns its
+  /// entry if it was recorded, or null when `record_side_effect` must run.
+  const wire::JournalEntry* replay_side_effect(const std::string& name,
+                                               const std::string& type);
+
+  /// Records the outcome of a side effect that just ran.
+  void record_side_effect(const std::string& name, const std::string& type,
+                          const google::protobuf::Message* value,
+                          const caf::error& err);
+
+  // -- completion ------------------------------------------------------------
+
+  /// True when the command at `seq` has its result.
+  bool completed(uint64_t seq) const;
+
+  /// Remembers the coroutine waiting for `seq`.
+  void park(uint64_t seq, std::coroutine_handle<> h) {
+    parked_seq_ = seq;
+    parked_ = h;
+  }
+
+  /// The result of the call at `seq`, decoded as `proto`'s type.
+  caf::error result_into(uint64_t seq, google::protobuf::Message& out) const;
+
+  /// The error of the command at `seq`, if it failed.
+  caf::error error_of(uint64_t seq) const;
+
+  /// Records a reply; returns the coroutine to resume, if it waits for it.
+  std::coroutine_handle<> complete_call(const wire::Reply& reply);
+
+  /// Records a timer firing; returns the coroutine to resume, if any.
+  std::coroutine_handle<> complete_sleep(uint64_t seq);
+
+private:
+  // Returns the entry for the next command, appending it when new. Throws
+  // workflow_halt when the journal holds a different command there.
+  wire::JournalEntry& next(wire::JournalEntry::Kind kind,
+                           const std::string& target,
+                           const std::string& payload_type, bool& is_new);
+
+  [[noreturn]] void halt(const wire::JournalEntry& recorded,
+                         wire::JournalEntry::Kind kind,
+                         const std::string& target,
+                         const std::string& payload_type);
+
+  wire::JournalEntry* entry(uint64_t seq);
+  const wire::JournalEntry* entry(uint64_t seq) const;
+
+  wire::WorkflowState* state_ = nullptr;
+  const grain_id* self_ = nullptr;
+  turn* turn_ = nullptr;
+  uint64_t next_seq_ = 0;
+  uint64_t parked_seq_ = 0;
+  std::coroutine_handle<> parked_;
+  std::string halted_;
+};
+
+} // namespace granary
