@@ -66,6 +66,15 @@ public:
     return call<R>(id_of<G>(key), msg);
   }
 
+  /// Runs activity `name` on the workflow's activity pool, with retries
+  /// per `opts`; resumes with its result of type `R` or its final error.
+  template <class R>
+  awaiter<R> activity(const std::string& name,
+                      const google::protobuf::Message& input,
+                      const activity_options& opts = {}) {
+    return {engine_, engine_->activity(name, input, opts)};
+  }
+
   /// Durable timer: resumes after `duration`, across restarts.
   awaiter<void> sleep(std::chrono::milliseconds duration) {
     return {engine_, engine_->sleep(duration)};
@@ -133,6 +142,14 @@ public:
             &workflow::on_wake))
         .on(static_cast<result (Derived::*)(
                 turn&, const wire::ResumeWorkflow&)>(&workflow::on_resume))
+        .on(static_cast<result (Derived::*)(turn&, const wire::RunActivity&)>(
+            &workflow::on_run_activity))
+        .on(static_cast<result (Derived::*)(turn&,
+                                            const wire::ActivityResult&)>(
+            &workflow::on_activity_result))
+        .on(static_cast<result (Derived::*)(turn&,
+                                            const wire::ActivityTimeout&)>(
+            &workflow::on_activity_timeout))
         .on(static_cast<info (Derived::*)(
                 turn&, const wire::DescribeWorkflow&)>(&workflow::on_describe));
   }
@@ -168,6 +185,37 @@ public:
       advance(t, {});
     }
     return done{};
+  }
+
+  caf::expected<done> on_run_activity(turn& t, const wire::RunActivity& m) {
+    engine_.bind(&this->state(), &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.run_activity(m, pool_);
+    advance(t, waiting);
+    return done{};
+  }
+
+  caf::expected<done> on_activity_result(turn& t,
+                                         const wire::ActivityResult& m) {
+    engine_.bind(&this->state(), &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.activity_result(m);
+    advance(t, waiting);
+    return done{};
+  }
+
+  caf::expected<done> on_activity_timeout(turn& t,
+                                          const wire::ActivityTimeout& m) {
+    engine_.bind(&this->state(), &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.activity_timeout(m);
+    advance(t, waiting);
+    return done{};
+  }
+
+  /// The pool that runs this workflow's activities (see register_workflow).
+  void set_activity_pool(activity_pool* pool) {
+    pool_ = pool;
   }
 
   caf::error load_state(std::optional<std::string_view> bytes) override {
@@ -241,6 +289,18 @@ private:
 
   workflow_engine engine_;
   std::unique_ptr<live_run> run_;
+  activity_pool* pool_ = nullptr;
 };
+
+/// Registers workflow class `W`, whose activities run on `pool` (which
+/// must outlive the silo's use of it: stop the pool before the silo).
+template <class W>
+caf::error register_workflow(grain_registry& registry, activity_pool* pool) {
+  return registry.add(std::string{W::type_name}, [pool] {
+    auto w = std::make_unique<W>();
+    w->set_activity_pool(pool);
+    return w;
+  });
+}
 
 } // namespace granary

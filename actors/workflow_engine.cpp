@@ -1,6 +1,10 @@
 #include "actors/workflow_engine.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
+
+#include "runtime/log.hpp"
 
 namespace granary {
 
@@ -20,6 +24,8 @@ const char* kind_name(wire::JournalEntry::Kind kind) {
       return "side_effect";
     case wire::JournalEntry::VERSION:
       return "version";
+    case wire::JournalEntry::ACTIVITY:
+      return "activity";
     default:
       return "unknown";
   }
@@ -148,6 +154,147 @@ uint64_t workflow_engine::sleep(std::chrono::milliseconds duration) {
     }
   }
   return e.seq();
+}
+
+uint64_t workflow_engine::activity(const std::string& name,
+                                   const google::protobuf::Message& input,
+                                   const activity_options& opts) {
+  bool is_new = false;
+  auto& e = next(wire::JournalEntry::ACTIVITY, name,
+                 input.GetDescriptor()->full_name(), is_new);
+  if (is_new) {
+    input.SerializeToString(e.mutable_input());
+    auto& o = *e.mutable_activity();
+    o.set_initial_interval_ms(opts.initial_interval.count());
+    o.set_backoff_coefficient(opts.backoff_coefficient);
+    o.set_max_interval_ms(opts.max_interval.count());
+    o.set_max_attempts(std::max<uint32_t>(opts.max_attempts, 1));
+    for (auto code : opts.non_retryable)
+      o.add_non_retryable(to_string(code));
+    o.set_start_to_close_ms(opts.start_to_close.count());
+    e.set_value(1);
+    wire::RunActivity run;
+    run.set_seq(e.seq());
+    run.set_attempt(1);
+    timer("wf-act-" + std::to_string(e.seq()), std::chrono::milliseconds{0},
+          run);
+  }
+  return e.seq();
+}
+
+void workflow_engine::timer(const std::string& name,
+                            std::chrono::milliseconds delay,
+                            const google::protobuf::Message& msg) {
+  caf::error err;
+  if (!turn_)
+    err = make_error(errc::invalid_argument, "timer set outside a turn");
+  else
+    err = turn_->set_timer(name, delay, msg);
+  if (err)
+    log(log_level::error, "workflow " + to_string(*self_) + ": timer " + name
+                              + " not set: " + describe(err));
+}
+
+std::coroutine_handle<> workflow_engine::finish(wire::JournalEntry& e) {
+  e.set_completed(true);
+  if (turn_)
+    static_cast<void>(
+        turn_->cancel_timer("wf-act-timeout-" + std::to_string(e.seq())));
+  if (parked_ && parked_seq_ == e.seq())
+    return std::exchange(parked_, {});
+  return {};
+}
+
+std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
+                                                       const caf::error& err) {
+  auto& o = e.activity();
+  auto attempt = static_cast<uint32_t>(e.value());
+  auto kind = std::string{to_string(code_of(err))};
+  bool permanent
+      = std::find(o.non_retryable().begin(), o.non_retryable().end(), kind)
+        != o.non_retryable().end();
+  if (permanent || attempt >= o.max_attempts()) {
+    e.set_error_code(static_cast<uint32_t>(code_of(err)));
+    e.set_error("activity '" + e.target() + "' failed after "
+                + std::to_string(attempt) + " attempt(s)"
+                + (permanent ? " (non-retryable)" : "") + ": " + describe(err));
+    return finish(e);
+  }
+  auto delay = static_cast<double>(o.initial_interval_ms())
+               * std::pow(o.backoff_coefficient(), attempt - 1);
+  delay = std::min(delay, static_cast<double>(o.max_interval_ms()));
+  e.set_value(attempt + 1);
+  if (turn_)
+    static_cast<void>(
+        turn_->cancel_timer("wf-act-timeout-" + std::to_string(e.seq())));
+  wire::RunActivity run;
+  run.set_seq(e.seq());
+  run.set_attempt(attempt + 1);
+  timer("wf-act-" + std::to_string(e.seq()),
+        std::chrono::milliseconds{static_cast<int64_t>(delay)}, run);
+  return {};
+}
+
+std::coroutine_handle<>
+workflow_engine::run_activity(const wire::RunActivity& run,
+                              activity_pool* pool) {
+  auto* e = entry(run.seq());
+  if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
+      || e->value() != run.attempt())
+    return {}; // Stale.
+  if (!pool) {
+    e->set_error_code(static_cast<uint32_t>(errc::invalid_config));
+    e->set_error("no activity pool: register the workflow with one");
+    return finish(*e);
+  }
+  activity_pool::job j{*self_, e->seq(), run.attempt(), e->target(),
+                       e->input()};
+  if (auto err = pool->submit(std::move(j), e->payload_type())) {
+    if (code_of(err) != errc::overloaded) {
+      e->set_error_code(static_cast<uint32_t>(code_of(err)));
+      e->set_error(describe(err));
+      return finish(*e);
+    }
+    // The pool is full: try this attempt again shortly.
+    timer("wf-act-" + std::to_string(e->seq()), std::chrono::milliseconds{100},
+          run);
+    return {};
+  }
+  wire::ActivityTimeout timeout;
+  timeout.set_seq(e->seq());
+  timeout.set_attempt(run.attempt());
+  timer("wf-act-timeout-" + std::to_string(e->seq()),
+        std::chrono::milliseconds{e->activity().start_to_close_ms()}, timeout);
+  return {};
+}
+
+std::coroutine_handle<>
+workflow_engine::activity_result(const wire::ActivityResult& res) {
+  auto* e = entry(res.seq());
+  if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
+      || e->value() != res.attempt())
+    return {}; // Stale or duplicate.
+  if (res.error_code() == 0) {
+    e->set_result_type(res.result_type());
+    e->set_result(res.result());
+    return finish(*e);
+  }
+  return retry_or_fail(
+      *e, make_error(static_cast<errc>(res.error_code()), res.error()));
+}
+
+std::coroutine_handle<>
+workflow_engine::activity_timeout(const wire::ActivityTimeout& t) {
+  auto* e = entry(t.seq());
+  if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
+      || e->value() != t.attempt())
+    return {};
+  return retry_or_fail(
+      *e, make_error(errc::timeout,
+                     "attempt " + std::to_string(t.attempt())
+                         + " exceeded start_to_close of "
+                         + std::to_string(e->activity().start_to_close_ms())
+                         + " ms"));
 }
 
 int64_t workflow_engine::now() {

@@ -9,6 +9,7 @@
 #include <caf/expected.hpp>
 #include <google/protobuf/message.h>
 
+#include "actors/activity.hpp"
 #include "granary.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/grain_id.hpp"
@@ -74,6 +75,11 @@ public:
   /// Journaled random number.
   uint64_t random();
 
+  /// Journals an activity and schedules its first attempt.
+  uint64_t activity(const std::string& name,
+                    const google::protobuf::Message& input,
+                    const activity_options& opts);
+
   /// Journaled version marker (see workflow_context::version).
   int64_t version(const std::string& change_id, int64_t min, int64_t max);
 
@@ -110,6 +116,17 @@ public:
   /// Records a timer firing; returns the coroutine to resume, if any.
   std::coroutine_handle<> complete_sleep(uint64_t seq);
 
+  /// Starts an attempt on `pool`; returns the coroutine to resume if the
+  /// activity failed for good.
+  std::coroutine_handle<> run_activity(const wire::RunActivity& run,
+                                       activity_pool* pool);
+
+  /// Records an attempt's outcome; retries or completes the activity.
+  std::coroutine_handle<> activity_result(const wire::ActivityResult& res);
+
+  /// Handles an attempt's start-to-close timeout.
+  std::coroutine_handle<> activity_timeout(const wire::ActivityTimeout& t);
+
 private:
   // Returns the entry for the next command, appending it when new. Throws
   // workflow_halt when the journal holds a different command there.
@@ -121,6 +138,18 @@ private:
                          wire::JournalEntry::Kind kind,
                          const std::string& target,
                          const std::string& payload_type);
+
+  // Fails the attempt: schedules the next one or completes with `err`.
+  std::coroutine_handle<> retry_or_fail(wire::JournalEntry& e,
+                                        const caf::error& err);
+
+  // Completes `e` and returns the coroutine waiting for it, if any.
+  std::coroutine_handle<> finish(wire::JournalEntry& e);
+
+  // Sets a durable timer in the current turn; errors are logged, because
+  // the journal already says what to do when it fires.
+  void timer(const std::string& name, std::chrono::milliseconds delay,
+             const google::protobuf::Message& msg);
 
   wire::JournalEntry* entry(uint64_t seq);
   const wire::JournalEntry* entry(uint64_t seq) const;

@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -289,4 +291,198 @@ TEST_F(workflow_test, a_failed_call_fails_the_run_with_its_error) {
   }));
   auto info = describe_flow(*s, "x", "wf.broken");
   EXPECT_NE(info.error().find("no.such"), std::string::npos) << info.error();
+}
+
+namespace {
+
+// A fake cloud API: counts attempts per idempotency key, fails the first
+// `fail_first` attempts of each key, and applies each key's mutation once.
+struct fake_api {
+  std::mutex mtx;
+  std::map<std::string, int> attempts;
+  std::map<std::string, int> applied;
+  std::map<std::string, int> repeats;
+  int fail_first = 0;
+  errc fail_with = errc::handler_failed;
+  std::chrono::milliseconds first_attempt_delay{0};
+
+  caf::expected<Number> charge(const activity_context& ctx, const Number& in) {
+    int n;
+    {
+      std::lock_guard guard{mtx};
+      n = ++attempts[ctx.idempotency_key];
+    }
+    if (n == 1 && first_attempt_delay.count() > 0)
+      std::this_thread::sleep_for(first_attempt_delay);
+    if (n <= fail_first)
+      return make_error(fail_with, "cloud API answered 503 (attempt "
+                                       + std::to_string(n) + ")");
+    std::lock_guard guard{mtx};
+    // Idempotent like a well-behaved cloud API: a key applies once, and a
+    // repeat is only counted.
+    if (applied[ctx.idempotency_key] == 0)
+      applied[ctx.idempotency_key] = 1;
+    else
+      ++repeats[ctx.idempotency_key];
+    Number out;
+    out.set_value(in.value() * 10);
+    return out;
+  }
+};
+
+fake_api* api = nullptr;
+activity_options pay_options;
+
+class pay_flow : public workflow<pay_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.pay";
+
+  task<Receipt> run(workflow_context& ctx, const Order&) {
+    Number amount;
+    amount.set_value(7);
+    std::string name = "charge";
+    auto charged = co_await ctx.activity<Number>(name, amount, pay_options);
+    if (!charged)
+      co_return charged.error();
+    Receipt r;
+    r.set_total(charged->value());
+    co_return r;
+  }
+};
+
+class activity_test : public workflow_test {
+protected:
+  void SetUp() override {
+    workflow_test::SetUp();
+    api = &fake;
+    pay_options = activity_options{};
+    pay_options.initial_interval = 10ms;
+    pay_options.max_interval = 40ms;
+    pay_options.max_attempts = 5;
+    pay_options.start_to_close = 1'000ms;
+    pool = std::make_unique<activity_pool>(2, 64);
+    ASSERT_FALSE((pool->add<Number, Number>(
+        "charge", [](const activity_context& ctx, const Number& in) {
+          return api->charge(ctx, in);
+        })));
+  }
+
+  void TearDown() override {
+    // The pool reports to the silo: stop it first.
+    pool->stop();
+    s.reset();
+    api = nullptr;
+  }
+
+  void start_pay() {
+    grain_registry reg;
+    ASSERT_FALSE(register_workflow<pay_flow>(reg, pool.get()));
+    auto started = silo::start(cfg, std::move(reg),
+                               std::make_unique<shared_storage>(mem), clk);
+    ASSERT_TRUE(started) << describe(started.error());
+    s = std::move(*started);
+    pool->attach(*s);
+  }
+
+  // Moves the manual clock forward until the run leaves RUNNING.
+  wire::WorkflowInfo run_to_end(const std::string& id) {
+    wire::WorkflowInfo info;
+    eventually([&] {
+      clk->advance(20);
+      info = describe_flow(*s, id, "wf.pay");
+      return info.status() != wire::WorkflowState::RUNNING;
+    });
+    return info;
+  }
+
+  fake_api fake;
+  std::unique_ptr<activity_pool> pool;
+  std::unique_ptr<silo> s;
+};
+
+} // namespace
+
+TEST_F(activity_test, retries_with_backoff_until_success_and_applies_once) {
+  fake.fail_first = 2;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-1"}, order(0)));
+  auto info = run_to_end("p-1");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info.output()));
+  EXPECT_EQ(r.total(), 70);
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["p-1:0"], 3);
+  EXPECT_EQ(fake.applied["p-1:0"], 1);
+}
+
+TEST_F(activity_test, non_retryable_errors_fail_at_once) {
+  fake.fail_first = 100;
+  fake.fail_with = errc::invalid_argument;
+  pay_options.non_retryable = {errc::invalid_argument};
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-2"}, order(0)));
+  auto info = run_to_end("p-2");
+  ASSERT_EQ(info.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(info.error().find("non-retryable"), std::string::npos)
+      << info.error();
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["p-2:0"], 1);
+}
+
+TEST_F(activity_test, gives_up_after_max_attempts) {
+  fake.fail_first = 100;
+  pay_options.max_attempts = 3;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-3"}, order(0)));
+  auto info = run_to_end("p-3");
+  ASSERT_EQ(info.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(info.error().find("after 3 attempt(s)"), std::string::npos)
+      << info.error();
+  EXPECT_NE(info.error().find("503"), std::string::npos) << info.error();
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["p-3:0"], 3);
+}
+
+TEST_F(activity_test,
+       a_timed_out_attempt_is_retried_and_its_late_result_ignored) {
+  fake.first_attempt_delay = 300ms;
+  pay_options.start_to_close = 100ms;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-4"}, order(0)));
+  auto info = run_to_end("p-4");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  std::this_thread::sleep_for(400ms); // Let the slow first attempt report.
+  EXPECT_EQ(describe_flow(*s, "p-4", "wf.pay").status(),
+            wire::WorkflowState::COMPLETED);
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["p-4:0"], 2);
+  // Both attempts reached the API; the idempotency key made the second a
+  // repeat instead of a second mutation.
+  EXPECT_EQ(fake.applied["p-4:0"], 1);
+  EXPECT_EQ(fake.repeats["p-4:0"], 1);
+}
+
+TEST_F(activity_test, an_attempt_lost_in_a_crash_is_retried_after_restart) {
+  fake.first_attempt_delay = 500ms;
+  pay_options.start_to_close = 200ms;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-5"}, order(0)));
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard guard{fake.mtx};
+    return fake.attempts["p-5:0"] == 1;
+  }));
+  // Stop while the first attempt runs: its result cannot be recorded.
+  pool->stop();
+  s.reset();
+  pool = std::make_unique<activity_pool>(2, 64);
+  ASSERT_FALSE((pool->add<Number, Number>(
+      "charge", [](const activity_context& ctx, const Number& in) {
+        return api->charge(ctx, in);
+      })));
+  start_pay();
+  auto info = run_to_end("p-5");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["p-5:0"], 2);
 }

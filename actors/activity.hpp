@@ -1,0 +1,134 @@
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <caf/expected.hpp>
+#include <google/protobuf/message.h>
+
+#include "runtime/error.hpp"
+#include "runtime/grain_id.hpp"
+
+namespace granary {
+
+class silo;
+
+/// What an activity attempt knows about itself.
+struct activity_context {
+  std::string workflow_id;
+  uint64_t seq = 0;
+  uint32_t attempt = 1;
+  /// Stable across attempts: workflow id + ":" + sequence number. Pass it
+  /// to the outside world so that a retried attempt is not applied twice.
+  std::string idempotency_key;
+};
+
+/// Retry policy and timeout of an activity.
+struct activity_options {
+  std::chrono::milliseconds initial_interval{1'000};
+  double backoff_coefficient = 2.0;
+  std::chrono::milliseconds max_interval{100'000};
+  /// Attempts before the activity fails the awaiting workflow code.
+  uint32_t max_attempts = 10;
+  /// Error kinds that fail at once, without retry.
+  std::vector<errc> non_retryable;
+  /// An attempt that has not finished after this long counts as failed.
+  std::chrono::milliseconds start_to_close{60'000};
+};
+
+/// Runs activities (calls to the outside world) off the silo's threads on
+/// a bounded pool, and reports each attempt's outcome to its workflow as a
+/// durable message. Execution is at least once; recording is exactly once.
+class activity_pool {
+public:
+  /// One attempt to run.
+  struct job {
+    grain_id workflow;
+    uint64_t seq = 0;
+    uint32_t attempt = 1;
+    std::string name;
+    std::string input;
+  };
+
+  /// Starts `threads` workers; at most `max_queue` attempts wait.
+  activity_pool(size_t threads, size_t max_queue);
+
+  /// Stops the workers (see `stop`).
+  ~activity_pool();
+
+  activity_pool(const activity_pool&) = delete;
+  activity_pool& operator=(const activity_pool&) = delete;
+
+  /// Registers activity `name`: `fn(const activity_context&, const In&)`
+  /// returns `caf::expected<Out>`. Register before the silo starts.
+  template <class In, class Out, class F>
+  caf::error add(std::string name, F fn) {
+    static_assert(std::is_base_of_v<google::protobuf::Message, In>);
+    static_assert(std::is_base_of_v<google::protobuf::Message, Out>);
+    if (name.empty() || activities_.count(name) > 0)
+      return make_error(errc::invalid_argument,
+                        "activity name '" + name
+                            + "' is empty or registered twice");
+    activities_.emplace(
+        std::move(name),
+        entry{std::string{In::descriptor()->full_name()},
+              [fn = std::move(fn)](const activity_context& ctx,
+                                   const std::string& input, std::string& out,
+                                   std::string& out_type) -> caf::error {
+                In in;
+                if (!in.ParseFromString(input))
+                  return make_error(
+                      errc::malformed_message,
+                      "activity input does not parse as "
+                          + std::string{In::descriptor()->full_name()});
+                caf::expected<Out> res = fn(ctx, in);
+                if (!res)
+                  return std::move(res.error());
+                out_type = std::string{Out::descriptor()->full_name()};
+                res->SerializeToString(&out);
+                return caf::none;
+              }});
+    return caf::none;
+  }
+
+  /// Where results go; call once the silo is started.
+  void attach(silo& s);
+
+  /// Queues an attempt; `overloaded` when the queue is full, and
+  /// `invalid_argument` for an unknown activity or input type.
+  caf::error submit(job j, const std::string& input_type);
+
+  /// Finishes running attempts and stops the workers. Attempts still
+  /// queued are dropped: their workflows retry them after their timeout.
+  void stop();
+
+private:
+  using runner = std::function<caf::error(
+      const activity_context&, const std::string&, std::string&, std::string&)>;
+
+  struct entry {
+    std::string input_type;
+    runner run;
+  };
+
+  void work();
+
+  std::map<std::string, entry> activities_;
+  size_t max_queue_;
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  std::deque<job> queue_;
+  bool stopping_ = false;
+  silo* silo_ = nullptr;
+  std::vector<std::thread> threads_;
+};
+
+} // namespace granary
