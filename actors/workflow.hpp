@@ -75,6 +75,18 @@ public:
     return {engine_, engine_->activity(name, input, opts)};
   }
 
+  /// Waits for signal `name` carrying an `R`; a signal that arrived
+  /// earlier is taken at once. With a positive `timeout` the wait fails
+  /// with `errc::timeout` when no signal came in time.
+  template <class R>
+  awaiter<R> wait_signal(const std::string& name,
+                         std::chrono::milliseconds timeout
+                         = std::chrono::milliseconds{0}) {
+    return {engine_,
+            engine_->wait_signal(
+                name, std::string{R::descriptor()->full_name()}, timeout)};
+  }
+
   /// Durable timer: resumes after `duration`, across restarts.
   awaiter<void> sleep(std::chrono::milliseconds duration) {
     return {engine_, engine_->sleep(duration)};
@@ -142,6 +154,10 @@ public:
             &workflow::on_wake))
         .on(static_cast<result (Derived::*)(
                 turn&, const wire::ResumeWorkflow&)>(&workflow::on_resume))
+        .on(static_cast<result (Derived::*)(turn&, const wire::Signal&)>(
+            &workflow::on_signal))
+        .on(static_cast<result (Derived::*)(turn&, const wire::SignalTimeout&)>(
+            &workflow::on_signal_timeout))
         .on(static_cast<result (Derived::*)(turn&, const wire::RunActivity&)>(
             &workflow::on_run_activity))
         .on(static_cast<result (Derived::*)(turn&,
@@ -184,6 +200,30 @@ public:
       run_.reset();
       advance(t, {});
     }
+    return done{};
+  }
+
+  caf::expected<done> on_signal(turn& t, const wire::Signal& m) {
+    auto status = this->view().status();
+    if (status == wire::WorkflowState::COMPLETED
+        || status == wire::WorkflowState::FAILED)
+      return make_error(errc::invalid_argument,
+                        "workflow " + to_string(t.self())
+                            + " has finished; signal '" + m.name()
+                            + "' is not delivered");
+    engine_.bind(&this->state(), &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.signal(m);
+    engine_.set_turn(nullptr);
+    if (!waiting)
+      return std::move(waiting.error());
+    advance(t, *waiting);
+    return done{};
+  }
+
+  caf::expected<done> on_signal_timeout(turn& t, const wire::SignalTimeout& m) {
+    engine_.bind(&this->state(), &t.self());
+    advance(t, engine_.signal_timeout(m.seq()));
     return done{};
   }
 
@@ -291,6 +331,18 @@ private:
   std::unique_ptr<live_run> run_;
   activity_pool* pool_ = nullptr;
 };
+
+/// Builds the durable message that delivers signal `name` with `payload`
+/// to a workflow; send it like any message (give it an id for safe
+/// retries).
+inline wire::Signal make_signal(std::string name,
+                                const google::protobuf::Message& payload) {
+  wire::Signal sig;
+  sig.set_name(std::move(name));
+  sig.set_payload_type(payload.GetDescriptor()->full_name());
+  payload.SerializeToString(sig.mutable_payload());
+  return sig;
+}
 
 /// Registers workflow class `W`, whose activities run on `pool` (which
 /// must outlive the silo's use of it: stop the pool before the silo).

@@ -26,6 +26,8 @@ const char* kind_name(wire::JournalEntry::Kind kind) {
       return "version";
     case wire::JournalEntry::ACTIVITY:
       return "activity";
+    case wire::JournalEntry::SIGNAL:
+      return "signal";
     default:
       return "unknown";
   }
@@ -295,6 +297,69 @@ workflow_engine::activity_timeout(const wire::ActivityTimeout& t) {
                          + " exceeded start_to_close of "
                          + std::to_string(e->activity().start_to_close_ms())
                          + " ms"));
+}
+
+uint64_t workflow_engine::wait_signal(const std::string& name,
+                                      const std::string& payload_type,
+                                      std::chrono::milliseconds timeout) {
+  bool is_new = false;
+  auto& e = next(wire::JournalEntry::SIGNAL, name, payload_type, is_new);
+  if (!is_new)
+    return e.seq();
+  auto& pending = *state_->mutable_pending_signals();
+  for (int i = 0; i < pending.size(); ++i) {
+    if (pending[i].name() != name)
+      continue;
+    e.set_completed(true);
+    e.set_result_type(pending[i].payload_type());
+    e.set_result(pending[i].payload());
+    pending.DeleteSubrange(i, 1);
+    return e.seq();
+  }
+  if (timeout.count() > 0) {
+    wire::SignalTimeout t;
+    t.set_seq(e.seq());
+    timer("wf-sig-timeout-" + std::to_string(e.seq()), timeout, t);
+  }
+  return e.seq();
+}
+
+caf::expected<std::coroutine_handle<>>
+workflow_engine::signal(const wire::Signal& sig) {
+  // The oldest open wait for this name takes it.
+  for (auto& e : *state_->mutable_journal()) {
+    if (e.kind() != wire::JournalEntry::SIGNAL || e.completed()
+        || e.target() != sig.name())
+      continue;
+    e.set_completed(true);
+    e.set_result_type(sig.payload_type());
+    e.set_result(sig.payload());
+    if (turn_)
+      static_cast<void>(
+          turn_->cancel_timer("wf-sig-timeout-" + std::to_string(e.seq())));
+    if (parked_ && parked_seq_ == e.seq())
+      return std::exchange(parked_, {});
+    return std::coroutine_handle<>{};
+  }
+  if (state_->pending_signals_size() >= max_pending_signals)
+    return make_error(errc::overloaded,
+                      "workflow " + to_string(*self_) + " holds "
+                          + std::to_string(max_pending_signals)
+                          + " signals nobody waits for; retry after 1000 ms");
+  *state_->add_pending_signals() = sig;
+  return std::coroutine_handle<>{};
+}
+
+std::coroutine_handle<> workflow_engine::signal_timeout(uint64_t seq) {
+  auto* e = entry(seq);
+  if (!e || e->kind() != wire::JournalEntry::SIGNAL || e->completed())
+    return {};
+  e->set_completed(true);
+  e->set_error_code(static_cast<uint32_t>(errc::timeout));
+  e->set_error("no signal '" + e->target() + "' arrived in time");
+  if (parked_ && parked_seq_ == seq)
+    return std::exchange(parked_, {});
+  return {};
 }
 
 int64_t workflow_engine::now() {

@@ -80,6 +80,22 @@ public:
                     const google::protobuf::Message& input,
                     const activity_options& opts);
 
+  /// Journals a wait for signal `name` of type `payload_type`; consumes a
+  /// buffered signal at once. A positive `timeout` bounds the wait.
+  uint64_t wait_signal(const std::string& name, const std::string& payload_type,
+                       std::chrono::milliseconds timeout);
+
+  /// Delivers a signal: completes the oldest wait for it, or buffers it.
+  /// Returns the coroutine to resume, or `overloaded` when the buffer is
+  /// full.
+  caf::expected<std::coroutine_handle<>> signal(const wire::Signal& sig);
+
+  /// Handles the timeout of the wait at `seq`.
+  std::coroutine_handle<> signal_timeout(uint64_t seq);
+
+  /// Upper bound on buffered, not yet awaited signals.
+  static constexpr int max_pending_signals = 1'000;
+
   /// Journaled version marker (see workflow_context::version).
   int64_t version(const std::string& change_id, int64_t min, int64_t max);
 

@@ -486,3 +486,106 @@ TEST_F(activity_test, an_attempt_lost_in_a_crash_is_retried_after_restart) {
   std::lock_guard guard{fake.mtx};
   EXPECT_EQ(fake.attempts["p-5:0"], 2);
 }
+
+namespace {
+
+class approval_flow : public workflow<approval_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.approval";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    std::string name = "approve";
+    std::chrono::milliseconds timeout{order.sleep_ms()};
+    auto approved = co_await ctx.wait_signal<Number>(name, timeout);
+    if (!approved)
+      co_return approved.error();
+    Receipt r;
+    r.set_total(approved->value());
+    co_return r;
+  }
+};
+
+class signal_test : public workflow_test {
+protected:
+  std::unique_ptr<silo> start_approval() {
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<approval_flow>(reg));
+    auto s = silo::start(cfg, std::move(reg),
+                         std::make_unique<shared_storage>(mem), clk);
+    EXPECT_TRUE(s);
+    return s ? std::move(*s) : nullptr;
+  }
+
+  static wire::Signal approve(int64_t value) {
+    Number n;
+    n.set_value(value);
+    return make_signal("approve", n);
+  }
+
+  static wire::WorkflowInfo info(silo& s, const std::string& id) {
+    return describe_flow(s, id, "wf.approval");
+  }
+
+  bool finished(silo& s, const std::string& id) {
+    return eventually(
+        [&] { return info(s, id).status() != wire::WorkflowState::RUNNING; });
+  }
+};
+
+} // namespace
+
+TEST_F(signal_test, a_signal_resumes_the_waiting_run) {
+  auto s = start_approval();
+  grain_id id{"wf.approval", "a-1"};
+  ASSERT_FALSE(s->send(id, order(0)));
+  ASSERT_TRUE(eventually([&] { return info(*s, "a-1").journal_size() == 1; }));
+  EXPECT_EQ(info(*s, "a-1").status(), wire::WorkflowState::RUNNING);
+  ASSERT_FALSE(s->send(id, approve(5), "sig-1"));
+  ASSERT_TRUE(finished(*s, "a-1"));
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info(*s, "a-1").output()));
+  EXPECT_EQ(r.total(), 5);
+}
+
+TEST_F(signal_test, a_signal_sent_before_the_wait_is_buffered) {
+  auto s = start_approval();
+  grain_id id{"wf.approval", "a-2"};
+  ASSERT_FALSE(s->send(id, approve(8), "sig-2"));
+  ASSERT_FALSE(s->send(id, order(0)));
+  ASSERT_TRUE(finished(*s, "a-2"));
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info(*s, "a-2").output()));
+  EXPECT_EQ(r.total(), 8);
+}
+
+TEST_F(signal_test, a_wait_times_out_with_a_clear_error) {
+  auto s = start_approval();
+  grain_id id{"wf.approval", "a-3"};
+  ASSERT_FALSE(s->send(id, order(5'000)));
+  ASSERT_TRUE(eventually([&] { return info(*s, "a-3").journal_size() == 1; }));
+  clk->advance(5'000);
+  ASSERT_TRUE(finished(*s, "a-3"));
+  auto i = info(*s, "a-3");
+  EXPECT_EQ(i.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(i.error().find("no signal 'approve' arrived in time"),
+            std::string::npos)
+      << i.error();
+}
+
+TEST_F(signal_test, a_run_waiting_across_a_restart_takes_the_signal) {
+  grain_id id{"wf.approval", "a-4"};
+  {
+    auto s = start_approval();
+    ASSERT_FALSE(s->send(id, order(0)));
+    ASSERT_TRUE(
+        eventually([&] { return info(*s, "a-4").journal_size() == 1; }));
+  }
+  auto s = start_approval();
+  ASSERT_FALSE(s->send(id, approve(3), "sig-4"));
+  // The same signal again (a client retry) is deduplicated.
+  ASSERT_FALSE(s->send(id, approve(3), "sig-4"));
+  ASSERT_TRUE(finished(*s, "a-4"));
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info(*s, "a-4").output()));
+  EXPECT_EQ(r.total(), 3);
+}
