@@ -4,6 +4,7 @@
 #include <coroutine>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "actors/grain.hpp"
 #include "actors/task.hpp"
@@ -39,6 +40,11 @@ public:
       engine->park(seq, h);
     }
 
+    /// The outcome, once complete (after `all` or `any` returned).
+    caf::expected<R> result() {
+      return await_resume();
+    }
+
     caf::expected<R> await_resume() {
       if constexpr (std::is_void_v<R>) {
         if (auto err = engine->error_of(seq))
@@ -52,6 +58,44 @@ public:
       }
     }
   };
+
+  /// Awaits several commands issued earlier: all of them, or the first.
+  struct group_awaiter {
+    workflow_engine* engine;
+    std::vector<uint64_t> seqs;
+    bool all;
+
+    bool await_ready() const {
+      size_t done = 0;
+      for (auto seq : seqs)
+        if (engine->completed(seq))
+          ++done;
+      return all ? done == seqs.size() : done > 0 || seqs.empty();
+    }
+
+    void await_suspend(std::coroutine_handle<> h) {
+      engine->park(seqs, all, h);
+    }
+
+    /// `all`: the number of commands; `any`: the index of the first to
+    /// complete (the same on replay).
+    size_t await_resume() const {
+      return all ? seqs.size() : engine->first_completed(seqs);
+    }
+  };
+
+  /// Resumes once every command in `cmds` completed; read each with
+  /// `result()`. Bounded parallelism: issue a window, await it, repeat.
+  template <class R>
+  group_awaiter all(std::vector<awaiter<R>>& cmds) {
+    return group(cmds, true);
+  }
+
+  /// Resumes once one command in `cmds` completed and yields its index.
+  template <class R>
+  group_awaiter any(std::vector<awaiter<R>>& cmds) {
+    return group(cmds, false);
+  }
 
   /// Durable call to grain `to`; resumes with its reply of type `R`.
   template <class R>
@@ -130,6 +174,15 @@ public:
   }
 
 private:
+  template <class R>
+  group_awaiter group(std::vector<awaiter<R>>& cmds, bool all) {
+    group_awaiter g{engine_, {}, all};
+    g.seqs.reserve(cmds.size());
+    for (auto& c : cmds)
+      g.seqs.push_back(c.seq);
+    return g;
+  }
+
   workflow_engine* engine_;
   const grain_id* self_;
 };

@@ -127,7 +127,7 @@ uint64_t workflow_engine::call(const grain_id& to,
       err = turn_->call(to, msg, std::to_string(e.seq()));
     if (err) {
       // Journaled as the command's outcome, so replay sees the same error.
-      e.set_completed(true);
+      complete(e);
       e.set_error_code(static_cast<uint32_t>(code_of(err)));
       e.set_error(describe(err));
     }
@@ -150,12 +150,49 @@ uint64_t workflow_engine::sleep(std::chrono::milliseconds duration) {
       err = turn_->set_timer("wf-sleep-" + std::to_string(e.seq()), duration,
                              wake);
     if (err) {
-      e.set_completed(true);
+      complete(e);
       e.set_error_code(static_cast<uint32_t>(code_of(err)));
       e.set_error(describe(err));
     }
   }
   return e.seq();
+}
+
+void workflow_engine::complete(wire::JournalEntry& e) {
+  if (e.completed())
+    return;
+  e.set_completed(true);
+  state_->set_completions(state_->completions() + 1);
+  e.set_completed_order(state_->completions());
+}
+
+std::coroutine_handle<> workflow_engine::wake() {
+  if (!parked_)
+    return {};
+  size_t done = 0;
+  for (auto seq : waiting_)
+    if (completed(seq))
+      ++done;
+  bool ready = wait_all_ ? done == waiting_.size() : done > 0;
+  if (!ready)
+    return {};
+  waiting_.clear();
+  return std::exchange(parked_, {});
+}
+
+size_t
+workflow_engine::first_completed(const std::vector<uint64_t>& seqs) const {
+  size_t best = seqs.size();
+  uint64_t best_order = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto* e = entry(seqs[i]);
+    if (e && e->completed()
+        && (best == seqs.size() || e->completed_order() < best_order)) {
+      best = i;
+      best_order = e->completed_order();
+    }
+  }
+  return best;
 }
 
 uint64_t workflow_engine::activity(const std::string& name,
@@ -198,13 +235,11 @@ void workflow_engine::timer(const std::string& name,
 }
 
 std::coroutine_handle<> workflow_engine::finish(wire::JournalEntry& e) {
-  e.set_completed(true);
+  complete(e);
   if (turn_)
     static_cast<void>(
         turn_->cancel_timer("wf-act-timeout-" + std::to_string(e.seq())));
-  if (parked_ && parked_seq_ == e.seq())
-    return std::exchange(parked_, {});
-  return {};
+  return wake();
 }
 
 std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
@@ -310,7 +345,7 @@ uint64_t workflow_engine::wait_signal(const std::string& name,
   for (int i = 0; i < pending.size(); ++i) {
     if (pending[i].name() != name)
       continue;
-    e.set_completed(true);
+    complete(e);
     e.set_result_type(pending[i].payload_type());
     e.set_result(pending[i].payload());
     pending.DeleteSubrange(i, 1);
@@ -331,15 +366,13 @@ workflow_engine::signal(const wire::Signal& sig) {
     if (e.kind() != wire::JournalEntry::SIGNAL || e.completed()
         || e.target() != sig.name())
       continue;
-    e.set_completed(true);
+    complete(e);
     e.set_result_type(sig.payload_type());
     e.set_result(sig.payload());
     if (turn_)
       static_cast<void>(
           turn_->cancel_timer("wf-sig-timeout-" + std::to_string(e.seq())));
-    if (parked_ && parked_seq_ == e.seq())
-      return std::exchange(parked_, {});
-    return std::coroutine_handle<>{};
+    return wake();
   }
   if (state_->pending_signals_size() >= max_pending_signals)
     return make_error(errc::overloaded,
@@ -354,12 +387,10 @@ std::coroutine_handle<> workflow_engine::signal_timeout(uint64_t seq) {
   auto* e = entry(seq);
   if (!e || e->kind() != wire::JournalEntry::SIGNAL || e->completed())
     return {};
-  e->set_completed(true);
+  complete(*e);
   e->set_error_code(static_cast<uint32_t>(errc::timeout));
   e->set_error("no signal '" + e->target() + "' arrived in time");
-  if (parked_ && parked_seq_ == seq)
-    return std::exchange(parked_, {});
-  return {};
+  return wake();
 }
 
 int64_t workflow_engine::now() {
@@ -367,7 +398,7 @@ int64_t workflow_engine::now() {
   auto& e = next(wire::JournalEntry::NOW, {}, {}, is_new);
   if (is_new) {
     e.set_value(turn_ ? turn_->now_ms() : 0);
-    e.set_completed(true);
+    complete(e);
   }
   return e.value();
 }
@@ -377,7 +408,7 @@ uint64_t workflow_engine::random() {
   auto& e = next(wire::JournalEntry::RANDOM, {}, {}, is_new);
   if (is_new) {
     e.set_value(static_cast<int64_t>(mix(state_->random_seed() ^ e.seq())));
-    e.set_completed(true);
+    complete(e);
   }
   return static_cast<uint64_t>(e.value());
 }
@@ -405,7 +436,7 @@ int64_t workflow_engine::version(const std::string& change_id, int64_t min,
   bool is_new = false;
   auto& e = next(wire::JournalEntry::VERSION, change_id, {}, is_new);
   e.set_value(max);
-  e.set_completed(true);
+  complete(e);
   return max;
 }
 
@@ -427,7 +458,7 @@ void workflow_engine::record_side_effect(const std::string& name,
                                          const caf::error& err) {
   bool is_new = false;
   auto& e = next(wire::JournalEntry::SIDE_EFFECT, name, type, is_new);
-  e.set_completed(true);
+  complete(e);
   if (err) {
     e.set_error_code(static_cast<uint32_t>(code_of(err)));
     e.set_error(describe(err));
@@ -480,7 +511,7 @@ workflow_engine::complete_call(const wire::Reply& reply) {
   auto* e = entry(seq);
   if (!e || e->kind() != wire::JournalEntry::CALL || e->completed())
     return {}; // Unknown or duplicate reply.
-  e->set_completed(true);
+  complete(*e);
   if (reply.error_code() != 0) {
     e->set_error_code(reply.error_code());
     e->set_error(reply.error());
@@ -488,19 +519,15 @@ workflow_engine::complete_call(const wire::Reply& reply) {
     e->set_result_type(reply.payload_type());
     e->set_result(reply.payload());
   }
-  if (parked_ && parked_seq_ == seq)
-    return std::exchange(parked_, {});
-  return {};
+  return wake();
 }
 
 std::coroutine_handle<> workflow_engine::complete_sleep(uint64_t seq) {
   auto* e = entry(seq);
   if (!e || e->kind() != wire::JournalEntry::SLEEP || e->completed())
     return {};
-  e->set_completed(true);
-  if (parked_ && parked_seq_ == seq)
-    return std::exchange(parked_, {});
-  return {};
+  complete(*e);
+  return wake();
 }
 
 } // namespace granary

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include <caf/expected.hpp>
 #include <google/protobuf/message.h>
@@ -48,6 +49,7 @@ public:
   void rewind() {
     next_seq_ = 0;
     parked_ = {};
+    waiting_.clear();
     halted_.clear();
   }
 
@@ -116,9 +118,19 @@ public:
 
   /// Remembers the coroutine waiting for `seq`.
   void park(uint64_t seq, std::coroutine_handle<> h) {
-    parked_seq_ = seq;
+    park(std::vector<uint64_t>{seq}, true, h);
+  }
+
+  /// Remembers the coroutine waiting for all (or any) of `seqs`.
+  void park(std::vector<uint64_t> seqs, bool all, std::coroutine_handle<> h) {
+    waiting_ = std::move(seqs);
+    wait_all_ = all;
     parked_ = h;
   }
+
+  /// Index in `seqs` of the command that completed first, by journaled
+  /// completion order (so replay agrees); `seqs.size()` if none did.
+  size_t first_completed(const std::vector<uint64_t>& seqs) const;
 
   /// The result of the call at `seq`, decoded as `proto`'s type.
   caf::error result_into(uint64_t seq, google::protobuf::Message& out) const;
@@ -162,6 +174,12 @@ private:
   // Completes `e` and returns the coroutine waiting for it, if any.
   std::coroutine_handle<> finish(wire::JournalEntry& e);
 
+  // Marks `e` completed and numbers its completion.
+  void complete(wire::JournalEntry& e);
+
+  // Returns the parked coroutine if what it waits for is now complete.
+  std::coroutine_handle<> wake();
+
   // Sets a durable timer in the current turn; errors are logged, because
   // the journal already says what to do when it fires.
   void timer(const std::string& name, std::chrono::milliseconds delay,
@@ -174,7 +192,8 @@ private:
   const grain_id* self_ = nullptr;
   turn* turn_ = nullptr;
   uint64_t next_seq_ = 0;
-  uint64_t parked_seq_ = 0;
+  std::vector<uint64_t> waiting_;
+  bool wait_all_ = true;
   std::coroutine_handle<> parked_;
   std::string halted_;
 };

@@ -589,3 +589,124 @@ TEST_F(signal_test, a_run_waiting_across_a_restart_takes_the_signal) {
   ASSERT_TRUE(r.ParseFromString(info(*s, "a-4").output()));
   EXPECT_EQ(r.total(), 3);
 }
+
+namespace {
+
+// Calls every item's probe in windows of three (bounded parallelism), then
+// races two signals.
+class fan_flow : public workflow<fan_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.fan";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    Receipt r;
+    Add add;
+    add.set_delta(1);
+    auto& items = order.items();
+    for (int first = 0; first < items.size(); first += 3) {
+      std::vector<workflow_context::awaiter<Value>> window;
+      for (int i = first; i < std::min(first + 3, items.size()); ++i)
+        window.push_back(ctx.call<Value>(id_of<probe>(items[i]), add));
+      auto n = co_await ctx.all(window);
+      if (n != window.size())
+        co_return make_error(errc::unspecified, "all() returned early");
+      for (auto& call : window) {
+        auto v = call.result();
+        if (!v)
+          co_return v.error();
+        r.set_total(r.total() + 1);
+      }
+    }
+    std::vector<workflow_context::awaiter<Number>> race;
+    std::string left = "left";
+    std::string right = "right";
+    race.push_back(ctx.wait_signal<Number>(left));
+    race.push_back(ctx.wait_signal<Number>(right));
+    auto winner = co_await ctx.any(race);
+    r.set_branch(winner == 0 ? "left" : "right");
+    if (order.sleep_ms() > 0) {
+      // Parks after the race, so that a restart replays through it.
+      std::chrono::milliseconds pause{order.sleep_ms()};
+      if (auto slept = co_await ctx.sleep(pause); !slept)
+        co_return slept.error();
+    }
+    co_return r;
+  }
+};
+
+class fan_test : public workflow_test {
+protected:
+  std::unique_ptr<silo> start_fan() {
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    EXPECT_FALSE(register_grain<fan_flow>(reg));
+    auto s = silo::start(cfg, std::move(reg),
+                         std::make_unique<shared_storage>(mem), clk);
+    EXPECT_TRUE(s);
+    return s ? std::move(*s) : nullptr;
+  }
+};
+
+} // namespace
+
+TEST_F(fan_test, all_waits_for_a_window_and_any_picks_the_first_to_finish) {
+  Order o;
+  for (int i = 0; i < 10; ++i)
+    o.add_items("item-" + std::to_string(i));
+  grain_id id{"wf.fan", "f-1"};
+  {
+    auto s = start_fan();
+    ASSERT_FALSE(s->send(id, o));
+    // 10 calls and two signal waits journaled: parked at the race.
+    ASSERT_TRUE(eventually([&] {
+      return describe_flow(*s, "f-1", "wf.fan").journal_size() == 12;
+    }));
+    for (int i = 0; i < 10; ++i)
+      EXPECT_EQ(value_of(*s, "item-" + std::to_string(i)), 1);
+    Number n;
+    ASSERT_FALSE(s->send(id, make_signal("right", n), "sig-right"));
+    ASSERT_TRUE(eventually([&] {
+      return describe_flow(*s, "f-1", "wf.fan").status()
+             == wire::WorkflowState::COMPLETED;
+    }));
+    // A later signal for the loser changes nothing.
+    ASSERT_FALSE(s->send(id, make_signal("left", n), "sig-left"));
+  }
+  auto s = start_fan();
+  auto info = describe_flow(*s, "f-1", "wf.fan");
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info.output()));
+  EXPECT_EQ(r.total(), 10);
+  EXPECT_EQ(r.branch(), "right");
+}
+
+TEST_F(fan_test, any_replays_to_the_same_winner) {
+  Order o;
+  o.add_items("x");
+  o.set_sleep_ms(1'000);
+  grain_id id{"wf.fan", "f-2"};
+  {
+    auto s = start_fan();
+    ASSERT_FALSE(s->send(id, o));
+    ASSERT_TRUE(eventually([&] {
+      return describe_flow(*s, "f-2", "wf.fan").journal_size() == 3;
+    }));
+    Number n;
+    // Both signals arrive, "right" first: both waits are complete by the
+    // time anything replays, and only the recorded order tells the winner.
+    ASSERT_FALSE(s->send(id, make_signal("right", n), "r"));
+    ASSERT_FALSE(s->send(id, make_signal("left", n), "l"));
+    ASSERT_TRUE(eventually([&] {
+      return describe_flow(*s, "f-2", "wf.fan").journal_size() == 4;
+    }));
+  }
+  auto s = start_fan();
+  clk->advance(1'000);
+  ASSERT_TRUE(eventually([&] {
+    return describe_flow(*s, "f-2", "wf.fan").status()
+           == wire::WorkflowState::COMPLETED;
+  }));
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(describe_flow(*s, "f-2", "wf.fan").output()));
+  EXPECT_EQ(r.branch(), "right");
+}
