@@ -311,6 +311,45 @@ public:
     pool_ = pool;
   }
 
+  /// Protobuf type name of `Input`.
+  static std::string input_type_name() {
+    return std::string{Input::descriptor()->full_name()};
+  }
+
+  /// Replays `stored` in replay-only mode (see `check_replay`).
+  caf::error replay_only(const wire::WorkflowState& stored,
+                         const grain_id& id) {
+    auto copy = stored;
+    engine_.bind(&copy, &id);
+    engine_.rewind();
+    engine_.set_replay_only(true);
+    workflow_context ctx{engine_, id};
+    Input input;
+    if (!input.ParseFromString(copy.input()))
+      return make_error(errc::corrupt_record,
+                        "journal input does not parse as " + input_type_name());
+    auto coro = static_cast<Derived*>(this)->run(ctx, input);
+    // Resume until the code parks on something the journal completed,
+    // which happens only while replaying; bounded by the journal size.
+    coro.resume();
+    for (int i = 0; i <= copy.journal_size() && !coro.done(); ++i) {
+      auto h = engine_.take_parked_if_ready();
+      if (!h)
+        break;
+      h.resume();
+    }
+    if (!engine_.halted().empty())
+      return make_error(errc::nondeterminism, engine_.halted());
+    if (coro.done() && !engine_.reached_end()
+        && engine_.position() < static_cast<uint64_t>(copy.journal_size()))
+      return make_error(
+          errc::nondeterminism,
+          "the code finished at seq " + std::to_string(engine_.position())
+              + " but the journal holds " + std::to_string(copy.journal_size())
+              + " commands");
+    return caf::none;
+  }
+
   caf::error load_state(std::optional<std::string_view> bytes) override {
     // A rolled-back or reloaded journal must be replayed, not continued.
     run_.reset();
@@ -384,6 +423,24 @@ private:
   std::unique_ptr<live_run> run_;
   activity_pool* pool_ = nullptr;
 };
+
+/// The replay test: runs workflow `W`'s current code against a stored
+/// state (journal) without touching the world. Returns `caf::none` when
+/// every journaled command is issued again in the same order, and a
+/// `nondeterminism` error naming the first mismatch otherwise. Put it in CI
+/// with journals taken from production.
+template <class W>
+caf::error check_replay(const wire::WorkflowState& stored,
+                        std::string workflow_id = "replay") {
+  if (stored.input_type() != W::input_type_name())
+    return make_error(errc::nondeterminism, "journal input is '"
+                                                + stored.input_type()
+                                                + "', the workflow takes '"
+                                                + W::input_type_name() + "'");
+  W w;
+  return w.replay_only(
+      stored, grain_id{std::string{W::type_name}, std::move(workflow_id)});
+}
 
 /// Builds the durable message that delivers signal `name` with `payload`
 /// to a workflow; send it like any message (give it an id for safe

@@ -98,6 +98,10 @@ wire::JournalEntry& workflow_engine::next(wire::JournalEntry::Kind kind,
     is_new = false;
     return *e;
   }
+  if (replay_only_) {
+    reached_end_ = true;
+    throw detail::replay_end{};
+  }
   if (seq >= max_journal) {
     halted_ = "workflow " + to_string(*self_) + " exceeded "
               + std::to_string(max_journal)
@@ -432,6 +436,10 @@ int64_t workflow_engine::version(const std::string& change_id, int64_t min,
     // This run passed this point before the change existed: it keeps the
     // old branch, and no sequence number is used.
     return min;
+  }
+  if (replay_only_) {
+    reached_end_ = true;
+    throw detail::replay_end{};
   }
   bool is_new = false;
   auto& e = next(wire::JournalEntry::VERSION, change_id, {}, is_new);

@@ -29,6 +29,14 @@ struct workflow_halt : std::exception {
   }
 };
 
+/// Thrown in replay-only mode when the code reaches the end of the
+/// journal: everything before it replayed deterministically.
+struct replay_end : std::exception {
+  const char* what() const noexcept override {
+    return "replay reached the end of the journal";
+  }
+};
+
 } // namespace detail
 
 /// The journal and command machinery of one workflow activation. Not a
@@ -51,6 +59,27 @@ public:
     parked_ = {};
     waiting_.clear();
     halted_.clear();
+  }
+
+  /// In replay-only mode the engine never extends the journal: reaching
+  /// its end stops the code (see `check_replay`).
+  void set_replay_only(bool value) {
+    replay_only_ = value;
+  }
+
+  /// True once replay-only code reached the end of the journal.
+  bool reached_end() const {
+    return reached_end_;
+  }
+
+  /// Returns the parked coroutine if what it waits for is complete.
+  std::coroutine_handle<> take_parked_if_ready() {
+    return wake();
+  }
+
+  /// The next sequence number the code will use.
+  uint64_t position() const {
+    return next_seq_;
   }
 
   /// The turn during which commands are issued; null outside turns.
@@ -196,6 +225,8 @@ private:
   bool wait_all_ = true;
   std::coroutine_handle<> parked_;
   std::string halted_;
+  bool replay_only_ = false;
+  bool reached_end_ = false;
 };
 
 } // namespace granary

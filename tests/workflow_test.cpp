@@ -710,3 +710,25 @@ TEST_F(fan_test, any_replays_to_the_same_winner) {
   ASSERT_TRUE(r.ParseFromString(describe_flow(*s, "f-2", "wf.fan").output()));
   EXPECT_EQ(r.branch(), "right");
 }
+
+TEST_F(workflow_test,
+       the_replay_check_tells_compatible_code_from_incompatible) {
+  {
+    auto s = start<1>();
+    ASSERT_FALSE(s->send(grain_id{"wf.order", "r-1"}, order(60'000)));
+    ASSERT_TRUE(wait_parked(*s, "r-1", 7));
+  }
+  grain_id id{"wf.order", "r-1"};
+  auto raw
+      = mem->get(column::state, keys::grain_prefix(partition_of(id, 8), id));
+  ASSERT_TRUE(raw && *raw);
+  wire::WorkflowState stored;
+  ASSERT_TRUE(stored.ParseFromString(**raw));
+  EXPECT_FALSE(check_replay<order_flow<1>>(stored));
+  EXPECT_FALSE(check_replay<order_flow<2>>(stored)); // Versioned change.
+  auto err = check_replay<order_flow<3>>(stored);
+  EXPECT_EQ(code_of(err), errc::nondeterminism);
+  EXPECT_NE(describe(err).find("seq 0"), std::string::npos) << describe(err);
+  // The check never touches the world.
+  EXPECT_EQ(side_effect_runs, 1);
+}
