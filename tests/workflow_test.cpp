@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "actors/saga.hpp"
 #include "actors/workflow.hpp"
 #include "test_grains.hpp"
 #include "workflow_test.pb.h"
@@ -731,4 +732,89 @@ TEST_F(workflow_test,
   EXPECT_NE(describe(err).find("seq 0"), std::string::npos) << describe(err);
   // The check never touches the world.
   EXPECT_EQ(side_effect_runs, 1);
+}
+
+namespace {
+
+// Reserves items one by one; an item named "bad" fails, and the saga then
+// releases what was reserved, last first.
+class booking_flow : public workflow<booking_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.booking";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    saga undo;
+    Receipt r;
+    for (auto& item : order.items()) {
+      if (item == "bad") {
+        auto compensated = co_await undo.compensate();
+        if (!compensated)
+          co_return compensated.error();
+        co_return make_error(errc::handler_failed,
+                             "item 'bad' cannot be booked; compensated");
+      }
+      auto target = id_of<probe>(item);
+      Add reserve;
+      reserve.set_delta(1);
+      auto v = co_await ctx.call<Value>(target, reserve);
+      if (!v)
+        co_return v.error();
+      static_cast<void>(
+          undo.add([&ctx, target]() -> task<google::protobuf::Empty> {
+            Add release;
+            // Releases are recorded as -1 on the item's probe; the seen list
+            // of the audit probe records their order.
+            release.set_delta(-1);
+            auto done = co_await ctx.call<Value>(target, release);
+            if (!done)
+              co_return done.error();
+            auto audit = id_of<probe>("released");
+            Add mark;
+            mark.set_delta(1);
+            auto marked = co_await ctx.call<Value>(audit, mark);
+            if (!marked)
+              co_return marked.error();
+            co_return google::protobuf::Empty{};
+          }));
+    }
+    co_return r;
+  }
+};
+
+} // namespace
+
+TEST_F(workflow_test, a_saga_compensates_in_reverse_order) {
+  grain_registry reg;
+  ASSERT_FALSE(register_grain<probe>(reg));
+  ASSERT_FALSE(register_grain<booking_flow>(reg));
+  auto started = silo::start(cfg, std::move(reg),
+                             std::make_unique<shared_storage>(mem), clk);
+  ASSERT_TRUE(started);
+  auto& s = **started;
+  Order o;
+  o.add_items("hotel");
+  o.add_items("car");
+  o.add_items("bad");
+  ASSERT_FALSE(s.send(grain_id{"wf.booking", "b-1"}, o));
+  ASSERT_TRUE(eventually([&] {
+    return describe_flow(s, "b-1", "wf.booking").status()
+           == wire::WorkflowState::FAILED;
+  }));
+  EXPECT_NE(describe_flow(s, "b-1", "wf.booking").error().find("compensated"),
+            std::string::npos);
+  EXPECT_EQ(value_of(s, "hotel"), 0);
+  EXPECT_EQ(value_of(s, "car"), 0);
+  EXPECT_EQ(value_of(s, "released"), 2);
+  // The journal shows the releases in reverse order: car, then hotel.
+  wire::WorkflowState st;
+  grain_id id{"wf.booking", "b-1"};
+  ASSERT_TRUE(st.ParseFromString(
+      **mem->get(column::state, keys::grain_prefix(partition_of(id, 8), id))));
+  std::vector<std::string> targets;
+  for (auto& e : st.journal())
+    targets.push_back(e.target());
+  std::vector<std::string> expected{"test.probe/hotel", "test.probe/car",
+                                    "test.probe/car",   "test.probe/released",
+                                    "test.probe/hotel", "test.probe/released"};
+  EXPECT_EQ(targets, expected);
 }
