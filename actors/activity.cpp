@@ -70,11 +70,16 @@ void activity_pool::work() {
       j = std::move(queue_.front());
       queue_.pop_front();
     }
-    activity_context ctx{j.workflow.key, j.seq, j.attempt,
-                         j.workflow.key + ":" + std::to_string(j.seq)};
+    // Runs after the first keep the key unique: "id:run.seq".
+    auto key
+        = j.workflow.key + ":"
+          + (j.run == 0 ? std::to_string(j.seq)
+                        : std::to_string(j.run) + "." + std::to_string(j.seq));
+    activity_context ctx{j.workflow.key, j.seq, j.attempt, std::move(key)};
     wire::ActivityResult result;
     result.set_seq(j.seq);
     result.set_attempt(j.attempt);
+    result.set_run(j.run);
     caf::error err;
     try {
       auto& run = activities_.at(j.name).run;
@@ -93,8 +98,8 @@ void activity_pool::work() {
     // A result that is not delivered (pool stopping, silo overloaded) is
     // not lost work: the workflow retries the attempt after its
     // start_to_close timeout.
-    auto msg_id
-        = "act:" + std::to_string(j.seq) + ":" + std::to_string(j.attempt);
+    auto msg_id = "act:" + std::to_string(j.run) + ":" + std::to_string(j.seq)
+                  + ":" + std::to_string(j.attempt);
     std::lock_guard guard{mtx_};
     if (stopping_ || !silo_) {
       log(log_level::warning, "activity '" + j.name + "' result dropped: "

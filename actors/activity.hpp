@@ -56,6 +56,8 @@ public:
     uint32_t attempt = 1;
     std::string name;
     std::string input;
+    /// The workflow's continue-as-new run the attempt belongs to.
+    uint32_t run = 0;
   };
 
   /// Starts `threads` workers; at most `max_queue` attempts wait.

@@ -167,6 +167,14 @@ public:
     return res;
   }
 
+  /// Ends this run and starts the workflow again with `next` as input and
+  /// an empty journal, under the same id: `co_return
+  /// ctx.continue_as_new(next);`. Bounds the journal of long-lived
+  /// workflows; buffered signals carry over.
+  caf::error continue_as_new(const google::protobuf::Message& next) {
+    return engine_->continue_as_new(next);
+  }
+
   /// Patch point for changing workflow code: runs that passed this point
   /// before `change_id` existed get `min`; new runs get `max`, recorded.
   int64_t version(const std::string& change_id, int64_t min, int64_t max) {
@@ -244,12 +252,14 @@ public:
 
   caf::expected<done> on_wake(turn& t, const wire::WakeUp& wake) {
     engine_.bind(&this->state(), &t.self());
-    advance(t, engine_.complete_sleep(wake.seq()));
+    advance(t, engine_.complete_sleep(wake));
     return done{};
   }
 
   caf::expected<done> on_resume(turn& t, const wire::ResumeWorkflow&) {
-    if (this->view().status() == wire::WorkflowState::SUSPENDED) {
+    auto status = this->view().status();
+    if (status == wire::WorkflowState::SUSPENDED
+        || (status == wire::WorkflowState::RUNNING && !run_)) {
       run_.reset();
       advance(t, {});
     }
@@ -276,7 +286,7 @@ public:
 
   caf::expected<done> on_signal_timeout(turn& t, const wire::SignalTimeout& m) {
     engine_.bind(&this->state(), &t.self());
-    advance(t, engine_.signal_timeout(m.seq()));
+    advance(t, engine_.signal_timeout(m));
     return done{};
   }
 
@@ -393,6 +403,20 @@ private:
     if (!run_->coro.done())
       return;
     auto& res = run_->coro.result();
+    if (engine_.continue_input()) {
+      // A fresh run with an empty journal; it starts in its own turn, so
+      // that a workflow that always continues cannot loop within one turn.
+      st.set_run(st.run() + 1);
+      st.clear_journal();
+      st.set_completions(0);
+      st.set_input(*engine_.continue_input());
+      st.clear_output();
+      st.clear_error();
+      run_.reset();
+      static_cast<void>(t.set_timer("wf-continue", std::chrono::milliseconds{0},
+                                    wire::ResumeWorkflow{}));
+      return;
+    }
     if (!engine_.halted().empty()) {
       st.set_status(wire::WorkflowState::SUSPENDED);
       st.set_error(engine_.halted());

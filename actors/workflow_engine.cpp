@@ -102,6 +102,11 @@ wire::JournalEntry& workflow_engine::next(wire::JournalEntry::Kind kind,
     reached_end_ = true;
     throw detail::replay_end{};
   }
+  if (seq == warn_journal)
+    log(log_level::warning,
+        "workflow " + to_string(*self_) + " has " + std::to_string(warn_journal)
+            + " journal entries; a run fails at " + std::to_string(max_journal)
+            + ": use continue-as-new");
   if (seq >= max_journal) {
     halted_ = "workflow " + to_string(*self_) + " exceeded "
               + std::to_string(max_journal)
@@ -128,7 +133,7 @@ uint64_t workflow_engine::call(const grain_id& to,
       err = make_error(errc::invalid_argument,
                        "workflow command issued outside a turn");
     else
-      err = turn_->call(to, msg, std::to_string(e.seq()));
+      err = turn_->call(to, msg, tag("", e.seq()));
     if (err) {
       // Journaled as the command's outcome, so replay sees the same error.
       complete(e);
@@ -146,13 +151,13 @@ uint64_t workflow_engine::sleep(std::chrono::milliseconds duration) {
   if (is_new) {
     wire::WakeUp wake;
     wake.set_seq(e.seq());
+    wake.set_run(state_->run());
     caf::error err;
     if (!turn_)
       err = make_error(errc::invalid_argument,
                        "workflow command issued outside a turn");
     else
-      err = turn_->set_timer("wf-sleep-" + std::to_string(e.seq()), duration,
-                             wake);
+      err = turn_->set_timer(tag("wf-sleep-", e.seq()), duration, wake);
     if (err) {
       complete(e);
       e.set_error_code(static_cast<uint32_t>(code_of(err)));
@@ -160,6 +165,23 @@ uint64_t workflow_engine::sleep(std::chrono::milliseconds duration) {
     }
   }
   return e.seq();
+}
+
+std::string workflow_engine::tag(const char* prefix, uint64_t seq) const {
+  return prefix + std::to_string(state_->run()) + "." + std::to_string(seq);
+}
+
+caf::error
+workflow_engine::continue_as_new(const google::protobuf::Message& input) {
+  if (input.GetDescriptor()->full_name() != state_->input_type())
+    return make_error(errc::invalid_argument,
+                      "continue_as_new needs a " + state_->input_type()
+                          + ", got " + input.GetDescriptor()->full_name());
+  continue_input_.emplace();
+  input.SerializeToString(&*continue_input_);
+  return make_error(errc::continued_as_new, "run "
+                                                + std::to_string(state_->run())
+                                                + " continued as new");
 }
 
 void workflow_engine::complete(wire::JournalEntry& e) {
@@ -218,9 +240,10 @@ uint64_t workflow_engine::activity(const std::string& name,
     e.set_value(1);
     wire::RunActivity run;
     run.set_seq(e.seq());
+    run.set_run(state_->run());
+    run.set_run(state_->run());
     run.set_attempt(1);
-    timer("wf-act-" + std::to_string(e.seq()), std::chrono::milliseconds{0},
-          run);
+    timer(tag("wf-act-", e.seq()), std::chrono::milliseconds{0}, run);
   }
   return e.seq();
 }
@@ -241,8 +264,7 @@ void workflow_engine::timer(const std::string& name,
 std::coroutine_handle<> workflow_engine::finish(wire::JournalEntry& e) {
   complete(e);
   if (turn_)
-    static_cast<void>(
-        turn_->cancel_timer("wf-act-timeout-" + std::to_string(e.seq())));
+    static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
   return wake();
 }
 
@@ -266,12 +288,12 @@ std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
   delay = std::min(delay, static_cast<double>(o.max_interval_ms()));
   e.set_value(attempt + 1);
   if (turn_)
-    static_cast<void>(
-        turn_->cancel_timer("wf-act-timeout-" + std::to_string(e.seq())));
+    static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
   wire::RunActivity run;
   run.set_seq(e.seq());
+  run.set_run(state_->run());
   run.set_attempt(attempt + 1);
-  timer("wf-act-" + std::to_string(e.seq()),
+  timer(tag("wf-act-", e.seq()),
         std::chrono::milliseconds{static_cast<int64_t>(delay)}, run);
   return {};
 }
@@ -279,7 +301,7 @@ std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
 std::coroutine_handle<>
 workflow_engine::run_activity(const wire::RunActivity& run,
                               activity_pool* pool) {
-  auto* e = entry(run.seq());
+  auto* e = run.run() == state_->run() ? entry(run.seq()) : nullptr;
   if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
       || e->value() != run.attempt())
     return {}; // Stale.
@@ -288,8 +310,8 @@ workflow_engine::run_activity(const wire::RunActivity& run,
     e->set_error("no activity pool: register the workflow with one");
     return finish(*e);
   }
-  activity_pool::job j{*self_, e->seq(), run.attempt(), e->target(),
-                       e->input()};
+  activity_pool::job j{*self_,      e->seq(),   run.attempt(),
+                       e->target(), e->input(), state_->run()};
   if (auto err = pool->submit(std::move(j), e->payload_type())) {
     if (code_of(err) != errc::overloaded) {
       e->set_error_code(static_cast<uint32_t>(code_of(err)));
@@ -297,21 +319,21 @@ workflow_engine::run_activity(const wire::RunActivity& run,
       return finish(*e);
     }
     // The pool is full: try this attempt again shortly.
-    timer("wf-act-" + std::to_string(e->seq()), std::chrono::milliseconds{100},
-          run);
+    timer(tag("wf-act-", e->seq()), std::chrono::milliseconds{100}, run);
     return {};
   }
   wire::ActivityTimeout timeout;
   timeout.set_seq(e->seq());
+  timeout.set_run(state_->run());
   timeout.set_attempt(run.attempt());
-  timer("wf-act-timeout-" + std::to_string(e->seq()),
+  timer(tag("wf-act-timeout-", e->seq()),
         std::chrono::milliseconds{e->activity().start_to_close_ms()}, timeout);
   return {};
 }
 
 std::coroutine_handle<>
 workflow_engine::activity_result(const wire::ActivityResult& res) {
-  auto* e = entry(res.seq());
+  auto* e = res.run() == state_->run() ? entry(res.seq()) : nullptr;
   if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
       || e->value() != res.attempt())
     return {}; // Stale or duplicate.
@@ -326,7 +348,7 @@ workflow_engine::activity_result(const wire::ActivityResult& res) {
 
 std::coroutine_handle<>
 workflow_engine::activity_timeout(const wire::ActivityTimeout& t) {
-  auto* e = entry(t.seq());
+  auto* e = t.run() == state_->run() ? entry(t.seq()) : nullptr;
   if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
       || e->value() != t.attempt())
     return {};
@@ -358,7 +380,8 @@ uint64_t workflow_engine::wait_signal(const std::string& name,
   if (timeout.count() > 0) {
     wire::SignalTimeout t;
     t.set_seq(e.seq());
-    timer("wf-sig-timeout-" + std::to_string(e.seq()), timeout, t);
+    t.set_run(state_->run());
+    timer(tag("wf-sig-timeout-", e.seq()), timeout, t);
   }
   return e.seq();
 }
@@ -374,8 +397,7 @@ workflow_engine::signal(const wire::Signal& sig) {
     e.set_result_type(sig.payload_type());
     e.set_result(sig.payload());
     if (turn_)
-      static_cast<void>(
-          turn_->cancel_timer("wf-sig-timeout-" + std::to_string(e.seq())));
+      static_cast<void>(turn_->cancel_timer(tag("wf-sig-timeout-", e.seq())));
     return wake();
   }
   if (state_->pending_signals_size() >= max_pending_signals)
@@ -387,8 +409,10 @@ workflow_engine::signal(const wire::Signal& sig) {
   return std::coroutine_handle<>{};
 }
 
-std::coroutine_handle<> workflow_engine::signal_timeout(uint64_t seq) {
-  auto* e = entry(seq);
+std::coroutine_handle<>
+workflow_engine::signal_timeout(const wire::SignalTimeout& t) {
+  auto seq = t.seq();
+  auto* e = t.run() == state_->run() ? entry(seq) : nullptr;
   if (!e || e->kind() != wire::JournalEntry::SIGNAL || e->completed())
     return {};
   complete(*e);
@@ -511,11 +535,17 @@ caf::error workflow_engine::result_into(uint64_t seq,
 
 std::coroutine_handle<>
 workflow_engine::complete_call(const wire::Reply& reply) {
+  // The correlation is "<run>.<seq>" (see `tag`).
+  uint32_t run = 0;
   uint64_t seq = 0;
   auto& c = reply.correlation();
-  auto res = std::from_chars(c.data(), c.data() + c.size(), seq);
-  if (res.ec != std::errc{} || res.ptr != c.data() + c.size())
+  auto* end = c.data() + c.size();
+  auto r1 = std::from_chars(c.data(), end, run);
+  if (r1.ec != std::errc{} || r1.ptr == end || *r1.ptr != '.')
     return {};
+  auto r2 = std::from_chars(r1.ptr + 1, end, seq);
+  if (r2.ec != std::errc{} || r2.ptr != end || run != state_->run())
+    return {}; // Malformed, or a reply to an earlier run.
   auto* e = entry(seq);
   if (!e || e->kind() != wire::JournalEntry::CALL || e->completed())
     return {}; // Unknown or duplicate reply.
@@ -530,8 +560,9 @@ workflow_engine::complete_call(const wire::Reply& reply) {
   return wake();
 }
 
-std::coroutine_handle<> workflow_engine::complete_sleep(uint64_t seq) {
-  auto* e = entry(seq);
+std::coroutine_handle<> workflow_engine::complete_sleep(const wire::WakeUp& w) {
+  auto seq = w.seq();
+  auto* e = w.run() == state_->run() ? entry(seq) : nullptr;
   if (!e || e->kind() != wire::JournalEntry::SLEEP || e->completed())
     return {};
   complete(*e);

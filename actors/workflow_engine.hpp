@@ -4,6 +4,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,7 @@ public:
     next_seq_ = 0;
     parked_ = {};
     waiting_.clear();
+    continue_input_.reset();
     halted_.clear();
   }
 
@@ -111,6 +113,18 @@ public:
                     const google::protobuf::Message& input,
                     const activity_options& opts);
 
+  /// Ends this run and starts a new one with `input` and an empty journal;
+  /// returns the value the code must `co_return`.
+  caf::error continue_as_new(const google::protobuf::Message& input);
+
+  /// The new run's input, once the code continued as new.
+  const std::optional<std::string>& continue_input() const {
+    return continue_input_;
+  }
+
+  /// Journal size at which a warning suggests continue-as-new.
+  static constexpr size_t warn_journal = 10'000;
+
   /// Journals a wait for signal `name` of type `payload_type`; consumes a
   /// buffered signal at once. A positive `timeout` bounds the wait.
   uint64_t wait_signal(const std::string& name, const std::string& payload_type,
@@ -122,7 +136,7 @@ public:
   caf::expected<std::coroutine_handle<>> signal(const wire::Signal& sig);
 
   /// Handles the timeout of the wait at `seq`.
-  std::coroutine_handle<> signal_timeout(uint64_t seq);
+  std::coroutine_handle<> signal_timeout(const wire::SignalTimeout& t);
 
   /// Upper bound on buffered, not yet awaited signals.
   static constexpr int max_pending_signals = 1'000;
@@ -171,7 +185,7 @@ public:
   std::coroutine_handle<> complete_call(const wire::Reply& reply);
 
   /// Records a timer firing; returns the coroutine to resume, if any.
-  std::coroutine_handle<> complete_sleep(uint64_t seq);
+  std::coroutine_handle<> complete_sleep(const wire::WakeUp& wake);
 
   /// Starts an attempt on `pool`; returns the coroutine to resume if the
   /// activity failed for good.
@@ -203,6 +217,9 @@ private:
   // Completes `e` and returns the coroutine waiting for it, if any.
   std::coroutine_handle<> finish(wire::JournalEntry& e);
 
+  // Names timers and correlations "<prefix><run>.<seq>".
+  std::string tag(const char* prefix, uint64_t seq) const;
+
   // Marks `e` completed and numbers its completion.
   void complete(wire::JournalEntry& e);
 
@@ -227,6 +244,7 @@ private:
   std::string halted_;
   bool replay_only_ = false;
   bool reached_end_ = false;
+  std::optional<std::string> continue_input_;
 };
 
 } // namespace granary

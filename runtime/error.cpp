@@ -46,6 +46,8 @@ const char* to_string(errc code) {
       return "not_found";
     case errc::nondeterminism:
       return "nondeterminism";
+    case errc::continued_as_new:
+      return "continued_as_new";
   }
   return "unknown";
 }

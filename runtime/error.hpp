@@ -44,6 +44,8 @@ enum class errc : uint8_t {
   not_found,
   /// A workflow's code issued a command that does not match its journal.
   nondeterminism,
+  /// A workflow run ended by continuing as a new run (not a failure).
+  continued_as_new,
 };
 
 /// Name of the CAF error category used for `errc`.

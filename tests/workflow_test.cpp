@@ -818,3 +818,66 @@ TEST_F(workflow_test, a_saga_compensates_in_reverse_order) {
                                     "test.probe/hotel", "test.probe/released"};
   EXPECT_EQ(targets, expected);
 }
+
+namespace {
+
+// Each run adds 1 to probe "loop", sleeps, and continues as new with one
+// item fewer, until no item is left.
+class loop_flow : public workflow<loop_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.loop";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    auto target = id_of<probe>("loop");
+    Add add;
+    add.set_delta(1);
+    auto v = co_await ctx.call<Value>(target, add);
+    if (!v)
+      co_return v.error();
+    std::chrono::milliseconds pause{10};
+    if (auto slept = co_await ctx.sleep(pause); !slept)
+      co_return slept.error();
+    if (order.items_size() == 0) {
+      Receipt r;
+      r.set_total(v->value());
+      co_return r;
+    }
+    Order next = order;
+    next.mutable_items()->RemoveLast();
+    co_return ctx.continue_as_new(next);
+  }
+};
+
+} // namespace
+
+TEST_F(workflow_test, continue_as_new_starts_fresh_runs_with_bounded_journals) {
+  grain_registry reg;
+  ASSERT_FALSE(register_grain<probe>(reg));
+  ASSERT_FALSE(register_grain<loop_flow>(reg));
+  auto started = silo::start(cfg, std::move(reg),
+                             std::make_unique<shared_storage>(mem), clk);
+  ASSERT_TRUE(started);
+  auto& s = **started;
+  Order o;
+  for (int i = 0; i < 4; ++i)
+    o.add_items("x");
+  ASSERT_FALSE(s.send(grain_id{"wf.loop", "l-1"}, o));
+  ASSERT_TRUE(eventually([&] {
+    clk->advance(10);
+    return describe_flow(s, "l-1", "wf.loop").status()
+           == wire::WorkflowState::COMPLETED;
+  }));
+  auto info = describe_flow(s, "l-1", "wf.loop");
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info.output()));
+  // Five runs, each applied its call once; the last journal holds only
+  // the last run's two commands.
+  EXPECT_EQ(r.total(), 5);
+  EXPECT_EQ(value_of(s, "loop"), 5);
+  EXPECT_EQ(info.journal_size(), 2u);
+  grain_id id{"wf.loop", "l-1"};
+  wire::WorkflowState st;
+  ASSERT_TRUE(st.ParseFromString(
+      **mem->get(column::state, keys::grain_prefix(partition_of(id, 8), id))));
+  EXPECT_EQ(st.run(), 4u);
+}
