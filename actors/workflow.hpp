@@ -167,6 +167,15 @@ public:
     return res;
   }
 
+  /// Starts child workflow `id` of class `W` with `input`; resumes with
+  /// its output of type `R` once it finishes. Cancelling this workflow
+  /// cancels the child.
+  template <class R, class W>
+  awaiter<R> child(const std::string& id,
+                   const google::protobuf::Message& input) {
+    return {engine_, engine_->child(id_of<W>(id), input)};
+  }
+
   /// Ends this run and starts the workflow again with `next` as input and
   /// an empty journal, under the same id: `co_return
   /// ctx.continue_as_new(next);`. Bounds the journal of long-lived
@@ -215,6 +224,12 @@ public:
             &workflow::on_wake))
         .on(static_cast<result (Derived::*)(
                 turn&, const wire::ResumeWorkflow&)>(&workflow::on_resume))
+        .on(static_cast<result (Derived::*)(turn&, const wire::StartChild&)>(
+            &workflow::on_start_child))
+        .on(static_cast<result (Derived::*)(turn&, const wire::ChildResult&)>(
+            &workflow::on_child_result))
+        .on(static_cast<result (Derived::*)(
+                turn&, const wire::CancelWorkflow&)>(&workflow::on_cancel))
         .on(static_cast<result (Derived::*)(turn&, const wire::Signal&)>(
             &workflow::on_signal))
         .on(static_cast<result (Derived::*)(turn&, const wire::SignalTimeout&)>(
@@ -242,6 +257,48 @@ public:
       advance(t, {});
     }
     return info();
+  }
+
+  caf::expected<done> on_start_child(turn& t, const wire::StartChild& m) {
+    if (this->view().status() != wire::WorkflowState::NEW)
+      return done{}; // Started already: the same child id is one run.
+    Input in;
+    if (m.input_type() != input_type_name() || !in.ParseFromString(m.input()))
+      return make_error(errc::invalid_argument,
+                        "workflow " + to_string(t.self()) + " takes "
+                            + input_type_name() + ", not " + m.input_type());
+    auto& st = this->state();
+    st.set_parent_type(m.parent_type());
+    st.set_parent_key(m.parent_key());
+    st.set_parent_correlation(m.correlation());
+    static_cast<void>(on_start(t, in));
+    return done{};
+  }
+
+  caf::expected<done> on_child_result(turn& t, const wire::ChildResult& m) {
+    engine_.bind(&this->state(), &t.self());
+    advance(t, engine_.complete_child(m));
+    return done{};
+  }
+
+  caf::expected<done> on_cancel(turn& t, const wire::CancelWorkflow& m) {
+    auto status = this->view().status();
+    if (status == wire::WorkflowState::COMPLETED
+        || status == wire::WorkflowState::FAILED)
+      return done{};
+    auto& st = this->state();
+    st.set_cancel_requested(true);
+    if (status == wire::WorkflowState::NEW) {
+      st.set_status(wire::WorkflowState::FAILED);
+      st.set_error("cancelled before it started: " + m.reason());
+      return done{};
+    }
+    engine_.bind(&st, &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.cancel(m.reason());
+    engine_.set_turn(nullptr);
+    advance(t, waiting);
+    return done{};
   }
 
   caf::expected<done> on_reply(turn& t, const wire::Reply& reply) {
@@ -421,7 +478,9 @@ private:
       st.set_status(wire::WorkflowState::SUSPENDED);
       st.set_error(engine_.halted());
       log(log_level::error, engine_.halted());
-    } else if (res) {
+      return;
+    }
+    if (res) {
       st.set_status(wire::WorkflowState::COMPLETED);
       st.set_output_type(std::string{Output::descriptor()->full_name()});
       res->SerializeToString(st.mutable_output());
@@ -430,6 +489,28 @@ private:
       st.set_status(wire::WorkflowState::FAILED);
       st.set_error(describe(res.error()));
     }
+    notify_parent(t, st, res);
+  }
+
+  // A child reports its outcome to its parent, durably, in the same commit
+  // as its final state.
+  void notify_parent(turn& t, const wire::WorkflowState& st,
+                     const caf::expected<Output>& res) {
+    if (st.parent_type().empty())
+      return;
+    wire::ChildResult out;
+    out.set_correlation(st.parent_correlation());
+    if (res) {
+      out.set_output_type(st.output_type());
+      out.set_output(st.output());
+    } else {
+      out.set_error_code(static_cast<uint32_t>(code_of(res.error())));
+      out.set_error(st.error());
+    }
+    if (auto err = t.send(grain_id{st.parent_type(), st.parent_key()}, out))
+      log(log_level::error,
+          "workflow " + to_string(t.self())
+              + " could not report to its parent: " + describe(err));
   }
 
   wire::WorkflowInfo info() const {

@@ -28,6 +28,8 @@ const char* kind_name(wire::JournalEntry::Kind kind) {
       return "activity";
     case wire::JournalEntry::SIGNAL:
       return "signal";
+    case wire::JournalEntry::CHILD:
+      return "child";
     default:
       return "unknown";
   }
@@ -169,6 +171,91 @@ uint64_t workflow_engine::sleep(std::chrono::milliseconds duration) {
 
 std::string workflow_engine::tag(const char* prefix, uint64_t seq) const {
   return prefix + std::to_string(state_->run()) + "." + std::to_string(seq);
+}
+
+uint64_t workflow_engine::child(const grain_id& child,
+                                const google::protobuf::Message& input) {
+  bool is_new = false;
+  auto& e = next(wire::JournalEntry::CHILD, to_string(child),
+                 input.GetDescriptor()->full_name(), is_new);
+  if (is_new) {
+    wire::StartChild start;
+    start.set_input_type(input.GetDescriptor()->full_name());
+    input.SerializeToString(start.mutable_input());
+    start.set_parent_type(self_->type);
+    start.set_parent_key(self_->key);
+    start.set_correlation(tag("", e.seq()));
+    caf::error err;
+    if (!turn_)
+      err = make_error(errc::invalid_argument,
+                       "workflow command issued outside a turn");
+    else
+      err = turn_->send(child, start);
+    if (err) {
+      complete(e);
+      e.set_error_code(static_cast<uint32_t>(code_of(err)));
+      e.set_error(describe(err));
+    }
+  }
+  return e.seq();
+}
+
+std::coroutine_handle<>
+workflow_engine::complete_child(const wire::ChildResult& res) {
+  auto* e = by_correlation(res.correlation(), wire::JournalEntry::CHILD);
+  if (!e)
+    return {};
+  complete(*e);
+  if (res.error_code() != 0) {
+    e->set_error_code(res.error_code());
+    e->set_error(res.error());
+  } else {
+    e->set_result_type(res.output_type());
+    e->set_result(res.output());
+  }
+  return wake();
+}
+
+std::coroutine_handle<> workflow_engine::cancel(const std::string& reason) {
+  auto why = "workflow " + to_string(*self_) + " cancelled: " + reason;
+  for (auto& e : *state_->mutable_journal()) {
+    if (e.completed())
+      continue;
+    complete(e);
+    e.set_error_code(static_cast<uint32_t>(errc::cancelled));
+    e.set_error(why);
+    if (!turn_)
+      continue;
+    switch (e.kind()) {
+      case wire::JournalEntry::SLEEP:
+        static_cast<void>(turn_->cancel_timer(tag("wf-sleep-", e.seq())));
+        break;
+      case wire::JournalEntry::ACTIVITY:
+        static_cast<void>(turn_->cancel_timer(tag("wf-act-", e.seq())));
+        static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
+        break;
+      case wire::JournalEntry::SIGNAL:
+        static_cast<void>(turn_->cancel_timer(tag("wf-sig-timeout-", e.seq())));
+        break;
+      case wire::JournalEntry::CHILD: {
+        // Type names contain no '/', so the first one splits the id.
+        auto slash = e.target().find('/');
+        if (slash == std::string::npos)
+          break;
+        wire::CancelWorkflow c;
+        c.set_reason("parent " + to_string(*self_) + " was cancelled");
+        grain_id child{e.target().substr(0, slash),
+                       e.target().substr(slash + 1)};
+        if (auto err = turn_->send(child, c))
+          log(log_level::error,
+              "cancelling child " + e.target() + " failed: " + describe(err));
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return wake();
 }
 
 caf::error
@@ -533,22 +620,30 @@ caf::error workflow_engine::result_into(uint64_t seq,
   return caf::none;
 }
 
-std::coroutine_handle<>
-workflow_engine::complete_call(const wire::Reply& reply) {
-  // The correlation is "<run>.<seq>" (see `tag`).
+wire::JournalEntry*
+workflow_engine::by_correlation(const std::string& c,
+                                wire::JournalEntry::Kind kind) {
+  // A correlation is "<run>.<seq>" (see `tag`).
   uint32_t run = 0;
   uint64_t seq = 0;
-  auto& c = reply.correlation();
   auto* end = c.data() + c.size();
   auto r1 = std::from_chars(c.data(), end, run);
   if (r1.ec != std::errc{} || r1.ptr == end || *r1.ptr != '.')
-    return {};
+    return nullptr;
   auto r2 = std::from_chars(r1.ptr + 1, end, seq);
   if (r2.ec != std::errc{} || r2.ptr != end || run != state_->run())
-    return {}; // Malformed, or a reply to an earlier run.
+    return nullptr; // Malformed, or for an earlier run.
   auto* e = entry(seq);
-  if (!e || e->kind() != wire::JournalEntry::CALL || e->completed())
-    return {}; // Unknown or duplicate reply.
+  if (!e || e->kind() != kind || e->completed())
+    return nullptr; // Unknown or duplicate.
+  return e;
+}
+
+std::coroutine_handle<>
+workflow_engine::complete_call(const wire::Reply& reply) {
+  auto* e = by_correlation(reply.correlation(), wire::JournalEntry::CALL);
+  if (!e)
+    return {};
   complete(*e);
   if (reply.error_code() != 0) {
     e->set_error_code(reply.error_code());

@@ -113,6 +113,16 @@ public:
                     const google::protobuf::Message& input,
                     const activity_options& opts);
 
+  /// Journals a child workflow start; its result completes the entry.
+  uint64_t child(const grain_id& child, const google::protobuf::Message& input);
+
+  /// Records a child's result; returns the coroutine to resume, if any.
+  std::coroutine_handle<> complete_child(const wire::ChildResult& res);
+
+  /// Completes every pending command with `errc::cancelled` and cancels
+  /// children; returns the coroutine to resume, if any.
+  std::coroutine_handle<> cancel(const std::string& reason);
+
   /// Ends this run and starts a new one with `input` and an empty journal;
   /// returns the value the code must `co_return`.
   caf::error continue_as_new(const google::protobuf::Message& input);
@@ -216,6 +226,10 @@ private:
 
   // Completes `e` and returns the coroutine waiting for it, if any.
   std::coroutine_handle<> finish(wire::JournalEntry& e);
+
+  // The pending entry of `kind` named by a correlation of this run.
+  wire::JournalEntry* by_correlation(const std::string& correlation,
+                                     wire::JournalEntry::Kind kind);
 
   // Names timers and correlations "<prefix><run>.<seq>".
   std::string tag(const char* prefix, uint64_t seq) const;

@@ -48,6 +48,8 @@ const char* to_string(errc code) {
       return "nondeterminism";
     case errc::continued_as_new:
       return "continued_as_new";
+    case errc::cancelled:
+      return "cancelled";
   }
   return "unknown";
 }

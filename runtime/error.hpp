@@ -46,6 +46,8 @@ enum class errc : uint8_t {
   nondeterminism,
   /// A workflow run ended by continuing as a new run (not a failure).
   continued_as_new,
+  /// A workflow (or one of its commands) was cancelled.
+  cancelled,
 };
 
 /// Name of the CAF error category used for `errc`.

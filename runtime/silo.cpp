@@ -89,6 +89,11 @@ caf::error grain_registry::add(std::string type_name, grain_factory factory) {
   if (!factory)
     return make_error(errc::invalid_argument,
                       "grain type '" + type_name + "' has no factory");
+  if (type_name.find('/') != std::string::npos)
+    return make_error(errc::invalid_argument,
+                      "grain type '" + type_name
+                          + "' contains '/', which separates type and key in "
+                            "references");
   if (factories_.count(type_name) > 0)
     return make_error(errc::invalid_argument,
                       "grain type '" + type_name + "' is registered twice");

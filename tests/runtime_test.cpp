@@ -514,6 +514,9 @@ TEST(grain_registry, rejects_duplicates_and_empty_names) {
   EXPECT_FALSE(register_grain<probe>(reg));
   EXPECT_EQ(code_of(register_grain<probe>(reg)), errc::invalid_argument);
   EXPECT_TRUE(reg.add("", [] { return std::make_unique<probe>(); }));
+  // '/' separates type and key in "type/key" references.
+  EXPECT_EQ(code_of(reg.add("a/b", [] { return std::make_unique<probe>(); })),
+            errc::invalid_argument);
 }
 
 TEST_F(runtime_test, offline_requeue_is_picked_up_by_the_next_start) {

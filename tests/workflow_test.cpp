@@ -881,3 +881,85 @@ TEST_F(workflow_test, continue_as_new_starts_fresh_runs_with_bounded_journals) {
       **mem->get(column::state, keys::grain_prefix(partition_of(id, 8), id))));
   EXPECT_EQ(st.run(), 4u);
 }
+
+namespace {
+
+// Starts an approval child and doubles its total.
+class parent_flow : public workflow<parent_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.parent";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    auto child_id = "child-of-" + ctx.workflow_id();
+    auto res = co_await ctx.child<Receipt, approval_flow>(child_id, order);
+    if (!res)
+      co_return res.error();
+    Receipt r;
+    r.set_total(res->total() * 2);
+    co_return r;
+  }
+};
+
+class child_test : public workflow_test {
+protected:
+  std::unique_ptr<silo> start_family() {
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<approval_flow>(reg));
+    EXPECT_FALSE(register_grain<parent_flow>(reg));
+    auto s = silo::start(cfg, std::move(reg),
+                         std::make_unique<shared_storage>(mem), clk);
+    EXPECT_TRUE(s);
+    return s ? std::move(*s) : nullptr;
+  }
+
+  bool settled(silo& s, const std::string& id, const std::string& type) {
+    return eventually([&] {
+      auto st = describe_flow(s, id, type).status();
+      return st == wire::WorkflowState::COMPLETED
+             || st == wire::WorkflowState::FAILED;
+    });
+  }
+};
+
+} // namespace
+
+TEST_F(child_test, a_parent_resumes_with_its_childs_output) {
+  auto s = start_family();
+  ASSERT_FALSE(s->send(grain_id{"wf.parent", "p"}, order(0)));
+  ASSERT_TRUE(eventually([&] {
+    return describe_flow(*s, "child-of-p", "wf.approval").status()
+           == wire::WorkflowState::RUNNING;
+  }));
+  Number n;
+  n.set_value(21);
+  ASSERT_FALSE(s->send(grain_id{"wf.approval", "child-of-p"},
+                       make_signal("approve", n), "approve-child"));
+  ASSERT_TRUE(settled(*s, "p", "wf.parent"));
+  auto info = describe_flow(*s, "p", "wf.parent");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info.output()));
+  EXPECT_EQ(r.total(), 42);
+}
+
+TEST_F(child_test, cancelling_a_parent_cancels_its_child) {
+  auto s = start_family();
+  ASSERT_FALSE(s->send(grain_id{"wf.parent", "q"}, order(0)));
+  ASSERT_TRUE(eventually([&] {
+    return describe_flow(*s, "child-of-q", "wf.approval").status()
+           == wire::WorkflowState::RUNNING;
+  }));
+  wire::CancelWorkflow cancel;
+  cancel.set_reason("operator request");
+  ASSERT_FALSE(s->send(grain_id{"wf.parent", "q"}, cancel, "cancel-q"));
+  ASSERT_TRUE(settled(*s, "q", "wf.parent"));
+  ASSERT_TRUE(settled(*s, "child-of-q", "wf.approval"));
+  auto parent = describe_flow(*s, "q", "wf.parent");
+  auto child = describe_flow(*s, "child-of-q", "wf.approval");
+  EXPECT_EQ(parent.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(parent.error().find("operator request"), std::string::npos)
+      << parent.error();
+  EXPECT_EQ(child.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(child.error().find("cancelled"), std::string::npos)
+      << child.error();
+}
