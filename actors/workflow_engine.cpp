@@ -400,7 +400,10 @@ workflow_engine::run_activity(const wire::RunActivity& run,
   activity_pool::job j{*self_,      e->seq(),   run.attempt(),
                        e->target(), e->input(), state_->run()};
   if (auto err = pool->submit(std::move(j), e->payload_type())) {
-    if (code_of(err) != errc::overloaded) {
+    // A full or stopping pool is transient (a graceful shutdown stops the
+    // pool first); only a wrong activity name or input type is final.
+    if (code_of(err) != errc::overloaded
+        && code_of(err) != errc::silo_stopped) {
       e->set_error_code(static_cast<uint32_t>(code_of(err)));
       e->set_error(describe(err));
       return finish(*e);

@@ -72,7 +72,12 @@ caf::behavior partition::make_behavior() {
       [this](committed_msg& m) { on_committed(m); },
       [this](admin_msg& m) { m.fn(*this); },
       [this](flush_atom) { flush(); },
-      [this](tick_atom) { on_tick(); },
+      [this](tick_atom, int64_t deadline) {
+        // Only the tick for the current deadline counts: ticks replaced by
+        // an earlier arm() would otherwise each re-arm and multiply.
+        if (deadline == armed_at_)
+          on_tick();
+      },
       [this](recover_atom) -> caf::result<bool> {
         if (auto err = recover())
           return err;
@@ -759,6 +764,22 @@ void partition::flush() {
 }
 
 void partition::on_committed(committed_msg& m) {
+  if (code_of(m.err) == errc::silo_stopped) {
+    // Refused at shutdown, possibly ahead of an earlier batch that the
+    // commit loop is still draining: nothing was written, so drop it
+    // wherever it is; its work is redone after the restart.
+    auto i
+        = std::find_if(inflight_.begin(), inflight_.end(),
+                       [&](const inflight& x) { return x.ticket == m.ticket; });
+    if (i == inflight_.end())
+      return;
+    auto done = std::move(*i);
+    inflight_.erase(i);
+    uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
+    for (auto& fx : done.effects)
+      fx(m.err);
+    return;
+  }
   if (inflight_.empty() || inflight_.front().ticket != m.ticket) {
     // The commit loop notifies in submission order; anything else is a bug
     // that must not be papered over.
@@ -878,12 +899,15 @@ void partition::arm(int64_t at_ms) {
   if (now + delay >= armed_at_)
     return;
   armed_at_ = now + delay;
-  delayed_send(this, std::chrono::milliseconds{delay}, tick_atom::value);
+  delayed_send(this, std::chrono::milliseconds{delay}, tick_atom::value,
+               armed_at_);
 }
 
 void partition::on_tick() {
   armed_at_ = never;
-  if (failed_)
+  bump(core_.stats.ticks);
+  // A stopped partition runs no more timers: a stop is a barrier.
+  if (failed_ || stopping_)
     return;
   auto now = core_.clk->now_ms();
   fire_timers(now);

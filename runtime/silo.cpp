@@ -436,6 +436,7 @@ silo_stats silo::stats() const {
   out.duplicates = s.duplicates.load();
   out.timers_fired = s.timers_fired.load();
   out.quarantined = s.quarantined.load();
+  out.ticks = s.ticks.load();
   if (core_->commits)
     out.commits = core_->commits->stats();
   return out;

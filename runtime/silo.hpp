@@ -107,6 +107,8 @@ struct silo_stats {
   uint64_t duplicates = 0;
   uint64_t timers_fired = 0;
   uint64_t quarantined = 0;
+  /// Housekeeping wake-ups of all partitions (timers, retries, sweeps).
+  uint64_t ticks = 0;
   commit_stats commits;
 };
 

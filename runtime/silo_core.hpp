@@ -38,6 +38,7 @@ struct counters {
   std::atomic<uint64_t> duplicates{0};
   std::atomic<uint64_t> timers_fired{0};
   std::atomic<uint64_t> quarantined{0};
+  std::atomic<uint64_t> ticks{0};
 };
 
 inline void bump(std::atomic<uint64_t>& x, uint64_t n = 1) {

@@ -765,3 +765,22 @@ TEST_F(runtime_test, redelivered_calls_and_replies_take_effect_once) {
   EXPECT_EQ(get(*s, "dst")->value(), 5);
   EXPECT_GE(s->stats().duplicates, 2u);
 }
+
+TEST_F(runtime_test, replaced_wakeups_do_not_multiply) {
+  // Many timers armed in decreasing order of deadline each replace the
+  // partition's wake-up; the replaced ones must die, not re-arm.
+  cfg.partitions = 1;
+  auto s = start();
+  for (int i = 300; i > 0; --i) {
+    Arm arm;
+    arm.set_name("t" + std::to_string(i));
+    arm.set_delay_ms(i);
+    ASSERT_FALSE(s->send(pid("a"), arm));
+  }
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() == 300; }));
+  auto before = s->stats().ticks;
+  // Longer than timer_poll (1 s), so re-armed stale wake-ups would show.
+  std::this_thread::sleep_for(1'500ms);
+  // Idle: at most a few polls (timer_poll is 1 s, the dedup sweep 60 s).
+  EXPECT_LT(s->stats().ticks - before, 10u);
+}
