@@ -3,35 +3,32 @@
 // acknowledged must survive, and no increment may ever be applied twice,
 // although every restart resends all of them with the same msg_ids.
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <optional>
 #include <random>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "child_process.hpp"
+
 using namespace std::chrono_literals;
+
+using granary::test::child_exit;
+using granary::test::child_process;
+using granary::test::parse_int;
+using granary::test::temp_dir;
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = granary::test::steady_clock;
 
 /// Increments sent by every run; each run resends all of them.
 constexpr int64_t n_ids = 100'000;
@@ -45,8 +42,8 @@ constexpr int n_runs = 6;
 /// Default seed of the kill delays; GRANARY_CRASH_SEED overrides it.
 constexpr uint32_t default_seed = 20'240'601;
 
-/// What the parent saw of one child process.
-struct child_result {
+/// What the parent saw of one child process (and how it ended).
+struct child_result : child_exit {
   /// Ids of all "ack <i>" lines, in order of arrival.
   std::vector<int64_t> acks;
   /// Number of "err <i> <message>" lines.
@@ -57,47 +54,9 @@ struct child_result {
   std::vector<int64_t> values = std::vector<int64_t>(n_counters, -1);
   /// True when the child printed "done".
   bool done = false;
-  /// True when the parent sent SIGKILL (planned or on timeout).
-  bool kill_sent = false;
-  /// True when the parent killed it because it ran out of time.
-  bool timed_out = false;
   /// Lines that follow no protocol rule, and an unterminated last line.
   std::vector<std::string> bad_lines;
-  /// The raw wait status.
-  int status = 0;
-
-  /// True when the process ended by SIGKILL.
-  bool killed() const {
-    return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
-  }
-
-  /// True when the process exited with status 0.
-  bool clean_exit() const {
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  }
-
-  /// Renders the wait status, e.g. "exit 0" or "signal 9".
-  std::string describe_status() const {
-    if (WIFEXITED(status))
-      return "exit " + std::to_string(WEXITSTATUS(status));
-    if (WIFSIGNALED(status))
-      return "signal " + std::to_string(WTERMSIG(status));
-    return "status " + std::to_string(status);
-  }
 };
-
-/// Parses a non-negative decimal integer that spans all of `str`.
-std::optional<int64_t> parse_int(std::string_view str) {
-  if (str.empty() || str.size() > 18)
-    return std::nullopt;
-  int64_t val = 0;
-  for (auto ch : str) {
-    if (ch < '0' || ch > '9')
-      return std::nullopt;
-    val = val * 10 + (ch - '0');
-  }
-  return val;
-}
 
 /// Applies one complete output line of the child to `res`.
 void parse_line(std::string_view line, child_result& res) {
@@ -137,146 +96,6 @@ void parse_line(std::string_view line, child_result& res) {
   }
 }
 
-/// A running child with its stdout on a pipe. The destructor kills and
-/// reaps a child that is still running and closes the pipe, so that no
-/// failed assertion leaves a process behind.
-class child_process {
-public:
-  child_process() = default;
-
-  child_process(const child_process&) = delete;
-  child_process& operator=(const child_process&) = delete;
-
-  ~child_process() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-        // Retry.
-      }
-    }
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-
-  /// Forks and execs `args[0]`; returns an empty string or an error text.
-  std::string spawn(const std::vector<std::string>& args) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0)
-      return std::string{"pipe2: "} + std::strerror(errno);
-    std::vector<char*> argv;
-    for (auto& arg : args)
-      argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    auto pid = ::fork();
-    if (pid < 0) {
-      auto err = std::string{"fork: "} + std::strerror(errno);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      return err;
-    }
-    if (pid == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      if (::dup2(fds[1], STDOUT_FILENO) < 0)
-        ::_exit(126);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    pid_ = pid;
-    fd_ = fds[0];
-    return {};
-  }
-
-  /// Reads all output until EOF. Sends SIGKILL at `kill_at` (if set) and
-  /// at `deadline` (then marks the result as timed out). Reaps the child.
-  child_result collect(std::optional<clock_type::time_point> kill_at,
-                       clock_type::time_point deadline) {
-    child_result res;
-    std::string buf;
-    char chunk[65'536];
-    for (;;) {
-      auto now = clock_type::now();
-      if (kill_at && now >= *kill_at && !res.kill_sent) {
-        ::kill(pid_, SIGKILL);
-        res.kill_sent = true;
-      }
-      if (now >= deadline && !res.timed_out) {
-        ::kill(pid_, SIGKILL);
-        res.kill_sent = true;
-        res.timed_out = true;
-      }
-      auto next = deadline;
-      if (kill_at && !res.kill_sent)
-        next = std::min(next, *kill_at);
-      int wait_ms = -1;
-      if (!res.timed_out) {
-        auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now);
-        wait_ms = static_cast<int>(std::max<int64_t>(left.count(), 0));
-      }
-      pollfd pfd{fd_, POLLIN, 0};
-      auto rc = ::poll(&pfd, 1, wait_ms);
-      if (rc < 0) {
-        if (errno == EINTR)
-          continue;
-        ADD_FAILURE() << "poll: " << std::strerror(errno);
-        ::kill(pid_, SIGKILL);
-        break;
-      }
-      if (rc == 0)
-        continue;
-      auto n = ::read(fd_, chunk, sizeof(chunk));
-      if (n < 0) {
-        if (errno == EINTR || errno == EAGAIN)
-          continue;
-        ADD_FAILURE() << "read: " << std::strerror(errno);
-        ::kill(pid_, SIGKILL);
-        break;
-      }
-      if (n == 0)
-        break;
-      buf.append(chunk, static_cast<size_t>(n));
-      size_t start = 0;
-      for (auto nl = buf.find('\n'); nl != std::string::npos;
-           nl = buf.find('\n', start)) {
-        parse_line(std::string_view{buf}.substr(start, nl - start), res);
-        start = nl + 1;
-      }
-      buf.erase(0, start);
-    }
-    // Each line goes out in one write() far below PIPE_BUF, so even a kill
-    // cannot cut one in half.
-    if (!buf.empty())
-      res.bad_lines.push_back("unterminated: " + buf);
-    ::close(fd_);
-    fd_ = -1;
-    while (::waitpid(pid_, &res.status, 0) < 0) {
-      if (errno != EINTR) {
-        ADD_FAILURE() << "waitpid: " << std::strerror(errno);
-        break;
-      }
-    }
-    pid_ = -1;
-    return res;
-  }
-
-private:
-  pid_t pid_ = -1;
-  int fd_ = -1;
-};
-
-/// Removes a directory tree when it goes out of scope.
-struct temp_dir {
-  std::filesystem::path path;
-
-  ~temp_dir() {
-    if (path.empty())
-      return;
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
 /// Runs the child once; kills it after `kill_after` or at `timeout`.
 child_result run_child(const std::string& data_dir, const std::string& mode,
                        std::optional<std::chrono::milliseconds> kill_after,
@@ -293,7 +112,13 @@ child_result run_child(const std::string& data_dir, const std::string& mode,
   std::optional<clock_type::time_point> kill_at;
   if (kill_after)
     kill_at = start + *kill_after;
-  return child.collect(kill_at, start + timeout);
+  child_result res;
+  static_cast<child_exit&>(res)
+      = child.collect(kill_at, start + timeout,
+                      [&](std::string_view line) { parse_line(line, res); });
+  if (!res.unterminated.empty())
+    res.bad_lines.push_back("unterminated: " + res.unterminated);
+  return res;
 }
 
 /// Number of ids i in [0, n_ids) with i % n_counters == k.
@@ -320,12 +145,8 @@ TEST(crash, sigkill_loop_preserves_acknowledged_increments_exactly_once) {
 
   temp_dir dir;
   {
-    auto tmpl
-        = (std::filesystem::temp_directory_path() / "granary-crash-XXXXXX")
-              .string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr)
-        << "mkdtemp: " << std::strerror(errno);
-    dir.path = tmpl;
+    auto err = dir.create("granary-crash");
+    ASSERT_TRUE(err.empty()) << err;
   }
   auto data_dir = (dir.path / "data").string();
 

@@ -1,0 +1,237 @@
+#pragma once
+
+// Helpers of the crash tests: a child process whose stdout the parent reads
+// line by line until it SIGKILLs it or it exits, and a temporary directory.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace granary::test {
+
+/// The clock of kill deadlines.
+using steady_clock = std::chrono::steady_clock;
+
+/// How a child process ended, as its parent saw it.
+struct child_exit {
+  /// The raw wait status.
+  int status = 0;
+  /// True when the parent sent SIGKILL (planned or on timeout).
+  bool kill_sent = false;
+  /// True when the parent killed it because it ran out of time.
+  bool timed_out = false;
+  /// Output after the last newline (a line cut short), if any.
+  std::string unterminated;
+
+  /// True when the process ended by SIGKILL.
+  bool killed() const {
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+  }
+
+  /// True when the process exited with status 0.
+  bool clean_exit() const {
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+
+  /// Renders the wait status, e.g. "exit 0" or "signal 9".
+  std::string describe_status() const {
+    if (WIFEXITED(status))
+      return "exit " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status))
+      return "signal " + std::to_string(WTERMSIG(status));
+    return "status " + std::to_string(status);
+  }
+};
+
+/// Parses a non-negative decimal integer that spans all of `str`.
+inline std::optional<int64_t> parse_int(std::string_view str) {
+  if (str.empty() || str.size() > 18)
+    return std::nullopt;
+  int64_t val = 0;
+  for (auto ch : str) {
+    if (ch < '0' || ch > '9')
+      return std::nullopt;
+    val = val * 10 + (ch - '0');
+  }
+  return val;
+}
+
+/// A running child with its stdout on a pipe. The destructor kills and
+/// reaps a child that is still running and closes the pipe, so that no
+/// failed assertion leaves a process behind.
+class child_process {
+public:
+  /// Receives each complete output line, without its newline.
+  using line_handler = std::function<void(std::string_view)>;
+
+  child_process() = default;
+
+  child_process(const child_process&) = delete;
+  child_process& operator=(const child_process&) = delete;
+
+  ~child_process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        // Retry.
+      }
+    }
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+
+  /// Forks and execs `args[0]`; returns an empty string or an error text.
+  std::string spawn(const std::vector<std::string>& args) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+      return std::string{"pipe2: "} + std::strerror(errno);
+    std::vector<char*> argv;
+    for (auto& arg : args)
+      argv.push_back(const_cast<char*>(arg.c_str()));
+    argv.push_back(nullptr);
+    auto pid = ::fork();
+    if (pid < 0) {
+      auto err = std::string{"fork: "} + std::strerror(errno);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      return err;
+    }
+    if (pid == 0) {
+      // Only async-signal-safe calls between fork and exec.
+      if (::dup2(fds[1], STDOUT_FILENO) < 0)
+        ::_exit(126);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    pid_ = pid;
+    fd_ = fds[0];
+    return {};
+  }
+
+  /// Reads all output until EOF, passing each line to `on_line`. Sends
+  /// SIGKILL at `kill_at` (if set) and at `deadline` (then marks the
+  /// result as timed out). Reaps the child.
+  child_exit collect(std::optional<steady_clock::time_point> kill_at,
+                     steady_clock::time_point deadline,
+                     const line_handler& on_line) {
+    child_exit res;
+    std::string buf;
+    char chunk[65'536];
+    for (;;) {
+      auto now = steady_clock::now();
+      if (kill_at && now >= *kill_at && !res.kill_sent) {
+        ::kill(pid_, SIGKILL);
+        res.kill_sent = true;
+      }
+      if (now >= deadline && !res.timed_out) {
+        ::kill(pid_, SIGKILL);
+        res.kill_sent = true;
+        res.timed_out = true;
+      }
+      auto next = deadline;
+      if (kill_at && !res.kill_sent)
+        next = std::min(next, *kill_at);
+      int wait_ms = -1;
+      if (!res.timed_out) {
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now);
+        wait_ms = static_cast<int>(std::max<int64_t>(left.count(), 0));
+      }
+      pollfd pfd{fd_, POLLIN, 0};
+      auto rc = ::poll(&pfd, 1, wait_ms);
+      if (rc < 0) {
+        if (errno == EINTR)
+          continue;
+        ADD_FAILURE() << "poll: " << std::strerror(errno);
+        ::kill(pid_, SIGKILL);
+        break;
+      }
+      if (rc == 0)
+        continue;
+      auto n = ::read(fd_, chunk, sizeof(chunk));
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN)
+          continue;
+        ADD_FAILURE() << "read: " << std::strerror(errno);
+        ::kill(pid_, SIGKILL);
+        break;
+      }
+      if (n == 0)
+        break;
+      buf.append(chunk, static_cast<size_t>(n));
+      size_t start = 0;
+      for (auto nl = buf.find('\n'); nl != std::string::npos;
+           nl = buf.find('\n', start)) {
+        on_line(std::string_view{buf}.substr(start, nl - start));
+        start = nl + 1;
+      }
+      buf.erase(0, start);
+    }
+    // Each line goes out in one write() far below PIPE_BUF, so even a kill
+    // cannot cut one in half.
+    res.unterminated = std::move(buf);
+    ::close(fd_);
+    fd_ = -1;
+    while (::waitpid(pid_, &res.status, 0) < 0) {
+      if (errno != EINTR) {
+        ADD_FAILURE() << "waitpid: " << std::strerror(errno);
+        break;
+      }
+    }
+    pid_ = -1;
+    return res;
+  }
+
+private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+};
+
+/// A directory tree removed when it goes out of scope.
+struct temp_dir {
+  std::filesystem::path path;
+
+  temp_dir() = default;
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+
+  ~temp_dir() {
+    if (path.empty())
+      return;
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+
+  /// Creates a fresh directory named `prefix` plus a random suffix under
+  /// the system's temporary directory; returns an empty string or an error.
+  std::string create(const std::string& prefix) {
+    auto tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX"))
+                    .string();
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      return std::string{"mkdtemp: "} + std::strerror(errno);
+    path = tmpl;
+    return {};
+  }
+};
+
+} // namespace granary::test
