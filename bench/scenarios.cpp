@@ -18,6 +18,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 
 #include <caf/actor_system.hpp>
@@ -30,6 +31,7 @@
 #include <rocksdb/write_batch.h>
 
 #include "actors/grain.hpp"
+#include "actors/workflow.hpp"
 #include "bench.pb.h"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
@@ -49,6 +51,7 @@ constexpr size_t default_payload = 32;
 constexpr size_t transient_concurrency = 64;
 constexpr size_t durable_concurrency = 256;
 constexpr size_t memory_concurrency = 256;
+constexpr size_t workflow_concurrency = 64;
 constexpr size_t small_grains = 1'000;
 constexpr size_t large_grains = 1'000'000;
 // The warm-up share of every timed run; its operations are not counted.
@@ -65,6 +68,11 @@ constexpr uint64_t fanout_chunk = 4'096;
 // a second), and the cores idle while it does. Measured on the reference
 // machine: 1,024 gave 0.65-0.76M deliveries/s, 16,384 gave 0.51-0.57M.
 constexpr size_t fanout_queue_bound = 1'024;
+// workflow-10-steps measures itself against a durable-ping of the same run;
+// when none ran before, a short one runs first.
+constexpr double durable_prerun_s = 2;
+// Sequential durable calls in one bench workflow.
+constexpr uint64_t workflow_steps = 10;
 // How long calls still in flight may take to finish after a timed run.
 constexpr auto drain_timeout = 10s;
 
@@ -73,6 +81,9 @@ constexpr double durable_target = 0.3;
 constexpr double durable_p99_target_ms = 5;
 constexpr double fanout_target = 0.3;
 constexpr double memory_target_bytes = 2'048;
+// "A 10-step workflow costs at most about 2x the durable messages of 10
+// plain durable calls": workflows/s >= 0.5 x (durable msgs/s / 10).
+constexpr double workflow_target = 0.5;
 
 // -- time ---------------------------------------------------------------------
 
@@ -292,6 +303,187 @@ public:
   }
 };
 
+std::string counter_key(uint64_t i) {
+  return "c" + std::to_string(i);
+}
+
+/// Tells the workflow-10-steps driver that workflow run `seq` of `slot`
+/// ended, with `err` if it failed. Runs on a silo thread, inside the
+/// workflow's last turn.
+void workflow_ended(uint64_t slot, uint64_t seq, const caf::error& err);
+
+/// The workflow of workflow-10-steps: `workflow_steps` sequential durable
+/// calls to counter grains, then a side effect that reports the end to the
+/// bench driver. Side effects run once and are replayed from the journal,
+/// so a replay does not report again.
+class steps_flow : public workflow<steps_flow, WorkflowInput, WorkflowOutput> {
+public:
+  static constexpr std::string_view type_name = "bench.workflow";
+
+  task<WorkflowOutput> run(workflow_context& ctx, const WorkflowInput& in) {
+    // GCC 12 may destroy a braced temporary or a converted string literal
+    // inside a co_await expression twice: every argument is a named local.
+    Ping ping;
+    ping.set_payload(in.payload());
+    caf::error failure;
+    for (uint64_t i = 0; i < workflow_steps; ++i) {
+      ping.set_seq(i);
+      auto target = id_of<counter>(counter_key((in.first() + i) % in.grains()));
+      auto pong = co_await ctx.call<Pong>(target, ping);
+      if (!pong) {
+        failure = std::move(pong.error());
+        break;
+      }
+    }
+    std::string name = failure ? "failed" : "finished";
+    auto slot = in.slot();
+    auto seq = in.seq();
+    auto mark = ctx.side_effect<Pong>(name, [&]() -> caf::expected<Pong> {
+      workflow_ended(slot, seq, failure);
+      return Pong{};
+    });
+    if (!mark)
+      co_return mark.error();
+    if (failure)
+      co_return failure;
+    WorkflowOutput out;
+    out.set_steps(workflow_steps);
+    co_return out;
+  }
+};
+
+/// The hand-written equivalent of `steps_flow`, measured next to it: the
+/// same sequential durable calls with the same replies, driven by a grain
+/// whose state is its input and the step it waits for (no journal).
+class chain : public grain<chain, ChainState> {
+public:
+  static constexpr std::string_view type_name = "bench.chain";
+
+  static void define(handlers<chain>& h) {
+    h.on(&chain::start).on(&chain::on_reply);
+  }
+
+  caf::expected<done> start(turn& t, const WorkflowInput& in) {
+    if (view().has_input())
+      return done{}; // Started already.
+    *state().mutable_input() = in;
+    return call_step(t);
+  }
+
+  caf::expected<done> on_reply(turn& t, const wire::Reply& reply) {
+    auto step = view().step();
+    if (step >= workflow_steps || reply.correlation() != std::to_string(step))
+      return done{}; // Not the reply this chain waits for.
+    auto& in = view().input();
+    if (reply.error_code() != 0) {
+      state().set_step(workflow_steps);
+      workflow_ended(
+          in.slot(), in.seq(),
+          make_error(static_cast<errc>(reply.error_code()), reply.error()));
+      return done{};
+    }
+    state().set_step(step + 1);
+    if (step + 1 < workflow_steps)
+      return call_step(t);
+    workflow_ended(in.slot(), in.seq(), caf::none);
+    return done{};
+  }
+
+private:
+  caf::expected<done> call_step(turn& t) {
+    auto& st = view();
+    Ping ping;
+    ping.set_seq(st.step());
+    ping.set_payload(st.input().payload());
+    auto key = (st.input().first() + st.step()) % st.input().grains();
+    if (auto err = t.call(id_of<counter>(counter_key(key)), ping,
+                          std::to_string(st.step())))
+      return err;
+    return done{};
+  }
+};
+
+// -- storage accounting -------------------------------------------------------
+
+/// What a `counting_storage` committed and read so far.
+struct storage_counts {
+  uint64_t reads = 0;
+  uint64_t puts = 0;
+  uint64_t deletes = 0;
+  /// Key and value bytes of puts and deletes, all columns.
+  uint64_t bytes = 0;
+  /// Key and value bytes of puts, by column.
+  std::array<uint64_t, column_count> put_bytes{};
+};
+
+/// Forwards to another storage and counts the operations and bytes of the
+/// commits that succeeded, and the reads.
+class counting_storage : public storage {
+public:
+  explicit counting_storage(std::unique_ptr<storage> inner)
+      : inner_(std::move(inner)) {}
+
+  caf::expected<std::optional<std::string>> get(column col,
+                                                std::string_view key) override {
+    reads_.fetch_add(1, std::memory_order_relaxed);
+    return inner_->get(col, key);
+  }
+
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    if (auto err = inner_->commit(batches))
+      return err;
+    // Summed locally first: this runs on the commit thread, between fsyncs.
+    storage_counts add;
+    for (auto* b : batches) {
+      add.bytes += b->bytes();
+      for (auto& op : b->ops()) {
+        if (op.erase) {
+          ++add.deletes;
+          continue;
+        }
+        ++add.puts;
+        add.put_bytes[static_cast<size_t>(op.col)]
+            += op.key.size() + op.value.size();
+      }
+    }
+    bytes_.fetch_add(add.bytes, std::memory_order_relaxed);
+    puts_.fetch_add(add.puts, std::memory_order_relaxed);
+    deletes_.fetch_add(add.deletes, std::memory_order_relaxed);
+    for (size_t i = 0; i < column_count; ++i)
+      put_bytes_[i].fetch_add(add.put_bytes[i], std::memory_order_relaxed);
+    return caf::none;
+  }
+
+  caf::error scan(column col, std::string_view prefix, std::string_view start,
+                  size_t limit, const scan_visitor& visit) override {
+    return inner_->scan(col, prefix, start, limit, visit);
+  }
+
+  std::optional<uint64_t> free_bytes() override {
+    return inner_->free_bytes();
+  }
+
+  /// The totals so far.
+  storage_counts counts() const {
+    storage_counts out;
+    out.reads = reads_.load(std::memory_order_relaxed);
+    out.puts = puts_.load(std::memory_order_relaxed);
+    out.deletes = deletes_.load(std::memory_order_relaxed);
+    out.bytes = bytes_.load(std::memory_order_relaxed);
+    for (size_t i = 0; i < column_count; ++i)
+      out.put_bytes[i] = put_bytes_[i].load(std::memory_order_relaxed);
+    return out;
+  }
+
+private:
+  std::unique_ptr<storage> inner_;
+  std::atomic<uint64_t> reads_{0};
+  std::atomic<uint64_t> puts_{0};
+  std::atomic<uint64_t> deletes_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::array<std::atomic<uint64_t>, column_count> put_bytes_{};
+};
+
 silo_config base_config(size_t concurrency) {
   silo_config cfg;
   cfg.threads = 2;
@@ -309,7 +501,8 @@ caf::expected<std::unique_ptr<silo>> start_silo(silo_config cfg,
   grain_registry registry;
   for (auto err :
        {register_grain<echo>(registry), register_grain<counter>(registry),
-        register_grain<sink>(registry), register_grain<driver>(registry)})
+        register_grain<sink>(registry), register_grain<driver>(registry),
+        register_grain<steps_flow>(registry), register_grain<chain>(registry)})
     if (err)
       return err;
   return silo::start(std::move(cfg), std::move(registry), std::move(st));
@@ -771,6 +964,271 @@ raw_group_commit(const std::string& dir, size_t batch_puts,
   return out;
 }
 
+// -- durable sends, measured -------------------------------------------------
+
+/// Figures of a durable-ping silo run.
+struct durable_figures {
+  load_figures load;
+  double ops_per_msg = 0;
+  double ops_per_fsync = 0;
+  double fsyncs_per_s = 0;
+  /// Key and value bytes committed per message.
+  double bytes_per_msg = 0;
+  /// Grain prefixes of the counters, for the raw baseline's keys.
+  std::vector<std::string> prefixes;
+};
+
+caf::expected<durable_figures>
+measure_durable(const std::string& data_dir, double duration_s,
+                size_t concurrency, size_t grains, size_t payload,
+                const std::string& label,
+                const std::function<void(const std::string&)>& progress) {
+  auto cfg = base_config(concurrency);
+  auto partitions = cfg.partitions;
+  auto dir = make_temp_dir(data_dir, "silo");
+  if (!dir)
+    return std::move(dir.error());
+  temp_dir guard{*dir};
+  auto store = rocksdb_storage::open({.data_dir = *dir});
+  if (!store)
+    return std::move(store.error());
+  auto counted = std::make_unique<counting_storage>(std::move(*store));
+  auto* counts = counted.get();
+  auto s = start_silo(cfg, std::move(counted));
+  if (!s)
+    return std::move(s.error());
+  durable_figures out;
+  auto st = std::make_shared<durable_load>();
+  st->target_silo = s->get();
+  st->concurrency = concurrency;
+  st->ids.reserve(grains);
+  out.prefixes.reserve(grains);
+  for (size_t i = 0; i < grains; ++i) {
+    st->ids.push_back(id_of<counter>(counter_key(i)));
+    out.prefixes.push_back(keys::grain_prefix(
+        partition_of(st->ids.back(), partitions), st->ids.back()));
+  }
+  st->msgs.resize(concurrency);
+  for (auto& m : st->msgs)
+    m.set_payload(std::string(payload, 'x'));
+  silo_stats s0;
+  silo_stats s1;
+  storage_counts c0;
+  storage_counts c1;
+  int64_t s0_ns = 0;
+  int64_t s1_ns = 0;
+  timed_hooks hooks;
+  hooks.window_opened = [&] {
+    s0 = (*s)->stats();
+    c0 = counts->counts();
+    s0_ns = now_ns();
+  };
+  hooks.window_closed = [&] {
+    s1 = (*s)->stats();
+    c1 = counts->counts();
+    s1_ns = now_ns();
+  };
+  st->outstanding = static_cast<int64_t>(concurrency);
+  st->start_clock(duration_s);
+  for (size_t slot = 0; slot < concurrency; ++slot)
+    issue_send(st, slot, 0);
+  auto err = run_timed(*st, label, "msgs", progress, hooks);
+  auto stop_err = (*s)->stop();
+  if (err)
+    return err;
+  if (stop_err)
+    return stop_err;
+  out.load = figures_of(*st);
+  auto ops = static_cast<double>(s1.commits.ops - s0.commits.ops);
+  auto groups = static_cast<double>(s1.commits.groups - s0.commits.groups);
+  auto turns = static_cast<double>(s1.durable_turns - s0.durable_turns);
+  if (ops <= 0 || groups <= 0 || turns <= 0)
+    return make_error(errc::unspecified,
+                      label
+                          + ": no durable turn committed inside the measured "
+                            "window");
+  out.ops_per_msg = ops / turns;
+  out.ops_per_fsync = ops / groups;
+  out.fsyncs_per_s = groups / to_s(s1_ns - s0_ns);
+  out.bytes_per_msg = static_cast<double>(c1.bytes - c0.bytes) / turns;
+  return out;
+}
+
+// -- workflows on a silo ------------------------------------------------------
+
+constexpr uint64_t no_run = ~uint64_t{0};
+
+/// One slot of workflow-10-steps: the run it has in flight.
+struct workflow_slot {
+  /// Sequence number of the run in flight, or `no_run`.
+  std::atomic<uint64_t> running{no_run};
+  /// When that run's start was sent.
+  std::atomic<int64_t> start_ns{0};
+};
+
+/// Closed loop of workflow (or chain) runs: each slot starts its next run
+/// when the previous one reports its end through `workflow_ended`.
+struct workflow_load : load_state, std::enable_shared_from_this<workflow_load> {
+  silo* target_silo = nullptr;
+  /// Grain type started with each `WorkflowInput`: a workflow or a chain.
+  std::string type;
+  size_t concurrency = 1;
+  size_t grains = 1;
+  std::string payload;
+  std::unique_ptr<workflow_slot[]> slots;
+  std::atomic<uint64_t> next_seq{0};
+
+  /// Ends run `seq` of `slot`; false if it had ended already (a replayed
+  /// or rolled-back turn reporting again, or a failed start).
+  bool end_run(size_t slot, uint64_t seq) {
+    auto expected = seq;
+    return slots[slot].running.compare_exchange_strong(
+        expected, no_run, std::memory_order_acq_rel);
+  }
+};
+
+// The workflow load being measured; null outside a run. Set before the
+// first workflow starts and cleared after the silo stopped, while the
+// measuring function holds the load alive.
+std::atomic<workflow_load*> current_workflow_load{nullptr};
+
+std::string workflow_key(uint64_t seq) {
+  return "w" + std::to_string(seq);
+}
+
+void issue_workflow(const std::shared_ptr<workflow_load>& st, size_t slot) {
+  auto seq = st->next_seq.fetch_add(1, std::memory_order_relaxed);
+  WorkflowInput in;
+  in.set_slot(slot);
+  in.set_seq(seq);
+  in.set_first(seq * workflow_steps % st->grains);
+  in.set_grains(st->grains);
+  in.set_payload(st->payload);
+  auto& s = st->slots[slot];
+  s.start_ns.store(now_ns(), std::memory_order_relaxed);
+  s.running.store(seq, std::memory_order_release);
+  // A fresh id per run, and no msg_id: the start is unresendable, like a
+  // durable-ping message.
+  st->target_silo->send_async(grain_id{st->type, workflow_key(seq)}, in, {},
+                              [st, slot, seq](const caf::error& err) {
+                                if (err && st->end_run(slot, seq))
+                                  st->fail(err);
+                              });
+}
+
+void workflow_ended(uint64_t slot, uint64_t seq, const caf::error& err) {
+  auto end = now_ns();
+  auto* raw = current_workflow_load.load(std::memory_order_acquire);
+  if (!raw || slot >= raw->concurrency || !raw->end_run(slot, seq))
+    return;
+  auto st = raw->shared_from_this();
+  if (err) {
+    st->fail(make_error(code_of(err), "workflow " + workflow_key(seq)
+                                          + " failed: " + describe(err)));
+    return;
+  }
+  auto start = st->slots[slot].start_ns.load(std::memory_order_relaxed);
+  if (st->complete(start, end))
+    issue_workflow(st, slot);
+}
+
+/// Figures of a workflow-10-steps silo run; per-workflow figures are
+/// window deltas divided by the workflows completed in the window.
+struct workflow_figures {
+  load_figures load;
+  double turns_per_workflow = 0;
+  double ops_per_workflow = 0;
+  double ops_per_fsync = 0;
+  double fsyncs_per_s = 0;
+  double bytes_per_workflow = 0;
+  double state_bytes_per_workflow = 0;
+  double outbox_bytes_per_workflow = 0;
+  double dedup_bytes_per_workflow = 0;
+  double reads_per_workflow = 0;
+};
+
+/// Runs `concurrency` slots of `type` grains (steps_flow or chain), each
+/// started with a `WorkflowInput` under a fresh key, until the window ends.
+caf::expected<workflow_figures>
+measure_workflows(const std::string& data_dir, double duration_s,
+                  size_t concurrency, size_t grains, size_t payload,
+                  std::string_view type, const std::string& label,
+                  const std::function<void(const std::string&)>& progress) {
+  auto dir = make_temp_dir(data_dir, "workflow");
+  if (!dir)
+    return std::move(dir.error());
+  temp_dir guard{*dir};
+  auto store = rocksdb_storage::open({.data_dir = *dir});
+  if (!store)
+    return std::move(store.error());
+  auto counted = std::make_unique<counting_storage>(std::move(*store));
+  auto* counts = counted.get();
+  auto s = start_silo(base_config(concurrency), std::move(counted));
+  if (!s)
+    return std::move(s.error());
+  auto st = std::make_shared<workflow_load>();
+  st->target_silo = s->get();
+  st->type = std::string{type};
+  st->concurrency = concurrency;
+  st->grains = grains;
+  st->payload = std::string(payload, 'x');
+  st->slots = std::make_unique<workflow_slot[]>(concurrency);
+  silo_stats s0;
+  silo_stats s1;
+  storage_counts c0;
+  storage_counts c1;
+  int64_t s0_ns = 0;
+  int64_t s1_ns = 0;
+  timed_hooks hooks;
+  hooks.window_opened = [&] {
+    s0 = (*s)->stats();
+    c0 = counts->counts();
+    s0_ns = now_ns();
+  };
+  hooks.window_closed = [&] {
+    s1 = (*s)->stats();
+    c1 = counts->counts();
+    s1_ns = now_ns();
+  };
+  current_workflow_load.store(st.get(), std::memory_order_release);
+  st->outstanding = static_cast<int64_t>(concurrency);
+  st->start_clock(duration_s);
+  for (size_t slot = 0; slot < concurrency; ++slot)
+    issue_workflow(st, slot);
+  auto err = run_timed(*st, label, "runs", progress, hooks);
+  auto stop_err = (*s)->stop();
+  current_workflow_load.store(nullptr, std::memory_order_release);
+  if (err)
+    return err;
+  if (stop_err)
+    return stop_err;
+  workflow_figures out;
+  out.load = figures_of(*st);
+  auto done = static_cast<double>(st->in_window.load());
+  auto ops = static_cast<double>(s1.commits.ops - s0.commits.ops);
+  auto groups = static_cast<double>(s1.commits.groups - s0.commits.groups);
+  if (done <= 0 || ops <= 0 || groups <= 0)
+    return make_error(errc::unspecified,
+                      label + ": no run completed inside the measured window");
+  auto per = [done](uint64_t a, uint64_t b) {
+    return static_cast<double>(b - a) / done;
+  };
+  auto put_bytes = [&](column col) {
+    auto i = static_cast<size_t>(col);
+    return per(c0.put_bytes[i], c1.put_bytes[i]);
+  };
+  out.turns_per_workflow = per(s0.durable_turns, s1.durable_turns);
+  out.ops_per_workflow = ops / done;
+  out.ops_per_fsync = ops / groups;
+  out.fsyncs_per_s = groups / to_s(s1_ns - s0_ns);
+  out.bytes_per_workflow = per(c0.bytes, c1.bytes);
+  out.state_bytes_per_workflow = put_bytes(column::state);
+  out.outbox_bytes_per_workflow = put_bytes(column::outbox);
+  out.dedup_bytes_per_workflow = put_bytes(column::dedup);
+  out.reads_per_workflow = per(c0.reads, c1.reads);
+  return out;
+}
+
 // -- memory -------------------------------------------------------------------
 
 /// Activates grains "m0", "m1", ... with one transient call each.
@@ -997,7 +1455,8 @@ double ratio_of(double ours, double base) {
 
 const std::vector<std::string>& scenario_names() {
   static const std::vector<std::string> names{"transient-ping", "durable-ping",
-                                              "fanout", "memory"};
+                                              "workflow-10-steps", "fanout",
+                                              "memory"};
   return names;
 }
 
@@ -1046,6 +1505,8 @@ caf::expected<result> runner::run(std::string_view name) {
     return fanout();
   if (name == "memory")
     return memory();
+  if (name == "workflow-10-steps")
+    return workflow_10_steps();
   return make_error(errc::invalid_argument,
                     "unknown scenario '" + std::string{name} + "'");
 }
@@ -1095,99 +1556,45 @@ caf::expected<result> runner::durable_ping() {
   auto grains = opts_.grains.value_or(small_grains);
   auto payload = opts_.payload.value_or(default_payload);
   auto progress_fn = [this](const std::string& line) { progress(line); };
-  auto cfg = base_config(concurrency);
-  auto partitions = cfg.partitions;
   auto state_value = [&] {
     CounterState st;
     st.set_count(12'345);
     st.set_last(std::string(payload, 'x'));
     return st.SerializeAsString();
   }();
-  std::vector<std::string> prefixes;
-  load_figures ours;
-  double ops_per_msg = 0;
-  double ops_per_fsync = 0;
-  double fsyncs_per_s = 0;
-  {
-    auto dir = make_temp_dir(opts_.data_dir, "silo");
-    if (!dir)
-      return std::move(dir.error());
-    temp_dir guard{*dir};
-    auto store = rocksdb_storage::open({.data_dir = *dir});
-    if (!store)
-      return std::move(store.error());
-    auto s = start_silo(cfg, std::move(*store));
-    if (!s)
-      return std::move(s.error());
-    auto st = std::make_shared<durable_load>();
-    st->target_silo = s->get();
-    st->concurrency = concurrency;
-    st->ids.reserve(grains);
-    for (size_t i = 0; i < grains; ++i) {
-      st->ids.push_back(id_of<counter>("c" + std::to_string(i)));
-      prefixes.push_back(keys::grain_prefix(
-          partition_of(st->ids.back(), partitions), st->ids.back()));
-    }
-    st->msgs.resize(concurrency);
-    for (auto& m : st->msgs)
-      m.set_payload(std::string(payload, 'x'));
-    silo_stats s0;
-    silo_stats s1;
-    int64_t s0_ns = 0;
-    int64_t s1_ns = 0;
-    timed_hooks hooks;
-    hooks.window_opened = [&] {
-      s0 = (*s)->stats();
-      s0_ns = now_ns();
-    };
-    hooks.window_closed = [&] {
-      s1 = (*s)->stats();
-      s1_ns = now_ns();
-    };
-    st->outstanding = static_cast<int64_t>(concurrency);
-    st->start_clock(duration_s);
-    for (size_t slot = 0; slot < concurrency; ++slot)
-      issue_send(st, slot, 0);
-    auto err = run_timed(*st, "durable-ping", "msgs", progress_fn, hooks);
-    auto stop_err = (*s)->stop();
-    if (err)
-      return err;
-    if (stop_err)
-      return stop_err;
-    ours = figures_of(*st);
-    auto ops = static_cast<double>(s1.commits.ops - s0.commits.ops);
-    auto groups = static_cast<double>(s1.commits.groups - s0.commits.groups);
-    auto turns = static_cast<double>(s1.durable_turns - s0.durable_turns);
-    if (ops <= 0 || groups <= 0 || turns <= 0)
-      return make_error(errc::unspecified,
-                        "durable-ping: no durable turn committed inside the "
-                        "measured window");
-    ops_per_msg = ops / turns;
-    ops_per_fsync = ops / groups;
-    fsyncs_per_s = groups / to_s(s1_ns - s0_ns);
-  }
-  auto batch
-      = std::max<size_t>(1, static_cast<size_t>(std::llround(ops_per_fsync)));
+  auto ours = measure_durable(opts_.data_dir, duration_s, concurrency, grains,
+                              payload, "durable-ping", progress_fn);
+  if (!ours)
+    return std::move(ours.error());
+  durable_ = durable_run{.msgs_per_s = ours->load.ops_per_s,
+                         .ops_per_msg = ours->ops_per_msg,
+                         .bytes_per_msg = ours->bytes_per_msg,
+                         .cpu_cores = ours->load.cpu.own_cores,
+                         .other_cpu_cores = ours->load.cpu.other_cores,
+                         .concurrency = concurrency,
+                         .duration_s = duration_s};
+  auto batch = std::max<size_t>(
+      1, static_cast<size_t>(std::llround(ours->ops_per_fsync)));
   raw_figures raw;
   {
     auto dir = make_temp_dir(opts_.data_dir, "raw");
     if (!dir)
       return std::move(dir.error());
     temp_dir guard{*dir};
-    auto r = raw_group_commit(*dir, batch, prefixes, state_value, duration_s,
-                              progress_fn);
+    auto r = raw_group_commit(*dir, batch, ours->prefixes, state_value,
+                              duration_s, progress_fn);
     if (!r)
       return std::move(r.error());
     raw = *r;
   }
   result res;
   res.scenario = "durable-ping";
-  res.ops_per_s = ours.ops_per_s;
-  res.p50_ms = ours.p50_ms;
-  res.p99_ms = ours.p99_ms;
-  res.p999_ms = ours.p999_ms;
+  res.ops_per_s = ours->load.ops_per_s;
+  res.p50_ms = ours->load.p50_ms;
+  res.p99_ms = ours->load.p99_ms;
+  res.p999_ms = ours->load.p999_ms;
   res.baseline = "rocksdb-group-commit";
-  res.baseline_ops_per_s = raw.puts_per_s / ops_per_msg;
+  res.baseline_ops_per_s = raw.puts_per_s / ours->ops_per_msg;
   res.ratio = ratio_of(res.ops_per_s, res.baseline_ops_per_s);
   res.target = "ratio >= 0.3 and p99 < 5 ms";
   res.met = res.ratio >= durable_target && res.p99_ms < durable_p99_target_ms;
@@ -1195,11 +1602,12 @@ caf::expected<result> runner::durable_ping() {
                 {"grains", static_cast<double>(grains)},
                 {"payload_bytes", static_cast<double>(payload)},
                 {"duration_s", duration_s},
-                {"ops_per_msg", ops_per_msg},
-                {"ops_per_fsync", ops_per_fsync},
-                {"fsyncs_per_s", fsyncs_per_s},
-                {"cpu_cores", ours.cpu.own_cores},
-                {"other_cpu_cores", ours.cpu.other_cores},
+                {"ops_per_msg", ours->ops_per_msg},
+                {"ops_per_fsync", ours->ops_per_fsync},
+                {"fsyncs_per_s", ours->fsyncs_per_s},
+                {"bytes_per_msg", ours->bytes_per_msg},
+                {"cpu_cores", ours->load.cpu.own_cores},
+                {"other_cpu_cores", ours->load.cpu.other_cores},
                 {"baseline_batch_puts", static_cast<double>(batch)},
                 {"baseline_puts_per_s", raw.puts_per_s},
                 {"baseline_fsyncs_per_s", raw.writes_per_s},
@@ -1207,6 +1615,106 @@ caf::expected<result> runner::durable_ping() {
                 {"baseline_write_p99_ms", raw.p99_ms},
                 {"baseline_cpu_cores", raw.cpu.own_cores},
                 {"baseline_other_cpu_cores", raw.cpu.other_cores}};
+  return res;
+}
+
+caf::expected<result> runner::workflow_10_steps() {
+  auto duration_s = opts_.duration_s.value_or(default_duration_s);
+  auto concurrency = opts_.concurrency.value_or(workflow_concurrency);
+  auto grains = opts_.grains.value_or(small_grains);
+  auto payload = opts_.payload.value_or(default_payload);
+  auto progress_fn = [this](const std::string& line) { progress(line); };
+  if (!durable_) {
+    // The same settings durable-ping would use with these options.
+    auto pre_s = std::min(durable_prerun_s, duration_s);
+    auto pre_concurrency = opts_.concurrency.value_or(durable_concurrency);
+    auto pre = measure_durable(opts_.data_dir, pre_s, pre_concurrency, grains,
+                               payload, "workflow-10-steps: durable-ping",
+                               progress_fn);
+    if (!pre)
+      return std::move(pre.error());
+    durable_ = durable_run{.msgs_per_s = pre->load.ops_per_s,
+                           .ops_per_msg = pre->ops_per_msg,
+                           .bytes_per_msg = pre->bytes_per_msg,
+                           .cpu_cores = pre->load.cpu.own_cores,
+                           .other_cpu_cores = pre->load.cpu.other_cores,
+                           .concurrency = pre_concurrency,
+                           .duration_s = pre_s};
+  }
+  auto ours = measure_workflows(opts_.data_dir, duration_s, concurrency, grains,
+                                payload, steps_flow::type_name,
+                                "workflow-10-steps", progress_fn);
+  if (!ours)
+    return std::move(ours.error());
+  // The same calls without the workflow machinery: what the durable calls
+  // themselves cost, so the journal's share can be told apart.
+  auto plain = measure_workflows(opts_.data_dir, duration_s, concurrency,
+                                 grains, payload, chain::type_name,
+                                 "workflow-10-steps: call chain", progress_fn);
+  if (!plain)
+    return std::move(plain.error());
+  auto cpu_us_per_chain
+      = plain->load.cpu.own_cores / plain->load.ops_per_s * 1e6;
+  auto& base = *durable_;
+  auto steps = static_cast<double>(workflow_steps);
+  auto cpu_us_per_workflow
+      = ours->load.cpu.own_cores / ours->load.ops_per_s * 1e6;
+  auto base_cpu_us = base.cpu_cores / base.msgs_per_s * 1e6 * steps;
+  result res;
+  res.scenario = "workflow-10-steps";
+  res.ops_per_s = ours->load.ops_per_s;
+  res.p50_ms = ours->load.p50_ms;
+  res.p99_ms = ours->load.p99_ms;
+  res.p999_ms = ours->load.p999_ms;
+  // One workflow against 10 durable-ping messages: the ratio is the cost
+  // of 10 plain durable messages divided by the cost of one workflow.
+  res.baseline = "durable-ping/10";
+  res.baseline_ops_per_s = base.msgs_per_s / steps;
+  res.ratio = ratio_of(res.ops_per_s, res.baseline_ops_per_s);
+  res.target = "ratio >= 0.5";
+  res.met = res.ratio >= workflow_target;
+  res.extras = {
+      {"steps", steps},
+      {"concurrency", static_cast<double>(concurrency)},
+      {"grains", static_cast<double>(grains)},
+      {"payload_bytes", static_cast<double>(payload)},
+      {"duration_s", duration_s},
+      {"steps_per_s", ours->load.ops_per_s * steps},
+      {"durable_turns_per_workflow", ours->turns_per_workflow},
+      {"ops_per_workflow", ours->ops_per_workflow},
+      {"baseline_ops_per_10_msgs", base.ops_per_msg * steps},
+      {"ops_ratio", ratio_of(ours->ops_per_workflow, base.ops_per_msg * steps)},
+      {"bytes_per_workflow", ours->bytes_per_workflow},
+      {"baseline_bytes_per_10_msgs", base.bytes_per_msg * steps},
+      {"bytes_ratio",
+       ratio_of(ours->bytes_per_workflow, base.bytes_per_msg * steps)},
+      {"state_bytes_per_workflow", ours->state_bytes_per_workflow},
+      {"outbox_bytes_per_workflow", ours->outbox_bytes_per_workflow},
+      {"dedup_bytes_per_workflow", ours->dedup_bytes_per_workflow},
+      {"reads_per_workflow", ours->reads_per_workflow},
+      {"ops_per_fsync", ours->ops_per_fsync},
+      {"fsyncs_per_s", ours->fsyncs_per_s},
+      {"cpu_cores", ours->load.cpu.own_cores},
+      {"other_cpu_cores", ours->load.cpu.other_cores},
+      {"cpu_us_per_workflow", cpu_us_per_workflow},
+      {"baseline_cpu_us_per_10_msgs", base_cpu_us},
+      {"cpu_ratio", ratio_of(base_cpu_us, cpu_us_per_workflow)},
+      {"chain_per_s", plain->load.ops_per_s},
+      {"chain_p50_ms", plain->load.p50_ms},
+      {"chain_p99_ms", plain->load.p99_ms},
+      {"chain_durable_turns", plain->turns_per_workflow},
+      {"chain_ops", plain->ops_per_workflow},
+      {"chain_bytes", plain->bytes_per_workflow},
+      {"chain_state_bytes", plain->state_bytes_per_workflow},
+      {"chain_cpu_us", cpu_us_per_chain},
+      {"chain_cpu_cores", plain->load.cpu.own_cores},
+      {"chain_other_cpu_cores", plain->load.cpu.other_cores},
+      {"workflow_vs_chain", ratio_of(res.ops_per_s, plain->load.ops_per_s)},
+      {"baseline_msgs_per_s", base.msgs_per_s},
+      {"baseline_concurrency", static_cast<double>(base.concurrency)},
+      {"baseline_duration_s", base.duration_s},
+      {"baseline_cpu_cores", base.cpu_cores},
+      {"baseline_other_cpu_cores", base.other_cpu_cores}};
   return res;
 }
 
@@ -1394,7 +1902,7 @@ std::string to_table(const std::vector<result>& results) {
                   const char* p99, const char* p999, const char* base,
                   const char* base_ops, const char* ratio, const char* met) {
     std::snprintf(buf, sizeof(buf),
-                  "%-15s %12s %8s %8s %9s  %-21s %12s %7s  %s\n", scenario, ops,
+                  "%-17s %12s %8s %8s %9s  %-21s %12s %7s  %s\n", scenario, ops,
                   p50, p99, p999, base, base_ops, ratio, met);
     out += buf;
   };

@@ -22,10 +22,10 @@ struct options {
   /// Seconds per timed scenario, warm-up (the first 10%) included.
   std::optional<double> duration_s;
   /// Requests in flight (transient-ping: 64, durable-ping: 256,
-  /// memory: 256).
+  /// memory: 256); workflows in flight for workflow-10-steps (64).
   std::optional<size_t> concurrency;
-  /// Distinct grain keys (transient-ping and durable-ping: 1,000; fanout
-  /// and memory: 1,000,000).
+  /// Distinct grain keys (transient-ping, durable-ping and the counters
+  /// of workflow-10-steps: 1,000; fanout and memory: 1,000,000).
   std::optional<size_t> grains;
   /// Bytes of payload in each ping (default 32).
   std::optional<size_t> payload;
@@ -46,7 +46,7 @@ inline constexpr size_t max_payload = 1 << 20;
 struct result {
   std::string scenario;
   /// Granary's throughput in the scenario's unit (calls, messages,
-  /// deliveries or activations per second).
+  /// workflows, deliveries or activations per second).
   double ops_per_s = 0;
   /// Latency percentiles of the measured operations, in milliseconds.
   double p50_ms = 0;
@@ -76,7 +76,8 @@ caf::error validate(const options& opts);
 
 /// Runs scenarios one after another in one process, keeping what a later
 /// scenario needs from an earlier one (fanout compares itself with the
-/// transient-ping throughput of the same run).
+/// transient-ping throughput of the same run, workflow-10-steps with the
+/// durable-ping one).
 class runner {
 public:
   /// Creates a runner; call `validate(opts)` first.
@@ -90,12 +91,28 @@ private:
   caf::expected<result> durable_ping();
   caf::expected<result> fanout();
   caf::expected<result> memory();
+  caf::expected<result> workflow_10_steps();
 
   void progress(const std::string& line) const;
 
   options opts_;
   /// Transient-ping throughput measured earlier in this run, if any.
   std::optional<double> transient_ops_per_s_;
+
+  /// What workflow-10-steps compares itself with: the durable-ping run of
+  /// this process (or its own short one).
+  struct durable_run {
+    double msgs_per_s = 0;
+    double ops_per_msg = 0;
+    double bytes_per_msg = 0;
+    double cpu_cores = 0;
+    double other_cpu_cores = 0;
+    size_t concurrency = 0;
+    double duration_s = 0;
+  };
+
+  /// Durable-ping figures measured earlier in this run, if any.
+  std::optional<durable_run> durable_;
 };
 
 /// Renders `res` as one JSON object on one line (no trailing newline).
