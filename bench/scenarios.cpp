@@ -35,6 +35,7 @@
 #include "bench.pb.h"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
+#include "runtime/json.hpp"
 #include "runtime/keys.hpp"
 #include "runtime/memory_storage.hpp"
 
@@ -1396,33 +1397,6 @@ std::string fmt_num(double x) {
   return buf;
 }
 
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-  return out;
-}
-
 // Renders 1234567.8 as "1,234,568".
 std::string fmt_grouped(double x) {
   if (!std::isfinite(x))
@@ -1875,19 +1849,19 @@ std::string to_json(const result& res) {
   auto field = [&](std::string_view name, const std::string& value) {
     if (out.size() > 1)
       out += ',';
-    out += json_string(name);
+    out += json_quote(name);
     out += ':';
     out += value;
   };
-  field("scenario", json_string(res.scenario));
+  field("scenario", json_quote(res.scenario));
   field("ops_per_s", fmt_num(res.ops_per_s));
   field("p50_ms", fmt_num(res.p50_ms));
   field("p99_ms", fmt_num(res.p99_ms));
   field("p999_ms", fmt_num(res.p999_ms));
-  field("baseline", json_string(res.baseline));
+  field("baseline", json_quote(res.baseline));
   field("baseline_ops_per_s", fmt_num(res.baseline_ops_per_s));
   field("ratio", fmt_num(res.ratio));
-  field("target", json_string(res.target));
+  field("target", json_quote(res.target));
   field("met", res.met ? "true" : "false");
   for (auto& [name, value] : res.extras)
     field(name, fmt_num(value));

@@ -10,6 +10,7 @@
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/admin.hpp"
 #include "runtime/error.hpp"
+#include "runtime/json.hpp"
 
 namespace granary::cli {
 
@@ -42,33 +43,6 @@ std::string iso_time(int64_t ms) {
   char buf[32];
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-std::string json_string(std::string_view in) {
-  std::string out = "\"";
-  for (unsigned char c : in) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  out += '"';
-  return out;
 }
 
 int fail(const caf::error& err) {
@@ -134,12 +108,12 @@ int dead_letters_main(int argc, char** argv) {
         std::printf("{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
                     "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
                     "\"error\":%s}\n",
-                    json_string(dl.target.type).c_str(),
-                    json_string(dl.target.key).c_str(),
-                    json_string(dl.msg_id).c_str(),
-                    json_string(dl.payload_type).c_str(), dl.attempts,
-                    json_string(iso_time(dl.dead_ms)).c_str(),
-                    json_string(dl.error).c_str());
+                    json_quote(dl.target.type).c_str(),
+                    json_quote(dl.target.key).c_str(),
+                    json_quote(dl.msg_id).c_str(),
+                    json_quote(dl.payload_type).c_str(), dl.attempts,
+                    json_quote(iso_time(dl.dead_ms)).c_str(),
+                    json_quote(dl.error).c_str());
       else
         std::printf("%s/%s  msg %s  %s  attempts %u  at %s\n    %s\n",
                     dl.target.type.c_str(), dl.target.key.c_str(),
