@@ -137,3 +137,17 @@ TEST_F(cli_test, refuses_a_directory_that_is_not_a_silo) {
   EXPECT_EQ(res.status, 1);
   EXPECT_NE(res.out.find("nothing-here"), std::string::npos) << res.out;
 }
+
+TEST(cli, bench_prints_the_contracted_json_fields) {
+  auto res = granary_cmd("bench transient-ping --duration 1 --json");
+  ASSERT_EQ(res.status, 0) << res.out;
+  for (auto* field : {"\"scenario\":\"transient-ping\"",
+                      "\"ops_per_s\":", "\"p50_ms\":", "\"p99_ms\":",
+                      "\"baseline\":", "\"baseline_ops_per_s\":", "\"ratio\":"})
+    EXPECT_NE(res.out.find(field), std::string::npos) << field << "\n"
+                                                      << res.out;
+  EXPECT_EQ(res.out.find("\"ops_per_s\":0,"), std::string::npos) << res.out;
+  auto bad = granary_cmd("bench no-such-scenario");
+  EXPECT_EQ(bad.status, 2) << bad.out;
+  EXPECT_NE(bad.out.find("no-such-scenario"), std::string::npos) << bad.out;
+}
