@@ -119,12 +119,13 @@ protected:
     cfg.timer_poll = 10ms;
   }
 
-  template <int Variant>
-  std::unique_ptr<silo> start() {
+  // Starts a silo with grain classes `Gs` on the shared storage and clock.
+  template <class... Gs>
+  std::unique_ptr<silo> start_with() {
     grain_registry reg;
-    EXPECT_FALSE(register_grain<probe>(reg));
-    EXPECT_FALSE(register_grain<order_flow<Variant>>(reg));
-    EXPECT_FALSE(register_grain<broken_flow>(reg));
+    auto check
+        = [](const caf::error& err) { EXPECT_FALSE(err) << describe(err); };
+    (check(register_grain<Gs>(reg)), ...);
     auto s = silo::start(cfg, std::move(reg),
                          std::make_unique<shared_storage>(mem), clk);
     if (!s) {
@@ -132,6 +133,11 @@ protected:
       return nullptr;
     }
     return std::move(*s);
+  }
+
+  template <int Variant>
+  std::unique_ptr<silo> start() {
+    return start_with<probe, order_flow<Variant>, broken_flow>();
   }
 
   static wire::WorkflowInfo describe_flow(silo& s, const std::string& id,
@@ -509,12 +515,7 @@ public:
 class signal_test : public workflow_test {
 protected:
   std::unique_ptr<silo> start_approval() {
-    grain_registry reg;
-    EXPECT_FALSE(register_grain<approval_flow>(reg));
-    auto s = silo::start(cfg, std::move(reg),
-                         std::make_unique<shared_storage>(mem), clk);
-    EXPECT_TRUE(s);
-    return s ? std::move(*s) : nullptr;
+    return start_with<approval_flow>();
   }
 
   static wire::Signal approve(int64_t value) {
@@ -638,13 +639,7 @@ public:
 class fan_test : public workflow_test {
 protected:
   std::unique_ptr<silo> start_fan() {
-    grain_registry reg;
-    EXPECT_FALSE(register_grain<probe>(reg));
-    EXPECT_FALSE(register_grain<fan_flow>(reg));
-    auto s = silo::start(cfg, std::move(reg),
-                         std::make_unique<shared_storage>(mem), clk);
-    EXPECT_TRUE(s);
-    return s ? std::move(*s) : nullptr;
+    return start_with<probe, fan_flow>();
   }
 };
 
@@ -784,13 +779,9 @@ public:
 } // namespace
 
 TEST_F(workflow_test, a_saga_compensates_in_reverse_order) {
-  grain_registry reg;
-  ASSERT_FALSE(register_grain<probe>(reg));
-  ASSERT_FALSE(register_grain<booking_flow>(reg));
-  auto started = silo::start(cfg, std::move(reg),
-                             std::make_unique<shared_storage>(mem), clk);
+  auto started = start_with<probe, booking_flow>();
   ASSERT_TRUE(started);
-  auto& s = **started;
+  auto& s = *started;
   Order o;
   o.add_items("hotel");
   o.add_items("car");
@@ -851,13 +842,9 @@ public:
 } // namespace
 
 TEST_F(workflow_test, continue_as_new_starts_fresh_runs_with_bounded_journals) {
-  grain_registry reg;
-  ASSERT_FALSE(register_grain<probe>(reg));
-  ASSERT_FALSE(register_grain<loop_flow>(reg));
-  auto started = silo::start(cfg, std::move(reg),
-                             std::make_unique<shared_storage>(mem), clk);
+  auto started = start_with<probe, loop_flow>();
   ASSERT_TRUE(started);
-  auto& s = **started;
+  auto& s = *started;
   Order o;
   for (int i = 0; i < 4; ++i)
     o.add_items("x");
@@ -903,13 +890,7 @@ public:
 class child_test : public workflow_test {
 protected:
   std::unique_ptr<silo> start_family() {
-    grain_registry reg;
-    EXPECT_FALSE(register_grain<approval_flow>(reg));
-    EXPECT_FALSE(register_grain<parent_flow>(reg));
-    auto s = silo::start(cfg, std::move(reg),
-                         std::make_unique<shared_storage>(mem), clk);
-    EXPECT_TRUE(s);
-    return s ? std::move(*s) : nullptr;
+    return start_with<approval_flow, parent_flow>();
   }
 
   bool settled(silo& s, const std::string& id, const std::string& type) {
