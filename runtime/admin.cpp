@@ -91,6 +91,16 @@ caf::expected<std::vector<dead_letter_info>> list_dead_letters(storage& store,
   return out;
 }
 
+caf::expected<std::optional<std::string>> read_grain_state(storage& store,
+                                                           const grain_id& id) {
+  auto meta = read_meta(store);
+  if (!meta)
+    return std::move(meta.error());
+  return store.get(
+      column::state,
+      keys::grain_prefix(partition_of(id, meta->partitions()), id));
+}
+
 caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
                                        const std::string& msg_id) {
   auto found = locate(store, target, msg_id);

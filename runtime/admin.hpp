@@ -32,6 +32,11 @@ caf::expected<std::vector<dead_letter_info>> list_dead_letters(storage& store,
 caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
                                        const std::string& msg_id);
 
+/// Reads the stored state record of grain `id` (nullopt when it has none),
+/// using the partition count recorded in the silo metadata.
+caf::expected<std::optional<std::string>> read_grain_state(storage& store,
+                                                           const grain_id& id);
+
 /// With no silo running on `store`: deletes a dead letter.
 caf::error drop_dead_letter_offline(storage& store, const grain_id& target,
                                     const std::string& msg_id);

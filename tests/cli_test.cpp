@@ -5,12 +5,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include "actors/workflow.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "test_grains.hpp"
 
@@ -150,4 +153,70 @@ TEST(cli, bench_prints_the_contracted_json_fields) {
   auto bad = granary_cmd("bench no-such-scenario");
   EXPECT_EQ(bad.status, 2) << bad.out;
   EXPECT_NE(bad.out.find("no-such-scenario"), std::string::npos) << bad.out;
+}
+
+namespace {
+
+// Sleeps an hour, then answers: a run to inspect while it waits.
+class wait_flow : public workflow<wait_flow, Add, Value> {
+public:
+  static constexpr std::string_view type_name = "test.wait";
+
+  task<Value> run(workflow_context& ctx, const Add& in) {
+    std::chrono::milliseconds hour{3'600'000};
+    if (auto slept = co_await ctx.sleep(hour); !slept)
+      co_return slept.error();
+    Value v;
+    v.set_value(in.delta());
+    co_return v;
+  }
+};
+
+} // namespace
+
+TEST_F(cli_test, workflow_history_shows_and_exports_the_journal) {
+  {
+    auto store = rocksdb_storage::open({.data_dir = dir});
+    ASSERT_TRUE(store);
+    grain_registry reg;
+    ASSERT_FALSE(register_grain<wait_flow>(reg));
+    auto s = silo::start(silo_config{}, std::move(reg), std::move(*store));
+    ASSERT_TRUE(s);
+    Add start;
+    start.set_delta(3);
+    ASSERT_FALSE((*s)->send(grain_id{"test.wait", "w-1"}, start));
+    ASSERT_TRUE(eventually([&] {
+      auto r = (*s)->call(grain_id{"test.wait", "w-1"},
+                          std::make_shared<wire::DescribeWorkflow>());
+      return r
+             && static_cast<const wire::WorkflowInfo&>(**r).journal_size() == 1;
+    }));
+  }
+  auto shown = granary_cmd("workflow history --data " + dir + " test.wait w-1");
+  ASSERT_EQ(shown.status, 0) << shown.out;
+  EXPECT_NE(shown.out.find("RUNNING"), std::string::npos) << shown.out;
+  EXPECT_NE(shown.out.find("SLEEP"), std::string::npos) << shown.out;
+  EXPECT_NE(shown.out.find("pending"), std::string::npos) << shown.out;
+  auto json
+      = granary_cmd("workflow history --json --data " + dir + " test.wait w-1");
+  EXPECT_NE(json.out.find("\"kind\":\"SLEEP\""), std::string::npos) << json.out;
+  auto file = dir + "/../" + std::filesystem::path{dir}.filename().string()
+              + ".journal";
+  auto exported = granary_cmd("workflow history --data " + dir
+                              + " test.wait w-1 --export " + file);
+  ASSERT_EQ(exported.status, 0) << exported.out;
+  std::ifstream in{file, std::ios::binary};
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  std::filesystem::remove(file);
+  wire::WorkflowState st;
+  ASSERT_TRUE(st.ParseFromString(bytes.str()));
+  // The exported journal is what a replay test in CI consumes.
+  EXPECT_FALSE(check_replay<wait_flow>(st));
+  auto missing
+      = granary_cmd("workflow history --data " + dir + " test.wait nope");
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_NE(missing.out.find("no workflow test.wait/nope"), std::string::npos)
+      << missing.out;
+  EXPECT_EQ(granary_cmd("workflow frob").status, 2);
 }

@@ -18,6 +18,7 @@
 #include "bench/scenarios.hpp"
 #include "runtime/error.hpp"
 #include "tools/granary/dead_letters_cmd.hpp"
+#include "tools/granary/workflow_cmd.hpp"
 
 namespace {
 
@@ -30,6 +31,8 @@ constexpr const char* usage_text
       "                     [--grains N] [--payload BYTES] [--data DIR] "
       "[--json]\n"
       "       granary dead-letters --data DIR [list|requeue|drop] ...\n"
+      "       granary workflow history --data DIR TYPE ID [--json] "
+      "[--export FILE]\n"
       "       granary help\n"
       "\n"
       "scenarios:\n"
@@ -211,5 +214,7 @@ int main(int argc, char** argv) {
     return run_bench({args.begin() + 1, args.end()});
   if (cmd == "dead-letters")
     return granary::cli::dead_letters_main(argc - 2, argv + 2);
+  if (cmd == "workflow")
+    return granary::cli::workflow_main(argc - 2, argv + 2);
   return usage_error("unknown command '" + cmd + "'");
 }
