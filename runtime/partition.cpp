@@ -917,14 +917,10 @@ void partition::on_tick() {
   if (now >= next_dedup_sweep_)
     sweep_dedup(now);
   arm(next_dedup_sweep_);
-  // Re-arm for the earliest remaining deadline.
+  // Re-arm for the earliest remaining deadline (retry_blocked and
+  // retry_outbox re-armed theirs while they walked their entries).
   if (!timer_queue_.empty())
     arm(timer_queue_.begin()->first);
-  for (auto* id : blocked_)
-    if (auto i = catalog_.find(*id); i != catalog_.end() && i->second->blocked)
-      arm(i->second->blocked->retry_at_ms);
-  for (auto& [key, out] : outbox_)
-    arm(out.next_attempt_ms);
   if (!catalog_.empty())
     arm(now + std::max<int64_t>(core_.cfg.idle_age.count() / 2, 1));
 }
@@ -978,9 +974,12 @@ void partition::retry_blocked(int64_t now) {
   std::vector<const grain_id*> due;
   for (auto* id : blocked_) {
     auto i = catalog_.find(*id);
-    if (i != catalog_.end() && i->second->blocked
-        && i->second->blocked->retry_at_ms <= now)
+    if (i == catalog_.end() || !i->second->blocked)
+      continue;
+    if (i->second->blocked->retry_at_ms <= now)
       due.push_back(id);
+    else
+      arm(i->second->blocked->retry_at_ms);
   }
   for (auto* id : due)
     if (auto i = catalog_.find(*id); i != catalog_.end())
@@ -988,9 +987,12 @@ void partition::retry_blocked(int64_t now) {
 }
 
 void partition::retry_outbox(int64_t now) {
-  for (auto& [key, out] : outbox_)
+  for (auto& [key, out] : outbox_) {
     if (out.next_attempt_ms <= now)
-      deliver(key, out);
+      deliver(key, out); // Arms the entry's next attempt itself.
+    else
+      arm(out.next_attempt_ms);
+  }
 }
 
 bool partition::can_deactivate(const activation& act) const {
