@@ -635,6 +635,33 @@ struct timed_hooks {
   std::function<void()> window_closed;
 };
 
+/// Silo counters and storage counts at the opening and closing of a
+/// measured window, for per-operation figures.
+struct window_snapshots {
+  silo_stats s0;
+  silo_stats s1;
+  storage_counts c0;
+  storage_counts c1;
+  int64_t s0_ns = 0;
+  int64_t s1_ns = 0;
+
+  /// Hooks that take the snapshots; `this` must outlive the run.
+  timed_hooks hooks(silo& s, const counting_storage& counts) {
+    timed_hooks out;
+    out.window_opened = [this, &s, &counts] {
+      s0 = s.stats();
+      c0 = counts.counts();
+      s0_ns = now_ns();
+    };
+    out.window_closed = [this, &s, &counts] {
+      s1 = s.stats();
+      c1 = counts.counts();
+      s1_ns = now_ns();
+    };
+    return out;
+  }
+};
+
 std::string fmt_rate(double x) {
   char buf[64];
   if (x >= 1e6)
@@ -1012,23 +1039,8 @@ measure_durable(const std::string& data_dir, double duration_s,
   st->msgs.resize(concurrency);
   for (auto& m : st->msgs)
     m.set_payload(std::string(payload, 'x'));
-  silo_stats s0;
-  silo_stats s1;
-  storage_counts c0;
-  storage_counts c1;
-  int64_t s0_ns = 0;
-  int64_t s1_ns = 0;
-  timed_hooks hooks;
-  hooks.window_opened = [&] {
-    s0 = (*s)->stats();
-    c0 = counts->counts();
-    s0_ns = now_ns();
-  };
-  hooks.window_closed = [&] {
-    s1 = (*s)->stats();
-    c1 = counts->counts();
-    s1_ns = now_ns();
-  };
+  window_snapshots w;
+  auto hooks = w.hooks(**s, *counts);
   st->outstanding = static_cast<int64_t>(concurrency);
   st->start_clock(duration_s);
   for (size_t slot = 0; slot < concurrency; ++slot)
@@ -1040,9 +1052,9 @@ measure_durable(const std::string& data_dir, double duration_s,
   if (stop_err)
     return stop_err;
   out.load = figures_of(*st);
-  auto ops = static_cast<double>(s1.commits.ops - s0.commits.ops);
-  auto groups = static_cast<double>(s1.commits.groups - s0.commits.groups);
-  auto turns = static_cast<double>(s1.durable_turns - s0.durable_turns);
+  auto ops = static_cast<double>(w.s1.commits.ops - w.s0.commits.ops);
+  auto groups = static_cast<double>(w.s1.commits.groups - w.s0.commits.groups);
+  auto turns = static_cast<double>(w.s1.durable_turns - w.s0.durable_turns);
   if (ops <= 0 || groups <= 0 || turns <= 0)
     return make_error(errc::unspecified,
                       label
@@ -1050,8 +1062,8 @@ measure_durable(const std::string& data_dir, double duration_s,
                             "window");
   out.ops_per_msg = ops / turns;
   out.ops_per_fsync = ops / groups;
-  out.fsyncs_per_s = groups / to_s(s1_ns - s0_ns);
-  out.bytes_per_msg = static_cast<double>(c1.bytes - c0.bytes) / turns;
+  out.fsyncs_per_s = groups / to_s(w.s1_ns - w.s0_ns);
+  out.bytes_per_msg = static_cast<double>(w.c1.bytes - w.c0.bytes) / turns;
   return out;
 }
 
@@ -1174,23 +1186,8 @@ measure_workflows(const std::string& data_dir, double duration_s,
   st->grains = grains;
   st->payload = std::string(payload, 'x');
   st->slots = std::make_unique<workflow_slot[]>(concurrency);
-  silo_stats s0;
-  silo_stats s1;
-  storage_counts c0;
-  storage_counts c1;
-  int64_t s0_ns = 0;
-  int64_t s1_ns = 0;
-  timed_hooks hooks;
-  hooks.window_opened = [&] {
-    s0 = (*s)->stats();
-    c0 = counts->counts();
-    s0_ns = now_ns();
-  };
-  hooks.window_closed = [&] {
-    s1 = (*s)->stats();
-    c1 = counts->counts();
-    s1_ns = now_ns();
-  };
+  window_snapshots w;
+  auto hooks = w.hooks(**s, *counts);
   current_workflow_load.store(st.get(), std::memory_order_release);
   st->outstanding = static_cast<int64_t>(concurrency);
   st->start_clock(duration_s);
@@ -1206,8 +1203,8 @@ measure_workflows(const std::string& data_dir, double duration_s,
   workflow_figures out;
   out.load = figures_of(*st);
   auto done = static_cast<double>(st->in_window.load());
-  auto ops = static_cast<double>(s1.commits.ops - s0.commits.ops);
-  auto groups = static_cast<double>(s1.commits.groups - s0.commits.groups);
+  auto ops = static_cast<double>(w.s1.commits.ops - w.s0.commits.ops);
+  auto groups = static_cast<double>(w.s1.commits.groups - w.s0.commits.groups);
   if (done <= 0 || ops <= 0 || groups <= 0)
     return make_error(errc::unspecified,
                       label + ": no run completed inside the measured window");
@@ -1216,17 +1213,17 @@ measure_workflows(const std::string& data_dir, double duration_s,
   };
   auto put_bytes = [&](column col) {
     auto i = static_cast<size_t>(col);
-    return per(c0.put_bytes[i], c1.put_bytes[i]);
+    return per(w.c0.put_bytes[i], w.c1.put_bytes[i]);
   };
-  out.turns_per_workflow = per(s0.durable_turns, s1.durable_turns);
+  out.turns_per_workflow = per(w.s0.durable_turns, w.s1.durable_turns);
   out.ops_per_workflow = ops / done;
   out.ops_per_fsync = ops / groups;
-  out.fsyncs_per_s = groups / to_s(s1_ns - s0_ns);
-  out.bytes_per_workflow = per(c0.bytes, c1.bytes);
+  out.fsyncs_per_s = groups / to_s(w.s1_ns - w.s0_ns);
+  out.bytes_per_workflow = per(w.c0.bytes, w.c1.bytes);
   out.state_bytes_per_workflow = put_bytes(column::state);
   out.outbox_bytes_per_workflow = put_bytes(column::outbox);
   out.dedup_bytes_per_workflow = put_bytes(column::dedup);
-  out.reads_per_workflow = per(c0.reads, c1.reads);
+  out.reads_per_workflow = per(w.c0.reads, w.c1.reads);
   return out;
 }
 
