@@ -441,8 +441,12 @@ private:
     auto status = this->view().status();
     if (status == wire::WorkflowState::COMPLETED
         || status == wire::WorkflowState::FAILED
-        || status == wire::WorkflowState::NEW)
+        || status == wire::WorkflowState::NEW) {
+      // Handlers may have bound the turn for the engine: unbind it here
+      // too, so the engine never keeps a pointer past its turn.
+      engine_.set_turn(nullptr);
       return;
+    }
     auto& st = this->state();
     engine_.bind(&st, &t.self());
     engine_.set_turn(&t);
