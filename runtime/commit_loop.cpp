@@ -1,5 +1,7 @@
 #include "runtime/commit_loop.hpp"
 
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/error.hpp"
@@ -46,7 +48,52 @@ caf::error commit_loop::failure() const {
 }
 
 commit_stats commit_loop::stats() const {
-  return commit_stats{groups_.load(), batches_.load(), ops_.load()};
+  return commit_stats{groups_.load(), batches_.load(), ops_.load(),
+                      cancelled_.load(), superseded_.load()};
+}
+
+void commit_loop::coalesce(std::vector<item>& group) {
+  for (auto& m : last_)
+    m.clear();
+  std::vector<std::vector<bool>> drop(group.size());
+  auto mark = [&](size_t b, size_t i) {
+    if (drop[b].empty())
+      drop[b].resize(group[b].batch.size(), false);
+    drop[b][i] = true;
+  };
+  uint64_t cancelled = 0;
+  uint64_t superseded = 0;
+  for (size_t b = 0; b < group.size(); ++b) {
+    auto& ops = group[b].batch.ops();
+    for (size_t i = 0; i < ops.size(); ++i) {
+      auto& op = ops[i];
+      auto& last = last_[static_cast<size_t>(op.col)];
+      auto [it, fresh] = last.try_emplace(op.key, op_pos{b, i});
+      if (fresh)
+        continue;
+      auto [pb, pi] = it->second;
+      mark(pb, pi);
+      // Outbox keys are unique for the life of the data directory, so a
+      // put inside this group means that the key did not exist before:
+      // deleting it again leaves nothing to write at all.
+      if (op.erase && op.col == column::outbox
+          && !group[pb].batch.ops()[pi].erase) {
+        mark(b, i);
+        last.erase(it);
+        ++cancelled;
+        continue;
+      }
+      it->second = op_pos{b, i};
+      ++superseded;
+    }
+  }
+  if (cancelled + superseded == 0)
+    return;
+  for (size_t b = 0; b < group.size(); ++b)
+    if (!drop[b].empty())
+      group[b].batch.drop_marked(drop[b]);
+  cancelled_.fetch_add(cancelled, std::memory_order_relaxed);
+  superseded_.fetch_add(superseded, std::memory_order_relaxed);
 }
 
 void commit_loop::run() {
@@ -69,6 +116,7 @@ void commit_loop::run() {
         queue_.pop_front();
       }
     }
+    coalesce(group);
     views.clear();
     size_t ops = 0;
     for (auto& x : group) {

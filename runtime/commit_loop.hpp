@@ -1,12 +1,16 @@
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string_view>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include <caf/error.hpp>
 
@@ -22,6 +26,11 @@ struct commit_stats {
   uint64_t batches = 0;
   /// Operations (puts and deletes) committed.
   uint64_t ops = 0;
+  /// Outbox records put and deleted within one group, so never written.
+  uint64_t cancelled = 0;
+  /// Operations dropped because a later one in the same group wrote the
+  /// same key.
+  uint64_t superseded = 0;
 };
 
 /// Group commit in the runtime: one thread merges the batches of many turns
@@ -70,6 +79,20 @@ private:
 
   void run();
 
+  // The group is written atomically, so only the last operation on each
+  // key matters: drops the earlier ones (a grain's state written by several
+  // turns), and drops outbox records put and deleted within the group (a
+  // message delivered and processed before its sender's commit) entirely.
+  void coalesce(std::vector<item>& group);
+
+  struct op_pos {
+    size_t batch;
+    size_t op;
+  };
+  // Last operation per key in the group being coalesced, per column;
+  // members so that their buckets are reused.
+  std::array<std::unordered_map<std::string_view, op_pos>, column_count> last_;
+
   storage& store_;
   size_t max_group_ops_;
   mutable std::mutex mtx_;
@@ -81,6 +104,8 @@ private:
   std::atomic<uint64_t> groups_{0};
   std::atomic<uint64_t> batches_{0};
   std::atomic<uint64_t> ops_{0};
+  std::atomic<uint64_t> cancelled_{0};
+  std::atomic<uint64_t> superseded_{0};
   std::thread thread_;
 };
 

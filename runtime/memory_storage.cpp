@@ -1,5 +1,7 @@
 #include "runtime/memory_storage.hpp"
 
+#include <thread>
+
 #include "runtime/error.hpp"
 
 namespace granary {
@@ -17,6 +19,8 @@ caf::error memory_storage::commit(std::span<const write_batch* const> batches) {
   if (fail_commits_)
     return make_error(errc::storage_failure,
                       "memory storage: injected commit failure");
+  if (auto ms = commit_delay_ms_.load(); ms > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds{ms});
   std::lock_guard guard{mtx_};
   for (auto* batch : batches) {
     for (auto& op : batch->ops()) {

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,11 @@ public:
     fail_commits_ = value;
   }
 
+  /// Makes every commit take at least `d` (a slow disk).
+  void set_commit_delay(std::chrono::milliseconds d) {
+    commit_delay_ms_ = d.count();
+  }
+
   /// Pretends that only `bytes` are free (nullopt: unknown).
   void set_free_bytes(std::optional<uint64_t> bytes);
 
@@ -49,6 +55,7 @@ private:
   std::array<std::map<std::string, std::string, std::less<>>, column_count>
       data_;
   std::atomic<bool> fail_commits_{false};
+  std::atomic<int64_t> commit_delay_ms_{0};
   std::optional<uint64_t> free_bytes_;
   std::atomic<uint64_t> commits_{0};
 };

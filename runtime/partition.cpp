@@ -264,6 +264,7 @@ void partition::on_deliver(deliver_msg& m) {
   work_item item;
   item.env = env;
   item.from = m.from;
+  item.record = false;
   if (failed_ || stopping_)
     return; // The sender redelivers after its timeout or restart.
   int64_t retry_ms = 10;
@@ -283,12 +284,14 @@ void partition::on_deliver(deliver_msg& m) {
       ack_sender(item, caf::none, 0);
       return;
     }
-    auto seen = core_.store->get(column::dedup, dk);
-    if (!seen) {
-      fail_stop(seen.error());
+    // Redeliveries leave only once the sender's record is durable; the
+    // commit that processed an earlier copy deleted it.
+    auto stored = core_.store->get(column::outbox, env->ack_key());
+    if (!stored) {
+      fail_stop(stored.error());
       return;
     }
-    if (*seen) {
+    if (!*stored) {
       bump(core_.stats.duplicates);
       ack_sender(item, caf::none, 0);
       return;
@@ -357,6 +360,9 @@ void partition::ack_sender(work_item& item, caf::error err,
     caf::anon_send(to, std::move(ack));
     return;
   }
+  // Same commit as the processing (or storing) of the message: after a
+  // crash, either both happened or the sender redelivers.
+  batch_.erase(column::outbox, ack.outbox_key);
   defer([to, ack = std::move(ack)](const caf::error& err) {
     if (!err)
       caf::anon_send(to, ack);
@@ -373,7 +379,6 @@ void partition::on_ack(ack_msg& m) {
     arm(i->second.next_attempt_ms);
     return;
   }
-  batch_.erase(column::outbox, m.outbox_key);
   if (auto c = outbox_count_.find(i->second.sender); c != outbox_count_.end())
     if (--c->second == 0)
       outbox_count_.erase(c);
@@ -486,7 +491,8 @@ void partition::run_durable(activation& act, work_item& item) {
   }
   if (item.dedup) {
     auto dk = keys::with_suffix(prefix_of(*act.id), env.msg_id());
-    batch_.put(column::dedup, dk, encode_ms(t.now_ms()));
+    if (item.record)
+      batch_.put(column::dedup, dk, encode_ms(t.now_ms()));
     batch_ids_.push_back(dk);
   }
   finish_source(item);
@@ -557,7 +563,8 @@ void partition::dead_letter(activation* act, work_item& item, errc code,
              dl.SerializeAsString());
   if (item.dedup) {
     auto dk = keys::with_suffix(prefix, env.msg_id());
-    batch_.put(column::dedup, dk, encode_ms(dl.dead_ms()));
+    if (item.record)
+      batch_.put(column::dedup, dk, encode_ms(dl.dead_ms()));
     batch_ids_.push_back(dk);
   }
   finish_source(item);
@@ -750,6 +757,9 @@ void partition::flush() {
     return;
   }
   auto ticket = next_ticket_++;
+  // The batch moves to the commit thread: size the next one like it, so
+  // that it does not grow by reallocation, moving every record each time.
+  auto expected_ops = batch_.size();
   inflight_.push_back(inflight{ticket, batch_turns_, std::move(effects_),
                                std::move(batch_ids_)});
   effects_.clear();
@@ -761,6 +771,17 @@ void partition::flush() {
                           caf::anon_send(self, committed_msg{ticket, err});
                         });
   batch_.clear();
+  batch_.reserve(expected_ops);
+  // Submitted: any receiver's commit now lands after this one, so the
+  // messages may go before it is durable.
+  auto keys = std::move(batch_outbox_);
+  batch_outbox_.clear();
+  for (auto& key : keys) {
+    if (auto i = outbox_.find(key); i != outbox_.end()) {
+      i->second.submitted = true;
+      deliver(key, i->second);
+    }
+  }
 }
 
 void partition::on_committed(committed_msg& m) {
@@ -821,8 +842,13 @@ void partition::fail_stop(const caf::error& err) {
 // -- outbox -------------------------------------------------------------------
 
 void partition::deliver(const std::string& key, pending_out& out) {
+  if (!out.submitted)
+    return; // `flush` delivers it.
   auto now = core_.clk->now_ms();
-  if (core_.reserve(out.target_partition)) {
+  if (out.attempts > 0 && !out.durable) {
+    // A receiver tells a redelivery by the durable record; wait for it.
+    out.next_attempt_ms = now + 10;
+  } else if (core_.reserve(out.target_partition)) {
     out.next_attempt_ms = now + 10;
   } else {
     bool fresh = out.attempts == 0;
@@ -845,11 +871,12 @@ void partition::put_outbox(const grain_id& sender, uint32_t to,
   batch_.put(column::outbox, key, env->SerializeAsString());
   outbox_[key] = pending_out{std::move(env), sender, to, never, 0};
   ++outbox_count_[sender];
+  batch_outbox_.push_back(key);
   defer([this, key](const caf::error& err) {
     if (err)
       return;
     if (auto i = outbox_.find(key); i != outbox_.end())
-      deliver(key, i->second);
+      i->second.durable = true;
   });
 }
 
@@ -1151,8 +1178,13 @@ caf::error partition::recover() {
     ++outbox_count_[sender];
     // Attempts start at 1: an earlier run may have delivered it already.
     outbox_[std::move(key)]
-        = pending_out{std::move(env), std::move(sender),
-                      partition_of(target, core_.cfg.partitions), now, 1};
+        = pending_out{std::move(env),
+                      std::move(sender),
+                      partition_of(target, core_.cfg.partitions),
+                      now,
+                      1,
+                      true,
+                      true};
   });
   if (err)
     return err;

@@ -60,7 +60,10 @@ struct send_msg {
   bool fresh = false;
 };
 
-/// Durable message from another partition's outbox.
+/// Durable message from another partition's outbox, on the same silo. The
+/// first delivery may leave before the sender's batch is durable, but never
+/// before it is submitted to the commit loop, so the receiver's commit can
+/// only land after (or with) the sender's.
 struct deliver_msg {
   envelope_ptr env;
   uint32_t from;
@@ -68,7 +71,9 @@ struct deliver_msg {
   bool fresh = false;
 };
 
-/// Receiver's answer to a `deliver_msg`.
+/// Receiver's answer to a `deliver_msg`. A success means that the receiver
+/// deleted the sender's outbox record in the same commit as its processing,
+/// so the sender only forgets the entry.
 struct ack_msg {
   std::string outbox_key;
   caf::error err;
@@ -130,10 +135,15 @@ private:
     // Where the message is stored (inbox or timers); empty if nowhere yet.
     column source_col = column::inbox;
     std::string source_key;
-    // Whether processing writes a dedup record. Not for timers (their
-    // record is the source of truth) nor for client sends whose id the
-    // silo generated: nobody can ever resend those ids.
+    // Whether the message id is in `pending_ids_` until the processing
+    // commits. Not for timers (their record is the source of truth) nor
+    // for client sends whose id the silo generated: nobody can ever resend
+    // those ids.
     bool dedup = true;
+    // Whether processing also writes a dedup record. Not for deliveries
+    // from a local outbox: their processing deletes the sender's record in
+    // the same commit, so a redelivery after a crash cannot happen.
+    bool record = true;
   };
 
   struct blocked_queue {
@@ -161,6 +171,12 @@ private:
     uint32_t target_partition = 0;
     int64_t next_attempt_ms = 0;
     uint32_t attempts = 0;
+    // The batch that stores the entry was handed to the commit loop: the
+    // first delivery may go.
+    bool submitted = false;
+    // That batch is durable: redeliveries may go (the receiver then checks
+    // the stored record to tell a duplicate).
+    bool durable = false;
   };
 
   struct timer_entry {
@@ -251,6 +267,8 @@ private:
   write_batch batch_;
   std::vector<effect> effects_;
   std::vector<std::string> batch_ids_;
+  // Outbox keys stored by the current batch, delivered when it is submitted.
+  std::vector<std::string> batch_outbox_;
   size_t batch_turns_ = 0;
   bool flush_scheduled_ = false;
   uint64_t next_ticket_ = 1;

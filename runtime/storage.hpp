@@ -59,6 +59,27 @@ public:
     return ops_.empty();
   }
 
+  /// Removes the operations at the positions that `drop` marks; `drop` has
+  /// one entry per operation.
+  void drop_marked(const std::vector<bool>& drop) {
+    size_t out = 0;
+    bytes_ = 0;
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      if (drop[i])
+        continue;
+      if (out != i)
+        ops_[out] = std::move(ops_[i]);
+      bytes_ += ops_[out].key.size() + ops_[out].value.size();
+      ++out;
+    }
+    ops_.resize(out);
+  }
+
+  /// Makes room for `n` operations without reallocating.
+  void reserve(size_t n) {
+    ops_.reserve(n);
+  }
+
   /// Removes all operations.
   void clear() noexcept {
     ops_.clear();
