@@ -1,15 +1,35 @@
 #include "actors/activity.hpp"
 
+#include <algorithm>
+
 #include "runtime/log.hpp"
 #include "runtime/silo.hpp"
 #include "workflow.pb.h"
 
 namespace granary {
 
+namespace {
+
+int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+} // namespace
+
+bool activity_context::heartbeat() const {
+  if (!state)
+    return true;
+  state->last_beat_ms.store(steady_ms());
+  return !state->abandoned.load();
+}
+
 activity_pool::activity_pool(size_t threads, size_t max_queue)
     : max_queue_(max_queue == 0 ? 1 : max_queue) {
   for (size_t i = 0; i < (threads == 0 ? 1 : threads); ++i)
     threads_.emplace_back([this] { work(); });
+  monitor_ = std::thread{[this] { monitor(); }};
 }
 
 activity_pool::~activity_pool() {
@@ -44,6 +64,13 @@ caf::error activity_pool::submit(job j, const std::string& input_type) {
   return caf::none;
 }
 
+void activity_pool::abandon(const grain_id& workflow, uint32_t run) {
+  std::lock_guard guard{mtx_};
+  for (auto& r : running_)
+    if (r.j.workflow == workflow && r.j.run == run)
+      r.state->abandoned = true;
+}
+
 void activity_pool::stop() {
   {
     std::lock_guard guard{mtx_};
@@ -51,17 +78,93 @@ void activity_pool::stop() {
       return;
     stopping_ = true;
     queue_.clear();
+    for (auto& r : running_)
+      r.state->abandoned = true;
   }
   cv_.notify_all();
+  monitor_cv_.notify_all();
   for (auto& t : threads_)
     if (t.joinable())
       t.join();
   threads_.clear();
+  if (monitor_.joinable())
+    monitor_.join();
+}
+
+void activity_pool::report(const job& j, std::string result_type,
+                           std::string result, const caf::error& err) {
+  if (stopping_ || !silo_) {
+    log(log_level::warning, "activity '" + j.name + "' result dropped: "
+                                + (stopping_ ? "the pool is stopping"
+                                             : "the pool is not attached"));
+    return;
+  }
+  wire::ActivityResult msg;
+  msg.set_seq(j.seq);
+  msg.set_attempt(j.attempt);
+  msg.set_run(j.run);
+  if (err) {
+    msg.set_error_code(static_cast<uint32_t>(code_of(err)));
+    msg.set_error(describe(err));
+  } else {
+    msg.set_result_type(std::move(result_type));
+    msg.set_result(std::move(result));
+  }
+  // A result that is not delivered (pool stopping, silo overloaded) is not
+  // lost work: the workflow retries the attempt after its start_to_close
+  // timeout.
+  auto msg_id = "act:" + std::to_string(j.run) + ":" + std::to_string(j.seq)
+                + ":" + std::to_string(j.attempt);
+  silo_->send_async(j.workflow, msg, std::move(msg_id),
+                    [name = j.name](const caf::error& err) {
+                      if (err)
+                        log(log_level::warning,
+                            "activity '" + name
+                                + "' result not delivered: " + describe(err));
+                    });
+}
+
+void activity_pool::monitor() {
+  std::unique_lock guard{mtx_};
+  // Bounded: each pass handles at most one entry per worker, then sleeps
+  // until the earliest heartbeat deadline (or a new attempt starts).
+  while (!stopping_) {
+    auto now = steady_ms();
+    int64_t next = now + 1'000;
+    for (auto i = running_.begin(); i != running_.end();) {
+      auto timeout = i->j.heartbeat_timeout_ms;
+      if (timeout <= 0 || i->state->abandoned.load()) {
+        ++i;
+        continue;
+      }
+      auto due = i->state->last_beat_ms.load() + timeout;
+      if (due > now) {
+        next = std::min(next, due);
+        ++i;
+        continue;
+      }
+      i->state->abandoned = true;
+      log(log_level::warning,
+          "activity '" + i->j.name + "' of workflow " + to_string(i->j.workflow)
+              + " (seq " + std::to_string(i->j.seq) + ", attempt "
+              + std::to_string(i->j.attempt) + ") sent no heartbeat for "
+              + std::to_string(timeout) + " ms");
+      report(i->j, {}, {},
+             make_error(errc::timeout,
+                        "attempt " + std::to_string(i->j.attempt)
+                            + " sent no heartbeat within heartbeat_timeout of "
+                            + std::to_string(timeout) + " ms"));
+      ++i;
+    }
+    monitor_cv_.wait_for(
+        guard, std::chrono::milliseconds{std::max<int64_t>(next - now, 1)});
+  }
 }
 
 void activity_pool::work() {
   for (;;) {
     job j;
+    auto state = std::make_shared<detail::attempt_state>();
     {
       std::unique_lock guard{mtx_};
       cv_.wait(guard, [this] { return stopping_ || !queue_.empty(); });
@@ -69,51 +172,35 @@ void activity_pool::work() {
         return;
       j = std::move(queue_.front());
       queue_.pop_front();
+      state->last_beat_ms = steady_ms();
+      running_.push_back(running{j, state});
     }
+    if (j.heartbeat_timeout_ms > 0)
+      monitor_cv_.notify_one();
     // Runs after the first keep the key unique: "id:run.seq".
     auto key
         = j.workflow.key + ":"
           + (j.run == 0 ? std::to_string(j.seq)
                         : std::to_string(j.run) + "." + std::to_string(j.seq));
-    activity_context ctx{j.workflow.key, j.seq, j.attempt, std::move(key)};
-    wire::ActivityResult result;
-    result.set_seq(j.seq);
-    result.set_attempt(j.attempt);
-    result.set_run(j.run);
+    activity_context ctx{j.workflow.key, j.seq, j.attempt, std::move(key),
+                         state};
+    std::string result;
+    std::string result_type;
     caf::error err;
     try {
       auto& run = activities_.at(j.name).run;
-      err = run(ctx, j.input, *result.mutable_result(),
-                *result.mutable_result_type());
+      err = run(ctx, j.input, result, result_type);
     } catch (const std::exception& e) {
       err = make_error(errc::handler_failed,
                        "activity '" + j.name + "' threw: " + e.what());
     }
-    if (err) {
-      result.clear_result();
-      result.clear_result_type();
-      result.set_error_code(static_cast<uint32_t>(code_of(err)));
-      result.set_error(describe(err));
-    }
-    // A result that is not delivered (pool stopping, silo overloaded) is
-    // not lost work: the workflow retries the attempt after its
-    // start_to_close timeout.
-    auto msg_id = "act:" + std::to_string(j.run) + ":" + std::to_string(j.seq)
-                  + ":" + std::to_string(j.attempt);
     std::lock_guard guard{mtx_};
-    if (stopping_ || !silo_) {
-      log(log_level::warning, "activity '" + j.name + "' result dropped: "
-                                  + (stopping_ ? "the pool is stopping"
-                                               : "the pool is not attached"));
-      continue;
-    }
-    silo_->send_async(j.workflow, result, std::move(msg_id),
-                      [name = j.name](const caf::error& err) {
-                        if (err)
-                          log(log_level::warning,
-                              "activity '" + name
-                                  + "' result not delivered: " + describe(err));
-                      });
+    running_.erase(
+        std::find_if(running_.begin(), running_.end(),
+                     [&](const running& r) { return r.state == state; }));
+    if (state->abandoned.load())
+      continue; // Timed out or cancelled: its outcome is settled already.
+    report(j, std::move(result_type), std::move(result), err);
   }
 }
 

@@ -1,11 +1,13 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -21,6 +23,16 @@ namespace granary {
 
 class silo;
 
+namespace detail {
+
+/// Shared between a running attempt and the pool's heartbeat monitor.
+struct attempt_state {
+  std::atomic<int64_t> last_beat_ms{0};
+  std::atomic<bool> abandoned{false};
+};
+
+} // namespace detail
+
 /// What an activity attempt knows about itself.
 struct activity_context {
   std::string workflow_id;
@@ -29,6 +41,20 @@ struct activity_context {
   /// Stable across attempts: workflow id + ":" + sequence number. Pass it
   /// to the outside world so that a retried attempt is not applied twice.
   std::string idempotency_key;
+  /// Internal: the attempt's heartbeat record.
+  std::shared_ptr<detail::attempt_state> state;
+
+  /// Tells the pool that the attempt makes progress; call it more often
+  /// than the activity's `heartbeat_timeout`. Returns false once the
+  /// attempt is abandoned (its heartbeat timed out, its workflow was
+  /// cancelled, or the pool is stopping): stop work and return an error;
+  /// the result would be ignored anyway.
+  bool heartbeat() const;
+
+  /// True once the attempt is abandoned (see `heartbeat`).
+  bool abandoned() const {
+    return state && state->abandoned.load();
+  }
 };
 
 /// Retry policy and timeout of an activity.
@@ -42,6 +68,11 @@ struct activity_options {
   std::vector<errc> non_retryable;
   /// An attempt that has not finished after this long counts as failed.
   std::chrono::milliseconds start_to_close{60'000};
+  /// When positive, an attempt that does not call
+  /// `activity_context::heartbeat` for this long counts as failed (a hung
+  /// call is noticed long before `start_to_close`). Checked in memory by the
+  /// pool: heartbeats cost no write.
+  std::chrono::milliseconds heartbeat_timeout{0};
 };
 
 /// Runs activities (calls to the outside world) off the silo's threads on
@@ -58,6 +89,8 @@ public:
     std::string input;
     /// The workflow's continue-as-new run the attempt belongs to.
     uint32_t run = 0;
+    /// 0: no heartbeat required.
+    int64_t heartbeat_timeout_ms = 0;
   };
 
   /// Starts `threads` workers; at most `max_queue` attempts wait.
@@ -108,6 +141,11 @@ public:
   /// `invalid_argument` for an unknown activity or input type.
   caf::error submit(job j, const std::string& input_type);
 
+  /// Marks the running attempts of run `run` of `workflow` abandoned (the
+  /// workflow was cancelled): their `heartbeat()` returns false and their
+  /// results are dropped.
+  void abandon(const grain_id& workflow, uint32_t run);
+
   /// Finishes running attempts and stops the workers. Attempts still
   /// queued are dropped: their workflows retry them after their timeout.
   void stop();
@@ -121,16 +159,33 @@ private:
     runner run;
   };
 
+  // An attempt on a worker thread.
+  struct running {
+    job j;
+    std::shared_ptr<detail::attempt_state> state;
+  };
+
   void work();
+  // Fails attempts whose heartbeat is overdue.
+  void monitor();
+  // Sends an attempt's outcome to its workflow; called with `mtx_` held.
+  // The worker and the monitor use the same message id, so only the first
+  // of the two outcomes of an attempt is recorded.
+  void report(const job& j, std::string result_type, std::string result,
+              const caf::error& err);
 
   std::map<std::string, entry> activities_;
   size_t max_queue_;
   std::mutex mtx_;
   std::condition_variable cv_;
   std::deque<job> queue_;
+  // At most one entry per worker thread.
+  std::vector<running> running_;
+  std::condition_variable monitor_cv_;
   bool stopping_ = false;
   silo* silo_ = nullptr;
   std::vector<std::thread> threads_;
+  std::thread monitor_;
 };
 
 } // namespace granary

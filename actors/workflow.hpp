@@ -184,6 +184,16 @@ public:
     return engine_->continue_as_new(next);
   }
 
+  /// Publishes `value` under `name` for queries: `QueryWorkflow{name}`
+  /// reads the latest value without replaying or waking the code. Not
+  /// journaled: replay publishes the same values again. At most
+  /// `workflow_engine::max_published` names of up to
+  /// `workflow_engine::max_published_bytes` each.
+  caf::error publish(const std::string& name,
+                     const google::protobuf::Message& value) {
+    return engine_->publish(name, value);
+  }
+
   /// Patch point for changing workflow code: runs that passed this point
   /// before `change_id` existed get `min`; new runs get `max`, recorded.
   int64_t version(const std::string& change_id, int64_t min, int64_t max) {
@@ -204,10 +214,20 @@ private:
   const grain_id* self_;
 };
 
+/// Per-type settings of a workflow, given at registration.
+struct workflow_options {
+  /// Journal entries of one run at which a warning suggests
+  /// continue-as-new.
+  size_t journal_warn = workflow_engine::default_journal_warn;
+  /// Journal entries of one run at which the run fails.
+  size_t journal_limit = workflow_engine::default_journal_limit;
+};
+
 /// Base class of workflows: a grain whose state is its journal and whose
 /// entry point is `task<Output> run(workflow_context&, const Input&)`.
-/// Sending an `Input` starts it (a second start is ignored: ids are
-/// unique); `DescribeWorkflow` queries it without replaying.
+/// Sending an `Input` (or a `StartWorkflow`) starts it; a second start
+/// returns the existing run (ids are unique) unless it asks to be rejected.
+/// `DescribeWorkflow` and `QueryWorkflow` read it without replaying.
 template <class Derived, class Input, class Output>
 class workflow : public grain<Derived, wire::WorkflowState> {
 public:
@@ -243,20 +263,60 @@ public:
                                             const wire::ActivityTimeout&)>(
             &workflow::on_activity_timeout))
         .on(static_cast<info (Derived::*)(
-                turn&, const wire::DescribeWorkflow&)>(&workflow::on_describe));
+                turn&, const wire::DescribeWorkflow&)>(&workflow::on_describe))
+        .on(static_cast<info (Derived::*)(turn&, const wire::StartWorkflow&)>(
+            &workflow::on_start_workflow))
+        .on(static_cast<caf::expected<wire::QueryResult> (Derived::*)(
+                turn&, const wire::QueryWorkflow&)>(&workflow::on_query));
   }
 
   caf::expected<wire::WorkflowInfo> on_start(turn& t, const Input& in) {
-    if (this->view().status() == wire::WorkflowState::NEW) {
-      auto& st = this->state();
-      st.set_status(wire::WorkflowState::RUNNING);
-      st.set_input_type(std::string{Input::descriptor()->full_name()});
-      in.SerializeToString(st.mutable_input());
-      st.set_start_msg_id(t.message_id());
-      st.set_random_seed(stable_hash(grain_id{t.message_id(), t.self().key}));
-      advance(t, {});
+    if (this->view().status() != wire::WorkflowState::NEW)
+      return info();
+    auto& st = this->state();
+    st.set_status(wire::WorkflowState::RUNNING);
+    st.set_input_type(std::string{Input::descriptor()->full_name()});
+    in.SerializeToString(st.mutable_input());
+    st.set_start_msg_id(t.message_id());
+    st.set_random_seed(stable_hash(grain_id{t.message_id(), t.self().key}));
+    advance(t, {});
+    auto out = info();
+    out.set_started(true);
+    return out;
+  }
+
+  caf::expected<wire::WorkflowInfo>
+  on_start_workflow(turn& t, const wire::StartWorkflow& m) {
+    Input in;
+    if (m.input_type() != input_type_name() || !in.ParseFromString(m.input()))
+      return make_error(errc::invalid_argument,
+                        "workflow " + to_string(t.self()) + " takes "
+                            + input_type_name() + ", not " + m.input_type());
+    if (m.reject_if_exists()
+        && this->view().status() != wire::WorkflowState::NEW) {
+      // A durable start must not be retried into a dead letter: it is
+      // answered (not started) instead.
+      if (t.durable())
+        return info();
+      return make_error(
+          errc::already_exists,
+          "workflow " + to_string(t.self()) + " exists already (status "
+              + wire::WorkflowState::Status_Name(this->view().status())
+              + "); start it with another id, or without reject_if_exists");
     }
-    return info();
+    return on_start(t, in);
+  }
+
+  caf::expected<wire::QueryResult> on_query(turn&,
+                                            const wire::QueryWorkflow& q) {
+    auto& st = this->view();
+    wire::QueryResult out;
+    out.set_status(st.status());
+    if (auto i = st.published().find(q.name()); i != st.published().end()) {
+      out.set_type(i->second.type());
+      out.set_data(i->second.data());
+    }
+    return out;
   }
 
   caf::expected<done> on_start_child(turn& t, const wire::StartChild& m) {
@@ -297,6 +357,8 @@ public:
     engine_.set_turn(&t);
     auto waiting = engine_.cancel(m.reason());
     engine_.set_turn(nullptr);
+    if (pool_)
+      pool_->abandon(t.self(), st.run());
     advance(t, waiting);
     return done{};
   }
@@ -376,6 +438,11 @@ public:
   /// The pool that runs this workflow's activities (see register_workflow).
   void set_activity_pool(activity_pool* pool) {
     pool_ = pool;
+  }
+
+  /// Applies per-type settings (see register_workflow).
+  void set_options(const workflow_options& opts) {
+    engine_.set_journal_limits(opts.journal_warn, opts.journal_limit);
   }
 
   /// Protobuf type name of `Input`.
@@ -478,6 +545,13 @@ private:
                                     wire::ResumeWorkflow{}));
       return;
     }
+    if (!engine_.fatal().empty()) {
+      st.set_status(wire::WorkflowState::FAILED);
+      st.set_error(engine_.fatal());
+      log(log_level::error, engine_.fatal());
+      notify_parent(t, st, make_error(errc::overloaded, engine_.fatal()));
+      return;
+    }
     if (!engine_.halted().empty()) {
       st.set_status(wire::WorkflowState::SUSPENDED);
       st.set_error(engine_.halted());
@@ -566,12 +640,51 @@ inline wire::Signal make_signal(std::string name,
 /// Registers workflow class `W`, whose activities run on `pool` (which
 /// must outlive the silo's use of it: stop the pool before the silo).
 template <class W>
-caf::error register_workflow(grain_registry& registry, activity_pool* pool) {
-  return registry.add(std::string{W::type_name}, [pool] {
+caf::error register_workflow(grain_registry& registry, activity_pool* pool,
+                             workflow_options opts = {}) {
+  if (opts.journal_limit == 0 || opts.journal_warn > opts.journal_limit)
+    return make_error(errc::invalid_config,
+                      "workflow " + std::string{W::type_name}
+                          + ": journal_warn must not exceed journal_limit, "
+                            "and journal_limit must be positive");
+  return registry.add(std::string{W::type_name}, [pool, opts] {
     auto w = std::make_unique<W>();
     w->set_activity_pool(pool);
+    w->set_options(opts);
     return w;
   });
+}
+
+/// Reads the value workflow `id` published under `name` as an `R`, with a
+/// transient call (no replay, no write). `not_found` when nothing is
+/// published under that name yet.
+template <class R>
+caf::expected<R>
+query_workflow(silo& s, const grain_id& id, const std::string& name,
+               std::chrono::milliseconds timeout = std::chrono::seconds{5}) {
+  auto q = std::make_shared<wire::QueryWorkflow>();
+  q->set_name(name);
+  auto res = s.call(id, std::move(q), timeout);
+  if (!res)
+    return std::move(res.error());
+  auto* qr = dynamic_cast<const wire::QueryResult*>(res->get());
+  if (!qr)
+    return make_error(errc::malformed_message, "query answer of "
+                                                   + to_string(id)
+                                                   + " is not a "
+                                                     "QueryResult");
+  if (qr->type().empty())
+    return make_error(errc::not_found, "workflow " + to_string(id)
+                                           + " published nothing under '" + name
+                                           + "' (yet)");
+  R out;
+  if (qr->type() != R::descriptor()->full_name()
+      || !out.ParseFromString(qr->data()))
+    return make_error(errc::malformed_message,
+                      "query value '" + name + "' of " + to_string(id)
+                          + " is a " + qr->type() + ", not "
+                          + std::string{R::descriptor()->full_name()});
+  return out;
 }
 
 } // namespace granary

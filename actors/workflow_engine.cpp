@@ -90,7 +90,7 @@ wire::JournalEntry& workflow_engine::next(wire::JournalEntry::Kind kind,
                                           const std::string& target,
                                           const std::string& payload_type,
                                           bool& is_new) {
-  if (!halted_.empty())
+  if (!halted_.empty() || !fatal_.empty())
     throw detail::workflow_halt{};
   auto seq = next_seq_++;
   if (auto* e = entry(seq)) {
@@ -104,15 +104,15 @@ wire::JournalEntry& workflow_engine::next(wire::JournalEntry::Kind kind,
     reached_end_ = true;
     throw detail::replay_end{};
   }
-  if (seq == warn_journal)
+  if (seq == journal_warn_)
     log(log_level::warning,
-        "workflow " + to_string(*self_) + " has " + std::to_string(warn_journal)
-            + " journal entries; a run fails at " + std::to_string(max_journal)
-            + ": use continue-as-new");
-  if (seq >= max_journal) {
-    halted_ = "workflow " + to_string(*self_) + " exceeded "
-              + std::to_string(max_journal)
-              + " journal entries; use continue-as-new";
+        "workflow " + to_string(*self_) + " has " + std::to_string(seq)
+            + " journal entries; the run fails at "
+            + std::to_string(journal_limit_) + ": use continue-as-new");
+  if (seq >= journal_limit_) {
+    fatal_ = "workflow " + to_string(*self_) + " reached its journal limit of "
+             + std::to_string(journal_limit_)
+             + " entries; use continue-as-new to bound long-lived workflows";
     throw detail::workflow_halt{};
   }
   auto* e = state_->add_journal();
@@ -324,10 +324,10 @@ uint64_t workflow_engine::activity(const std::string& name,
     for (auto code : opts.non_retryable)
       o.add_non_retryable(to_string(code));
     o.set_start_to_close_ms(opts.start_to_close.count());
+    o.set_heartbeat_timeout_ms(opts.heartbeat_timeout.count());
     e.set_value(1);
     wire::RunActivity run;
     run.set_seq(e.seq());
-    run.set_run(state_->run());
     run.set_run(state_->run());
     run.set_attempt(1);
     timer(tag("wf-act-", e.seq()), std::chrono::milliseconds{0}, run);
@@ -397,8 +397,13 @@ workflow_engine::run_activity(const wire::RunActivity& run,
     e->set_error("no activity pool: register the workflow with one");
     return finish(*e);
   }
-  activity_pool::job j{*self_,      e->seq(),   run.attempt(),
-                       e->target(), e->input(), state_->run()};
+  activity_pool::job j{*self_,
+                       e->seq(),
+                       run.attempt(),
+                       e->target(),
+                       e->input(),
+                       state_->run(),
+                       e->activity().heartbeat_timeout_ms()};
   if (auto err = pool->submit(std::move(j), e->payload_type())) {
     // A full or stopping pool is transient (a graceful shutdown stops the
     // pool first); only a wrong activity name or input type is final.
@@ -531,9 +536,29 @@ uint64_t workflow_engine::random() {
   return static_cast<uint64_t>(e.value());
 }
 
+caf::error workflow_engine::publish(const std::string& name,
+                                    const google::protobuf::Message& value) {
+  auto& published = *state_->mutable_published();
+  if (published.count(name) == 0 && published.size() >= max_published)
+    return make_error(errc::overloaded, "workflow " + to_string(*self_)
+                                            + " publishes "
+                                            + std::to_string(max_published)
+                                            + " query values already; '" + name
+                                            + "' is not stored");
+  if (auto size = value.ByteSizeLong(); size > max_published_bytes)
+    return make_error(errc::payload_too_large,
+                      "query value '" + name + "' of " + std::to_string(size)
+                          + " bytes exceeds "
+                          + std::to_string(max_published_bytes));
+  auto& slot = published[name];
+  slot.set_type(value.GetDescriptor()->full_name());
+  value.SerializeToString(slot.mutable_data());
+  return caf::none;
+}
+
 int64_t workflow_engine::version(const std::string& change_id, int64_t min,
                                  int64_t max) {
-  if (!halted_.empty())
+  if (!halted_.empty() || !fatal_.empty())
     throw detail::workflow_halt{};
   if (auto* e = entry(next_seq_)) {
     if (e->kind() == wire::JournalEntry::VERSION && e->target() == change_id) {
@@ -565,7 +590,7 @@ int64_t workflow_engine::version(const std::string& change_id, int64_t min,
 const wire::JournalEntry*
 workflow_engine::replay_side_effect(const std::string& name,
                                     const std::string& type) {
-  if (!halted_.empty())
+  if (!halted_.empty() || !fatal_.empty())
     throw detail::workflow_halt{};
   auto* e = entry(next_seq_);
   if (!e)

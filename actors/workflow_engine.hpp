@@ -44,9 +44,23 @@ struct replay_end : std::exception {
 /// template, so that it is compiled once; `workflow<...>` drives it.
 class workflow_engine {
 public:
-  /// Upper bound on journal entries of one run (continue-as-new bounds
-  /// real workflows long before this).
-  static constexpr size_t max_journal = 100'000;
+  /// Default hard limit on journal entries of one run: reaching it fails
+  /// the run (continue-as-new bounds real workflows long before this).
+  static constexpr size_t default_journal_limit = 100'000;
+
+  /// Default journal size at which a warning suggests continue-as-new.
+  static constexpr size_t default_journal_warn = 10'000;
+
+  /// Sets the warning threshold and the hard limit of one run's journal.
+  void set_journal_limits(size_t warn, size_t limit) {
+    journal_warn_ = warn;
+    journal_limit_ = limit == 0 ? 1 : limit;
+  }
+
+  /// Non-empty once the run hit the journal's hard limit: why it fails.
+  const std::string& fatal() const {
+    return fatal_;
+  }
 
   /// Binds the engine to the grain's state, which it journals into.
   void bind(wire::WorkflowState* state, const grain_id* self) {
@@ -61,6 +75,7 @@ public:
     waiting_.clear();
     continue_input_.reset();
     halted_.clear();
+    fatal_.clear();
   }
 
   /// In replay-only mode the engine never extends the journal: reaching
@@ -132,9 +147,6 @@ public:
     return continue_input_;
   }
 
-  /// Journal size at which a warning suggests continue-as-new.
-  static constexpr size_t warn_journal = 10'000;
-
   /// Journals a wait for signal `name` of type `payload_type`; consumes a
   /// buffered signal at once. A positive `timeout` bounds the wait.
   uint64_t wait_signal(const std::string& name, const std::string& payload_type,
@@ -150,6 +162,14 @@ public:
 
   /// Upper bound on buffered, not yet awaited signals.
   static constexpr int max_pending_signals = 1'000;
+
+  /// Upper bounds of published query values.
+  static constexpr int max_published = 64;
+  static constexpr size_t max_published_bytes = 64 * 1024;
+
+  /// Stores `value` under `name` for queries (see workflow_context::publish).
+  caf::error publish(const std::string& name,
+                     const google::protobuf::Message& value);
 
   /// Journaled version marker (see workflow_context::version).
   int64_t version(const std::string& change_id, int64_t min, int64_t max);
@@ -256,6 +276,9 @@ private:
   bool wait_all_ = true;
   std::coroutine_handle<> parked_;
   std::string halted_;
+  std::string fatal_;
+  size_t journal_warn_ = default_journal_warn;
+  size_t journal_limit_ = default_journal_limit;
   bool replay_only_ = false;
   bool reached_end_ = false;
   std::optional<std::string> continue_input_;

@@ -50,6 +50,8 @@ const char* to_string(errc code) {
       return "continued_as_new";
     case errc::cancelled:
       return "cancelled";
+    case errc::already_exists:
+      return "already_exists";
   }
   return "unknown";
 }

@@ -48,6 +48,8 @@ enum class errc : uint8_t {
   continued_as_new,
   /// A workflow (or one of its commands) was cancelled.
   cancelled,
+  /// The record to create exists already (a workflow id that is taken).
+  already_exists,
 };
 
 /// Name of the CAF error category used for `errc`.

@@ -944,3 +944,301 @@ TEST_F(child_test, cancelling_a_parent_cancels_its_child) {
   EXPECT_NE(child.error().find("cancelled"), std::string::npos)
       << child.error();
 }
+
+// -- heartbeats, queries, start options, journal limits -----------------------
+
+namespace {
+
+// An activity that heartbeats every 5 ms. Its first attempt stops
+// heartbeating (a hung call) for `hang` and then checks whether it was
+// abandoned; later attempts finish after a few beats. With `until_abandoned`
+// it beats until the pool abandons it (bounded to 5 s).
+struct beating_api {
+  std::atomic<int> attempts{0};
+  std::atomic<int> saw_abandoned{0};
+  std::chrono::milliseconds hang{0};
+  int beats = 4;
+  bool until_abandoned = false;
+
+  caf::expected<Number> watch(const activity_context& ctx, const Number& in) {
+    auto n = ++attempts;
+    auto give_up = std::chrono::steady_clock::now() + 5s;
+    for (int i = 0; i < beats || until_abandoned; ++i) {
+      if (!ctx.heartbeat()) {
+        ++saw_abandoned;
+        return make_error(errc::cancelled, "abandoned");
+      }
+      if (std::chrono::steady_clock::now() > give_up)
+        break;
+      std::this_thread::sleep_for(5ms);
+    }
+    if (n == 1 && hang.count() > 0) {
+      std::this_thread::sleep_for(hang);
+      if (!ctx.heartbeat()) {
+        ++saw_abandoned;
+        return make_error(errc::timeout, "hung call gave up");
+      }
+    }
+    Number out;
+    out.set_value(in.value() + 1);
+    return out;
+  }
+};
+
+beating_api* beats = nullptr;
+activity_options watch_options;
+
+// Publishes its stage for queries, runs the watched activity, then waits
+// for an "approve" signal.
+class watch_flow : public workflow<watch_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.watch";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    Number stage;
+    stage.set_value(1);
+    static_cast<void>(ctx.publish("stage", stage));
+    Number in;
+    in.set_value(41);
+    std::string name = "watch";
+    auto watched = co_await ctx.activity<Number>(name, in, watch_options);
+    if (!watched)
+      co_return watched.error();
+    stage.set_value(2);
+    static_cast<void>(ctx.publish("stage", stage));
+    if (order.sleep_ms() > 0) {
+      std::string signal = "approve";
+      auto approved = co_await ctx.wait_signal<Number>(signal);
+      if (!approved)
+        co_return approved.error();
+    }
+    Receipt r;
+    r.set_total(watched->value());
+    co_return r;
+  }
+};
+
+// Issues one journaled command per item; with a small journal limit the
+// run fails instead of growing without bound.
+class chatty_flow : public workflow<chatty_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.chatty";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    Receipt r;
+    for (int i = 0; i < order.items_size(); ++i)
+      r.set_started_ms(ctx.now());
+    co_return r;
+  }
+};
+
+class feature_test : public workflow_test {
+protected:
+  void SetUp() override {
+    workflow_test::SetUp();
+    beats = &api;
+    watch_options = activity_options{};
+    watch_options.initial_interval = 10ms;
+    watch_options.max_attempts = 3;
+    // Far beyond what the tests' virtual clock reaches: only the heartbeat
+    // can fail an attempt here.
+    watch_options.start_to_close = 600s;
+    watch_options.heartbeat_timeout = 60ms;
+    pool = std::make_unique<activity_pool>(3, 16);
+    ASSERT_FALSE((pool->add<Number, Number>(
+        "watch", [](const activity_context& ctx, const Number& in) {
+          return beats->watch(ctx, in);
+        })));
+  }
+
+  void TearDown() override {
+    pool->stop();
+    s.reset();
+    beats = nullptr;
+  }
+
+  void start_watch(workflow_options opts = {}) {
+    grain_registry reg;
+    ASSERT_FALSE(register_workflow<watch_flow>(reg, pool.get()));
+    ASSERT_FALSE(register_workflow<chatty_flow>(reg, pool.get(), opts));
+    auto started = silo::start(cfg, std::move(reg),
+                               std::make_unique<shared_storage>(mem), clk);
+    ASSERT_TRUE(started) << describe(started.error());
+    s = std::move(*started);
+    pool->attach(*s);
+  }
+
+  // Polls the run, moving the manual clock by at most 20 ms per 10 ms of
+  // real time (retry timers need it; start_to_close never comes near).
+  wire::WorkflowInfo wait_for(const std::string& id,
+                              wire::WorkflowState::Status status,
+                              std::string type = "wf.watch") {
+    wire::WorkflowInfo info;
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      info = describe_flow(*s, id, type);
+      if (info.status() == status)
+        break;
+      clk->advance(20);
+      std::this_thread::sleep_for(10ms);
+    }
+    return info;
+  }
+
+  beating_api api;
+  std::unique_ptr<activity_pool> pool;
+  std::unique_ptr<silo> s;
+};
+
+} // namespace
+
+TEST_F(feature_test, a_hung_attempt_fails_by_heartbeat_timeout_and_retries) {
+  api.hang = 400ms;
+  start_watch();
+  ASSERT_FALSE(s->send(grain_id{"wf.watch", "h-1"}, order(0)));
+  auto info = wait_for("h-1", wire::WorkflowState::COMPLETED);
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(info.output()));
+  EXPECT_EQ(r.total(), 42);
+  EXPECT_EQ(api.attempts.load(), 2);
+  // The hung attempt learns that it was abandoned when it wakes up, and
+  // its late outcome changes nothing.
+  EXPECT_TRUE(eventually([&] { return api.saw_abandoned.load() == 1; }));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(describe_flow(*s, "h-1", "wf.watch").status(),
+            wire::WorkflowState::COMPLETED);
+}
+
+TEST_F(feature_test, heartbeats_keep_a_long_attempt_alive) {
+  // 40 beats of 5+ ms outlast the 60 ms heartbeat timeout three times over.
+  api.beats = 40;
+  watch_options.heartbeat_timeout = 60ms;
+  start_watch();
+  ASSERT_FALSE(s->send(grain_id{"wf.watch", "h-2"}, order(0)));
+  auto info = wait_for("h-2", wire::WorkflowState::COMPLETED);
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  EXPECT_EQ(api.attempts.load(), 1);
+  EXPECT_EQ(api.saw_abandoned.load(), 0);
+}
+
+TEST_F(feature_test, cancelling_a_workflow_abandons_its_running_activity) {
+  api.until_abandoned = true;
+  start_watch();
+  ASSERT_FALSE(s->send(grain_id{"wf.watch", "h-3"}, order(0)));
+  ASSERT_TRUE(eventually([&] { return api.attempts.load() == 1; }));
+  wire::CancelWorkflow cancel;
+  cancel.set_reason("operator");
+  ASSERT_FALSE(s->send(grain_id{"wf.watch", "h-3"}, cancel));
+  auto info = wait_for("h-3", wire::WorkflowState::FAILED);
+  ASSERT_EQ(info.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(info.error().find("operator"), std::string::npos) << info.error();
+  // The activity's next heartbeat tells it to stop, long before its 5 s.
+  EXPECT_TRUE(eventually([&] { return api.saw_abandoned.load() == 1; }, 2s));
+}
+
+TEST_F(feature_test, queries_read_published_values_without_replaying) {
+  start_watch();
+  grain_id id{"wf.watch", "q-1"};
+  ASSERT_FALSE(s->send(id, order(1)));
+  ASSERT_TRUE(eventually([&] {
+    auto stage = query_workflow<Number>(*s, id, "stage");
+    return stage && stage->value() == 2;
+  }));
+  auto missing = query_workflow<Number>(*s, id, "no-such-name");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(code_of(missing.error()), errc::not_found);
+  auto wrong_type = query_workflow<Receipt>(*s, id, "stage");
+  ASSERT_FALSE(wrong_type);
+  EXPECT_NE(describe(wrong_type.error()).find("granary.wftest.Number"),
+            std::string::npos);
+  // After a restart the value is read from the stored state: the query
+  // neither replays the code nor runs the activity again.
+  pool->stop();
+  s.reset();
+  pool = std::make_unique<activity_pool>(1, 4);
+  ASSERT_FALSE((pool->add<Number, Number>(
+      "watch", [](const activity_context& ctx, const Number& in) {
+        return beats->watch(ctx, in);
+      })));
+  start_watch();
+  auto stage = query_workflow<Number>(*s, id, "stage");
+  ASSERT_TRUE(stage) << describe(stage.error());
+  EXPECT_EQ(stage->value(), 2);
+  EXPECT_EQ(api.attempts.load(), 1);
+  ASSERT_FALSE(s->send(id, make_signal("approve", Number{})));
+  EXPECT_EQ(wait_for("q-1", wire::WorkflowState::COMPLETED).status(),
+            wire::WorkflowState::COMPLETED);
+}
+
+TEST_F(feature_test, a_start_can_return_the_existing_run_or_be_rejected) {
+  start_watch();
+  grain_id id{"wf.watch", "s-1"};
+  auto start = std::make_shared<wire::StartWorkflow>();
+  start->set_input_type(std::string{Order::descriptor()->full_name()});
+  order(1).SerializeToString(start->mutable_input());
+  start->set_reject_if_exists(true);
+  auto first = s->call(id, start);
+  ASSERT_TRUE(first) << describe(first.error());
+  EXPECT_TRUE(static_cast<const wire::WorkflowInfo&>(**first).started());
+  // Rejected: the id is taken.
+  auto second = s->call(id, start);
+  ASSERT_FALSE(second);
+  EXPECT_EQ(code_of(second.error()), errc::already_exists);
+  EXPECT_NE(describe(second.error()).find("RUNNING"), std::string::npos)
+      << describe(second.error());
+  // Idempotent: the existing run is returned, not started again.
+  auto again = std::make_shared<wire::StartWorkflow>(*start);
+  again->set_reject_if_exists(false);
+  auto third = s->call(id, again);
+  ASSERT_TRUE(third) << describe(third.error());
+  EXPECT_FALSE(static_cast<const wire::WorkflowInfo&>(**third).started());
+  // A durable rejected start is answered, not retried into a dead letter.
+  ASSERT_FALSE(s->send(id, *start));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(s->dead_letters()->empty());
+  // A start with the wrong input type says what the workflow takes.
+  auto wrong = std::make_shared<wire::StartWorkflow>();
+  wrong->set_input_type("granary.wftest.Number");
+  auto bad = s->call(grain_id{"wf.watch", "s-2"}, wrong);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(code_of(bad.error()), errc::invalid_argument);
+  EXPECT_NE(describe(bad.error()).find("granary.wftest.Order"),
+            std::string::npos);
+  EXPECT_EQ(api.attempts.load(), 1);
+}
+
+TEST_F(feature_test, a_run_that_reaches_its_journal_limit_fails_clearly) {
+  workflow_options opts;
+  opts.journal_warn = 2;
+  opts.journal_limit = 5;
+  start_watch(opts);
+  Order big;
+  for (int i = 0; i < 10; ++i)
+    big.add_items("x");
+  ASSERT_FALSE(s->send(grain_id{"wf.chatty", "j-1"}, big));
+  auto info = wait_for("j-1", wire::WorkflowState::FAILED, "wf.chatty");
+  ASSERT_EQ(info.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(info.error().find("journal limit of 5"), std::string::npos)
+      << info.error();
+  EXPECT_NE(info.error().find("continue-as-new"), std::string::npos);
+  EXPECT_EQ(info.journal_size(), 5u);
+  // Small runs are unaffected.
+  Order small;
+  small.add_items("x");
+  ASSERT_FALSE(s->send(grain_id{"wf.chatty", "j-2"}, small));
+  EXPECT_EQ(
+      wait_for("j-2", wire::WorkflowState::COMPLETED, "wf.chatty").status(),
+      wire::WorkflowState::COMPLETED);
+}
+
+TEST(workflow_options_test, contradictory_journal_limits_are_refused) {
+  grain_registry reg;
+  workflow_options opts;
+  opts.journal_warn = 10;
+  opts.journal_limit = 5;
+  auto err = register_workflow<chatty_flow>(reg, nullptr, opts);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), errc::invalid_config);
+  EXPECT_NE(describe(err).find("journal_warn"), std::string::npos);
+}
