@@ -473,7 +473,8 @@ void partition::run_durable(activation& act, work_item& item) {
          env.msg_id(),
          sender,
          env.attempts() + 1,
-         core_.clk->now_ms()};
+         core_.clk->now_ms(),
+         &env};
   caf::expected<message_ptr> result{caf::error{}};
   try {
     result = act.grain->handle(t, *msg);
@@ -497,7 +498,7 @@ void partition::run_durable(activation& act, work_item& item) {
   }
   finish_source(item);
   apply_turn(act, t);
-  if (env.has_reply_to())
+  if (env.has_reply_to() && !t.postponed_)
     answer_call(env, reply_of(*result));
   if (item.done)
     defer(std::move(item.done));
@@ -1304,6 +1305,30 @@ caf::error turn::send(const grain_id& to,
 caf::error turn::call(const grain_id& to, const google::protobuf::Message& msg,
                       std::string correlation) {
   return record_send(to, msg, true, std::move(correlation));
+}
+
+std::optional<turn::pending_call> turn::postpone_reply() {
+  if (!env_ || !env_->has_reply_to())
+    return std::nullopt;
+  postponed_ = true;
+  return pending_call{grain_id{env_->reply_to().type(), env_->reply_to().key()},
+                      env_->correlation()};
+}
+
+caf::error turn::answer(const pending_call& call,
+                        const google::protobuf::Message& msg) {
+  auto reply = reply_of(std::shared_ptr<const google::protobuf::Message>(
+      &msg, [](const google::protobuf::Message*) {}));
+  reply.set_correlation(call.correlation);
+  return record_send(call.caller, reply, false, {});
+}
+
+caf::error turn::answer_error(const pending_call& call, const caf::error& err) {
+  auto code = code_of(err);
+  auto reply = error_reply(
+      code == errc::unspecified ? errc::handler_failed : code, describe(err));
+  reply.set_correlation(call.correlation);
+  return record_send(call.caller, reply, false, {});
 }
 
 caf::error turn::record_send(const grain_id& to,

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,10 @@
 namespace granary {
 
 class partition;
+
+namespace wire {
+class Envelope;
+} // namespace wire
 
 /// The context of one turn: what a handler may do besides changing its own
 /// state. Everything recorded here commits atomically with the state change,
@@ -68,6 +73,26 @@ public:
   caf::error call(const grain_id& to, const google::protobuf::Message& msg,
                   std::string correlation);
 
+  /// A durable call whose answer the handler postponed (see
+  /// `postpone_reply`).
+  struct pending_call {
+    grain_id caller;
+    std::string correlation;
+  };
+
+  /// Postpones the answer to the durable call being handled: this turn
+  /// sends no reply, and the grain answers later, in any turn, with
+  /// `answer` (keep the handle in the grain's state). Returns nullopt when
+  /// the message is not a durable call (a send, a timer, a transient call).
+  std::optional<pending_call> postpone_reply();
+
+  /// Answers a postponed call with `msg`, durably (like `send`).
+  caf::error answer(const pending_call& call,
+                    const google::protobuf::Message& msg);
+
+  /// Answers a postponed call with an error, durably.
+  caf::error answer_error(const pending_call& call, const caf::error& err);
+
   /// Schedules `msg` to this grain after `delay`, durably, under `name`.
   /// A timer of the same name is replaced. With a non-zero `period` it is a
   /// reminder that re-arms itself after each firing.
@@ -119,14 +144,15 @@ private:
 
   turn(partition* owner, const grain_id& self, bool durable,
        std::string message_id, const grain_id& sender, uint32_t attempt,
-       int64_t now_ms)
+       int64_t now_ms, const wire::Envelope* env = nullptr)
       : owner_(owner)
       , self_(self)
       , durable_(durable)
       , message_id_(std::move(message_id))
       , sender_(sender)
       , attempt_(attempt)
-      , now_ms_(now_ms) {}
+      , now_ms_(now_ms)
+      , env_(env) {}
 
   caf::error check_room();
 
@@ -141,6 +167,9 @@ private:
   const grain_id& sender_;
   uint32_t attempt_;
   int64_t now_ms_;
+  // The durable message being handled; null for transient calls.
+  const wire::Envelope* env_;
+  bool postponed_ = false;
   std::vector<outgoing> sends_;
   std::vector<timer_change> timers_;
   std::vector<transient_out> tells_;
