@@ -92,6 +92,9 @@ private:
   caf::expected<result> fanout();
   caf::expected<result> memory();
   caf::expected<result> workflow_10_steps();
+  caf::expected<result> fanout_100();
+  // Measures durable-ping once per process, for the workflow scenarios.
+  caf::error ensure_durable_baseline();
 
   void progress(const std::string& line) const;
 

@@ -155,6 +155,16 @@ TEST(cli, bench_prints_the_contracted_json_fields) {
   EXPECT_NE(bad.out.find("no-such-scenario"), std::string::npos) << bad.out;
 }
 
+TEST(cli, bench_runs_the_workflow_scenarios) {
+  auto res = granary_cmd("bench fanout-100 --duration 0.5 --json");
+  ASSERT_EQ(res.status, 0) << res.out;
+  for (auto* field : {"\"scenario\":\"fanout-100\"", "\"activities_per_s\":",
+                      "\"baseline\":\"durable-ping/200\"", "\"p99_ms\":"})
+    EXPECT_NE(res.out.find(field), std::string::npos) << field << "\n"
+                                                      << res.out;
+  EXPECT_EQ(res.out.find("\"ops_per_s\":0,"), std::string::npos) << res.out;
+}
+
 namespace {
 
 // Sleeps an hour, then answers: a run to inspect while it waits.
