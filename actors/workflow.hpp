@@ -3,6 +3,7 @@
 #include <chrono>
 #include <coroutine>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -12,6 +13,16 @@
 #include "runtime/log.hpp"
 
 namespace granary {
+
+/// An update the code took with `wait_update`: answer it with
+/// `workflow_context::reply_update`.
+template <class R>
+struct update_request {
+  /// The update's id (stable across redeliveries).
+  std::string id;
+  /// The request carried by the update.
+  R request;
+};
 
 /// What a workflow's code may await. Every command is journaled with a
 /// sequence number; on replay the journal answers instead of the world.
@@ -129,6 +140,50 @@ public:
     return {engine_,
             engine_->wait_signal(
                 name, std::string{R::descriptor()->full_name()}, timeout)};
+  }
+
+  /// Awaitable update: like a signal, plus the id to answer it with.
+  template <class R>
+  struct update_awaiter {
+    workflow_engine* engine;
+    uint64_t seq;
+
+    bool await_ready() const {
+      return engine->completed(seq);
+    }
+
+    void await_suspend(std::coroutine_handle<> h) {
+      engine->park(seq, h);
+    }
+
+    caf::expected<update_request<R>> await_resume() {
+      update_request<R> out;
+      if (auto err = engine->result_into(seq, out.request))
+        return err;
+      out.id = engine->update_id_of(seq);
+      return out;
+    }
+  };
+
+  /// Waits for update `name` carrying an `R` (an `Update` message; one
+  /// that arrived earlier is taken at once). Answer it with
+  /// `reply_update`: a grain's durable call gets the answer as its reply,
+  /// a client reads it with `update_workflow`.
+  template <class R>
+  update_awaiter<R> wait_update(const std::string& name,
+                                std::chrono::milliseconds timeout
+                                = std::chrono::milliseconds{0}) {
+    return {engine_, engine_->wait_signal(
+                         "update:" + name,
+                         std::string{R::descriptor()->full_name()}, timeout)};
+  }
+
+  /// Answers update `u` with `response`, durably and once (a replay does
+  /// not answer again).
+  template <class R>
+  caf::error reply_update(const update_request<R>& u,
+                          const google::protobuf::Message& response) {
+    return engine_->reply_update(u.id, response);
   }
 
   /// Durable timer: resumes after `duration`, across restarts.
@@ -267,7 +322,61 @@ public:
         .on(static_cast<info (Derived::*)(turn&, const wire::StartWorkflow&)>(
             &workflow::on_start_workflow))
         .on(static_cast<caf::expected<wire::QueryResult> (Derived::*)(
-                turn&, const wire::QueryWorkflow&)>(&workflow::on_query));
+                turn&, const wire::QueryWorkflow&)>(&workflow::on_query))
+        .on(static_cast<caf::expected<wire::UpdateAccepted> (Derived::*)(
+                turn&, const wire::Update&)>(&workflow::on_update));
+  }
+
+  caf::expected<wire::UpdateAccepted> on_update(turn& t,
+                                                const wire::Update& m) {
+    auto id = m.id().empty() ? t.message_id() : m.id();
+    if (id.empty())
+      return make_error(errc::invalid_argument,
+                        "update '" + m.name() + "' to " + to_string(t.self())
+                            + " needs an id when sent by a transient call");
+    wire::UpdateAccepted accepted;
+    accepted.set_id(id);
+    auto status = this->view().status();
+    auto call = t.postpone_reply();
+    if (status != wire::WorkflowState::RUNNING) {
+      auto err
+          = make_error(errc::invalid_argument,
+                       "workflow " + to_string(t.self()) + " is "
+                           + wire::WorkflowState::Status_Name(status)
+                           + "; update '" + m.name() + "' is not delivered");
+      if (!t.durable())
+        return err;
+      // Durable: answer instead of failing into retries and a dead letter.
+      if (call)
+        static_cast<void>(t.answer_error(*call, err));
+      return accepted;
+    }
+    auto& st = this->state();
+    if (call) {
+      if (st.pending_updates_size() >= workflow_engine::max_pending_updates)
+        return make_error(
+            errc::overloaded,
+            "workflow " + to_string(t.self()) + " has "
+                + std::to_string(workflow_engine::max_pending_updates)
+                + " unanswered updates; retry after 1000 ms");
+      auto& p = (*st.mutable_pending_updates())[id];
+      p.set_caller_type(call->caller.type);
+      p.set_caller_key(call->caller.key);
+      p.set_correlation(call->correlation);
+    }
+    wire::Signal sig;
+    sig.set_name("update:" + m.name());
+    sig.set_payload_type(m.payload_type());
+    sig.set_payload(m.payload());
+    sig.set_update_id(id);
+    engine_.bind(&st, &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.signal(sig);
+    engine_.set_turn(nullptr);
+    if (!waiting)
+      return std::move(waiting.error());
+    advance(t, *waiting);
+    return accepted;
   }
 
   caf::expected<wire::WorkflowInfo> on_start(turn& t, const Input& in) {
@@ -655,6 +764,17 @@ caf::error register_workflow(grain_registry& registry, activity_pool* pool,
   });
 }
 
+/// Builds an `Update` named `name` with id `id` carrying `request`.
+inline wire::Update make_update(std::string name, std::string id,
+                                const google::protobuf::Message& request) {
+  wire::Update u;
+  u.set_name(std::move(name));
+  u.set_id(std::move(id));
+  u.set_payload_type(request.GetDescriptor()->full_name());
+  request.SerializeToString(u.mutable_payload());
+  return u;
+}
+
 /// Reads the value workflow `id` published under `name` as an `R`, with a
 /// transient call (no replay, no write). `not_found` when nothing is
 /// published under that name yet.
@@ -685,6 +805,34 @@ query_workflow(silo& s, const grain_id& id, const std::string& name,
                           + " is a " + qr->type() + ", not "
                           + std::string{R::descriptor()->full_name()});
   return out;
+}
+
+/// Sends update `name` with id `update_id` to workflow `id` durably and
+/// waits up to `timeout` for the code's answer of type `R`. Safe to retry
+/// with the same `update_id`: the update is delivered once.
+template <class R>
+caf::expected<R>
+update_workflow(silo& s, const grain_id& id, const std::string& name,
+                const std::string& update_id,
+                const google::protobuf::Message& request,
+                std::chrono::milliseconds timeout = std::chrono::seconds{30}) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  if (auto err = s.send(id, make_update(name, update_id, request),
+                        "update:" + update_id, timeout))
+    return err;
+  // Bounded by the deadline; the poll interval grows to 50 ms.
+  std::chrono::milliseconds pause{2};
+  for (;;) {
+    auto res = query_workflow<R>(s, id, "update:" + update_id, timeout);
+    if (res || code_of(res.error()) != errc::not_found)
+      return res;
+    if (std::chrono::steady_clock::now() + pause > deadline)
+      return make_error(errc::timeout, "workflow " + to_string(id)
+                                           + " did not answer update '" + name
+                                           + "' (" + update_id + ") in time");
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds{50});
+  }
 }
 
 } // namespace granary

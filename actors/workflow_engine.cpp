@@ -469,6 +469,7 @@ uint64_t workflow_engine::wait_signal(const std::string& name,
     complete(e);
     e.set_result_type(pending[i].payload_type());
     e.set_result(pending[i].payload());
+    e.set_update_id(pending[i].update_id());
     pending.DeleteSubrange(i, 1);
     return e.seq();
   }
@@ -491,6 +492,7 @@ workflow_engine::signal(const wire::Signal& sig) {
     complete(e);
     e.set_result_type(sig.payload_type());
     e.set_result(sig.payload());
+    e.set_update_id(sig.update_id());
     if (turn_)
       static_cast<void>(turn_->cancel_timer(tag("wf-sig-timeout-", e.seq())));
     return wake();
@@ -534,6 +536,30 @@ uint64_t workflow_engine::random() {
     complete(e);
   }
   return static_cast<uint64_t>(e.value());
+}
+
+std::string workflow_engine::update_id_of(uint64_t seq) const {
+  auto* e = entry(seq);
+  return e ? e->update_id() : std::string{};
+}
+
+caf::error workflow_engine::reply_update(const std::string& id,
+                                         const google::protobuf::Message& msg) {
+  // Publishing is idempotent; answering happens once, because the pending
+  // record goes in the same commit as the answer (a replay finds none).
+  if (auto err = publish("update:" + id, msg))
+    return err;
+  auto& pending = *state_->mutable_pending_updates();
+  auto i = pending.find(id);
+  if (i == pending.end())
+    return caf::none;
+  if (!turn_)
+    return make_error(errc::invalid_argument, "update answered outside a turn");
+  turn::pending_call call{
+      grain_id{i->second.caller_type(), i->second.caller_key()},
+      i->second.correlation()};
+  pending.erase(i);
+  return turn_->answer(call, msg);
 }
 
 caf::error workflow_engine::publish(const std::string& name,

@@ -167,6 +167,17 @@ public:
   static constexpr int max_published = 64;
   static constexpr size_t max_published_bytes = 64 * 1024;
 
+  /// The update id carried by the signal that completed the wait at `seq`.
+  std::string update_id_of(uint64_t seq) const;
+
+  /// Answers update `id`: publishes `msg` under "update:<id>" and, when a
+  /// grain's durable call waits for it, replies to that call.
+  caf::error reply_update(const std::string& id,
+                          const google::protobuf::Message& msg);
+
+  /// Upper bound on updates whose callers wait for an answer.
+  static constexpr int max_pending_updates = 1'000;
+
   /// Stores `value` under `name` for queries (see workflow_context::publish).
   caf::error publish(const std::string& name,
                      const google::protobuf::Message& value);

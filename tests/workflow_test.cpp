@@ -1242,3 +1242,114 @@ TEST(workflow_options_test, contradictory_journal_limits_are_refused) {
   EXPECT_EQ(code_of(err), errc::invalid_config);
   EXPECT_NE(describe(err).find("journal_warn"), std::string::npos);
 }
+
+// -- updates
+// -------------------------------------------------------------------
+
+namespace {
+
+// Adds every "add" update to a running total and answers with the total;
+// an update of 0 ends the run.
+class tally_flow : public workflow<tally_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.tally";
+
+  task<Receipt> run(workflow_context& ctx, const Order&) {
+    int64_t total = 0;
+    std::string name = "add";
+    for (int i = 0; i < 100; ++i) {
+      auto u = co_await ctx.wait_update<Number>(name);
+      if (!u)
+        co_return u.error();
+      total += u->request.value();
+      Number answer;
+      answer.set_value(total);
+      if (auto err = ctx.reply_update(*u, answer))
+        co_return err;
+      if (u->request.value() == 0)
+        break;
+    }
+    Receipt r;
+    r.set_total(total);
+    co_return r;
+  }
+};
+
+// Sends one update to tally "t-grain" as a durable call and returns the
+// answer it got.
+class updater_flow : public workflow<updater_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.updater";
+
+  task<Receipt> run(workflow_context& ctx, const Order& order) {
+    Number n;
+    n.set_value(order.sleep_ms());
+    auto update = make_update("add", "from-" + ctx.workflow_id(), n);
+    auto target = id_of<tally_flow>("t-grain");
+    auto answer = co_await ctx.call<Number>(target, update);
+    if (!answer)
+      co_return answer.error();
+    Receipt r;
+    r.set_total(answer->value());
+    co_return r;
+  }
+};
+
+} // namespace
+
+TEST_F(workflow_test, updates_are_answered_once_by_the_code) {
+  auto s = start_with<tally_flow, updater_flow>();
+  ASSERT_TRUE(s);
+  grain_id tally{"wf.tally", "t-1"};
+  ASSERT_FALSE(s->send(tally, order(0)));
+  Number five;
+  five.set_value(5);
+  auto first = update_workflow<Number>(*s, tally, "add", "u1", five, 5s);
+  ASSERT_TRUE(first) << describe(first.error());
+  EXPECT_EQ(first->value(), 5);
+  Number three;
+  three.set_value(3);
+  auto second = update_workflow<Number>(*s, tally, "add", "u2", three, 5s);
+  ASSERT_TRUE(second) << describe(second.error());
+  EXPECT_EQ(second->value(), 8);
+  // Retrying an update id is delivered once and returns the same answer.
+  auto retried = update_workflow<Number>(*s, tally, "add", "u2", three, 5s);
+  ASSERT_TRUE(retried) << describe(retried.error());
+  EXPECT_EQ(retried->value(), 8);
+  // A transient update without an id is refused with a clear message.
+  auto no_id = s->call(
+      tally, std::make_shared<wire::Update>(make_update("add", "", three)));
+  ASSERT_FALSE(no_id);
+  EXPECT_NE(describe(no_id.error()).find("needs an id"), std::string::npos);
+  Number zero;
+  ASSERT_TRUE(update_workflow<Number>(*s, tally, "add", "u3", zero, 5s));
+  ASSERT_TRUE(eventually([&] {
+    return describe_flow(*s, "t-1", "wf.tally").status()
+           == wire::WorkflowState::COMPLETED;
+  }));
+  Receipt r;
+  ASSERT_TRUE(r.ParseFromString(describe_flow(*s, "t-1", "wf.tally").output()));
+  EXPECT_EQ(r.total(), 8);
+  // A finished workflow refuses updates.
+  auto late = s->call(
+      tally, std::make_shared<wire::Update>(make_update("add", "u4", three)));
+  ASSERT_FALSE(late);
+  EXPECT_NE(describe(late.error()).find("COMPLETED"), std::string::npos);
+}
+
+TEST_F(workflow_test, a_grains_durable_call_gets_the_update_answer_as_reply) {
+  auto s = start_with<tally_flow, updater_flow>();
+  ASSERT_TRUE(s);
+  ASSERT_FALSE(s->send(grain_id{"wf.tally", "t-grain"}, order(0)));
+  Order o;
+  o.set_sleep_ms(4);
+  ASSERT_FALSE(s->send(grain_id{"wf.updater", "up-1"}, o));
+  ASSERT_TRUE(eventually([&] {
+    return describe_flow(*s, "up-1", "wf.updater").status()
+           == wire::WorkflowState::COMPLETED;
+  }));
+  Receipt r;
+  ASSERT_TRUE(
+      r.ParseFromString(describe_flow(*s, "up-1", "wf.updater").output()));
+  EXPECT_EQ(r.total(), 4);
+}
