@@ -60,4 +60,33 @@ private:
   std::atomic<uint64_t> commits_{0};
 };
 
+/// Storage that forwards to a shared `memory_storage`, so that a test can
+/// stop a silo and start another one on the same data.
+class shared_memory_storage : public storage {
+public:
+  explicit shared_memory_storage(std::shared_ptr<memory_storage> impl)
+      : impl_(std::move(impl)) {}
+
+  caf::expected<std::optional<std::string>> get(column col,
+                                                std::string_view key) override {
+    return impl_->get(col, key);
+  }
+
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    return impl_->commit(batches);
+  }
+
+  caf::error scan(column col, std::string_view prefix, std::string_view start,
+                  size_t limit, const scan_visitor& visit) override {
+    return impl_->scan(col, prefix, start, limit, visit);
+  }
+
+  std::optional<uint64_t> free_bytes() override {
+    return impl_->free_bytes();
+  }
+
+private:
+  std::shared_ptr<memory_storage> impl_;
+};
+
 } // namespace granary
