@@ -259,8 +259,10 @@ void partition::on_send(send_msg& m) {
 
 void partition::on_deliver(deliver_msg& m) {
   core_.release(id_);
-  // The sender keeps its envelope for redelivery: work on a private copy.
-  auto env = std::make_shared<wire::Envelope>(*m.env);
+  // Shared with the sender, which keeps it for redelivery but never reads
+  // or changes its fields again; `fail_durable` copies it before the only
+  // change a receiver makes.
+  auto env = m.env;
   work_item item;
   item.env = env;
   item.from = m.from;
@@ -509,6 +511,9 @@ void partition::fail_durable(activation& act, work_item item,
                              const caf::error& err) {
   bump(core_.stats.failed_turns);
   rollback(act);
+  // A delivered envelope may still be shared with its sender's outbox.
+  if (item.env.use_count() > 1)
+    item.env = std::make_shared<wire::Envelope>(*item.env);
   auto& env = *item.env;
   env.set_attempts(env.attempts() + 1);
   log(log_level::warning,
