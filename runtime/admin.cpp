@@ -3,6 +3,8 @@
 #include "granary.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/keys.hpp"
+#include "runtime/silo.hpp"
+#include "runtime/silo_core.hpp"
 
 namespace granary {
 
@@ -99,6 +101,67 @@ caf::expected<std::optional<std::string>> read_grain_state(storage& store,
   return store.get(
       column::state,
       keys::grain_prefix(partition_of(id, meta->partitions()), id));
+}
+
+caf::expected<state_page> scan_grain_states(storage& store,
+                                            std::string_view type,
+                                            std::string_view cursor,
+                                            size_t limit) {
+  if (type.empty())
+    return make_error(errc::invalid_argument, "scan: empty grain type");
+  if (limit == 0)
+    return make_error(errc::invalid_argument, "scan: limit must be positive");
+  auto meta = read_meta(store);
+  if (!meta)
+    return std::move(meta.error());
+  auto partitions = meta->partitions();
+  uint32_t first = 0;
+  if (!cursor.empty()) {
+    auto at = keys::decode(cursor);
+    if (!at || at->partition >= partitions || at->id.type != type)
+      return make_error(errc::invalid_argument,
+                        "scan: the cursor does not belong to a scan of '"
+                            + std::string{type} + "'");
+    first = at->partition;
+  }
+  state_page out;
+  for (auto p = first; p < partitions && out.cursor.empty(); ++p) {
+    // The grain prefix of an empty key ends in its length byte (0); without
+    // it, the prefix covers every key of the type in this partition.
+    auto prefix = keys::grain_prefix(p, grain_id{std::string{type}, {}});
+    prefix.pop_back();
+    auto start = p == first ? cursor : std::string_view{};
+    auto err = store.scan(
+        column::state, prefix, start, limit - out.states.size() + 1,
+        [&](std::string_view key, std::string_view value) {
+          if (out.states.size() == limit) {
+            out.cursor = std::string{key};
+            return false;
+          }
+          auto d = keys::decode(key);
+          if (d && d->id.type == type)
+            out.states.push_back(stored_state{d->id, std::string{value}});
+          return true;
+        });
+    if (err)
+      return err;
+  }
+  return out;
+}
+
+caf::expected<std::optional<std::string>> silo::read_state(const grain_id& id) {
+  if (auto err = core_->check_running())
+    return err;
+  return core_->store->get(
+      column::state, keys::grain_prefix(partition_of(id, partitions()), id));
+}
+
+caf::expected<state_page> silo::scan_states(std::string_view type,
+                                            std::string_view cursor,
+                                            size_t limit) {
+  if (auto err = core_->check_running())
+    return err;
+  return scan_grain_states(*core_->store, type, cursor, limit);
 }
 
 caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,

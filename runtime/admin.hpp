@@ -1,7 +1,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <caf/error.hpp>
@@ -36,6 +38,28 @@ caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
 /// using the partition count recorded in the silo metadata.
 caf::expected<std::optional<std::string>> read_grain_state(storage& store,
                                                            const grain_id& id);
+
+/// A grain's stored state, as `scan_grain_states` returns it.
+struct stored_state {
+  grain_id id;
+  std::string bytes;
+};
+
+/// One page of stored grain states.
+struct state_page {
+  std::vector<stored_state> states;
+  /// Where the next page starts (an opaque storage key); empty when the
+  /// scan is complete.
+  std::string cursor;
+};
+
+/// Reads up to `limit` stored states of grain type `type`, partition by
+/// partition, starting at `cursor` (empty: from the beginning). Only
+/// committed states are seen. Visits at most `limit + 1` records.
+caf::expected<state_page> scan_grain_states(storage& store,
+                                            std::string_view type,
+                                            std::string_view cursor,
+                                            size_t limit);
 
 /// With no silo running on `store`: deletes a dead letter.
 caf::error drop_dead_letter_offline(storage& store, const grain_id& target,

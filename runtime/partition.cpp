@@ -160,11 +160,7 @@ void partition::on_call(call_msg& m) {
   else
     for (auto& out : t.tells_)
       defer_after(act, [this, out = std::move(out)](const caf::error& err) {
-        auto p = partition_of(out.to, core_.cfg.partitions);
-        if (err)
-          core_.release(p);
-        else
-          caf::anon_send(core_.partitions[p], tell_msg{out.to, out.msg});
+        emit_tell(out, err);
       });
   defer_after(act, [reply = std::move(m.reply),
                     msg = std::move(*result)](const caf::error& err) {
@@ -204,24 +200,57 @@ void partition::on_send(send_msg& m) {
                                  + " turns waiting for their commit",
                              5));
   grain_id target{m.env->target().type(), m.env->target().key()};
+  auto dk = keys::with_suffix(prefix_of(target), m.env->msg_id());
+  // A local client learns what was wrong and nothing is stored; a message
+  // from another silo becomes a dead letter (a call is answered with the
+  // error), because its sender would only deliver it again.
+  auto refuse = [&](activation* act, caf::error err) {
+    if (!m.remote)
+      return reject(std::move(err));
+    if (pending_ids_.count(dk) > 0) {
+      defer(std::move(m.done));
+      return;
+    }
+    if (!m.fresh) {
+      auto seen = core_.store->get(column::dedup, dk);
+      if (!seen)
+        return reject(std::move(seen.error()));
+      if (*seen) {
+        bump(core_.stats.duplicates);
+        return m.done(caf::none);
+      }
+    }
+    work_item item;
+    item.env = std::move(m.env);
+    item.done = std::move(m.done);
+    item.dedup = !m.fresh;
+    if (item.dedup)
+      pending_ids_.insert(dk);
+    auto code = code_of(err);
+    dead_letter(act, item,
+                code == errc::unspecified ? errc::handler_failed : code,
+                describe(err));
+  };
   auto act_res = activate(target);
-  if (!act_res)
+  if (!act_res) {
+    if (code_of(act_res.error()) == errc::unknown_grain_type)
+      return refuse(nullptr, std::move(act_res.error()));
     return reject(std::move(act_res.error()));
+  }
   auto& act = **act_res;
   const google::protobuf::Message* proto = nullptr;
   if (auto err = check_payload_type(act, m.env->payload_type(), proto))
-    return reject(std::move(err));
+    return refuse(&act, std::move(err));
   {
-    // Reject undecodable bytes up front: nothing is stored, the caller
-    // learns exactly what was wrong.
+    // Check undecodable bytes up front.
     std::unique_ptr<google::protobuf::Message> probe{proto->New()};
     if (!probe->ParseFromString(m.env->payload()))
-      return reject(make_error(errc::malformed_message,
+      return refuse(&act,
+                    make_error(errc::malformed_message,
                                "payload of message " + m.env->msg_id() + " to "
                                    + to_string(target) + " does not parse as "
                                    + m.env->payload_type()));
   }
-  auto dk = keys::with_suffix(prefix_of(target), m.env->msg_id());
   if (!m.fresh) {
     if (pending_ids_.count(dk) > 0) {
       bump(core_.stats.duplicates);
@@ -380,6 +409,12 @@ void partition::on_ack(ack_msg& m) {
     i->second.next_attempt_ms = now + std::max<int64_t>(m.retry_after_ms, 5);
     arm(i->second.next_attempt_ms);
     return;
+  }
+  if (m.remote) {
+    // Another silo committed it, with its own dedup record: the record
+    // here goes now (a redelivery before this commit is deduplicated).
+    batch_.erase(column::outbox, m.outbox_key);
+    schedule_flush();
   }
   if (auto c = outbox_count_.find(i->second.sender); c != outbox_count_.end())
     if (--c->second == 0)
@@ -666,13 +701,26 @@ void partition::apply_turn(activation& act, turn& t) {
   }
   for (auto& out : t.tells_)
     defer([this, out = std::move(out)](const caf::error& err) {
-      auto p = partition_of(out.to, core_.cfg.partitions);
-      if (err)
-        core_.release(p);
-      else
-        caf::anon_send(core_.partitions[p], tell_msg{out.to, out.msg});
+      emit_tell(out, err);
     });
   touch_write(act);
+}
+
+void partition::emit_tell(const turn::transient_out& out,
+                          const caf::error& err) {
+  auto p = partition_of(out.to, core_.cfg.partitions);
+  if (err) {
+    core_.release(p);
+    return;
+  }
+  if (auto* router = core_.remote_owner(p)) {
+    // At most once, like a local tell: the answer is not awaited.
+    core_.release(p);
+    router->call(p, out.to, out.msg, silo::remote_call_timeout,
+                 [](caf::expected<message_ptr>) {});
+    return;
+  }
+  caf::anon_send(core_.partitions[p], tell_msg{out.to, out.msg});
 }
 
 void partition::rollback(activation& act) {
@@ -851,6 +899,21 @@ void partition::deliver(const std::string& key, pending_out& out) {
   if (!out.submitted)
     return; // `flush` delivers it.
   auto now = core_.clk->now_ms();
+  if (auto* router = core_.remote_owner(out.target_partition)) {
+    // Another silo commits on its own, so it may only see messages whose
+    // sender is durable: the commit effect delivers the first attempt.
+    if (!out.durable)
+      return;
+    ++out.attempts;
+    out.next_attempt_ms = now + core_.cfg.redelivery_timeout.count();
+    arm(out.next_attempt_ms);
+    auto self = caf::actor_cast<caf::actor>(this);
+    router->deliver(out.target_partition, out.env,
+                    [self, key](const caf::error& err, int64_t retry_ms) {
+                      caf::anon_send(self, ack_msg{key, err, retry_ms, true});
+                    });
+    return;
+  }
   if (out.attempts > 0 && !out.durable) {
     // A receiver tells a redelivery by the durable record; wait for it.
     out.next_attempt_ms = now + 10;
@@ -881,8 +944,13 @@ void partition::put_outbox(const grain_id& sender, uint32_t to,
   defer([this, key](const caf::error& err) {
     if (err)
       return;
-    if (auto i = outbox_.find(key); i != outbox_.end())
-      i->second.durable = true;
+    auto i = outbox_.find(key);
+    if (i == outbox_.end())
+      return;
+    i->second.durable = true;
+    if (i->second.attempts == 0
+        && core_.remote_owner(i->second.target_partition))
+      deliver(key, i->second);
   });
 }
 

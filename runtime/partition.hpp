@@ -58,6 +58,10 @@ struct send_msg {
   done_fn done;
   // The silo generated the id for this send: no earlier copy can exist.
   bool fresh = false;
+  // Delivered by another silo (an outbox entry or a forwarded client
+  // send): bad payloads are dead-lettered (answering a call with the
+  // error) rather than refused, since the sender would only resend them.
+  bool remote = false;
 };
 
 /// Durable message from another partition's outbox, on the same silo. The
@@ -73,11 +77,13 @@ struct deliver_msg {
 
 /// Receiver's answer to a `deliver_msg`. A success means that the receiver
 /// deleted the sender's outbox record in the same commit as its processing,
-/// so the sender only forgets the entry.
+/// so the sender only forgets the entry. A remote receiver cannot: its
+/// success makes the sender delete the record itself.
 struct ack_msg {
   std::string outbox_key;
   caf::error err;
   int64_t retry_after_ms;
+  bool remote = false;
 };
 
 /// The commit loop's notice that a ticket is durable (or failed).
@@ -208,6 +214,9 @@ private:
   void dead_letter(activation* act, work_item& item, errc code,
                    const std::string& why);
   void apply_turn(activation& act, turn& t);
+  // Sends a turn's transient message once its commit is done (or drops it
+  // with `err`), to a local partition or through the router.
+  void emit_tell(const turn::transient_out& out, const caf::error& err);
   void rollback(activation& act);
   void finish_source(work_item& item);
   void ack_sender(work_item& item, caf::error err, int64_t retry_after_ms);

@@ -303,10 +303,38 @@ void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
   if (target.type.empty())
     return reply(make_error(errc::invalid_argument, "call: empty grain type"));
   auto p = partition_of(target, c.cfg.partitions);
+  if (auto* router = c.remote_owner(p))
+    return router->call(p, target, std::move(msg), remote_call_timeout,
+                        std::move(reply));
   if (auto err = c.reserve(p))
     return reply(std::move(err));
   caf::anon_send(c.partitions[p],
                  call_msg{std::move(target), std::move(msg), std::move(reply)});
+}
+
+void silo::set_router(remote_router* router) {
+  core_->router.store(router, std::memory_order_release);
+}
+
+void silo::deliver_remote(std::shared_ptr<wire::Envelope> env, bool fresh,
+                          send_handler done) {
+  auto& c = *core_;
+  if (auto err = c.check_running())
+    return done(err);
+  grain_id target{env->target().type(), env->target().key()};
+  if (target.type.empty())
+    return done(
+        make_error(errc::invalid_argument, "deliver: empty grain type"));
+  auto p = partition_of(target, c.cfg.partitions);
+  if (c.remote_owner(p))
+    return done(
+        make_error(errc::invalid_argument, "partition " + std::to_string(p)
+                                               + " of " + to_string(target)
+                                               + " is not owned by this silo"));
+  if (auto err = c.reserve(p))
+    return done(err);
+  caf::anon_send(c.partitions[p],
+                 send_msg{std::move(env), std::move(done), fresh, true});
 }
 
 namespace {
@@ -354,8 +382,10 @@ void silo::send_async(grain_id target, const google::protobuf::Message& msg,
                                + " exceeds max_payload_bytes="
                                + std::to_string(c.cfg.max_payload_bytes)));
   auto p = partition_of(target, c.cfg.partitions);
-  if (auto err = c.reserve(p))
-    return done(err);
+  auto* router = c.remote_owner(p);
+  if (!router)
+    if (auto err = c.reserve(p))
+      return done(err);
   auto env = std::make_shared<wire::Envelope>();
   bool fresh = msg_id.empty();
   env->set_msg_id(fresh ? c.next_msg_id() : std::move(msg_id));
@@ -364,6 +394,13 @@ void silo::send_async(grain_id target, const google::protobuf::Message& msg,
   env->set_payload_type(msg.GetDescriptor()->full_name());
   msg.SerializeToString(env->mutable_payload());
   env->set_accepted_ms(c.clk->now_ms());
+  if (router) {
+    // The owner acknowledges once it is durable there; a lost answer is
+    // an error to the caller, who resends with its own id to be safe.
+    return router->deliver(p, std::move(env),
+                           [done = std::move(done)](const caf::error& err,
+                                                    int64_t) { done(err); });
+  }
   caf::anon_send(c.partitions[p],
                  send_msg{std::move(env), std::move(done), fresh});
 }

@@ -17,10 +17,12 @@
 #include "runtime/commit_loop.hpp"
 #include "runtime/grain_base.hpp"
 #include "runtime/grain_id.hpp"
+#include "runtime/remote.hpp"
 #include "runtime/storage.hpp"
 
 namespace granary::wire {
 class DeadLetter;
+class Envelope;
 } // namespace granary::wire
 
 namespace granary {
@@ -144,6 +146,21 @@ public:
   /// Transient call: at most once, in memory. `reply` runs exactly once.
   void call_async(grain_id target, message_ptr msg, reply_handler reply);
 
+  /// Routes calls and sends for partitions this silo does not own through
+  /// `router` (see remote.hpp); null: every partition is local. Set it
+  /// before traffic starts; it must outlive the silo's use of it.
+  void set_router(remote_router* router);
+
+  /// Accepts a durable message that another silo delivers (its outbox
+  /// entry, or a client send it forwards): deduplicated by message id
+  /// unless `fresh`, and `done` runs once it is durable here. A message this
+  /// silo cannot run becomes a dead letter, as for local grain messages.
+  void deliver_remote(std::shared_ptr<wire::Envelope> env, bool fresh,
+                      send_handler done);
+
+  /// How long a transient call to another silo may take.
+  static constexpr std::chrono::milliseconds remote_call_timeout{10'000};
+
   /// Blocking transient call with a timeout.
   caf::expected<message_ptr> call(grain_id target, message_ptr msg,
                                   std::chrono::milliseconds timeout
@@ -173,6 +190,15 @@ public:
   /// Deletes a dead letter.
   caf::error drop_dead_letter(const grain_id& target,
                               const std::string& msg_id);
+
+  /// Reads the committed state record of grain `id` (nullopt when it has
+  /// none); an activation may have run ahead of it in memory.
+  caf::expected<std::optional<std::string>> read_state(const grain_id& id);
+
+  /// Reads a page of committed states of grain type `type` (see
+  /// `scan_grain_states`).
+  caf::expected<state_page> scan_states(std::string_view type,
+                                        std::string_view cursor, size_t limit);
 
   /// Returns current counters.
   silo_stats stats() const;

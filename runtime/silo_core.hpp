@@ -15,6 +15,7 @@
 #include "runtime/clock.hpp"
 #include "runtime/commit_loop.hpp"
 #include "runtime/error.hpp"
+#include "runtime/remote.hpp"
 #include "runtime/silo.hpp"
 #include "runtime/storage.hpp"
 
@@ -58,6 +59,14 @@ struct silo_core {
   uint64_t incarnation = 0;
   std::atomic<uint64_t> next_counter{0};
   std::atomic<bool> stopping{false};
+  // Set when the silo is part of a cluster; null: every partition is local.
+  std::atomic<remote_router*> router{nullptr};
+
+  /// The router when partition `p` belongs to another silo, else null.
+  remote_router* remote_owner(uint32_t p) const {
+    auto* r = router.load(std::memory_order_acquire);
+    return r && !r->owns(p) ? r : nullptr;
+  }
   counters stats;
   // Free-space watermark, refreshed at most every `space_check_ms`.
   std::atomic<int64_t> space_checked_ms{0};

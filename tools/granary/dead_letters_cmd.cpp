@@ -11,6 +11,7 @@
 #include "runtime/admin.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
+#include "tools/granary/gateway_cmd.hpp"
 
 namespace granary::cli {
 
@@ -26,7 +27,9 @@ constexpr const char* usage_text
       "       granary dead-letters --data DIR drop TYPE KEY MSG_ID\n"
       "\n"
       "Works on the data directory of a stopped silo. A requeued message is\n"
-      "stored in its grain's inbox and processed when the silo starts.\n";
+      "stored in its grain's inbox and processed when the silo starts.\n"
+      "With --gateway HOST:PORT instead of --data, works on a running silo\n"
+      "(see 'granary dead-letters --gateway HOST:PORT --help').\n";
 
 int usage(const std::string& what) {
   std::fprintf(stderr, "granary dead-letters: %s\n%s", what.c_str(),
@@ -56,6 +59,8 @@ int fail(const caf::error& err) {
 } // namespace
 
 int dead_letters_main(int argc, char** argv) {
+  if (has_gateway_flag(argc, argv))
+    return dead_letters_gateway_main(argc, argv);
   std::string data_dir;
   std::string action = "list";
   std::vector<std::string> positional;
@@ -84,7 +89,7 @@ int dead_letters_main(int argc, char** argv) {
     }
   }
   if (data_dir.empty())
-    return usage("--data DIR is required");
+    return usage("--data DIR or --gateway HOST:PORT is required");
   if (!positional.empty()) {
     action = positional.front();
     positional.erase(positional.begin());

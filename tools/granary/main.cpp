@@ -1,7 +1,11 @@
-// The `granary` command-line tool: benchmarks and dead-letter administration.
+// The `granary` command-line tool: benchmarks, the silo process, and
+// workflow, grain and dead-letter administration (offline on a data
+// directory, or online through a silo's gateway).
 //
 //   granary bench SCENARIO [--duration SECONDS] [--concurrency N]
 //                 [--grains N] [--payload BYTES] [--data DIR] [--json]
+//   granary silo --config FILE
+//   granary workflow|grain|dead-letters|cluster ... --gateway HOST:PORT
 //
 // Exit codes: 0 success, 1 a scenario failed, 2 bad usage.
 
@@ -18,6 +22,8 @@
 #include "bench/scenarios.hpp"
 #include "runtime/error.hpp"
 #include "tools/granary/dead_letters_cmd.hpp"
+#include "tools/granary/gateway_cmd.hpp"
+#include "tools/granary/silo_cmd.hpp"
 #include "tools/granary/workflow_cmd.hpp"
 
 namespace {
@@ -30,10 +36,18 @@ constexpr const char* usage_text
     = "usage: granary bench SCENARIO [--duration SECONDS] [--concurrency N]\n"
       "                     [--grains N] [--payload BYTES] [--data DIR] "
       "[--json]\n"
-      "       granary dead-letters --data DIR [list|requeue|drop] ...\n"
+      "       granary silo --config FILE [--cloud-api HOST:PORT]\n"
+      "       granary dead-letters (--data DIR | --gateway HOST:PORT)\n"
+      "                            [list|requeue|drop] ...\n"
       "       granary workflow history --data DIR TYPE ID [--json] "
       "[--export FILE]\n"
+      "       granary workflow start|describe|result|signal|query|cancel|\n"
+      "                        update|list|history --gateway HOST:PORT ...\n"
+      "       granary grain call|send --gateway HOST:PORT TYPE KEY ...\n"
+      "       granary cluster status --gateway HOST:PORT\n"
       "       granary help\n"
+      "\n"
+      "'granary COMMAND --help' explains each command.\n"
       "\n"
       "scenarios:\n"
       "  transient-ping  transient calls/s against raw CAF request/response\n"
@@ -58,7 +72,7 @@ constexpr const char* usage_text
 int usage_error(const std::string& what) {
   std::fprintf(stderr,
                "granary: %s\n"
-               "usage: granary bench SCENARIO [options]; see 'granary help'\n",
+               "usage: granary COMMAND ...; see 'granary help'\n",
                what.c_str());
   return exit_usage;
 }
@@ -216,5 +230,11 @@ int main(int argc, char** argv) {
     return granary::cli::dead_letters_main(argc - 2, argv + 2);
   if (cmd == "workflow")
     return granary::cli::workflow_main(argc - 2, argv + 2);
+  if (cmd == "silo")
+    return granary::cli::silo_main(argc - 2, argv + 2);
+  if (cmd == "grain")
+    return granary::cli::grain_main(argc - 2, argv + 2);
+  if (cmd == "cluster")
+    return granary::cli::cluster_main(argc - 2, argv + 2);
   return usage_error("unknown command '" + cmd + "'");
 }

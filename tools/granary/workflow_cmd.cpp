@@ -6,10 +6,11 @@
 #include <string_view>
 #include <vector>
 
+#include "cluster/gateway_history.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/admin.hpp"
 #include "runtime/error.hpp"
-#include "runtime/json.hpp"
+#include "tools/granary/gateway_cmd.hpp"
 #include "workflow.pb.h"
 
 namespace granary::cli {
@@ -26,7 +27,11 @@ constexpr const char* usage_text
       "\n"
       "Shows the journal of workflow TYPE/ID in a stopped silo's data\n"
       "directory. --export writes the stored state to FILE, the input of\n"
-      "granary::check_replay in a replay test.\n";
+      "granary::check_replay in a replay test.\n"
+      "\n"
+      "With --gateway HOST:PORT, works on a running silo: start, describe,\n"
+      "result, signal, query, cancel, update, list and history (see\n"
+      "'granary workflow --gateway HOST:PORT --help').\n";
 
 int usage(const std::string& what) {
   std::fprintf(stderr, "granary workflow: %s\n%s", what.c_str(), usage_text);
@@ -38,13 +43,11 @@ int fail(const std::string& what) {
   return exit_failed;
 }
 
-const char* status_name(wire::WorkflowState::Status s) {
-  return wire::WorkflowState::Status_Name(s).c_str();
-}
-
 } // namespace
 
 int workflow_main(int argc, char** argv) {
+  if (has_gateway_flag(argc, argv))
+    return workflow_gateway_main(argc, argv);
   std::string data_dir;
   std::string export_file;
   bool json = false;
@@ -65,7 +68,8 @@ int workflow_main(int argc, char** argv) {
       positional.emplace_back(arg);
   }
   if (positional.empty() || positional.front() != "history")
-    return usage("the only subcommand is 'history'");
+    return usage("the only subcommand with --data is 'history'; the others "
+                 "need --gateway HOST:PORT");
   if (positional.size() != 3)
     return usage("history takes TYPE ID");
   if (data_dir.empty())
@@ -89,35 +93,11 @@ int workflow_main(int argc, char** argv) {
     if (!out)
       return fail("cannot write " + export_file);
   }
-  if (json) {
-    std::printf("{\"workflow\":%s,\"status\":%s,\"run\":%u,\"error\":%s,"
-                "\"journal\":[",
-                json_quote(to_string(id)).c_str(),
-                json_quote(status_name(st.status())).c_str(), st.run(),
-                json_quote(st.error()).c_str());
-    for (int i = 0; i < st.journal_size(); ++i) {
-      auto& e = st.journal(i);
-      std::printf("%s{\"seq\":%llu,\"kind\":%s,\"target\":%s,"
-                  "\"completed\":%s,\"error\":%s}",
-                  i == 0 ? "" : ",", static_cast<unsigned long long>(e.seq()),
-                  json_quote(wire::JournalEntry::Kind_Name(e.kind())).c_str(),
-                  json_quote(e.target()).c_str(),
-                  e.completed() ? "true" : "false",
-                  json_quote(e.error()).c_str());
-    }
-    std::printf("]}\n");
-    return exit_ok;
-  }
-  std::printf("%s  %s  run %u  %d journal entries\n", to_string(id).c_str(),
-              status_name(st.status()), st.run(), st.journal_size());
-  if (!st.error().empty())
-    std::printf("  error: %s\n", st.error().c_str());
-  for (auto& e : st.journal())
-    std::printf("  %4llu  %-11s %-30s %s%s\n",
-                static_cast<unsigned long long>(e.seq()),
-                wire::JournalEntry::Kind_Name(e.kind()).c_str(),
-                e.target().c_str(), e.completed() ? "done" : "pending",
-                e.error().empty() ? "" : ("  " + e.error()).c_str());
+  auto history = cluster::make_history(id, st);
+  if (json)
+    std::printf("%s\n", cluster::to_json(history).c_str());
+  else
+    std::fputs(cluster::to_text(history).c_str(), stdout);
   return exit_ok;
 }
 

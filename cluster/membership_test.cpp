@@ -1,0 +1,720 @@
+// Conformance suite of the membership store, run against every provider:
+// the embedded RocksDB store and etcd (a real etcd process per test binary).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <latch>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "cluster/embedded_membership.hpp"
+#include "cluster/etcd_membership.hpp"
+#include "cluster/etcd_test_server.hpp"
+#include "runtime/error.hpp"
+
+using namespace granary;
+using namespace granary::cluster;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// Returns the value or aborts the test with the error's description.
+template <class T>
+T must(caf::expected<T> x) {
+  if (!x)
+    throw std::runtime_error(describe(x.error()));
+  return std::move(*x);
+}
+
+void must(const caf::error& err) {
+  if (err)
+    throw std::runtime_error(describe(err));
+}
+
+std::string current_test_name() {
+  auto* info = testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info->test_suite_name();
+  name += "-";
+  name += info->name();
+  for (auto& c : name)
+    if (c == '/' || c == ' ')
+      c = '_';
+  return name;
+}
+
+} // namespace
+
+// -- providers ----------------------------------------------------------------
+
+// The providers live outside the anonymous namespace so that CTest names the
+// typed tests "membership_conformance.<test><embedded_provider>".
+
+namespace {
+
+/// Starts etcd once per process; fails the test when it cannot.
+etcd_test_server* shared_etcd();
+
+} // namespace
+
+/// Opens embedded stores in a fresh temporary directory.
+struct embedded_provider {
+  static constexpr const char* name = "embedded";
+
+  embedded_provider() {
+    char tmpl[] = "/tmp/granary-membership-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr)
+      throw std::runtime_error("mkdtemp failed");
+    dir = tmpl;
+  }
+
+  ~embedded_provider() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+
+  /// Opens the store; again after the previous one was destroyed, it
+  /// reopens the same directory.
+  std::unique_ptr<membership_store> open() {
+    embedded_membership_config cfg;
+    cfg.dir = dir + "/membership";
+    return must(embedded_membership::open(cfg));
+  }
+
+  std::string dir;
+};
+
+namespace {
+
+etcd_test_server* shared_etcd() {
+  static std::unique_ptr<etcd_test_server> server;
+  static std::string error;
+  if (!server && error.empty()) {
+    auto started = etcd_test_server::start();
+    if (started)
+      server = std::move(*started);
+    else
+      error = describe(started.error());
+  }
+  if (!server)
+    ADD_FAILURE() << "cannot start etcd: " << error;
+  return server.get();
+}
+
+} // namespace
+
+/// Opens etcd stores on the shared etcd, one cluster id per test.
+struct etcd_provider {
+  static constexpr const char* name = "etcd";
+
+  etcd_provider()
+      : cluster(current_test_name()) {
+    // nop
+  }
+
+  /// Opens a new client on the same cluster id.
+  std::unique_ptr<membership_store> open() {
+    auto* server = shared_etcd();
+    if (server == nullptr)
+      throw std::runtime_error("etcd is not running; run scripts/setup");
+    etcd_membership_config cfg;
+    cfg.endpoint = server->endpoint();
+    cfg.cluster_id = cluster;
+    cfg.watch_retry_initial = 20ms;
+    cfg.watch_retry_max = 200ms;
+    return must(etcd_membership::open(cfg));
+  }
+
+  std::string cluster;
+};
+
+namespace {
+
+membership_entry make_entry(std::string id,
+                            silo_status status = silo_status::joining) {
+  membership_entry e;
+  e.silo_id = std::move(id);
+  e.address = "10.0.0.1:7100";
+  e.gateway_address = "10.0.0.1:8080";
+  e.status = status;
+  e.start_time_ms = 1'700'000'000'000;
+  e.incarnation = 3;
+  e.i_am_alive_ms = 1'700'000'000'500;
+  return e;
+}
+
+void expect_same_row(const membership_entry& want,
+                     const membership_entry& got) {
+  EXPECT_EQ(got.silo_id, want.silo_id);
+  EXPECT_EQ(got.address, want.address);
+  EXPECT_EQ(got.gateway_address, want.gateway_address);
+  EXPECT_EQ(got.status, want.status);
+  EXPECT_EQ(got.start_time_ms, want.start_time_ms);
+  EXPECT_EQ(got.incarnation, want.incarnation);
+  EXPECT_EQ(got.i_am_alive_ms, want.i_am_alive_ms);
+  EXPECT_EQ(got.suspicions, want.suspicions);
+}
+
+partition_map make_map(uint32_t count, const std::string& owner,
+                       uint64_t epoch) {
+  partition_map map;
+  map.partition_count = count;
+  for (uint32_t i = 0; i < count; ++i)
+    map.partitions.push_back(partition_assignment{
+        i, epoch, {partition_owner{owner, replica_role::primary}}});
+  return map;
+}
+
+/// Records watch notifications.
+struct change_log {
+  std::mutex mtx;
+  std::condition_variable cv;
+  std::vector<membership_change> changes;
+
+  membership_watcher watcher() {
+    return [this](const membership_change& c) {
+      std::lock_guard guard{mtx};
+      changes.push_back(c);
+      cv.notify_all();
+    };
+  }
+
+  /// Waits until a change of `kind` with at least `version` arrived.
+  bool wait_for(membership_change_kind kind, uint64_t version,
+                std::chrono::milliseconds limit = 5s) {
+    std::unique_lock guard{mtx};
+    return cv.wait_for(guard, limit, [&] {
+      return std::any_of(changes.begin(), changes.end(), [&](auto& c) {
+        return c.kind == kind && c.version >= version;
+      });
+    });
+  }
+
+  size_t size() {
+    std::lock_guard guard{mtx};
+    return changes.size();
+  }
+};
+
+// -- conformance suite --------------------------------------------------------
+
+template <class Provider>
+class membership_conformance : public testing::Test {
+protected:
+  void SetUp() override {
+    store = provider.open();
+  }
+
+  void reopen() {
+    store.reset();
+    store = provider.open();
+  }
+
+  Provider provider;
+  std::unique_ptr<membership_store> store;
+};
+
+using providers = testing::Types<embedded_provider, etcd_provider>;
+
+TYPED_TEST_SUITE(membership_conformance, providers);
+
+TYPED_TEST(membership_conformance, empty_table_has_version_zero) {
+  auto table = must(this->store->read_all());
+  EXPECT_TRUE(table.rows.empty());
+  EXPECT_EQ(table.version, 0u);
+  auto one = must(this->store->read("nobody"));
+  EXPECT_TRUE(one.rows.empty());
+  EXPECT_EQ(one.version, 0u);
+}
+
+TYPED_TEST(membership_conformance, insert_then_read) {
+  auto a = make_entry("silo-a");
+  auto r = must(this->store->insert(a, 0));
+  ASSERT_TRUE(r.applied()) << to_string(r.status);
+  EXPECT_GT(r.version, 0u);
+  auto table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.size(), 1u);
+  EXPECT_EQ(table.version, r.version);
+  expect_same_row(a, table.rows[0]);
+  EXPECT_EQ(table.rows[0].version, r.version);
+  auto one = must(this->store->read("silo-a"));
+  ASSERT_EQ(one.rows.size(), 1u);
+  EXPECT_EQ(one.version, r.version);
+  expect_same_row(a, one.rows[0]);
+  EXPECT_EQ(one.rows[0].version, r.version);
+  auto none = must(this->store->read("silo-z"));
+  EXPECT_TRUE(none.rows.empty());
+  EXPECT_EQ(none.version, r.version);
+  // Rows come ordered by silo id.
+  auto b = make_entry("silo-0");
+  ASSERT_TRUE(must(this->store->insert(b, r.version)).applied());
+  table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.size(), 2u);
+  EXPECT_EQ(table.rows[0].silo_id, "silo-0");
+  EXPECT_EQ(table.rows[1].silo_id, "silo-a");
+  ASSERT_NE(table.find("silo-a"), nullptr);
+  EXPECT_EQ(table.find("silo-b"), nullptr);
+}
+
+TYPED_TEST(membership_conformance, duplicate_insert_conflicts) {
+  auto r1 = must(this->store->insert(make_entry("a"), 0));
+  ASSERT_TRUE(r1.applied());
+  auto other = make_entry("a", silo_status::active);
+  other.address = "elsewhere:1";
+  auto r2 = must(this->store->insert(other, r1.version));
+  EXPECT_EQ(r2.status, write_status::row_exists);
+  EXPECT_EQ(r2.version, r1.version);
+  auto table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.size(), 1u);
+  EXPECT_EQ(table.rows[0].address, "10.0.0.1:7100");
+  EXPECT_EQ(table.version, r1.version);
+}
+
+TYPED_TEST(membership_conformance, insert_with_stale_table_version_conflicts) {
+  auto r1 = must(this->store->insert(make_entry("a"), 0));
+  ASSERT_TRUE(r1.applied());
+  auto r2 = must(this->store->insert(make_entry("b"), 0));
+  EXPECT_EQ(r2.status, write_status::table_version_conflict);
+  EXPECT_EQ(r2.version, r1.version);
+  EXPECT_EQ(must(this->store->read_all()).rows.size(), 1u);
+}
+
+TYPED_TEST(membership_conformance, update_with_stale_row_version_conflicts) {
+  auto a = make_entry("a");
+  auto r1 = must(this->store->insert(a, 0));
+  a.status = silo_status::active;
+  auto r2 = must(this->store->update(a, r1.version, r1.version));
+  ASSERT_TRUE(r2.applied()) << to_string(r2.status);
+  EXPECT_GT(r2.version, r1.version);
+  a.status = silo_status::dead;
+  auto r3 = must(this->store->update(a, r1.version, r2.version));
+  EXPECT_EQ(r3.status, write_status::row_version_conflict);
+  EXPECT_EQ(r3.version, r2.version);
+  auto row = must(this->store->read("a")).rows.at(0);
+  EXPECT_EQ(row.status, silo_status::active);
+  EXPECT_EQ(row.version, r2.version);
+}
+
+TYPED_TEST(membership_conformance, update_with_stale_table_version_conflicts) {
+  auto a = make_entry("a");
+  auto r1 = must(this->store->insert(a, 0));
+  auto r2 = must(this->store->insert(make_entry("b"), r1.version));
+  ASSERT_TRUE(r2.applied());
+  a.status = silo_status::active;
+  auto r3 = must(this->store->update(a, r1.version, r1.version));
+  EXPECT_EQ(r3.status, write_status::table_version_conflict);
+  EXPECT_EQ(r3.version, r2.version);
+  EXPECT_EQ(must(this->store->read("a")).rows.at(0).status,
+            silo_status::joining);
+  auto r4 = must(this->store->update(a, r1.version, r2.version));
+  EXPECT_TRUE(r4.applied()) << to_string(r4.status);
+}
+
+TYPED_TEST(membership_conformance, update_of_missing_row_conflicts) {
+  auto r = must(this->store->update(make_entry("ghost"), 1, 0));
+  EXPECT_EQ(r.status, write_status::row_missing);
+  EXPECT_TRUE(must(this->store->read_all()).rows.empty());
+}
+
+TYPED_TEST(membership_conformance, table_version_strictly_increases) {
+  std::vector<uint64_t> versions;
+  uint64_t table_version = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto r = must(this->store->insert(make_entry("s" + std::to_string(i)),
+                                      table_version));
+    ASSERT_TRUE(r.applied());
+    table_version = r.version;
+    versions.push_back(r.version);
+  }
+  for (int i = 0; i < 5; ++i) {
+    auto e = make_entry("s" + std::to_string(i), silo_status::dead);
+    auto row = must(this->store->read(e.silo_id)).rows.at(0);
+    auto r = must(this->store->update(e, row.version, table_version));
+    ASSERT_TRUE(r.applied());
+    table_version = r.version;
+    versions.push_back(r.version);
+  }
+  EXPECT_EQ(must(this->store->delete_dead(std::numeric_limits<int64_t>::max())),
+            5u);
+  auto after = must(this->store->read_all()).version;
+  versions.push_back(after);
+  for (size_t i = 1; i < versions.size(); ++i)
+    EXPECT_LT(versions[i - 1], versions[i]) << "at write " << i;
+}
+
+TYPED_TEST(membership_conformance, i_am_alive_changes_only_the_timestamp) {
+  auto a = make_entry("a");
+  auto r1 = must(this->store->insert(a, 0));
+  must(this->store->update_i_am_alive("a", 1'700'000'009'000));
+  auto table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.size(), 1u);
+  EXPECT_EQ(table.rows[0].i_am_alive_ms, 1'700'000'009'000);
+  EXPECT_EQ(table.rows[0].version, r1.version);
+  EXPECT_EQ(table.version, r1.version);
+  // A heartbeat does not make a CAS against the row fail; `update` keeps
+  // the heartbeat.
+  a.status = silo_status::active;
+  a.i_am_alive_ms = 1;
+  auto r2 = must(this->store->update(a, r1.version, r1.version));
+  ASSERT_TRUE(r2.applied()) << to_string(r2.status);
+  EXPECT_EQ(must(this->store->read("a")).rows.at(0).i_am_alive_ms,
+            1'700'000'009'000);
+  auto err = this->store->update_i_am_alive("ghost", 5);
+  EXPECT_EQ(code_of(err), errc::not_found) << describe(err);
+}
+
+TYPED_TEST(membership_conformance, suspicion_votes_round_trip) {
+  auto a = make_entry("a", silo_status::active);
+  auto r1 = must(this->store->insert(a, 0));
+  a.suspicions = {{"b", 1'700'000'001'000}, {"c", 1'700'000'002'000}};
+  auto r2 = must(this->store->update(a, r1.version, r1.version));
+  ASSERT_TRUE(r2.applied());
+  auto row = must(this->store->read("a")).rows.at(0);
+  EXPECT_EQ(row.suspicions, a.suspicions);
+  // A third voter adds its vote against the version it read.
+  row.suspicions.push_back({"d", 1'700'000'003'000});
+  row.status = silo_status::dead;
+  auto r3 = must(this->store->update(row, row.version, r2.version));
+  ASSERT_TRUE(r3.applied());
+  auto table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.at(0).suspicions.size(), 3u);
+  EXPECT_EQ(table.rows[0].suspicions[2].voter, "d");
+  EXPECT_EQ(table.rows[0].status, silo_status::dead);
+}
+
+TYPED_TEST(membership_conformance, delete_dead_removes_old_dead_rows_only) {
+  uint64_t v = 0;
+  auto add = [&](std::string id, silo_status st, int64_t alive) {
+    auto e = make_entry(std::move(id), st);
+    e.start_time_ms = 100;
+    e.i_am_alive_ms = alive;
+    auto r = must(this->store->insert(e, v));
+    ASSERT_TRUE(r.applied());
+    v = r.version;
+  };
+  add("old-dead", silo_status::dead, 200);
+  add("new-dead", silo_status::dead, 5000);
+  add("old-active", silo_status::active, 200);
+  add("old-leaving", silo_status::shutting_down, 200);
+  EXPECT_EQ(must(this->store->delete_dead(1000)), 1u);
+  auto table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.size(), 3u);
+  EXPECT_EQ(table.find("old-dead"), nullptr);
+  EXPECT_GT(table.version, v);
+  EXPECT_EQ(must(this->store->delete_dead(1000)), 0u);
+  EXPECT_EQ(must(this->store->read_all()).version, table.version);
+  // The silo id can join again after its old row is gone.
+  auto r = must(this->store->insert(make_entry("old-dead"), table.version));
+  EXPECT_TRUE(r.applied());
+}
+
+TYPED_TEST(membership_conformance, watch_notifies_on_change) {
+  change_log log;
+  auto token = must(this->store->watch(log.watcher()));
+  EXPECT_TRUE(token.active());
+  auto r1 = must(this->store->insert(make_entry("a"), 0));
+  EXPECT_TRUE(log.wait_for(membership_change_kind::table, r1.version));
+  auto m = must(this->store->write_partition_map(make_map(4, "a", 1), 0));
+  ASSERT_TRUE(m.applied());
+  EXPECT_TRUE(log.wait_for(membership_change_kind::partition_map, m.version));
+  // Heartbeats are not table changes.
+  auto before = log.size();
+  must(this->store->update_i_am_alive("a", 42));
+  // Cancelled: no more calls, even for later changes.
+  token.cancel();
+  EXPECT_FALSE(token.active());
+  auto r2 = must(this->store->insert(make_entry("b"), r1.version));
+  ASSERT_TRUE(r2.applied());
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(log.size(), before);
+  std::lock_guard guard{log.mtx};
+  uint64_t last_table = 0;
+  for (auto& c : log.changes) {
+    if (c.kind == membership_change_kind::table) {
+      EXPECT_GT(c.version, last_table);
+      last_table = c.version;
+    }
+  }
+}
+
+TYPED_TEST(membership_conformance, partition_map_compare_and_set) {
+  auto empty = must(this->store->read_partition_map());
+  EXPECT_EQ(empty.version, 0u);
+  EXPECT_EQ(empty.partition_count, 0u);
+  EXPECT_TRUE(empty.partitions.empty());
+  auto map = make_map(4, "a", 1);
+  map.partitions[2].owners.push_back({"b", replica_role::follower});
+  auto r1 = must(this->store->write_partition_map(map, 0));
+  ASSERT_TRUE(r1.applied()) << to_string(r1.status);
+  auto read = must(this->store->read_partition_map());
+  EXPECT_EQ(read.version, r1.version);
+  EXPECT_EQ(read.partition_count, 4u);
+  EXPECT_EQ(read.partitions, map.partitions);
+  ASSERT_NE(read.partitions[2].primary(), nullptr);
+  EXPECT_EQ(*read.partitions[2].primary(), "a");
+  // A stale writer loses.
+  auto r2 = must(this->store->write_partition_map(make_map(4, "b", 2), 0));
+  EXPECT_EQ(r2.status, write_status::map_version_conflict);
+  EXPECT_EQ(r2.version, r1.version);
+  // Moving a partition without a new epoch is refused.
+  auto moved = read;
+  moved.partitions[1].owners = {{"b", replica_role::primary}};
+  auto bad = this->store->write_partition_map(moved, r1.version);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(code_of(bad.error()), errc::invalid_argument);
+  // So is a lower epoch, a second primary and a new partition count.
+  auto lower = read;
+  lower.partitions[0].epoch = 0;
+  EXPECT_FALSE(this->store->write_partition_map(lower, r1.version));
+  auto two = read;
+  two.partitions[3].owners.push_back({"c", replica_role::primary});
+  two.partitions[3].epoch = 9;
+  EXPECT_FALSE(this->store->write_partition_map(two, r1.version));
+  EXPECT_FALSE(
+      this->store->write_partition_map(make_map(8, "a", 5), r1.version));
+  // With a new epoch, the move is accepted.
+  moved.partitions[1].epoch = 2;
+  auto r3 = must(this->store->write_partition_map(moved, r1.version));
+  ASSERT_TRUE(r3.applied()) << to_string(r3.status);
+  EXPECT_GT(r3.version, r1.version);
+  auto again = must(this->store->read_partition_map());
+  EXPECT_EQ(*again.partitions[1].primary(), "b");
+  EXPECT_EQ(again.partitions[1].epoch, 2u);
+}
+
+TYPED_TEST(membership_conformance, concurrent_writers_never_both_win) {
+  constexpr int writers = 6;
+  constexpr int rounds = 4;
+  auto r0 = must(this->store->insert(make_entry("target"), 0));
+  ASSERT_TRUE(r0.applied());
+  for (int round = 0; round < rounds; ++round) {
+    auto snapshot = must(this->store->read("target"));
+    auto row = snapshot.rows.at(0);
+    std::atomic<int> wins{0};
+    std::atomic<int> conflicts{0};
+    std::atomic<int> errors{0};
+    std::latch go{writers};
+    std::vector<std::thread> threads;
+    for (int w = 0; w < writers; ++w)
+      threads.emplace_back([&, w] {
+        auto e = row;
+        e.suspicions.push_back({"voter-" + std::to_string(w), w});
+        go.arrive_and_wait();
+        auto r = this->store->update(e, row.version, snapshot.version);
+        if (!r)
+          ++errors;
+        else if (r->applied())
+          ++wins;
+        else
+          ++conflicts;
+      });
+    for (auto& t : threads)
+      t.join();
+    EXPECT_EQ(errors.load(), 0);
+    EXPECT_EQ(wins.load(), 1) << "round " << round;
+    EXPECT_EQ(conflicts.load(), writers - 1);
+    EXPECT_EQ(must(this->store->read("target")).rows.at(0).suspicions.size(),
+              row.suspicions.size() + 1);
+  }
+  // Inserts of different silos against one table version: one wins.
+  auto v = must(this->store->read_all()).version;
+  std::atomic<int> wins{0};
+  std::latch go{writers};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w)
+    threads.emplace_back([&, w] {
+      go.arrive_and_wait();
+      auto r
+          = this->store->insert(make_entry("joiner-" + std::to_string(w)), v);
+      if (r && r->applied())
+        ++wins;
+    });
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(wins.load(), 1);
+  EXPECT_EQ(must(this->store->read_all()).rows.size(), 2u);
+}
+
+TYPED_TEST(membership_conformance, reopen_keeps_data) {
+  auto a = make_entry("a", silo_status::active);
+  a.suspicions = {{"b", 7}};
+  auto r1 = must(this->store->insert(a, 0));
+  must(this->store->update_i_am_alive("a", 1'700'000'123'000));
+  a.i_am_alive_ms = 1'700'000'123'000;
+  auto m = must(this->store->write_partition_map(make_map(3, "a", 4), 0));
+  ASSERT_TRUE(m.applied());
+  this->reopen();
+  auto table = must(this->store->read_all());
+  ASSERT_EQ(table.rows.size(), 1u);
+  expect_same_row(a, table.rows[0]);
+  EXPECT_EQ(table.rows[0].version, r1.version);
+  EXPECT_EQ(table.version, r1.version);
+  auto map = must(this->store->read_partition_map());
+  EXPECT_EQ(map.version, m.version);
+  EXPECT_EQ(map.partitions, make_map(3, "a", 4).partitions);
+  // Versions keep growing across the restart.
+  auto r2 = must(this->store->insert(make_entry("b"), table.version));
+  ASSERT_TRUE(r2.applied());
+  EXPECT_GT(r2.version, std::max(r1.version, m.version));
+}
+
+TYPED_TEST(membership_conformance, rejects_bad_silo_ids) {
+  for (auto& id :
+       std::vector<std::string>{"", "a/b", "a b", std::string(300, 'x')}) {
+    auto r = this->store->insert(make_entry(id), 0);
+    ASSERT_FALSE(r) << "silo id '" << id << "'";
+    EXPECT_EQ(code_of(r.error()), errc::invalid_argument);
+  }
+  EXPECT_FALSE(this->store->watch(nullptr));
+}
+
+TYPED_TEST(membership_conformance, measure_cas_round_trip) {
+  constexpr int n = 200;
+  auto e = make_entry("bench");
+  auto r = must(this->store->insert(e, 0));
+  uint64_t row_version = r.version;
+  uint64_t table_version = r.version;
+  std::vector<double> us;
+  us.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    e.incarnation = static_cast<uint64_t>(i);
+    auto start = std::chrono::steady_clock::now();
+    auto w = must(this->store->update(e, row_version, table_version));
+    auto stop = std::chrono::steady_clock::now();
+    ASSERT_TRUE(w.applied());
+    row_version = table_version = w.version;
+    us.push_back(
+        std::chrono::duration<double, std::micro>(stop - start).count());
+  }
+  std::sort(us.begin(), us.end());
+  auto alive_start = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i)
+    must(this->store->update_i_am_alive("bench", i));
+  auto alive_us = std::chrono::duration<double, std::micro>(
+                      std::chrono::steady_clock::now() - alive_start)
+                      .count()
+                  / n;
+  std::cout << "[ measure  ] " << TypeParam::name
+            << " CAS update round trip: p50 " << us[n / 2] << " us, p99 "
+            << us[n * 99 / 100] << " us; i-am-alive mean " << alive_us
+            << " us\n";
+  this->RecordProperty("cas_p50_us", std::to_string(us[n / 2]));
+}
+
+// -- provider specifics -------------------------------------------------------
+
+TEST(embedded_membership, second_open_of_a_directory_fails) {
+  embedded_provider p;
+  auto first = p.open();
+  embedded_membership_config cfg;
+  cfg.dir = p.dir + "/membership";
+  auto second = embedded_membership::open(cfg);
+  ASSERT_FALSE(second);
+  EXPECT_EQ(code_of(second.error()), errc::data_dir_locked)
+      << describe(second.error());
+  EXPECT_FALSE(embedded_membership::open({}));
+}
+
+TEST(etcd_membership, unreachable_etcd_is_named_in_the_error) {
+  // A port nobody listens on: bind one and close it again.
+  etcd_membership_config cfg;
+  cfg.endpoint = "127.0.0.1:1";
+  cfg.cluster_id = "down";
+  cfg.request_timeout = 500ms;
+  auto store = etcd_membership::open(cfg);
+  ASSERT_FALSE(store);
+  auto text = describe(store.error());
+  EXPECT_EQ(code_of(store.error()), errc::storage_failure) << text;
+  EXPECT_NE(text.find("127.0.0.1:1"), std::string::npos) << text;
+  EXPECT_NE(text.find("unreachable"), std::string::npos) << text;
+  cfg.cluster_id = "a/b";
+  EXPECT_EQ(code_of(etcd_membership::open(cfg).error()), errc::invalid_config);
+  cfg.cluster_id = "ok";
+  cfg.endpoint = "no-port";
+  EXPECT_EQ(code_of(etcd_membership::open(cfg).error()), errc::invalid_config);
+}
+
+TEST(etcd_membership, watch_sees_writes_of_other_clients) {
+  etcd_provider p;
+  auto watcher_store = p.open();
+  auto writer_store = p.open();
+  change_log log;
+  auto token = must(watcher_store->watch(log.watcher()));
+  auto r = must(writer_store->insert(make_entry("a"), 0));
+  ASSERT_TRUE(r.applied());
+  EXPECT_TRUE(log.wait_for(membership_change_kind::table, r.version));
+  auto m = must(writer_store->write_partition_map(make_map(2, "a", 1), 0));
+  EXPECT_TRUE(log.wait_for(membership_change_kind::partition_map, m.version));
+  // Destroying the store stops its watch thread promptly.
+  auto start = std::chrono::steady_clock::now();
+  token.cancel();
+  watcher_store.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+}
+
+TEST(etcd_membership, clusters_do_not_see_each_other) {
+  etcd_provider p1;
+  etcd_provider p2;
+  p1.cluster += "-one";
+  p2.cluster += "-two";
+  auto s1 = p1.open();
+  auto s2 = p2.open();
+  ASSERT_TRUE(must(s1->insert(make_entry("a"), 0)).applied());
+  ASSERT_TRUE(must(s2->insert(make_entry("a"), 0)).applied());
+  EXPECT_EQ(must(s1->read_all()).rows.size(), 1u);
+  EXPECT_EQ(must(s2->read_all()).rows.size(), 1u);
+  EXPECT_EQ(must(s1->read_partition_map()).version, 0u);
+}
+
+} // namespace
+
+namespace {
+
+TEST(etcd_membership, survives_an_etcd_restart) {
+  auto server = must(etcd_test_server::start());
+  etcd_membership_config cfg;
+  cfg.endpoint = server->endpoint();
+  cfg.cluster_id = "restart";
+  cfg.request_timeout = 500ms;
+  cfg.watch_retry_initial = 10ms;
+  cfg.watch_retry_max = 50ms;
+  auto store = must(etcd_membership::open(cfg));
+  auto writer = must(etcd_membership::open(cfg));
+  change_log log;
+  auto token = must(store->watch(log.watcher()));
+  auto r1 = must(writer->insert(make_entry("a"), 0));
+  ASSERT_TRUE(log.wait_for(membership_change_kind::table, r1.version));
+  server->kill();
+  // While etcd is down, calls fail within the timeout and name it.
+  auto start = std::chrono::steady_clock::now();
+  auto down = store->read_all();
+  ASSERT_FALSE(down);
+  auto text = describe(down.error());
+  EXPECT_NE(text.find(server->endpoint()), std::string::npos) << text;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  // The data survives, and the watch reconnects and resumes after the last
+  // revision it saw.
+  must(server->restart());
+  auto table = must(store->read_all());
+  ASSERT_EQ(table.rows.size(), 1u);
+  EXPECT_EQ(table.version, r1.version);
+  auto r2 = must(writer->insert(make_entry("b"), table.version));
+  ASSERT_TRUE(r2.applied());
+  EXPECT_TRUE(log.wait_for(membership_change_kind::table, r2.version));
+}
+
+} // namespace

@@ -1,0 +1,240 @@
+// The silo config file: a full example parses, and every kind of mistake
+// gets an error that names the key and the problem.
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "cluster/config.hpp"
+#include "runtime/error.hpp"
+
+using namespace granary;
+using namespace granary::cluster;
+
+namespace {
+
+constexpr const char* base = R"(
+cluster_id = "dev"
+silo_id = "silo-1"
+data_dir = "/tmp/granary-silo-1"
+
+[listen]
+silo = "127.0.0.1:7100"
+gateway = "0.0.0.0:8080"
+)";
+
+// Parses `text` and returns its error text (empty when it parsed).
+std::string error_of(const std::string& text) {
+  auto res = parse_config(text, "silo.toml");
+  if (res)
+    return {};
+  EXPECT_EQ(code_of(res.error()), errc::invalid_config);
+  return describe(res.error());
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+} // namespace
+
+TEST(silo_config_file, parses_a_full_config) {
+  auto res = parse_config("partitions = 16\n" + std::string{base} + R"(
+[membership]
+provider = "embedded"
+seeds = ["127.0.0.1:7100", "[::1]:7101", "silo-2.local:7100"]
+
+[limits]
+threads = 4
+max_attempts = 7
+retry_initial_ms = 50
+idle_age_ms = 60000
+scheduler_policy = "sharing"
+
+[gateway]
+workers = 4
+max_body_bytes = 65536
+idle_timeout_ms = 5000
+)");
+  ASSERT_TRUE(res) << describe(res.error());
+  EXPECT_EQ(res->cluster_id, "dev");
+  EXPECT_EQ(res->silo_id, "silo-1");
+  EXPECT_EQ(res->data_dir, "/tmp/granary-silo-1");
+  EXPECT_EQ(res->silo_listen.host, "127.0.0.1");
+  EXPECT_EQ(res->silo_listen.port, 7100);
+  EXPECT_EQ(res->gateway_listen.host, "0.0.0.0");
+  EXPECT_EQ(res->gateway_listen.port, 8080);
+  EXPECT_EQ(res->limits.partitions, 16u);
+  EXPECT_EQ(res->limits.threads, 4u);
+  EXPECT_EQ(res->limits.max_attempts, 7u);
+  EXPECT_EQ(res->limits.retry_initial, std::chrono::milliseconds{50});
+  EXPECT_EQ(res->limits.idle_age, std::chrono::milliseconds{60'000});
+  ASSERT_EQ(res->membership.seeds.size(), 3u);
+  EXPECT_EQ(res->membership.seeds[1].host, "::1");
+  EXPECT_EQ(res->membership.seeds[2].to_string(), "silo-2.local:7100");
+  EXPECT_EQ(res->gateway.workers, 4u);
+  EXPECT_EQ(res->gateway.max_body_bytes, 65'536u);
+  EXPECT_EQ(res->gateway.idle_timeout, std::chrono::milliseconds{5'000});
+}
+
+TEST(silo_config_file, parses_an_etcd_membership) {
+  auto res = parse_config(std::string{base} + R"(
+[membership]
+provider = "etcd"
+endpoints = ["127.0.0.1:2379"]
+prefix = "/granary/dev"
+)");
+  ASSERT_TRUE(res) << describe(res.error());
+  EXPECT_EQ(res->membership.provider, membership_provider::etcd);
+  ASSERT_EQ(res->membership.endpoints.size(), 1u);
+  EXPECT_EQ(res->membership.endpoints[0].port, 2379);
+  EXPECT_EQ(res->membership.prefix, "/granary/dev");
+}
+
+TEST(silo_config_file, defaults_apply_to_optional_keys) {
+  auto res = parse_config(base);
+  ASSERT_TRUE(res) << describe(res.error());
+  EXPECT_EQ(res->limits.partitions, 64u);
+  EXPECT_EQ(res->membership.provider, membership_provider::embedded);
+  EXPECT_TRUE(res->membership.seeds.empty());
+}
+
+TEST(silo_config_file, names_a_missing_key) {
+  auto err = error_of(R"(
+cluster_id = "dev"
+data_dir = "/tmp/x"
+[listen]
+silo = "127.0.0.1:7100"
+gateway = "127.0.0.1:8080"
+)");
+  EXPECT_TRUE(contains(err, "silo.toml: key 'silo_id': missing")) << err;
+  err = error_of(R"(
+cluster_id = "dev"
+silo_id = "a"
+data_dir = "/tmp/x"
+[listen]
+silo = "127.0.0.1:7100"
+)");
+  EXPECT_TRUE(contains(err, "key 'listen.gateway': missing")) << err;
+  err = error_of(R"(
+cluster_id = "dev"
+silo_id = "a"
+data_dir = "/tmp/x"
+)");
+  EXPECT_TRUE(contains(err, "key 'listen': missing")) << err;
+}
+
+TEST(silo_config_file, names_a_wrong_type_with_its_line) {
+  auto err = error_of("partitions = \"many\"\n" + std::string{base});
+  EXPECT_TRUE(contains(err, "silo.toml:1: key 'partitions': expected an "
+                            "integer, got a string"))
+      << err;
+  err = error_of(std::string{base} + "[limits]\nthreads = 2.5\n");
+  EXPECT_TRUE(contains(err, "key 'limits.threads': expected an integer, got a "
+                            "float"))
+      << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nseeds = \"127.0.0.1:7100\"\n");
+  EXPECT_TRUE(contains(err, "key 'membership.seeds': expected an array"))
+      << err;
+  err = error_of(std::string{base} + "[membership]\nseeds = [7100]\n");
+  EXPECT_TRUE(contains(err, "key 'membership.seeds[0]': expected a "
+                            "\"host:port\" string, got an integer"))
+      << err;
+}
+
+TEST(silo_config_file, names_a_bad_address) {
+  auto err = error_of(R"(
+cluster_id = "dev"
+silo_id = "a"
+data_dir = "/tmp/x"
+[listen]
+silo = "127.0.0.1"
+gateway = "127.0.0.1:8080"
+)");
+  EXPECT_TRUE(contains(err, "key 'listen.silo': '127.0.0.1' is not host:port "
+                            "(no ':port')"))
+      << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nseeds = [\"127.0.0.1:99999\"]\n");
+  EXPECT_TRUE(contains(err, "membership.seeds[0]")) << err;
+  EXPECT_TRUE(contains(err, "port must be a number")) << err;
+  err = error_of(std::string{base} + "[membership]\nseeds = [\"h:0\"]\n");
+  EXPECT_TRUE(contains(err, "port 0 is not allowed here")) << err;
+  EXPECT_FALSE(parse_endpoint("::1:80"));
+  EXPECT_FALSE(parse_endpoint(":80"));
+  EXPECT_FALSE(parse_endpoint("a b:80"));
+  EXPECT_TRUE(parse_endpoint("h:0", true));
+}
+
+TEST(silo_config_file, names_an_unknown_provider) {
+  auto err = error_of(std::string{base}
+                      + "[membership]\nprovider = \"zookeeper\"\n");
+  EXPECT_TRUE(contains(err, "key 'membership.provider': unknown provider "
+                            "'zookeeper' (expected \"embedded\" or \"etcd\")"))
+      << err;
+  err = error_of(std::string{base} + "[membership]\nprovider = \"etcd\"\n");
+  EXPECT_TRUE(contains(err, "key 'membership.endpoints': missing")) << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nendpoints = [\"127.0.0.1:2379\"]\n");
+  EXPECT_TRUE(contains(err, "key 'membership.endpoints': only applies to "
+                            "provider \"etcd\""))
+      << err;
+}
+
+TEST(silo_config_file, rejects_unknown_keys_with_a_suggestion) {
+  auto err = error_of("partitons = 8\n" + std::string{base});
+  EXPECT_TRUE(contains(err, "key 'partitons': unknown key; did you mean "
+                            "'partitions'?"))
+      << err;
+  err = error_of(std::string{base} + "[limits]\nmax_atempts = 3\n");
+  EXPECT_TRUE(contains(err, "key 'limits.max_atempts': unknown key; did you "
+                            "mean 'limits.max_attempts'?"))
+      << err;
+  err = error_of(std::string{base} + "[listen]\n");
+  EXPECT_TRUE(contains(err, "not valid TOML")) << err;
+  err = error_of(std::string{base} + "[zzz]\nx = 1\n");
+  EXPECT_TRUE(contains(err, "key 'zzz': unknown key; known keys here:")) << err;
+}
+
+TEST(silo_config_file, checks_ids_values_and_silo_limits) {
+  auto err = error_of(R"(
+cluster_id = "dev cluster"
+silo_id = "a"
+data_dir = "/tmp/x"
+[listen]
+silo = "127.0.0.1:1"
+gateway = "127.0.0.1:2"
+)");
+  EXPECT_TRUE(contains(err, "key 'cluster_id': 'dev cluster' must be 1-64 "
+                            "characters"))
+      << err;
+  err = error_of("partitions = 0\n" + std::string{base});
+  EXPECT_TRUE(contains(err, "key 'partitions': 0 is out of range [1, 65535]"))
+      << err;
+  err = error_of(std::string{base}
+                 + "[limits]\nscheduler_policy = \"random\"\n");
+  EXPECT_TRUE(contains(err, "[limits]")) << err;
+  EXPECT_TRUE(contains(err, "scheduler")) << err;
+}
+
+TEST(silo_config_file, reports_bad_toml_and_missing_files) {
+  auto err = error_of("cluster_id = \n");
+  EXPECT_TRUE(contains(err, "silo.toml:1: not valid TOML")) << err;
+  auto missing = load_config("/nonexistent/silo.toml");
+  ASSERT_FALSE(missing);
+  EXPECT_TRUE(contains(describe(missing.error()), "/nonexistent/silo.toml"));
+  auto path = std::filesystem::temp_directory_path()
+              / ("granary-config-" + std::to_string(::getpid()) + ".toml");
+  {
+    std::ofstream out{path};
+    out << base;
+  }
+  auto loaded = load_config(path.string());
+  std::filesystem::remove(path);
+  ASSERT_TRUE(loaded) << describe(loaded.error());
+  EXPECT_EQ(loaded->silo_id, "silo-1");
+}

@@ -1,0 +1,192 @@
+#include "tools/granary/silo_cmd.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "cluster/config.hpp"
+#include "cluster/gateway.hpp"
+#include "persistence/rocksdb_storage.hpp"
+#include "runtime/error.hpp"
+#include "samples/control_plane/control_plane.hpp"
+
+namespace granary::cli {
+
+namespace {
+
+constexpr int exit_ok = 0;
+constexpr int exit_failed = 1;
+constexpr int exit_usage = 2;
+
+constexpr const char* usage_text
+    = "usage: granary silo --config FILE [--cloud-api HOST:PORT]\n"
+      "                    [--activity-threads N]\n"
+      "\n"
+      "Runs one silo with its HTTP/JSON gateway: opens RocksDB at the\n"
+      "config's data_dir, registers the control-plane sample's grains and\n"
+      "workflows, serves the gateway on listen.gateway and prints a 'ready'\n"
+      "line. SIGTERM or SIGINT stops it gracefully (exit 0). --cloud-api is\n"
+      "where the sample's activities reach the provider API (without it they\n"
+      "fail and retry). Exit codes: 0 stopped cleanly, 1 failed, 2 bad usage\n"
+      "or bad config.\n";
+
+int usage(const std::string& what) {
+  std::fprintf(stderr, "granary silo: %s\n%s", what.c_str(), usage_text);
+  return exit_usage;
+}
+
+int fail(const std::string& what) {
+  std::fprintf(stderr, "granary silo: %s\n", what.c_str());
+  return exit_failed;
+}
+
+// Tells systemd (Type=notify) about state changes: one datagram to
+// $NOTIFY_SOCKET, which is all sd_notify does. No-op without the variable.
+void notify_systemd(const char* state) {
+  auto* path = std::getenv("NOTIFY_SOCKET");
+  if (!path || (path[0] != '/' && path[0] != '@'))
+    return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  auto len = std::strlen(path);
+  if (len >= sizeof(addr.sun_path))
+    return;
+  std::memcpy(addr.sun_path, path, len);
+  if (path[0] == '@')
+    addr.sun_path[0] = '\0';
+  auto fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return;
+  auto addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+  static_cast<void>(::sendto(fd, state, std::strlen(state), MSG_NOSIGNAL,
+                             reinterpret_cast<const sockaddr*>(&addr),
+                             addr_len));
+  ::close(fd);
+}
+
+} // namespace
+
+int silo_main(int argc, char** argv) {
+  std::string config_path;
+  std::optional<cluster::endpoint> cloud_api;
+  size_t activity_threads = 8;
+  for (int i = 0; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    auto value = [&]() -> std::optional<std::string> {
+      if (i + 1 >= argc)
+        return std::nullopt;
+      return std::string{argv[++i]};
+    };
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(usage_text, stdout);
+      return exit_ok;
+    }
+    if (arg == "--config") {
+      auto v = value();
+      if (!v)
+        return usage("--config needs a file");
+      config_path = *v;
+    } else if (arg == "--cloud-api") {
+      auto v = value();
+      if (!v)
+        return usage("--cloud-api needs HOST:PORT");
+      auto ep = cluster::parse_endpoint(*v);
+      if (!ep)
+        return usage("--cloud-api: " + describe(ep.error()));
+      cloud_api = *ep;
+    } else if (arg == "--activity-threads") {
+      auto v = value();
+      size_t n = 0;
+      auto res
+          = v ? std::from_chars(v->data(), v->data() + v->size(), n)
+              : std::from_chars_result{nullptr, std::errc::invalid_argument};
+      if (!v || res.ec != std::errc{} || res.ptr != v->data() + v->size()
+          || n < 1 || n > 256)
+        return usage("--activity-threads takes a number in [1, 256]");
+      activity_threads = n;
+    } else {
+      return usage("unknown argument '" + std::string{arg} + "'");
+    }
+  }
+  if (config_path.empty())
+    return usage("--config FILE is required");
+  auto cfg = cluster::load_config(config_path);
+  if (!cfg) {
+    std::fprintf(stderr, "granary silo: %s\n", describe(cfg.error()).c_str());
+    return exit_usage;
+  }
+  // Every thread started from here on inherits the blocked signals, so
+  // only `sigwait` below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  auto store = rocksdb_storage::open({.data_dir = cfg->data_dir});
+  if (!store)
+    return fail(describe(store.error()));
+  activity_pool pool{activity_threads, 4'096};
+  grain_registry reg;
+  if (auto err = cp::register_all(reg, pool))
+    return fail(describe(err));
+  auto started = silo::start(cfg->limits, std::move(reg), std::move(*store));
+  if (!started)
+    return fail(describe(started.error()));
+  auto& s = **started;
+  cp::cloud_config cloud;
+  if (cloud_api) {
+    cloud.host = cloud_api->host;
+    cloud.port = cloud_api->port;
+  }
+  cp::configure(cloud, &s);
+  pool.attach(s);
+  cluster::gateway_config gcfg;
+  gcfg.listen = cfg->gateway_listen;
+  gcfg.threads = cfg->gateway.threads;
+  gcfg.workers = cfg->gateway.workers;
+  gcfg.max_connections = cfg->gateway.max_connections;
+  gcfg.max_header_bytes = cfg->gateway.max_header_bytes;
+  gcfg.max_body_bytes = cfg->gateway.max_body_bytes;
+  gcfg.idle_timeout = cfg->gateway.idle_timeout;
+  gcfg.call_timeout = cfg->gateway.call_timeout;
+  gcfg.max_wait = cfg->gateway.max_wait;
+  gcfg.cluster_id = cfg->cluster_id;
+  gcfg.silo_id = cfg->silo_id;
+  auto gw = cluster::gateway::start(gcfg, s);
+  if (!gw) {
+    pool.stop();
+    static_cast<void>(s.stop());
+    return fail(describe(gw.error()));
+  }
+  std::printf("ready silo=%s cluster=%s gateway=%s partitions=%u data=%s\n",
+              cfg->silo_id.c_str(), cfg->cluster_id.c_str(),
+              (*gw)->address().c_str(), s.partitions(), cfg->data_dir.c_str());
+  std::fflush(stdout);
+  notify_systemd("READY=1");
+  int sig = 0;
+  while (sigwait(&stop_signals, &sig) != 0) {
+    // Retry: sigwait fails only with EINTR-like conditions.
+  }
+  notify_systemd("STOPPING=1");
+  std::printf("stopping on %s\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  std::fflush(stdout);
+  (*gw)->stop();
+  pool.stop();
+  if (auto err = s.stop())
+    return fail("stopping the silo: " + describe(err));
+  std::printf("stopped\n");
+  std::fflush(stdout);
+  return exit_ok;
+}
+
+} // namespace granary::cli
