@@ -278,13 +278,13 @@ public:
     }
   }
 
-private:
   static std::string describe_message(const caf::error& err) {
     auto text = describe(err);
     auto colon = text.find(": ");
     return colon == std::string::npos ? text : text.substr(colon + 2);
   }
 
+private:
   std::string_view source_;
   const toml::table& tbl_;
   std::string path_;
@@ -344,7 +344,7 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
                         + "' (expected \"embedded\" or \"etcd\")");
   }
   auto embedded = cfg.provider == membership_provider::embedded;
-  std::vector<std::string_view> foreign{"seeds"};
+  std::vector<std::string_view> foreign{"seeds", "silos"};
   if (embedded)
     foreign = {"endpoints", "prefix"};
   for (auto key : foreign)
@@ -354,6 +354,32 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
                         + (embedded ? "etcd" : "embedded") + "\"");
   if (embedded) {
     cfg.seeds = r.addresses("seeds");
+    if (auto* n = r.find("silos", false)) {
+      auto* arr = n->as_array();
+      if (!arr || arr->size() > 1'000)
+        return r.fail("silos", n,
+                      "expected an array of at most 1000 \"id@host:port\" "
+                      "strings");
+      for (size_t i = 0; i < arr->size(); ++i) {
+        auto& item = *arr->get(i);
+        auto item_key = "silos[" + std::to_string(i) + "]";
+        auto* text = item.as_string();
+        auto at = text ? text->get().find('@') : std::string::npos;
+        if (at == std::string::npos || at == 0)
+          return r.fail(item_key, &item,
+                        "expected \"id@host:port\", e.g. "
+                        "\"silo-1@10.0.0.1:7100\"");
+        auto ep = parse_endpoint(text->get().substr(at + 1), false);
+        if (!ep)
+          return r.fail(item_key, &item, reader::describe_message(ep.error()));
+        auto id = text->get().substr(0, at);
+        for (auto& other : cfg.silos)
+          if (other.silo_id == id)
+            return r.fail(item_key, &item,
+                          "silo id '" + id + "' is listed twice");
+        cfg.silos.push_back(peer_address{id, *ep});
+      }
+    }
   } else {
     cfg.endpoints = r.addresses("endpoints");
     if (!r.error() && cfg.endpoints.empty())
@@ -419,6 +445,20 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
     reader r{source, *m, "membership"};
     if (auto err = read_membership(r, out.membership))
       return err;
+    auto& silos = out.membership.silos;
+    if (!silos.empty() && !top.error()) {
+      auto self = std::find_if(silos.begin(), silos.end(), [&](auto& x) {
+        return x.silo_id == out.silo_id;
+      });
+      if (self == silos.end())
+        return r.fail("silos", m->get("silos"),
+                      "does not list this silo ('" + out.silo_id + "')");
+      if (self->address.port != out.silo_listen.port)
+        return r.fail("silos", m->get("silos"),
+                      "lists '" + out.silo_id + "' at "
+                          + self->address.to_string() + " but listen.silo is "
+                          + out.silo_listen.to_string());
+    }
   }
   if (auto* l = top.table("limits")) {
     reader r{source, *l, "limits"};

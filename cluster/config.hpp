@@ -30,6 +30,11 @@ struct membership_file_config {
   membership_provider provider = membership_provider::embedded;
   /// `embedded`: silo-to-silo addresses of the silos to join through.
   std::vector<endpoint> seeds;
+  /// `embedded`: a fixed member list, "id@host:port" each, the same on
+  /// every silo. Until the seeds serve the membership table, this is how
+  /// silos form a cluster: partition p belongs to the member at index
+  /// p % n of the list sorted by id.
+  std::vector<peer_address> silos;
   /// `etcd`: client addresses of the etcd members.
   std::vector<endpoint> endpoints;
   /// `etcd`: key prefix of this cluster's rows.

@@ -49,16 +49,6 @@ protected:
   // faults injected into both transports.
   void start(const fault_config* faults = nullptr) {
     for (auto* n : {&a, &b}) {
-      silo_config cfg;
-      cfg.partitions = partitions;
-      cfg.redelivery_timeout = 200ms;
-      cfg.timer_poll = 10ms;
-      grain_registry reg;
-      ASSERT_FALSE(register_grain<probe>(reg));
-      auto started = silo::start(cfg, std::move(reg),
-                                 std::make_unique<shared_storage>(n->mem));
-      ASSERT_TRUE(started) << describe(started.error());
-      n->s = std::move(*started);
       asio_transport_config tc;
       tc.cluster_id = "router-test";
       tc.silo_id = n->id;
@@ -82,10 +72,20 @@ protected:
     }
     for (auto* n : {&a, &b}) {
       n->router = std::make_unique<transport_router>(
-          *n->s, *n->net, peer_address{n->id, endpoint{"127.0.0.1", n->port}},
-          owners);
+          *n->net, peer_address{n->id, endpoint{"127.0.0.1", n->port}}, owners);
       n->router_ptr = n->router.get();
-      n->s->set_router(n->router.get());
+      silo_config cfg;
+      cfg.partitions = partitions;
+      cfg.redelivery_timeout = 200ms;
+      cfg.timer_poll = 10ms;
+      cfg.router = n->router.get();
+      grain_registry reg;
+      ASSERT_FALSE(register_grain<probe>(reg));
+      auto started = silo::start(cfg, std::move(reg),
+                                 std::make_unique<shared_storage>(n->mem));
+      ASSERT_TRUE(started) << describe(started.error());
+      n->s = std::move(*started);
+      n->router->attach(*n->s);
     }
   }
 

@@ -1,5 +1,6 @@
 #include "cluster/transport_router.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -58,7 +59,7 @@ struct transport_router::impl {
     clock_type::time_point deadline;
   };
 
-  silo& local;
+  std::atomic<silo*> local{nullptr};
   transport& net;
   peer_address self;
   std::vector<peer_address> owners;
@@ -71,10 +72,9 @@ struct transport_router::impl {
   bool stopped = false;
   std::thread expiry;
 
-  impl(silo& s, transport& t, peer_address me, std::vector<peer_address> own,
+  impl(transport& t, peer_address me, std::vector<peer_address> own,
        router_config c)
-      : local(s)
-      , net(t)
+      : net(t)
       , self(std::move(me))
       , owners(std::move(own))
       , cfg(c) {
@@ -116,6 +116,9 @@ struct transport_router::impl {
   }
 
   void on_frame(const peer_info& from, Frame&& f) {
+    auto* here = local.load(std::memory_order_acquire);
+    if (!here)
+      return; // Not serving yet: the sender retries.
     peer_address back{from.silo_id, from.address};
     switch (f.body_case()) {
       case Frame::kEnvelopes:
@@ -124,7 +127,7 @@ struct transport_router::impl {
           auto key = env->ack_key();
           // Not fresh: this silo cannot know whether the sender delivered
           // the message before, so it keeps a dedup record.
-          local.deliver_remote(
+          here->deliver_remote(
               std::move(env), false,
               [this, back, key = std::move(key)](const caf::error& err) {
                 Frame out;
@@ -186,7 +189,7 @@ struct transport_router::impl {
           answer(std::move(msg.error()));
           break;
         }
-        local.call_async(grain_id{c.target().type(), c.target().key()},
+        here->call_async(grain_id{c.target().type(), c.target().key()},
                          std::move(*msg), std::move(answer));
         break;
       }
@@ -218,12 +221,15 @@ struct transport_router::impl {
   }
 };
 
-transport_router::transport_router(silo& local, transport& net,
-                                   peer_address self,
+transport_router::transport_router(transport& net, peer_address self,
                                    std::vector<peer_address> owners,
                                    router_config cfg)
-    : impl_(std::make_unique<impl>(local, net, std::move(self),
-                                   std::move(owners), cfg)) {}
+    : impl_(
+        std::make_unique<impl>(net, std::move(self), std::move(owners), cfg)) {}
+
+void transport_router::attach(silo& local) {
+  impl_->local.store(&local, std::memory_order_release);
+}
 
 transport_router::~transport_router() {
   stop();
@@ -258,12 +264,9 @@ void transport_router::deliver(uint32_t p,
     // Client sends have no outbox key: the router names them.
     if (e.ack_key().empty())
       e.set_ack_key("c:" + d.self.silo_id + ":" + std::to_string(++d.next_id));
-    if (auto i = d.acks.find(e.ack_key()); i != d.acks.end()) {
-      // A redelivery while the first is unanswered: the newer one waits.
-      auto old = std::move(i->second.ack);
-      d.acks.erase(i);
-      old(make_error(errc::timeout, "superseded by a redelivery"), 0);
-    }
+    // A redelivery while an earlier copy is unanswered takes its place
+    // (without answering the earlier one, which would only provoke
+    // another redelivery at once).
     d.acks[e.ack_key()] = impl::pending_ack{
         std::move(ack), clock_type::now() + d.cfg.ack_timeout};
   }

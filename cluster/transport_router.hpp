@@ -36,8 +36,13 @@ struct router_config {
 class transport_router : public remote_router {
 public:
   /// `owners[p]` is the silo that owns partition `p`; `self` is this one.
-  transport_router(silo& local, transport& net, peer_address self,
+  /// Pass the router in `silo_config::router`, then `attach` the silo.
+  transport_router(transport& net, peer_address self,
                    std::vector<peer_address> owners, router_config cfg = {});
+
+  /// Starts running what other silos send to `local`; frames that arrive
+  /// before are dropped (their senders retry).
+  void attach(silo& local);
 
   /// Stops the expiry thread; pending answers fail with `silo_stopped`.
   ~transport_router() override;

@@ -34,10 +34,11 @@ public:
   /// True if this silo owns partition `p`.
   virtual bool owns(uint32_t p) const = 0;
 
-  /// Sends durable `env` to the owner of partition `p`. `ack` runs once,
-  /// on any thread, with the owner's verdict, or with an error when the
-  /// message or its answer was lost (the caller decides whether to retry).
-  /// Must not block.
+  /// Sends durable `env` to the owner of partition `p`. `ack` runs at most
+  /// once, on any thread, with the owner's verdict, or with an error when
+  /// the message or its answer was lost (the caller decides whether to
+  /// retry); a redelivery of the same message (same `ack_key`) while an
+  /// earlier one is unanswered may replace it. Must not block.
   virtual void deliver(uint32_t p, std::shared_ptr<const wire::Envelope> env,
                        ack_fn ack)
       = 0;

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <future>
+#include <random>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -118,7 +119,7 @@ std::vector<std::string> grain_registry::names() const {
 
 std::string silo_core::next_msg_id() {
   auto n = next_counter.fetch_add(1, std::memory_order_relaxed);
-  return hex(incarnation) + "." + hex(n);
+  return msg_id_prefix + hex(n);
 }
 
 caf::error silo_core::reserve(uint32_t p) {
@@ -217,6 +218,10 @@ silo::start(silo_config cfg, grain_registry registry,
     meta.set_created_ms(clk->now_ms());
   }
   meta.set_incarnation(meta.incarnation() + 1);
+  if (meta.node_id() == 0) {
+    std::random_device rd;
+    meta.set_node_id((uint64_t{rd()} << 32) | rd() | 1);
+  }
   {
     write_batch wb;
     wb.put(column::meta, meta_key, meta.SerializeAsString());
@@ -226,10 +231,13 @@ silo::start(silo_config cfg, grain_registry registry,
   }
   auto core = std::make_unique<silo_core>();
   core->cfg = std::move(cfg);
+  core->router.store(core->cfg.router, std::memory_order_release);
   core->registry = std::move(registry);
   core->store = std::move(store);
   core->clk = std::move(clk);
   core->incarnation = meta.incarnation();
+  core->msg_id_prefix
+      = hex(meta.node_id()) + "." + hex(meta.incarnation()) + ".";
   core->sys_cfg = std::make_unique<caf::actor_system_config>();
   core->sys_cfg->set("scheduler.max-threads", core->cfg.threads);
   core->sys_cfg->set("scheduler.policy", core->cfg.scheduler_policy == "sharing"
@@ -310,10 +318,6 @@ void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
     return reply(std::move(err));
   caf::anon_send(c.partitions[p],
                  call_msg{std::move(target), std::move(msg), std::move(reply)});
-}
-
-void silo::set_router(remote_router* router) {
-  core_->router.store(router, std::memory_order_release);
 }
 
 void silo::deliver_remote(std::shared_ptr<wire::Envelope> env, bool fresh,

@@ -64,6 +64,11 @@ struct silo_config {
   uint64_t min_free_bytes = uint64_t{256} << 20;
   /// Operations merged into one durable write at most.
   size_t max_group_ops = 65'536;
+  /// Set when the silo is part of a cluster: partitions it does not own
+  /// are reached through this router (not owned; it must outlive the
+  /// silo). It is in effect from the first recovered message on, so that
+  /// no grain of another silo's partition is ever activated here.
+  remote_router* router = nullptr;
   /// Resend an unacknowledged outbox entry after this long.
   std::chrono::milliseconds redelivery_timeout{std::chrono::seconds{30}};
   /// Longest sleep of a partition with pending deadlines; bounds how late
@@ -145,11 +150,6 @@ public:
 
   /// Transient call: at most once, in memory. `reply` runs exactly once.
   void call_async(grain_id target, message_ptr msg, reply_handler reply);
-
-  /// Routes calls and sends for partitions this silo does not own through
-  /// `router` (see remote.hpp); null: every partition is local. Set it
-  /// before traffic starts; it must outlive the silo's use of it.
-  void set_router(remote_router* router);
 
   /// Accepts a durable message that another silo delivers (its outbox
   /// entry, or a client send it forwards): deduplicated by message id

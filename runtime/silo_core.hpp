@@ -57,6 +57,10 @@ struct silo_core {
   std::vector<caf::actor> partitions;
   std::unique_ptr<mailbox_gauge[]> gauges;
   uint64_t incarnation = 0;
+  // "<node id>.<incarnation>." in hex: message ids stay unique across
+  // restarts and across the silos of a cluster (receivers deduplicate by
+  // id).
+  std::string msg_id_prefix;
   std::atomic<uint64_t> next_counter{0};
   std::atomic<bool> stopping{false};
   // Set when the silo is part of a cluster; null: every partition is local.

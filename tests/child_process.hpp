@@ -22,6 +22,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -205,6 +206,117 @@ public:
 private:
   pid_t pid_ = -1;
   int fd_ = -1;
+};
+
+/// A long-running child process whose stdout and stderr are read line by
+/// line on demand (a silo, a fake API): spawn, wait for a line, stop.
+class output_process {
+public:
+  ~output_process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+    }
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+
+  output_process() = default;
+  output_process(const output_process&) = delete;
+  output_process& operator=(const output_process&) = delete;
+
+  /// Forks and execs `args[0]` with `args`; false if that failed.
+  bool spawn(std::vector<std::string> args) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+      return false;
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_ = ::fork();
+    if (pid_ < 0)
+      return false;
+    if (pid_ == 0) {
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::dup2(fds[1], STDERR_FILENO);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    fd_ = fds[0];
+    return true;
+  }
+
+  /// Reads output until a line starts with `prefix` or `deadline`; returns
+  /// that line, or nothing.
+  std::string wait_line(const std::string& prefix,
+                        steady_clock::time_point deadline) {
+    for (;;) {
+      for (auto nl = buf_.find('\n'); nl != std::string::npos;
+           nl = buf_.find('\n')) {
+        auto line = buf_.substr(0, nl);
+        log_ += line + "\n";
+        buf_.erase(0, nl + 1);
+        if (line.starts_with(prefix))
+          return line;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - steady_clock::now());
+      pollfd p{fd_, POLLIN, 0};
+      if (left.count() <= 0
+          || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        return {};
+      char chunk[4096];
+      auto n = ::read(fd_, chunk, sizeof(chunk));
+      if (n <= 0)
+        return {};
+      buf_.append(chunk, static_cast<size_t>(n));
+    }
+  }
+
+  /// Sends `sig` and waits up to `limit` for the exit; returns the wait
+  /// status, or -1 after killing it on timeout.
+  int stop(int sig, std::chrono::milliseconds limit) {
+    ::kill(pid_, sig);
+    auto deadline = steady_clock::now() + limit;
+    int status = 0;
+    while (steady_clock::now() < deadline) {
+      auto r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        wait_line("\x01", steady_clock::now() + std::chrono::milliseconds{100});
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds{10});
+    }
+    return -1;
+  }
+
+  const std::string& log() const {
+    return log_;
+  }
+
+  /// Kills the child with SIGKILL and reaps it.
+  void kill_now() {
+    if (pid_ <= 0)
+      return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    if (fd_ >= 0)
+      ::close(fd_);
+    fd_ = -1;
+    buf_.clear();
+  }
+
+private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  std::string buf_;
+  std::string log_;
 };
 
 /// A directory tree removed when it goes out of scope.

@@ -18,6 +18,8 @@
 
 #include <gtest/gtest.h>
 
+#include "child_process.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -48,97 +50,12 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-/// `granary silo` as a child with stdout and stderr on a pipe.
-class silo_process {
+/// `granary silo --config FILE` as a child process.
+class silo_process : public granary::test::output_process {
 public:
-  ~silo_process() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-
   bool spawn(const std::string& config) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0)
-      return false;
-    std::string bin = GRANARY_BIN;
-    std::vector<std::string> args{bin, "silo", "--config", config};
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0)
-      return false;
-    if (pid_ == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::dup2(fds[1], STDERR_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    fd_ = fds[0];
-    return true;
+    return output_process::spawn({GRANARY_BIN, "silo", "--config", config});
   }
-
-  /// Reads output until a line starts with `prefix` or `deadline`; returns
-  /// that line, or nothing.
-  std::string wait_line(const std::string& prefix,
-                        steady::time_point deadline) {
-    for (;;) {
-      for (auto nl = buf_.find('\n'); nl != std::string::npos;
-           nl = buf_.find('\n')) {
-        auto line = buf_.substr(0, nl);
-        log_ += line + "\n";
-        buf_.erase(0, nl + 1);
-        if (line.starts_with(prefix))
-          return line;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - steady::now());
-      pollfd p{fd_, POLLIN, 0};
-      if (left.count() <= 0
-          || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        return {};
-      char chunk[4096];
-      auto n = ::read(fd_, chunk, sizeof(chunk));
-      if (n <= 0)
-        return {};
-      buf_.append(chunk, static_cast<size_t>(n));
-    }
-  }
-
-  /// Sends `sig` and waits up to `limit` for the exit; returns the wait
-  /// status, or -1 after killing it on timeout.
-  int stop(int sig, std::chrono::milliseconds limit) {
-    ::kill(pid_, sig);
-    auto deadline = steady::now() + limit;
-    int status = 0;
-    while (steady::now() < deadline) {
-      auto r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        wait_line("\x01", steady::now() + 100ms);
-        return status;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
-
-  const std::string& log() const {
-    return log_;
-  }
-
-private:
-  pid_t pid_ = -1;
-  int fd_ = -1;
-  std::string buf_;
-  std::string log_;
 };
 
 class gateway_cli_test : public ::testing::Test {

@@ -6,7 +6,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -14,8 +17,11 @@
 #include <string>
 #include <string_view>
 
+#include "cluster.pb.h"
+#include "cluster/asio_transport.hpp"
 #include "cluster/config.hpp"
 #include "cluster/gateway.hpp"
+#include "cluster/transport_router.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
 #include "samples/control_plane/control_plane.hpp"
@@ -139,10 +145,45 @@ int silo_main(int argc, char** argv) {
   grain_registry reg;
   if (auto err = cp::register_all(reg, pool))
     return fail(describe(err));
+  // A fixed member list: join the others over the transport. Partition p
+  // belongs to the member at p % n of the list sorted by id.
+  std::shared_ptr<cluster::asio_transport> net;
+  std::unique_ptr<cluster::transport_router> router;
+  std::atomic<cluster::transport_router*> router_ptr{nullptr};
+  if (!cfg->membership.silos.empty()) {
+    auto members = cfg->membership.silos;
+    std::sort(members.begin(), members.end(),
+              [](auto& x, auto& y) { return x.silo_id < y.silo_id; });
+    cluster::asio_transport_config tc;
+    tc.cluster_id = cfg->cluster_id;
+    tc.silo_id = cfg->silo_id;
+    tc.incarnation = static_cast<uint64_t>(
+        std::chrono::system_clock::now().time_since_epoch().count());
+    net = std::make_shared<cluster::asio_transport>(tc);
+    net->set_handler(
+        [&router_ptr](const cluster::peer_info& from, cluster::Frame&& f) {
+          if (auto* r = router_ptr.load())
+            r->handler()(from, std::move(f));
+        });
+    auto port = net->start(cfg->silo_listen);
+    if (!port)
+      return fail("listen.silo: " + describe(port.error()));
+    std::vector<cluster::peer_address> owners;
+    for (uint32_t p = 0; p < cfg->limits.partitions; ++p)
+      owners.push_back(members[p % members.size()]);
+    cluster::peer_address self{cfg->silo_id, cfg->silo_listen};
+    self.address.port = *port;
+    router = std::make_unique<cluster::transport_router>(*net, self,
+                                                         std::move(owners));
+    router_ptr = router.get();
+    cfg->limits.router = router.get();
+  }
   auto started = silo::start(cfg->limits, std::move(reg), std::move(*store));
   if (!started)
     return fail(describe(started.error()));
   auto& s = **started;
+  if (router)
+    router->attach(s);
   cp::cloud_config cloud;
   if (cloud_api) {
     cloud.host = cloud_api->host;
@@ -182,7 +223,14 @@ int silo_main(int argc, char** argv) {
   std::fflush(stdout);
   (*gw)->stop();
   pool.stop();
-  if (auto err = s.stop())
+  auto stopped = s.stop();
+  if (router) {
+    router_ptr = nullptr;
+    router->stop();
+  }
+  if (net)
+    net->stop();
+  if (auto err = stopped)
     return fail("stopping the silo: " + describe(err));
   std::printf("stopped\n");
   std::fflush(stdout);

@@ -1,0 +1,209 @@
+// Three `granary silo` processes on loopback TCP, each owning a third of
+// the partitions (a fixed member list), run the control-plane sample's
+// namespaces against a fake cloud API process. Workflows, resource grains
+// and cells sit on different silos. One silo is killed with SIGKILL
+// half-way and restarted on its data directory: every namespace ends
+// ready, and the API's record shows nothing applied or created twice.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "child_process.hpp"
+#include "cluster/gateway_client.hpp"
+#include "samples/control_plane/fake_cloud/client.hpp"
+
+using namespace std::chrono_literals;
+using granary::test::output_process;
+using granary::test::steady_clock;
+using granary::test::temp_dir;
+
+namespace {
+
+constexpr int silos = 3;
+constexpr int namespaces = 24;
+
+// A port that was free a moment ago.
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+class cluster_process_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    auto err = tmp.create("granary-cluster");
+    ASSERT_TRUE(err.empty()) << err;
+    dir = tmp.path.string();
+    for (int i = 0; i < silos; ++i) {
+      silo_ports.push_back(free_port());
+      gateway_ports.push_back(free_port());
+    }
+    std::string members;
+    for (int i = 0; i < silos; ++i)
+      members += (i ? ", " : "") + std::string{"\"silo-"} + std::to_string(i)
+                 + "@127.0.0.1:" + std::to_string(silo_ports[i]) + "\"";
+    for (int i = 0; i < silos; ++i) {
+      auto path = dir + "/silo-" + std::to_string(i) + ".toml";
+      std::ofstream out{path};
+      out << "cluster_id = \"proc\"\n"
+          << "silo_id = \"silo-" << i << "\"\n"
+          << "data_dir = \"" << dir << "/data-" << i << "\"\n"
+          << "partitions = 12\n"
+          << "[listen]\n"
+          << "silo = \"127.0.0.1:" << silo_ports[i] << "\"\n"
+          << "gateway = \"127.0.0.1:" << gateway_ports[i] << "\"\n"
+          << "[membership]\n"
+          << "provider = \"embedded\"\n"
+          << "silos = [" << members << "]\n"
+          << "[limits]\n"
+          << "threads = 2\n"
+          << "redelivery_timeout_ms = 300\n";
+      configs.push_back(path);
+    }
+  }
+
+  void start_api() {
+    ASSERT_TRUE(api.spawn({FAKE_CLOUD_API_BIN, "--port", "0", "--seed", "5",
+                           "--latency-ms", "1:4", "--fail-rate", "0.05",
+                           "--fail-after-apply-rate", "0.05"}));
+    auto line = api.wait_line("listening on", steady_clock::now() + 10s);
+    ASSERT_FALSE(line.empty()) << api.log();
+    api_port
+        = static_cast<uint16_t>(std::stoi(line.substr(line.rfind(':') + 1)));
+  }
+
+  void start_silo(int i) {
+    nodes[i] = std::make_unique<output_process>();
+    ASSERT_TRUE(nodes[i]->spawn(
+        {GRANARY_BIN, "silo", "--config", configs[i], "--cloud-api",
+         "127.0.0.1:" + std::to_string(api_port), "--activity-threads", "8"}));
+    auto ready = nodes[i]->wait_line("ready ", steady_clock::now() + 20s);
+    ASSERT_FALSE(ready.empty()) << nodes[i]->log();
+  }
+
+  // The status of namespace `i`'s workflow through silo 0's gateway;
+  // empty while its owner cannot be reached.
+  std::string status_of(int i) {
+    granary::cluster::gateway_client gw{
+        granary::cluster::endpoint{"127.0.0.1", gateway_ports[0]}, 5s};
+    auto r = gw.describe_workflow("cp.create_namespace",
+                                  "ns-" + std::to_string(i));
+    if (!r)
+      return {};
+    for (auto s : {"COMPLETED", "FAILED", "RUNNING", "SUSPENDED"})
+      if (contains(*r, std::string{"\"status\":\""} + s + "\""))
+        return s;
+    return "NEW";
+  }
+
+  int completed() {
+    int n = 0;
+    for (int i = 0; i < namespaces; ++i)
+      n += status_of(i) == "COMPLETED" ? 1 : 0;
+    return n;
+  }
+
+  temp_dir tmp;
+  std::string dir;
+  std::vector<uint16_t> silo_ports;
+  std::vector<uint16_t> gateway_ports;
+  std::vector<std::string> configs;
+  output_process api;
+  uint16_t api_port = 0;
+  std::unique_ptr<output_process> nodes[silos];
+};
+
+} // namespace
+
+TEST_F(cluster_process_test,
+       a_killed_silo_comes_back_and_every_namespace_is_ready) {
+  start_api();
+  for (int i = 0; i < silos; ++i)
+    start_silo(i);
+  granary::cluster::gateway_client gw{
+      granary::cluster::endpoint{"127.0.0.1", gateway_ports[0]}, 10s};
+  for (int i = 0; i < namespaces; ++i) {
+    auto name = "ns-" + std::to_string(i);
+    auto input = "{\"name\":\"" + name + "\",\"cell\":\"cell-"
+                 + std::to_string(i % 3) + "\",\"tier\":\"standard\"}";
+    auto r = gw.start_workflow("cp.create_namespace", name,
+                               "granary.cp.CreateNamespace", input);
+    ASSERT_TRUE(r) << granary::describe(r.error());
+  }
+  // Half-way, silo 1 dies without warning and comes back on its data.
+  auto deadline = steady_clock::now() + 60s;
+  while (completed() < namespaces / 4 && steady_clock::now() < deadline)
+    std::this_thread::sleep_for(50ms);
+  auto before_kill = completed();
+  EXPECT_LT(before_kill, namespaces) << "the kill came too late to matter";
+  nodes[1]->kill_now();
+  std::this_thread::sleep_for(500ms);
+  start_silo(1);
+  deadline = steady_clock::now() + 90s;
+  while (completed() < namespaces && steady_clock::now() < deadline)
+    std::this_thread::sleep_for(100ms);
+  if (completed() < namespaces) {
+    for (int i = 0; i < namespaces; ++i) {
+      if (status_of(i) == "COMPLETED")
+        continue;
+      auto name = "ns-" + std::to_string(i);
+      auto d = gw.describe_workflow("cp.create_namespace", name);
+      auto q = gw.query_workflow("cp.create_namespace", name, "stage");
+      auto h = gw.workflow_history("cp.create_namespace", name);
+      std::string res;
+      for (auto kind : {"cp.db_shard", "cp.certificate", "cp.dns_record"}) {
+        auto r = gw.call_grain(kind, name, "granary.wire.GetResource", "{}");
+        res += std::string{kind} + ": "
+               + (r ? *r : granary::describe(r.error())) + "\n";
+      }
+      ADD_FAILURE() << res << name << ": "
+                    << (d ? *d : granary::describe(d.error())) << " stage "
+                    << (q ? *q : granary::describe(q.error())) << "\n"
+                    << (h ? *h : granary::describe(h.error()));
+    }
+  }
+  ASSERT_EQ(completed(), namespaces) << nodes[0]->log() << nodes[1]->log();
+  // The provider's record: every mutation applied once, nothing created
+  // twice, exactly the resources of the ready namespaces live.
+  fake_cloud::client probe{"127.0.0.1", api_port, 5s};
+  auto audit = probe.audit();
+  ASSERT_TRUE(audit) << granary::describe(audit.error());
+  EXPECT_TRUE(audit->keys_applied_more_than_once.empty());
+  EXPECT_TRUE(audit->double_creates.empty());
+  std::map<std::string, int> live;
+  for (auto& r : audit->resources)
+    if (r.live)
+      ++live[r.kind];
+  for (auto kind :
+       {"db_shard", "certificate", "dns_record", "ingress_route", "quota"})
+    EXPECT_EQ(live[kind], namespaces) << kind;
+  // Graceful stops.
+  for (int i = 0; i < silos; ++i) {
+    auto status = nodes[i]->stop(SIGTERM, 20s);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "silo-" << i << " " << nodes[i]->log();
+  }
+}
