@@ -33,6 +33,9 @@
 #include "actors/grain.hpp"
 #include "actors/workflow.hpp"
 #include "bench.pb.h"
+#include "cluster.pb.h"
+#include "cluster/asio_transport.hpp"
+#include "cluster/transport_router.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
@@ -1117,6 +1120,107 @@ measure_durable(const std::string& data_dir, double duration_s,
   return out;
 }
 
+// -- two silos ----------------------------------------------------------------
+
+/// Durable sends through silo "a" to counter grains that silo "b" owns,
+/// over the Asio transport on loopback: every message crosses (forwarded,
+/// committed by b with a dedup record, acknowledged back through a).
+caf::expected<load_figures>
+measure_cross_silo(const std::string& data_dir, double duration_s,
+                   size_t concurrency, size_t grains, size_t payload,
+                   const std::string& label,
+                   const std::function<void(const std::string&)>& progress) {
+  struct member {
+    std::string id;
+    std::optional<temp_dir> dir;
+    std::shared_ptr<cluster::asio_transport> net;
+    std::atomic<cluster::transport_router*> ptr{nullptr};
+    std::unique_ptr<cluster::transport_router> router;
+    std::unique_ptr<silo> s;
+    uint16_t port = 0;
+  };
+  member ms[2];
+  ms[0].id = "a";
+  ms[1].id = "b";
+  auto cfg = base_config(concurrency);
+  for (auto& m : ms) {
+    cluster::asio_transport_config tc;
+    tc.cluster_id = "bench";
+    tc.silo_id = m.id;
+    tc.incarnation = 1;
+    m.net = std::make_shared<cluster::asio_transport>(tc);
+    auto* mp = &m;
+    m.net->set_handler(
+        [mp](const cluster::peer_info& from, cluster::Frame&& f) {
+          if (auto* r = mp->ptr.load())
+            r->handler()(from, std::move(f));
+        });
+    auto port = m.net->start(cluster::endpoint{"127.0.0.1", 0});
+    if (!port)
+      return std::move(port.error());
+    m.port = *port;
+  }
+  std::vector<cluster::peer_address> owners;
+  for (uint32_t p = 0; p < cfg.partitions; ++p) {
+    auto& m = ms[p % 2];
+    owners.push_back({m.id, {"127.0.0.1", m.port}});
+  }
+  counting_storage* counts = nullptr;
+  for (auto& m : ms) {
+    m.router = std::make_unique<cluster::transport_router>(
+        *m.net, cluster::peer_address{m.id, {"127.0.0.1", m.port}}, owners);
+    m.ptr = m.router.get();
+    auto dir = make_temp_dir(data_dir, "cross");
+    if (!dir)
+      return std::move(dir.error());
+    m.dir.emplace(*dir);
+    auto store = rocksdb_storage::open({.data_dir = *dir});
+    if (!store)
+      return std::move(store.error());
+    auto counted = std::make_unique<counting_storage>(std::move(*store));
+    counts = counted.get(); // The receiving silo, b, is started last.
+    auto c = cfg;
+    c.router = m.router.get();
+    auto s = start_silo(c, std::move(counted));
+    if (!s)
+      return std::move(s.error());
+    m.s = std::move(*s);
+    m.router->attach(*m.s);
+  }
+  auto st = std::make_shared<durable_load>();
+  st->target_silo = ms[0].s.get();
+  st->concurrency = concurrency;
+  for (size_t i = 0; st->ids.size() < grains && i < grains * 64; ++i) {
+    auto id = id_of<counter>(counter_key(i));
+    if (partition_of(id, cfg.partitions) % 2 == 1)
+      st->ids.push_back(std::move(id));
+  }
+  st->msgs.resize(concurrency);
+  for (auto& m : st->msgs)
+    m.set_payload(std::string(payload, 'x'));
+  window_snapshots w;
+  auto hooks = w.hooks(*ms[1].s, *counts);
+  st->outstanding = static_cast<int64_t>(concurrency);
+  st->start_clock(duration_s);
+  for (size_t slot = 0; slot < concurrency; ++slot)
+    issue_send(st, slot, 0);
+  auto err = run_timed(*st, label, "msgs", progress, hooks);
+  caf::error stop_err;
+  for (auto& m : ms)
+    if (auto e = m.s->stop(); e && !stop_err)
+      stop_err = e;
+  for (auto& m : ms) {
+    m.ptr = nullptr;
+    m.router->stop();
+    m.net->stop();
+  }
+  if (err)
+    return err;
+  if (stop_err)
+    return stop_err;
+  return figures_of(*st);
+}
+
 // -- workflows on a silo ------------------------------------------------------
 
 constexpr uint64_t no_run = ~uint64_t{0};
@@ -1489,9 +1593,13 @@ double ratio_of(double ours, double base) {
 // -- public API ---------------------------------------------------------------
 
 const std::vector<std::string>& scenario_names() {
-  static const std::vector<std::string> names{
-      "transient-ping", "durable-ping", "workflow-10-steps",
-      "fanout-100",     "fanout",       "memory"};
+  static const std::vector<std::string> names{"transient-ping",
+                                              "durable-ping",
+                                              "cross-silo-durable",
+                                              "workflow-10-steps",
+                                              "fanout-100",
+                                              "fanout",
+                                              "memory"};
   return names;
 }
 
@@ -1544,6 +1652,8 @@ caf::expected<result> runner::run(std::string_view name) {
     return workflow_10_steps();
   if (name == "fanout-100")
     return fanout_100();
+  if (name == "cross-silo-durable")
+    return cross_silo_durable();
   return make_error(errc::invalid_argument,
                     "unknown scenario '" + std::string{name} + "'");
 }
@@ -1682,6 +1792,45 @@ caf::error runner::ensure_durable_baseline() {
                          .concurrency = pre_concurrency,
                          .duration_s = pre_s};
   return caf::none;
+}
+
+caf::expected<result> runner::cross_silo_durable() {
+  auto duration_s = opts_.duration_s.value_or(default_duration_s);
+  auto concurrency = opts_.concurrency.value_or(durable_concurrency);
+  auto grains = opts_.grains.value_or(small_grains);
+  auto payload = opts_.payload.value_or(default_payload);
+  if (auto err = ensure_durable_baseline())
+    return err;
+  auto ours
+      = measure_cross_silo(opts_.data_dir, duration_s, concurrency, grains,
+                           payload, "cross-silo-durable",
+                           [this](const std::string& line) { progress(line); });
+  if (!ours)
+    return std::move(ours.error());
+  auto& base = *durable_;
+  result res;
+  res.scenario = "cross-silo-durable";
+  res.ops_per_s = ours->ops_per_s;
+  res.p50_ms = ours->p50_ms;
+  res.p99_ms = ours->p99_ms;
+  res.p999_ms = ours->p999_ms;
+  // The cost of crossing a silo: the same durable sends, once to a grain
+  // of the receiving silo and once through another silo.
+  res.baseline = "durable-ping";
+  res.baseline_ops_per_s = base.msgs_per_s;
+  res.ratio = ratio_of(res.ops_per_s, res.baseline_ops_per_s);
+  res.target = "report only";
+  res.met = true;
+  res.extras = {{"concurrency", static_cast<double>(concurrency)},
+                {"grains", static_cast<double>(grains)},
+                {"payload_bytes", static_cast<double>(payload)},
+                {"duration_s", duration_s},
+                {"cpu_cores", ours->cpu.own_cores},
+                {"other_cpu_cores", ours->cpu.other_cores},
+                {"baseline_concurrency", static_cast<double>(base.concurrency)},
+                {"baseline_cpu_cores", base.cpu_cores},
+                {"baseline_other_cpu_cores", base.other_cpu_cores}};
+  return res;
 }
 
 caf::expected<result> runner::fanout_100() {

@@ -163,6 +163,14 @@ TEST(cli, bench_runs_the_workflow_scenarios) {
     EXPECT_NE(res.out.find(field), std::string::npos) << field << "\n"
                                                       << res.out;
   EXPECT_EQ(res.out.find("\"ops_per_s\":0,"), std::string::npos) << res.out;
+  // Two silos over loopback TCP, against durable-ping of the same run.
+  auto cross = granary_cmd("bench cross-silo-durable --duration 0.5 --json");
+  ASSERT_EQ(cross.status, 0) << cross.out;
+  for (auto* field : {"\"scenario\":\"cross-silo-durable\"",
+                      "\"baseline\":\"durable-ping\"", "\"p99_ms\":"})
+    EXPECT_NE(cross.out.find(field), std::string::npos) << field << "\n"
+                                                        << cross.out;
+  EXPECT_EQ(cross.out.find("\"ops_per_s\":0,"), std::string::npos) << cross.out;
 }
 
 namespace {
