@@ -5,8 +5,11 @@
 // twice, nothing created twice, nothing leaked. Run it again on the same
 // data directory: it resumes and duplicates nothing.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +17,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -21,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/gateway_client.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "samples/control_plane/control_plane.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
@@ -40,6 +46,8 @@ struct options {
   uint64_t seed = 42;
   int threads = 32;
   std::string fake_cloud = GRANARY_FAKE_CLOUD_API;
+  // 0: one embedded silo; n: n `granary silo` processes, one killed.
+  int cluster = 0;
 };
 
 [[noreturn]] void usage(const char* self, const std::string& problem) {
@@ -48,7 +56,7 @@ struct options {
                "usage: %s [--data DIR] [--namespaces N] [--cells N]\n"
                "          [--fail-rate F] [--latency-ms MIN:MAX]\n"
                "          [--rate-limit PER_S] [--seed N] [--threads N]\n"
-               "          [--fake-cloud PATH]\n",
+               "          [--fake-cloud PATH] [--cluster N]\n",
                problem.c_str(), self);
   std::exit(2);
 }
@@ -90,6 +98,8 @@ options parse(int argc, char** argv) {
       o.threads = static_cast<int>(number(i, 1, 256));
     else if (a == "--fake-cloud")
       o.fake_cloud = value(i);
+    else if (a == "--cluster")
+      o.cluster = static_cast<int>(number(i, 2, 9));
     else
       usage(argv[0], "unknown option '" + a + "'");
   }
@@ -229,6 +239,251 @@ wire::WorkflowInfo wait_run(silo& s, const grain_id& id,
   return info;
 }
 
+// -- cluster mode -------------------------------------------------------------
+
+// A port that was free a moment ago.
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+/// One `granary silo` child process.
+struct silo_child {
+  pid_t pid = -1;
+
+  ~silo_child() {
+    stop(SIGKILL);
+  }
+
+  // Starts it and waits (up to 30 s) for its "ready" line.
+  caf::error start(const std::string& config, uint16_t api_port) {
+    int fds[2];
+    if (::pipe(fds) != 0)
+      return make_error(errc::unspecified, "pipe failed");
+    std::vector<std::string> args{
+        GRANARY_BIN, "silo",        "--config",
+        config,      "--cloud-api", "127.0.0.1:" + std::to_string(api_port)};
+    pid = ::fork();
+    if (pid < 0)
+      return make_error(errc::unspecified, "fork failed");
+    if (pid == 0) {
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      std::vector<char*> argv;
+      for (auto& a : args)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    std::string out;
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (out.find("ready ") == std::string::npos) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd p{fds[0], POLLIN, 0};
+      if (left.count() <= 0
+          || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        break;
+      char buf[512];
+      auto n = ::read(fds[0], buf, sizeof(buf));
+      if (n <= 0)
+        break;
+      out.append(buf, static_cast<size_t>(n));
+    }
+    // The rest of its output is not needed; a closed pipe is fine for a
+    // process that only prints at start and stop.
+    ::close(fds[0]);
+    if (out.find("ready ") == std::string::npos)
+      return make_error(errc::unspecified,
+                        "granary silo (" + config + ") did not start: " + out);
+    return caf::none;
+  }
+
+  // Sends `sig` and reaps the process.
+  void stop(int sig) {
+    if (pid <= 0)
+      return;
+    ::kill(pid, sig);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    pid = -1;
+  }
+};
+
+// Runs the namespaces on `n` silo processes, SIGKILLs one half-way and
+// restarts it; returns the summary checks' exit code.
+int run_cluster(const options& o, uint16_t api_port, int n) {
+  namespace fs = std::filesystem;
+  auto dir = fs::path{o.data_dir} / "cluster";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  // Ports are kept in the directory, so that a re-run finds the same
+  // cluster layout.
+  std::vector<uint16_t> silo_ports;
+  std::vector<uint16_t> gw_ports;
+  auto ports_file = dir / "ports";
+  if (std::ifstream in{ports_file}; in) {
+    uint16_t a = 0, b = 0;
+    while (in >> a >> b) {
+      silo_ports.push_back(a);
+      gw_ports.push_back(b);
+    }
+  }
+  if (static_cast<int>(silo_ports.size()) != n) {
+    silo_ports.clear();
+    gw_ports.clear();
+    std::ofstream out{ports_file};
+    for (int i = 0; i < n; ++i) {
+      silo_ports.push_back(free_port());
+      gw_ports.push_back(free_port());
+      out << silo_ports.back() << " " << gw_ports.back() << "\n";
+    }
+  }
+  std::string members;
+  for (int i = 0; i < n; ++i)
+    members += (i ? ", \"" : "\"") + std::string{"silo-"} + std::to_string(i)
+               + "@127.0.0.1:" + std::to_string(silo_ports[i]) + "\"";
+  std::vector<std::string> configs;
+  for (int i = 0; i < n; ++i) {
+    auto path = (dir / ("silo-" + std::to_string(i) + ".toml")).string();
+    std::ofstream out{path};
+    out << "cluster_id = \"control-plane\"\nsilo_id = \"silo-" << i
+        << "\"\ndata_dir = \"" << (dir / ("data-" + std::to_string(i))).string()
+        << "\"\npartitions = 24\n[listen]\nsilo = \"127.0.0.1:" << silo_ports[i]
+        << "\"\ngateway = \"127.0.0.1:" << gw_ports[i]
+        << "\"\n[membership]\nprovider = \"embedded\"\nsilos = [" << members
+        << "]\n[limits]\nthreads = 2\nredelivery_timeout_ms = 500\n";
+    configs.push_back(path);
+  }
+  std::vector<silo_child> silos(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    if (auto err = silos[i].start(configs[i], api_port)) {
+      std::fprintf(stderr, "control_plane_sample: %s\n", describe(err).c_str());
+      return 1;
+    }
+  }
+  std::printf("cluster: %d granary silo processes on 127.0.0.1, gateways ", n);
+  for (int i = 0; i < n; ++i)
+    std::printf("%s%u", i ? ", " : "", gw_ports[i]);
+  std::printf("\n");
+  cluster::gateway_client gw{cluster::endpoint{"127.0.0.1", gw_ports[0]}, 15s};
+  int fresh = 0;
+  for (int i = 0; i < o.namespaces; ++i) {
+    auto name = ns_name(i);
+    auto input = "{\"name\":\"" + name + "\",\"cell\":\"cell-"
+                 + std::to_string(i % o.cells) + "\",\"tier\":\"" + tier_of(i)
+                 + "\"}";
+    auto r = gw.start_workflow("cp.create_namespace", name,
+                               "granary.cp.CreateNamespace", input);
+    if (!r) {
+      std::fprintf(stderr, "control_plane_sample: starting %s: %s\n",
+                   name.c_str(), describe(r.error()).c_str());
+      return 1;
+    }
+    fresh += r->find("\"started\":true") != std::string::npos ? 1 : 0;
+  }
+  std::printf("namespaces: %d requested through silo-0's gateway, %d started "
+              "now\n",
+              o.namespaces, fresh);
+  auto status = [&](int i) -> std::string {
+    auto r = gw.describe_workflow("cp.create_namespace", ns_name(i));
+    if (!r)
+      return {};
+    for (auto s : {"COMPLETED", "FAILED", "RUNNING"})
+      if (r->find(std::string{"\"status\":\""} + s + "\"") != std::string::npos)
+        return s;
+    return "NEW";
+  };
+  bool killed = n < 2;
+  bool killed_now = false;
+  std::set<int> ready;
+  std::set<int> failed;
+  auto deadline = std::chrono::steady_clock::now() + 10min;
+  while (std::chrono::steady_clock::now() < deadline) {
+    ready.clear();
+    failed.clear();
+    int unreachable = 0;
+    for (int i = 0; i < o.namespaces; ++i) {
+      auto st = status(i);
+      if (st == "COMPLETED")
+        ready.insert(i);
+      else if (st == "FAILED")
+        failed.insert(i);
+      else if (st.empty())
+        ++unreachable;
+    }
+    auto done = static_cast<int>(ready.size() + failed.size());
+    std::printf("\rnamespaces: %d/%d done (%zu ready, %zu failed or "
+                "compensated), %d on a silo that is down  ",
+                done, o.namespaces, ready.size(), failed.size(), unreachable);
+    std::fflush(stdout);
+    if (done == o.namespaces)
+      break;
+    if (!killed && done >= o.namespaces / 2) {
+      killed = true;
+      killed_now = true;
+      std::printf("\nkilling silo-1 with SIGKILL at %d/%d namespaces\n", done,
+                  o.namespaces);
+      silos[1].stop(SIGKILL);
+      std::this_thread::sleep_for(1s);
+      std::printf("restarting silo-1 on its data directory\n");
+      if (auto err = silos[1].start(configs[1], api_port)) {
+        std::fprintf(stderr, "control_plane_sample: %s\n",
+                     describe(err).c_str());
+        return 1;
+      }
+    }
+    std::this_thread::sleep_for(300ms);
+  }
+  std::printf("\n");
+  fake_cloud::client probe{"127.0.0.1", api_port, 2s};
+  auto audit = probe.audit();
+  for (auto& s : silos)
+    s.stop(SIGTERM);
+  if (!audit) {
+    std::fprintf(stderr, "control_plane_sample: reading the API audit: %s\n",
+                 describe(audit.error()).c_str());
+    return 1;
+  }
+  std::vector<std::string> problems;
+  for (auto& k : audit->keys_applied_more_than_once)
+    problems.push_back("idempotency key applied twice: " + k);
+  for (auto& d : audit->double_creates)
+    problems.push_back("created twice: " + d.kind + "/" + d.name);
+  std::set<std::string> ready_names;
+  for (auto i : ready)
+    ready_names.insert(ns_name(i));
+  for (auto& r : audit->resources)
+    if (r.live && r.kind != "cell" && ready_names.count(r.name) == 0)
+      problems.push_back("leaked: " + r.kind + "/" + r.name);
+  if (static_cast<int>(ready.size() + failed.size()) != o.namespaces)
+    problems.push_back("not every namespace finished");
+  std::printf("summary: %zu ready, %zu compensated on %d silos%s; API: %llu "
+              "mutations applied, %llu replayed\n",
+              ready.size(), failed.size(), n,
+              killed_now ? " (silo-1 killed and restarted mid-run)" : "",
+              static_cast<unsigned long long>(audit->applied),
+              static_cast<unsigned long long>(audit->replayed));
+  if (problems.empty()) {
+    std::printf("checks: no mutation applied twice, no resource created "
+                "twice, none leaked\n");
+    return 0;
+  }
+  for (auto& p : problems)
+    std::printf("CHECK FAILED: %s\n", p.c_str());
+  return 1;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -243,6 +498,8 @@ int main(int argc, char** argv) {
               "%s ms, seed %llu)\n",
               api.port, o.fail_rate * 100, o.latency.c_str(),
               static_cast<unsigned long long>(o.seed));
+  if (o.cluster > 0)
+    return run_cluster(o, api.port, o.cluster);
   auto store = rocksdb_storage::open({.data_dir = o.data_dir});
   if (!store) {
     std::fprintf(stderr, "control_plane_sample: %s\n",
