@@ -79,6 +79,7 @@ protected:
       cfg.redelivery_timeout = 200ms;
       cfg.timer_poll = 10ms;
       cfg.router = n->router.get();
+      cfg.remote_call_timeout = 300ms;
       grain_registry reg;
       ASSERT_FALSE(register_grain<probe>(reg));
       auto started = silo::start(cfg, std::move(reg),
@@ -194,4 +195,28 @@ TEST_F(router_test, a_faulty_network_still_delivers_exactly_once) {
     sum += value(*b.s, key_on(1, k));
   EXPECT_EQ(sum, n);
   EXPECT_GT(b.s->stats().duplicates, 0u);
+}
+
+TEST_F(router_test, a_call_to_a_silo_that_is_down_says_which_partition) {
+  start();
+  auto remote = key_on(1, 0);
+  b.net->stop(); // Silo b is unreachable from now on.
+  auto started = std::chrono::steady_clock::now();
+  auto r = a.s->call(pid(remote), std::make_shared<Get>(), 5s);
+  ASSERT_FALSE(r);
+  auto why = describe(r.error());
+  EXPECT_NE(why.find("partition "
+                     + std::to_string(partition_of(pid(remote), partitions))),
+            std::string::npos)
+      << why;
+  EXPECT_NE(why.find("silo 'b'"), std::string::npos) << why;
+  EXPECT_NE(why.find("unavailable"), std::string::npos) << why;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 4s);
+  // A durable send waits in the sender's outbox instead: still stored.
+  Forward f;
+  f.set_to(remote);
+  f.set_delta(1);
+  ASSERT_FALSE(a.s->send(pid(key_on(0, 0)), f));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(a.mem->count(column::outbox), 1u);
 }

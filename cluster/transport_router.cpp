@@ -57,6 +57,8 @@ struct transport_router::impl {
   struct pending_call {
     reply_fn reply;
     clock_type::time_point deadline;
+    // For the error when no reply comes: which partition, on which silo.
+    uint32_t partition = 0;
   };
 
   std::atomic<silo*> local{nullptr};
@@ -88,7 +90,7 @@ struct transport_router::impl {
       cv.wait_for(guard, std::chrono::milliseconds{50});
       auto now = clock_type::now();
       std::vector<ack_fn> lost_acks;
-      std::vector<reply_fn> lost_calls;
+      std::vector<std::pair<reply_fn, uint32_t>> lost_calls;
       for (auto i = acks.begin(); i != acks.end();) {
         if (i->second.deadline <= now || stopped) {
           lost_acks.push_back(std::move(i->second.ack));
@@ -99,7 +101,8 @@ struct transport_router::impl {
       }
       for (auto i = calls.begin(); i != calls.end();) {
         if (i->second.deadline <= now || stopped) {
-          lost_calls.push_back(std::move(i->second.reply));
+          lost_calls.emplace_back(std::move(i->second.reply),
+                                  i->second.partition);
           i = calls.erase(i);
         } else {
           ++i;
@@ -109,8 +112,10 @@ struct transport_router::impl {
       auto why = stopped ? errc::silo_stopped : errc::timeout;
       for (auto& a : lost_acks)
         a(make_error(why, "no acknowledgement from the owning silo"), 0);
-      for (auto& r : lost_calls)
-        r(make_error(why, "no reply from the owning silo"));
+      for (auto& [r, p] : lost_calls)
+        r(make_error(why, "partition " + std::to_string(p) + " (silo '"
+                              + owners[p].silo_id
+                              + "') is unavailable: no reply in time"));
       guard.lock();
     }
   }
@@ -308,7 +313,7 @@ void transport_router::call(uint32_t p, const grain_id& target, message_ptr msg,
                               "100 ms"));
     id = ++d.next_id;
     d.calls[id]
-        = impl::pending_call{std::move(reply), clock_type::now() + timeout};
+        = impl::pending_call{std::move(reply), clock_type::now() + timeout, p};
   }
   c.set_call_id(id);
   if (auto err = d.net.send(d.owners[p], f)) {

@@ -716,7 +716,7 @@ void partition::emit_tell(const turn::transient_out& out,
   if (auto* router = core_.remote_owner(p)) {
     // At most once, like a local tell: the answer is not awaited.
     core_.release(p);
-    router->call(p, out.to, out.msg, silo::remote_call_timeout,
+    router->call(p, out.to, out.msg, core_.cfg.remote_call_timeout,
                  [](caf::expected<message_ptr>) {});
     return;
   }

@@ -73,6 +73,8 @@ caf::error silo_config::validate() const {
     return bad("max_group_ops", "must be positive");
   if (redelivery_timeout.count() <= 0)
     return bad("redelivery_timeout", "must be positive");
+  if (remote_call_timeout.count() <= 0)
+    return bad("remote_call_timeout", "must be positive");
   if (timer_poll.count() <= 0)
     return bad("timer_poll", "must be positive");
   if (dedup_retention.count() <= 0)
@@ -312,7 +314,7 @@ void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
     return reply(make_error(errc::invalid_argument, "call: empty grain type"));
   auto p = partition_of(target, c.cfg.partitions);
   if (auto* router = c.remote_owner(p))
-    return router->call(p, target, std::move(msg), remote_call_timeout,
+    return router->call(p, target, std::move(msg), c.cfg.remote_call_timeout,
                         std::move(reply));
   if (auto err = c.reserve(p))
     return reply(std::move(err));

@@ -69,6 +69,9 @@ struct silo_config {
   /// silo). It is in effect from the first recovered message on, so that
   /// no grain of another silo's partition is ever activated here.
   remote_router* router = nullptr;
+  /// How long a transient call to a grain on another silo may take before
+  /// the caller gets "partition unavailable".
+  std::chrono::milliseconds remote_call_timeout{std::chrono::seconds{10}};
   /// Resend an unacknowledged outbox entry after this long.
   std::chrono::milliseconds redelivery_timeout{std::chrono::seconds{30}};
   /// Longest sleep of a partition with pending deadlines; bounds how late
@@ -157,9 +160,6 @@ public:
   /// silo cannot run becomes a dead letter, as for local grain messages.
   void deliver_remote(std::shared_ptr<wire::Envelope> env, bool fresh,
                       send_handler done);
-
-  /// How long a transient call to another silo may take.
-  static constexpr std::chrono::milliseconds remote_call_timeout{10'000};
 
   /// Blocking transient call with a timeout.
   caf::expected<message_ptr> call(grain_id target, message_ptr msg,
