@@ -161,6 +161,25 @@ public:
     return n->as_string()->get();
   }
 
+  /// A number in [0, 1].
+  void rate(std::string_view key, double& out) {
+    auto* n = find(key, false);
+    if (!n)
+      return;
+    if (!n->is_number()) {
+      fail(key, n, std::string{"expected a number, got "} + type_name(*n));
+      return;
+    }
+    auto v = n->is_floating_point()
+                 ? n->as_floating_point()->get()
+                 : static_cast<double>(n->as_integer()->get());
+    if (!(v >= 0 && v <= 1)) {
+      fail(key, n, "must be between 0 and 1");
+      return;
+    }
+    out = v;
+  }
+
   std::optional<int64_t> integer(std::string_view key, int64_t lo, int64_t hi) {
     auto* n = find(key, false);
     if (!n)
@@ -470,6 +489,21 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
     reader r{source, *g, "gateway"};
     if (auto err = read_gateway(r, out.gateway))
       return err;
+  }
+  if (auto* f = top.table("faults")) {
+    reader r{source, *f, "faults"};
+    auto& fc = out.faults;
+    fc.enabled = true;
+    if (auto v = r.integer("seed", 0, std::numeric_limits<int64_t>::max()))
+      fc.seed = static_cast<uint64_t>(*v);
+    r.rate("drop_rate", fc.drop_rate);
+    r.rate("duplicate_rate", fc.duplicate_rate);
+    r.rate("delay_rate", fc.delay_rate);
+    r.rate("reorder_rate", fc.reorder_rate);
+    r.millis("max_delay_ms", fc.max_delay, 0, 10'000);
+    r.reject_unknown();
+    if (r.error())
+      return r.error();
   }
   top.reject_unknown();
   if (top.error())

@@ -79,6 +79,18 @@ struct silo_file_config {
   std::string data_dir;
   membership_file_config membership;
   gateway_file_config gateway;
+  /// `[faults]`, for testing only: rates (0..1) at which the silo-to-silo
+  /// transport drops, duplicates, delays and reorders outbound frames,
+  /// with a seed and the delay bound. Absent: a clean transport.
+  struct {
+    bool enabled = false;
+    uint64_t seed = 1;
+    double drop_rate = 0;
+    double duplicate_rate = 0;
+    double delay_rate = 0;
+    double reorder_rate = 0;
+    std::chrono::milliseconds max_delay{20};
+  } faults;
   /// The silo's tunables; `partitions` comes from the top-level key.
   silo_config limits;
 };

@@ -20,6 +20,7 @@
 #include "cluster.pb.h"
 #include "cluster/asio_transport.hpp"
 #include "cluster/config.hpp"
+#include "cluster/faulty_transport.hpp"
 #include "cluster/gateway.hpp"
 #include "cluster/transport_router.hpp"
 #include "persistence/rocksdb_storage.hpp"
@@ -147,7 +148,7 @@ int silo_main(int argc, char** argv) {
     return fail(describe(err));
   // A fixed member list: join the others over the transport. Partition p
   // belongs to the member at p % n of the list sorted by id.
-  std::shared_ptr<cluster::asio_transport> net;
+  std::shared_ptr<cluster::transport> net;
   std::unique_ptr<cluster::transport_router> router;
   std::atomic<cluster::transport_router*> router_ptr{nullptr};
   if (!cfg->membership.silos.empty()) {
@@ -160,6 +161,21 @@ int silo_main(int argc, char** argv) {
     tc.incarnation = static_cast<uint64_t>(
         std::chrono::system_clock::now().time_since_epoch().count());
     net = std::make_shared<cluster::asio_transport>(tc);
+    if (cfg->faults.enabled) {
+      // Testing only: a network that loses, repeats and reorders frames.
+      cluster::fault_config fc;
+      fc.seed = cfg->faults.seed;
+      fc.drop_rate = cfg->faults.drop_rate;
+      fc.duplicate_rate = cfg->faults.duplicate_rate;
+      fc.delay_rate = cfg->faults.delay_rate;
+      fc.reorder_rate = cfg->faults.reorder_rate;
+      fc.max_delay = cfg->faults.max_delay;
+      net = std::make_shared<cluster::faulty_transport>(net, fc);
+      std::printf("transport faults on: drop %.2f, duplicate %.2f, delay "
+                  "%.2f, reorder %.2f\n",
+                  fc.drop_rate, fc.duplicate_rate, fc.delay_rate,
+                  fc.reorder_rate);
+    }
     net->set_handler(
         [&router_ptr](const cluster::peer_info& from, cluster::Frame&& f) {
           if (auto* r = router_ptr.load())
