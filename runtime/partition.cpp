@@ -838,26 +838,38 @@ void partition::flush() {
   }
 }
 
+void partition::drop_inflight(uint64_t ticket, const caf::error& err) {
+  auto i = std::find_if(inflight_.begin(), inflight_.end(),
+                        [&](const inflight& x) { return x.ticket == ticket; });
+  if (i == inflight_.end())
+    return;
+  auto done = std::move(*i);
+  inflight_.erase(i);
+  uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
+  for (auto& fx : done.effects)
+    fx(err);
+}
+
 void partition::on_committed(committed_msg& m) {
   if (code_of(m.err) == errc::silo_stopped) {
     // Refused at shutdown, possibly ahead of an earlier batch that the
     // commit loop is still draining: nothing was written, so drop it
     // wherever it is; its work is redone after the restart.
-    auto i
-        = std::find_if(inflight_.begin(), inflight_.end(),
-                       [&](const inflight& x) { return x.ticket == m.ticket; });
-    if (i == inflight_.end())
-      return;
-    auto done = std::move(*i);
-    inflight_.erase(i);
-    uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
-    for (auto& fx : done.effects)
-      fx(m.err);
+    drop_inflight(m.ticket, m.err);
+    return;
+  }
+  if (m.err && (inflight_.empty() || inflight_.front().ticket != m.ticket)) {
+    // After a failed write, a batch submitted later fails at once inside
+    // `submit` (on this thread) while the loop thread is still failing the
+    // earlier ones, so their notices can cross. Every one of them fails,
+    // so their order no longer matters.
+    fail_stop(m.err);
+    drop_inflight(m.ticket, m.err);
     return;
   }
   if (inflight_.empty() || inflight_.front().ticket != m.ticket) {
-    // The commit loop notifies in submission order; anything else is a bug
-    // that must not be papered over.
+    // The commit loop notifies successes in submission order; anything
+    // else is a bug that must not be papered over.
     fail_stop(make_error(errc::storage_failure,
                          "commit notifications out of order in partition "
                              + std::to_string(id_)));

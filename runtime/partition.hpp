@@ -230,6 +230,9 @@ private:
   void schedule_flush();
   void flush();
   void fail_stop(const caf::error& err);
+  // Removes batch `ticket` from the in-flight list, wherever it is, and
+  // runs its effects with `err`.
+  void drop_inflight(uint64_t ticket, const caf::error& err);
 
   // -- outbox ----------------------------------------------------------------
   void deliver(const std::string& key, pending_out& out);
