@@ -93,7 +93,7 @@ protected:
 
   void start_api() {
     ASSERT_TRUE(api.spawn({FAKE_CLOUD_API_BIN, "--port", "0", "--seed", "5",
-                           "--latency-ms", "1:4", "--fail-rate", "0.05",
+                           "--latency-ms", "2:8", "--fail-rate", "0.05",
                            "--fail-after-apply-rate", "0.05"}));
     auto line = api.wait_line("listening on", steady_clock::now() + 10s);
     ASSERT_FALSE(line.empty()) << api.log();
@@ -187,7 +187,9 @@ void cluster_process_test::run_namespaces(bool kill_one) {
   }
   // Half-way, silo 1 dies without warning and comes back on its data.
   auto deadline = steady_clock::now() + 60s;
-  while (completed() < namespaces / 4 && steady_clock::now() < deadline)
+  // The kill comes as soon as the first namespace is ready, so that most
+  // are still in flight however fast the machine is.
+  while (completed() < 1 && steady_clock::now() < deadline)
     std::this_thread::sleep_for(50ms);
   if (kill_one) {
     auto before_kill = completed();
