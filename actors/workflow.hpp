@@ -369,13 +369,8 @@ public:
     sig.set_payload_type(m.payload_type());
     sig.set_payload(m.payload());
     sig.set_update_id(id);
-    engine_.bind(&st, &t.self());
-    engine_.set_turn(&t);
-    auto waiting = engine_.signal(sig);
-    engine_.set_turn(nullptr);
-    if (!waiting)
-      return std::move(waiting.error());
-    advance(t, *waiting);
+    if (auto err = deliver_signal(t, sig))
+      return err;
     return accepted;
   }
 
@@ -396,11 +391,9 @@ public:
 
   caf::expected<wire::WorkflowInfo>
   on_start_workflow(turn& t, const wire::StartWorkflow& m) {
-    Input in;
-    if (m.input_type() != input_type_name() || !in.ParseFromString(m.input()))
-      return make_error(errc::invalid_argument,
-                        "workflow " + to_string(t.self()) + " takes "
-                            + input_type_name() + ", not " + m.input_type());
+    auto in = parse_input(t, m.input_type(), m.input());
+    if (!in)
+      return std::move(in.error());
     if (m.reject_if_exists()
         && this->view().status() != wire::WorkflowState::NEW) {
       // A durable start must not be retried into a dead letter: it is
@@ -413,7 +406,7 @@ public:
               + wire::WorkflowState::Status_Name(this->view().status())
               + "); start it with another id, or without reject_if_exists");
     }
-    return on_start(t, in);
+    return on_start(t, *in);
   }
 
   caf::expected<wire::QueryResult> on_query(turn&,
@@ -431,16 +424,14 @@ public:
   caf::expected<done> on_start_child(turn& t, const wire::StartChild& m) {
     if (this->view().status() != wire::WorkflowState::NEW)
       return done{}; // Started already: the same child id is one run.
-    Input in;
-    if (m.input_type() != input_type_name() || !in.ParseFromString(m.input()))
-      return make_error(errc::invalid_argument,
-                        "workflow " + to_string(t.self()) + " takes "
-                            + input_type_name() + ", not " + m.input_type());
+    auto in = parse_input(t, m.input_type(), m.input());
+    if (!in)
+      return std::move(in.error());
     auto& st = this->state();
     st.set_parent_type(m.parent_type());
     st.set_parent_key(m.parent_key());
     st.set_parent_correlation(m.correlation());
-    static_cast<void>(on_start(t, in));
+    static_cast<void>(on_start(t, *in));
     return done{};
   }
 
@@ -502,13 +493,8 @@ public:
                         "workflow " + to_string(t.self())
                             + " has finished; signal '" + m.name()
                             + "' is not delivered");
-    engine_.bind(&this->state(), &t.self());
-    engine_.set_turn(&t);
-    auto waiting = engine_.signal(m);
-    engine_.set_turn(nullptr);
-    if (!waiting)
-      return std::move(waiting.error());
-    advance(t, *waiting);
+    if (auto err = deliver_signal(t, m))
+      return err;
     return done{};
   }
 
@@ -605,6 +591,31 @@ public:
   }
 
 private:
+  // The start input carried as type name and bytes, checked against
+  // `Input`.
+  caf::expected<Input> parse_input(const turn& t, const std::string& type,
+                                   const std::string& bytes) const {
+    Input in;
+    if (type != input_type_name() || !in.ParseFromString(bytes))
+      return make_error(errc::invalid_argument,
+                        "workflow " + to_string(t.self()) + " takes "
+                            + input_type_name() + ", not " + type);
+    return in;
+  }
+
+  // Hands a signal (or an update) to the engine: it completes the oldest
+  // wait for it or is buffered; the code resumes if it waited.
+  caf::error deliver_signal(turn& t, const wire::Signal& sig) {
+    engine_.bind(&this->state(), &t.self());
+    engine_.set_turn(&t);
+    auto waiting = engine_.signal(sig);
+    engine_.set_turn(nullptr);
+    if (!waiting)
+      return std::move(waiting.error());
+    advance(t, *waiting);
+    return caf::none;
+  }
+
   struct live_run {
     workflow_context ctx;
     Input input;
