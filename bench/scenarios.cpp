@@ -319,6 +319,26 @@ std::string counter_key(uint64_t i) {
 /// workflow's last turn.
 void workflow_ended(uint64_t slot, uint64_t seq, const caf::error& err);
 
+/// Ends a run of a bench workflow: reports it to the driver in a side
+/// effect (so that a replay does not report again), then yields its
+/// output of `steps` steps, or `failure`.
+caf::expected<WorkflowOutput> finish_run(workflow_context& ctx,
+                                         const WorkflowInput& in,
+                                         uint64_t steps, caf::error failure) {
+  std::string name = failure ? "failed" : "finished";
+  auto mark = ctx.side_effect<Pong>(name, [&]() -> caf::expected<Pong> {
+    workflow_ended(in.slot(), in.seq(), failure);
+    return Pong{};
+  });
+  if (!mark)
+    return std::move(mark.error());
+  if (failure)
+    return failure;
+  WorkflowOutput out;
+  out.set_steps(steps);
+  return out;
+}
+
 /// The workflow of workflow-10-steps: `workflow_steps` sequential durable
 /// calls to counter grains, then a side effect that reports the end to the
 /// bench driver. Side effects run once and are replayed from the journal,
@@ -342,20 +362,7 @@ public:
         break;
       }
     }
-    std::string name = failure ? "failed" : "finished";
-    auto slot = in.slot();
-    auto seq = in.seq();
-    auto mark = ctx.side_effect<Pong>(name, [&]() -> caf::expected<Pong> {
-      workflow_ended(slot, seq, failure);
-      return Pong{};
-    });
-    if (!mark)
-      co_return mark.error();
-    if (failure)
-      co_return failure;
-    WorkflowOutput out;
-    out.set_steps(workflow_steps);
-    co_return out;
+    co_return finish_run(ctx, in, workflow_steps, std::move(failure));
   }
 };
 
@@ -387,20 +394,7 @@ public:
     for (auto& c : calls)
       if (auto r = c.result(); !r && !failure)
         failure = std::move(r.error());
-    std::string mark_name = failure ? "failed" : "finished";
-    auto slot = in.slot();
-    auto seq = in.seq();
-    auto mark = ctx.side_effect<Pong>(mark_name, [&]() -> caf::expected<Pong> {
-      workflow_ended(slot, seq, failure);
-      return Pong{};
-    });
-    if (!mark)
-      co_return mark.error();
-    if (failure)
-      co_return failure;
-    WorkflowOutput out;
-    out.set_steps(fanout_width);
-    co_return out;
+    co_return finish_run(ctx, in, fanout_width, std::move(failure));
   }
 };
 
