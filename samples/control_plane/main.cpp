@@ -120,10 +120,57 @@ struct api_process {
   }
 };
 
-caf::error start_api(const options& o, api_process& api) {
+// Forks and execs `args` with its stdout on a pipe, and reads until a line
+// containing `marker` is complete, for at most `limit`. Returns what was
+// read (empty or without the marker when the child did not get there) and
+// sets `pid`. The pipe is closed then: these children only print when they
+// start and stop.
+std::string spawn_until(std::vector<std::string> args, std::string_view marker,
+                        std::chrono::milliseconds limit, pid_t& pid) {
   int fds[2];
   if (::pipe(fds) != 0)
-    return make_error(errc::unspecified, "pipe failed");
+    return {};
+  pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return {};
+  }
+  if (pid == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    std::fprintf(stderr, "cannot run %s: %s\n", argv[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  std::string out;
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto at = out.find(marker);
+    if (at != std::string::npos && out.find('\n', at) != std::string::npos)
+      break;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fds[0], POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+      break;
+    char buf[512];
+    auto n = ::read(fds[0], buf, sizeof(buf));
+    if (n <= 0)
+      break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  return out;
+}
+
+caf::error start_api(const options& o, api_process& api) {
   auto burst = std::to_string(std::max(1, static_cast<int>(o.rate_limit / 4)));
   std::vector<std::string> args{
       o.fake_cloud, "--port", "0", "--seed", std::to_string(o.seed),
@@ -138,39 +185,10 @@ caf::error start_api(const options& o, api_process& api) {
     args.push_back(std::to_string(static_cast<int>(o.rate_limit * 1.2)) + ":"
                    + burst);
   }
-  auto pid = ::fork();
-  if (pid < 0)
-    return make_error(errc::unspecified, "fork failed");
-  if (pid == 0) {
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    std::fprintf(stderr, "cannot run %s: %s\n", argv[0], std::strerror(errno));
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  api.pid = pid;
-  // Reads "listening on HOST:PORT" within 10 s.
-  std::string line;
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (line.find('\n') == std::string::npos) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    pollfd p{fds[0], POLLIN, 0};
-    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-      break;
-    char buf[256];
-    auto n = ::read(fds[0], buf, sizeof(buf));
-    if (n <= 0)
-      break;
-    line.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fds[0]);
+  // Waits for "listening on HOST:PORT" (10 s at most).
+  auto line = spawn_until(std::move(args), "listening on", 10s, api.pid);
+  if (auto nl = line.find('\n'); nl != std::string::npos)
+    line.resize(nl);
   auto colon = line.rfind(':');
   if (line.find("listening on") == std::string::npos
       || colon == std::string::npos)
@@ -264,45 +282,10 @@ struct silo_child {
 
   // Starts it and waits (up to 30 s) for its "ready" line.
   caf::error start(const std::string& config, uint16_t api_port) {
-    int fds[2];
-    if (::pipe(fds) != 0)
-      return make_error(errc::unspecified, "pipe failed");
-    std::vector<std::string> args{
-        GRANARY_BIN, "silo",        "--config",
-        config,      "--cloud-api", "127.0.0.1:" + std::to_string(api_port)};
-    pid = ::fork();
-    if (pid < 0)
-      return make_error(errc::unspecified, "fork failed");
-    if (pid == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      std::vector<char*> argv;
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    std::string out;
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (out.find("ready ") == std::string::npos) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      pollfd p{fds[0], POLLIN, 0};
-      if (left.count() <= 0
-          || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        break;
-      char buf[512];
-      auto n = ::read(fds[0], buf, sizeof(buf));
-      if (n <= 0)
-        break;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    // The rest of its output is not needed; a closed pipe is fine for a
-    // process that only prints at start and stop.
-    ::close(fds[0]);
+    auto out
+        = spawn_until({GRANARY_BIN, "silo", "--config", config, "--cloud-api",
+                       "127.0.0.1:" + std::to_string(api_port)},
+                      "ready ", 30s, pid);
     if (out.find("ready ") == std::string::npos)
       return make_error(errc::unspecified,
                         "granary silo (" + config + ") did not start: " + out);
