@@ -509,6 +509,20 @@ public:
     return inner_->free_bytes();
   }
 
+  caf::expected<std::vector<partition_file>>
+  export_partition(uint32_t p, const std::string& dir) override {
+    return inner_->export_partition(p, dir);
+  }
+
+  caf::error import_partition(uint32_t p,
+                              std::span<const partition_file> files) override {
+    return inner_->import_partition(p, files);
+  }
+
+  caf::error drop_partition(uint32_t p) override {
+    return inner_->drop_partition(p);
+  }
+
   /// The totals so far.
   storage_counts counts() const {
     storage_counts out;

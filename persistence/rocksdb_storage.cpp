@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <system_error>
 
+#include <set>
+
 #include <sys/statvfs.h>
 
 #include <rocksdb/cache.h>
@@ -15,11 +17,15 @@
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
+#include <rocksdb/snapshot.h>
+#include <rocksdb/sst_file_reader.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/status.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 #include "runtime/error.hpp"
+#include "runtime/keys.hpp"
 
 namespace granary {
 
@@ -109,6 +115,11 @@ make_cf_options(const std::shared_ptr<rocksdb::Cache>& cache,
   opts.memtable_prefix_bloom_size_ratio = 0.02;
   opts.memtable_whole_key_filtering = true;
   return opts;
+}
+
+caf::error corrupt_file(const std::string& path, const std::string& why) {
+  return make_error(errc::corrupt_record,
+                    "partition file '" + path + "' is unusable: " + why);
 }
 
 } // namespace
@@ -220,13 +231,8 @@ rocksdb_storage::get(column col, std::string_view key) {
 
 caf::error
 rocksdb_storage::commit(std::span<const write_batch* const> batches) {
-  if (failed()) {
-    std::lock_guard guard{error_mtx_};
-    return make_error(errc::storage_failure,
-                      "storage '" + data_dir_
-                          + "' is fail-stopped after an earlier write error ("
-                          + first_error_ + "); the silo must be reopened");
-  }
+  if (failed())
+    return fail_stopped_error();
   rocksdb::WriteBatch wb;
   for (auto* batch : batches) {
     if (batch == nullptr)
@@ -248,18 +254,8 @@ rocksdb_storage::commit(std::span<const write_batch* const> batches) {
     return caf::none;
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  auto st = db_->Write(wo, &wb);
-  if (!st.ok()) {
-    auto text = st.ToString();
-    {
-      std::lock_guard guard{error_mtx_};
-      if (first_error_.empty())
-        first_error_ = text;
-    }
-    failed_.store(true, std::memory_order_release);
-    return make_error(errc::storage_failure,
-                      "rocksdb write to '" + data_dir_ + "' failed: " + text);
-  }
+  if (auto st = db_->Write(wo, &wb); !st.ok())
+    return fail_stop("rocksdb write", st.ToString());
   wal_syncs_.fetch_add(1, std::memory_order_relaxed);
   return caf::none;
 }
@@ -297,6 +293,266 @@ caf::error rocksdb_storage::scan(column col, std::string_view prefix,
                       std::string{"rocksdb scan of column '"} + to_string(col)
                           + "' in '" + data_dir_
                           + "' failed: " + st.ToString());
+  return caf::none;
+}
+
+caf::expected<std::vector<partition_file>>
+rocksdb_storage::export_partition(uint32_t p, const std::string& dir) {
+  if (p > keys::max_partition)
+    return keys::invalid_partition(p);
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    return make_error(errc::invalid_argument,
+                      "export directory '" + dir + "' is not a directory");
+  auto abs_dir = std::filesystem::absolute(dir, ec);
+  if (ec)
+    return make_error(errc::invalid_argument,
+                      "export directory '" + dir + "': " + ec.message());
+  std::vector<partition_file> result;
+  // Removes what this call wrote so far: half an export is of no use.
+  auto fail = [&](caf::error err, const std::string& partial) {
+    std::error_code ignored;
+    for (auto& f : result)
+      std::filesystem::remove(f.path, ignored);
+    if (!partial.empty())
+      std::filesystem::remove(partial, ignored);
+    return err;
+  };
+  auto range = keys::range_of(p);
+  rocksdb::Slice upper_slice{range.upper};
+  // One snapshot for all columns, so that the files agree with each other
+  // even if a caller kept writing by mistake.
+  rocksdb::ManagedSnapshot snapshot{db_.get()};
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  // A bulk read must not evict the hot blocks of other partitions.
+  ro.fill_cache = false;
+  if (!range.upper.empty())
+    ro.iterate_upper_bound = &upper_slice;
+  for (auto col : all_columns) {
+    if (col == column::meta)
+      continue;
+    auto path
+        = (abs_dir / ("p" + std::to_string(p) + "-" + to_string(col) + ".sst"))
+              .string();
+    auto opts = db_->GetOptions(handle(col));
+    // SstFileWriter refuses to finish a file without entries, so the writer
+    // opens on the first record only.
+    std::optional<rocksdb::SstFileWriter> writer;
+    uint64_t records = 0;
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator(ro, handle(col))};
+    // Bounded by the records of `p` in the snapshot.
+    for (it->Seek(to_slice(range.lower)); it->Valid(); it->Next()) {
+      if (!writer) {
+        writer.emplace(rocksdb::EnvOptions{}, opts);
+        if (auto st = writer->Open(path); !st.ok())
+          return fail(make_error(errc::storage_failure,
+                                 "cannot create partition file '" + path
+                                     + "': " + st.ToString()),
+                      path);
+      }
+      if (auto st = writer->Put(it->key(), it->value()); !st.ok())
+        return fail(make_error(errc::storage_failure,
+                               "cannot write partition file '" + path
+                                   + "': " + st.ToString()),
+                    path);
+      ++records;
+    }
+    if (auto st = it->status(); !st.ok())
+      return fail(make_error(errc::storage_failure,
+                             std::string{"rocksdb export of column '"}
+                                 + to_string(col) + "' in '" + data_dir_
+                                 + "' failed: " + st.ToString()),
+                  writer ? path : std::string{});
+    if (!writer)
+      continue;
+    rocksdb::ExternalSstFileInfo info;
+    if (auto st = writer->Finish(&info); !st.ok())
+      return fail(
+          make_error(errc::storage_failure, "cannot finish partition file '"
+                                                + path + "': " + st.ToString()),
+          path);
+    result.push_back(partition_file{col, path, records});
+  }
+  return result;
+}
+
+caf::error
+rocksdb_storage::import_partition(uint32_t p,
+                                  std::span<const partition_file> files) {
+  if (failed())
+    return fail_stopped_error();
+  if (p > keys::max_partition)
+    return keys::invalid_partition(p);
+  std::set<column> seen;
+  for (auto& f : files) {
+    if (f.col == column::meta || static_cast<size_t>(f.col) >= column_count)
+      return make_error(errc::invalid_argument,
+                        "partition file '" + f.path
+                            + "' is for a column that holds no partition");
+    if (!seen.insert(f.col).second)
+      return make_error(errc::invalid_argument,
+                        std::string{"more than one partition file for column '"}
+                            + to_string(f.col) + "'");
+  }
+  // Check every file before deleting anything, so that a bad transfer
+  // leaves the old records in place.
+  for (auto& f : files)
+    if (auto err = check_partition_file(p, f))
+      return err;
+  if (auto err = erase_partition(p, "import"))
+    return err;
+  if (files.empty())
+    return caf::none;
+  std::vector<rocksdb::IngestExternalFileArg> args;
+  args.reserve(files.size());
+  for (auto& f : files) {
+    rocksdb::IngestExternalFileArg arg;
+    arg.column_family = handle(f.col);
+    arg.external_files.push_back(f.path);
+    // Copy so that the caller's files stay valid for a retry.
+    arg.options.move_files = false;
+    // The files overlap the range tombstones just written; they need a
+    // sequence number above them.
+    arg.options.allow_global_seqno = true;
+    arg.options.allow_blocking_flush = true;
+    arg.options.ingest_behind = false;
+    arg.options.snapshot_consistency = true;
+    // Keep the sequence number in the MANIFEST only: no write into the
+    // ingested copy, which keeps its checksums verifiable.
+    arg.options.write_global_seqno = false;
+    // The checks above read the caller's file; this reads the copy.
+    arg.options.verify_checksums_before_ingest = true;
+    args.push_back(std::move(arg));
+  }
+  // One MANIFEST record for all columns: after a crash either every file
+  // is in or none. The MANIFEST write is synced, so this is durable.
+  auto st = db_->IngestExternalFiles(args);
+  if (st.ok())
+    return caf::none;
+  // Corruption stems from reading the files, before anything changed.
+  if (st.IsCorruption())
+    return make_error(errc::corrupt_record,
+                      "cannot ingest partition files of partition "
+                          + std::to_string(p) + ": " + st.ToString());
+  return fail_stop("rocksdb ingestion of partition " + std::to_string(p),
+                   st.ToString());
+}
+
+caf::error rocksdb_storage::drop_partition(uint32_t p) {
+  if (failed())
+    return fail_stopped_error();
+  if (p > keys::max_partition)
+    return keys::invalid_partition(p);
+  return erase_partition(p, "drop");
+}
+
+caf::error rocksdb_storage::fail_stopped_error() {
+  std::lock_guard guard{error_mtx_};
+  return make_error(errc::storage_failure,
+                    "storage '" + data_dir_
+                        + "' is fail-stopped after an earlier write error ("
+                        + first_error_ + "); the silo must be reopened");
+}
+
+caf::error rocksdb_storage::fail_stop(const std::string& what,
+                                      const std::string& status) {
+  {
+    std::lock_guard guard{error_mtx_};
+    if (first_error_.empty())
+      first_error_ = status;
+  }
+  failed_.store(true, std::memory_order_release);
+  return make_error(errc::storage_failure,
+                    what + " to '" + data_dir_ + "' failed: " + status);
+}
+
+caf::error rocksdb_storage::check_partition_file(uint32_t p,
+                                                 const partition_file& file) {
+  auto& path = file.path;
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    return corrupt_file(path, "no such regular file");
+  rocksdb::SstFileReader reader{db_->GetOptions(handle(file.col))};
+  if (auto st = reader.Open(path); !st.ok())
+    return corrupt_file(path, st.ToString());
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  if (auto st = reader.VerifyChecksum(ro); !st.ok())
+    return corrupt_file(path, st.ToString());
+  auto props = reader.GetTableProperties();
+  if (!props)
+    return corrupt_file(path, "no table properties");
+  // Range tombstones, deletes or merges would reach beyond the records of
+  // the file; export_partition writes puts only.
+  if (props->num_range_deletions != 0 || props->num_deletions != 0
+      || props->num_merge_operands != 0)
+    return corrupt_file(path, "holds more than puts");
+  if (props->num_entries != file.records)
+    return corrupt_file(path, "holds " + std::to_string(props->num_entries)
+                                  + " records instead of "
+                                  + std::to_string(file.records));
+  // Sorted keys: the first and the last bound the whole file.
+  auto range = keys::range_of(p);
+  std::unique_ptr<rocksdb::Iterator> it{reader.NewIterator(ro)};
+  it->SeekToFirst();
+  if (it->Valid() && !keys::in_range(range, to_view(it->key())))
+    return corrupt_file(path,
+                        "holds keys outside partition " + std::to_string(p));
+  it->SeekToLast();
+  if (it->Valid() && !keys::in_range(range, to_view(it->key())))
+    return corrupt_file(path,
+                        "holds keys outside partition " + std::to_string(p));
+  if (auto st = it->status(); !st.ok())
+    return corrupt_file(path, st.ToString());
+  return caf::none;
+}
+
+caf::error rocksdb_storage::erase_partition(uint32_t p, const char* what) {
+  auto range = keys::range_of(p);
+  rocksdb::WriteBatch wb;
+  for (auto col : all_columns) {
+    if (col == column::meta)
+      continue;
+    rocksdb::Status st;
+    if (!range.upper.empty()) {
+      st = wb.DeleteRange(handle(col), to_slice(range.lower),
+                          to_slice(range.upper));
+    } else {
+      // No key bounds the last partition from above, but its own last key
+      // does: delete [lower, last) as a range and `last` on its own. The
+      // caller stopped writing to `p`, so no larger key shows up meanwhile.
+      std::unique_ptr<rocksdb::Iterator> it{
+          db_->NewIterator(rocksdb::ReadOptions{}, handle(col))};
+      it->SeekToLast();
+      if (auto ist = it->status(); !ist.ok())
+        return make_error(errc::storage_failure,
+                          std::string{"rocksdb read of column '"}
+                              + to_string(col) + "' in '" + data_dir_
+                              + "' failed: " + ist.ToString());
+      if (!it->Valid() || !keys::in_range(range, to_view(it->key())))
+        continue;
+      std::string last{to_view(it->key())};
+      if (last != range.lower)
+        st = wb.DeleteRange(handle(col), to_slice(range.lower), to_slice(last));
+      if (st.ok())
+        st = wb.Delete(handle(col), to_slice(last));
+    }
+    // Nothing was written yet, so this is not a reason to fail-stop.
+    if (!st.ok())
+      return make_error(errc::storage_failure,
+                        std::string{"cannot add range delete to write batch "
+                                    "for column '"}
+                            + to_string(col) + "': " + st.ToString());
+  }
+  if (wb.Count() == 0)
+    return caf::none;
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  if (auto st = db_->Write(wo, &wb); !st.ok())
+    return fail_stop(std::string{"rocksdb "} + what + " of partition "
+                         + std::to_string(p),
+                     st.ToString());
   return caf::none;
 }
 

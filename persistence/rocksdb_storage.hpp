@@ -73,6 +73,25 @@ public:
 
   std::optional<uint64_t> free_bytes() override;
 
+  /// Writes one SST file per non-empty column of partition `p`, named
+  /// `<dir>/p<p>-<column>.sst`, from one snapshot of the database. Fails
+  /// with `errc::invalid_argument` for a partition above 0xffff or a `dir`
+  /// that is not a directory and with `errc::storage_failure` when reading
+  /// or writing fails, removing any file it wrote.
+  caf::expected<std::vector<partition_file>>
+  export_partition(uint32_t p, const std::string& dir) override;
+
+  /// Checks every file (readable SST, valid checksums, only puts of
+  /// partition `p`, the stated record count) before it deletes the range of
+  /// `p` in every column but `meta` with one synced write, then ingests all
+  /// files atomically. A failed write or ingestion fail-stops the store.
+  caf::error import_partition(uint32_t p,
+                              std::span<const partition_file> files) override;
+
+  /// Deletes the range of `p` in every column but `meta` with one synced
+  /// write. A failed write fail-stops the store.
+  caf::error drop_partition(uint32_t p) override;
+
   /// Number of successful commits, each of which synced the WAL once.
   uint64_t wal_syncs() const noexcept {
     return wal_syncs_.load(std::memory_order_relaxed);
@@ -94,6 +113,21 @@ private:
   rocksdb::ColumnFamilyHandle* handle(column col) const noexcept {
     return columns_[static_cast<size_t>(col)];
   }
+
+  // Returns the error for any write after the store is fail-stopped.
+  caf::error fail_stopped_error();
+
+  // Fail-stops the store after the failed write `what` and returns its
+  // storage failure.
+  caf::error fail_stop(const std::string& what, const std::string& status);
+
+  // Checks that `file` is an SST that `export_partition` could have made
+  // for partition `p`; fails with `errc::corrupt_record` otherwise.
+  caf::error check_partition_file(uint32_t p, const partition_file& file);
+
+  // Deletes the range of partition `p` in every column but meta with one
+  // synced write.
+  caf::error erase_partition(uint32_t p, const char* what);
 
   std::string data_dir_;
   std::unique_ptr<rocksdb::DB> db_;

@@ -1,5 +1,7 @@
 #include "runtime/keys.hpp"
 
+#include "runtime/error.hpp"
+
 namespace granary {
 
 const char* to_string(column c) {
@@ -71,6 +73,25 @@ std::string partition_prefix(uint32_t partition) {
   std::string out;
   append_partition(out, partition);
   return out;
+}
+
+partition_range range_of(uint32_t p) {
+  partition_range result{partition_prefix(p), {}};
+  if (p < max_partition)
+    result.upper = partition_prefix(p + 1);
+  return result;
+}
+
+bool in_range(const partition_range& r, std::string_view key) {
+  return key >= std::string_view{r.lower}
+         && (r.upper.empty() || key < std::string_view{r.upper});
+}
+
+caf::error invalid_partition(uint32_t p) {
+  return make_error(errc::invalid_argument, "partition " + std::to_string(p)
+                                                + " is out of range (at most "
+                                                + std::to_string(max_partition)
+                                                + ")");
 }
 
 std::string grain_prefix(uint32_t partition, const grain_id& id) {

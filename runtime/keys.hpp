@@ -5,6 +5,8 @@
 #include <string>
 #include <string_view>
 
+#include <caf/error.hpp>
+
 #include "runtime/grain_id.hpp"
 
 namespace granary {
@@ -40,6 +42,25 @@ void append_partition(std::string& out, uint32_t partition);
 
 /// Returns the 2-byte prefix of `partition`.
 std::string partition_prefix(uint32_t partition);
+
+/// Partition ids are two bytes in every key.
+inline constexpr uint32_t max_partition = 0xffff;
+
+/// The key range of one partition in a column: [lower, upper), where an
+/// empty `upper` means no upper bound (the last partition).
+struct partition_range {
+  std::string lower;
+  std::string upper;
+};
+
+/// Returns the key range of partition `p`.
+partition_range range_of(uint32_t p);
+
+/// Returns whether `key` lies in `r`.
+bool in_range(const partition_range& r, std::string_view key);
+
+/// The `invalid_argument` error for a partition id above `max_partition`.
+caf::error invalid_partition(uint32_t p);
 
 /// Returns the grain prefix of `id` in `partition`.
 std::string grain_prefix(uint32_t partition, const grain_id& id);

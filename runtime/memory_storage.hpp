@@ -25,6 +25,22 @@ public:
 
   std::optional<uint64_t> free_bytes() override;
 
+  /// Writes one file per non-empty column of partition `p`, named
+  /// `<dir>/p<p>-<column>.part`: an 8-byte magic, the column byte, a
+  /// big-endian 64-bit record count, then per record a big-endian 32-bit
+  /// length and the bytes of the key, then the same for the value.
+  caf::expected<std::vector<partition_file>>
+  export_partition(uint32_t p, const std::string& dir) override;
+
+  /// Parses every file completely before replacing partition `p` in one
+  /// step. Fails like `commit` while `fail_commits` is set.
+  caf::error import_partition(uint32_t p,
+                              std::span<const partition_file> files) override;
+
+  /// Deletes partition `p`. Fails like `commit` while `fail_commits` is
+  /// set.
+  caf::error drop_partition(uint32_t p) override;
+
   /// Makes every commit from now on fail with a storage failure.
   void fail_commits(bool value) {
     fail_commits_ = value;
@@ -83,6 +99,20 @@ public:
 
   std::optional<uint64_t> free_bytes() override {
     return impl_->free_bytes();
+  }
+
+  caf::expected<std::vector<partition_file>>
+  export_partition(uint32_t p, const std::string& dir) override {
+    return impl_->export_partition(p, dir);
+  }
+
+  caf::error import_partition(uint32_t p,
+                              std::span<const partition_file> files) override {
+    return impl_->import_partition(p, files);
+  }
+
+  caf::error drop_partition(uint32_t p) override {
+    return impl_->drop_partition(p);
   }
 
 private:

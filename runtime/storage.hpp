@@ -91,6 +91,16 @@ private:
   size_t bytes_ = 0;
 };
 
+/// One file of an exported partition: the records of one column.
+struct partition_file {
+  /// The column the records belong to.
+  column col = column::state;
+  /// Absolute path of the file; its format belongs to the storage type.
+  std::string path;
+  /// Number of records in the file.
+  uint64_t records = 0;
+};
+
 /// Visitor for `storage::scan`; returns false to stop early.
 using scan_visitor
     = std::function<bool(std::string_view key, std::string_view value)>;
@@ -121,6 +131,28 @@ public:
 
   /// Free bytes on the volume holding the data; nullopt if not applicable.
   virtual std::optional<uint64_t> free_bytes() = 0;
+
+  /// Writes every record of partition `p` (all columns but `meta`) into
+  /// new files under the existing directory `dir`, at most one file per
+  /// column and none for an empty column, and returns them. The caller
+  /// must have stopped writing to `p`. The files are only meant for
+  /// `import_partition` of the same storage type.
+  virtual caf::expected<std::vector<partition_file>>
+  export_partition(uint32_t p, const std::string& dir) = 0;
+
+  /// Replaces every record of partition `p` with the records in `files`
+  /// (made by `export_partition`) and returns once that is durable. Any
+  /// record of `p` present before is gone afterwards, also when `files` is
+  /// empty. Fails with `corrupt_record` for a file it cannot read, leaving
+  /// `p` in an unspecified state that a later successful import or
+  /// `drop_partition` replaces.
+  virtual caf::error import_partition(uint32_t p,
+                                      std::span<const partition_file> files)
+      = 0;
+
+  /// Deletes every record of partition `p` (all columns but `meta`) and
+  /// returns once that is durable.
+  virtual caf::error drop_partition(uint32_t p) = 0;
 };
 
 } // namespace granary

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -21,6 +23,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/keys.hpp"
+#include "runtime/memory_storage.hpp"
 
 using namespace granary;
 
@@ -125,9 +128,112 @@ protected:
     return out;
   }
 
+  // Opens a store in `root_/name`, for tests that need two of them.
+  std::unique_ptr<rocksdb_storage> open_store_at(const std::string& name) {
+    rocksdb_config cfg;
+    cfg.data_dir = root_ + "/" + name;
+    auto res = rocksdb_storage::open(cfg);
+    EXPECT_TRUE(res) << describe(res.error());
+    return res ? std::move(*res) : nullptr;
+  }
+
+  // Creates `root_/name` and returns its path.
+  std::string make_dir(const std::string& name) {
+    auto dir = root_ + "/" + name;
+    std::filesystem::create_directories(dir);
+    return dir;
+  }
+
   std::string root_;
   rocksdb_config cfg_;
 };
+
+// The columns that the partition tests fill; outbox, dedup and
+// dead_letters stay empty.
+constexpr column filled_columns[]
+    = {column::state, column::inbox, column::timers, column::journal};
+
+// Writes two grains with three records each into every filled column of
+// `p`, with values tagged by `tag`.
+caf::error fill_partition(storage& st, uint32_t p, const std::string& tag) {
+  write_batch b;
+  for (auto col : filled_columns)
+    for (auto* key : {"o-1", "o-2"})
+      for (uint64_t seq = 1; seq <= 3; ++seq)
+        b.put(col, keys::with_seq(keys::grain_prefix(p, {"order", key}), seq),
+              tag + "-" + to_string(col) + "-" + key + "-"
+                  + std::to_string(seq));
+  const write_batch* batches[] = {&b};
+  return st.commit(batches);
+}
+
+// Every record of partition `p`, by column (meta excluded).
+using partition_dump = std::map<column, kv_list>;
+
+partition_dump dump_partition(storage& st, uint32_t p) {
+  partition_dump out;
+  for (size_t i = 1; i < column_count; ++i) {
+    auto col = static_cast<column>(i);
+    auto err = st.scan(col, keys::partition_prefix(p), "", 100000,
+                       [&](std::string_view k, std::string_view v) {
+                         out[col].emplace_back(std::string{k}, std::string{v});
+                         return true;
+                       });
+    EXPECT_FALSE(err) << describe(err);
+  }
+  return out;
+}
+
+size_t record_count(const partition_dump& d) {
+  size_t n = 0;
+  for (auto& [col, kvs] : d)
+    n += kvs.size();
+  return n;
+}
+
+kv_list dump_meta(storage& st) {
+  kv_list out;
+  auto err = st.scan(column::meta, "", "", 100000,
+                     [&](std::string_view k, std::string_view v) {
+                       out.emplace_back(std::string{k}, std::string{v});
+                       return true;
+                     });
+  EXPECT_FALSE(err) << describe(err);
+  return out;
+}
+
+caf::error put_one(storage& st, column col, std::string key,
+                   std::string value) {
+  write_batch b;
+  b.put(col, std::move(key), std::move(value));
+  const write_batch* batches[] = {&b};
+  return st.commit(batches);
+}
+
+// Fills the destination of an import: its own partitions 3 and 5, a meta
+// record, and stale records in partition 4, one of them under a key that
+// the import brings too and one in a column that the import lacks.
+void fill_destination(storage& dst) {
+  ASSERT_FALSE(fill_partition(dst, 3, "dst"));
+  ASSERT_FALSE(fill_partition(dst, 5, "dst"));
+  ASSERT_FALSE(put_one(dst, column::meta, "silo", "dst-meta"));
+  auto g = keys::grain_prefix(4, {"order", "o-1"});
+  ASSERT_FALSE(put_one(dst, column::state, keys::with_seq(g, 1), "stale"));
+  ASSERT_FALSE(put_one(dst, column::state, keys::with_seq(g, 9), "stale"));
+  ASSERT_FALSE(put_one(dst, column::outbox, keys::with_seq(g, 1), "stale"));
+  ASSERT_FALSE(
+      put_one(dst, column::dedup, keys::grain_prefix(4, {"x", "y"}), "stale"));
+}
+
+void write_file(const std::string& path, std::string_view bytes) {
+  std::ofstream out{path, std::ios::binary | std::ios::trunc};
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  return std::string{std::istreambuf_iterator<char>{in}, {}};
+}
 
 } // namespace
 
@@ -472,4 +578,326 @@ TEST_F(rocksdb_storage_test, failed_write_fail_stops_until_reopen) {
   EXPECT_FALSE(st->failed());
   ASSERT_FALSE(commit(*st, later));
   EXPECT_EQ(lookup(*st, column::state, "after"), "x");
+}
+
+TEST_F(rocksdb_storage_test, import_replaces_exactly_one_partition) {
+  auto src = open_store_at("src");
+  auto dst = open_store_at("dst");
+  ASSERT_TRUE(src && dst);
+  for (uint32_t p : {3u, 4u, 5u})
+    ASSERT_FALSE(fill_partition(*src, p, "src" + std::to_string(p)));
+  ASSERT_FALSE(put_one(*src, column::meta, "silo", "src-meta"));
+  ASSERT_NO_FATAL_FAILURE(fill_destination(*dst));
+  auto dst3 = dump_partition(*dst, 3);
+  auto dst5 = dump_partition(*dst, 5);
+  auto expected = dump_partition(*src, 4);
+  ASSERT_EQ(record_count(expected), 24u);
+  auto dir = make_dir("export");
+  auto files = src->export_partition(4, dir);
+  ASSERT_TRUE(files) << describe(files.error());
+  // One file per non-empty column, named after partition and column.
+  ASSERT_EQ(files->size(), std::size(filled_columns));
+  for (size_t i = 0; i < files->size(); ++i) {
+    auto& f = (*files)[i];
+    EXPECT_EQ(f.col, filled_columns[i]);
+    EXPECT_EQ(f.records, 6u);
+    EXPECT_EQ(f.path, dir + "/p4-" + to_string(f.col) + ".sst");
+    EXPECT_TRUE(std::filesystem::exists(f.path)) << f.path;
+  }
+  // Exporting changes nothing in the source.
+  EXPECT_EQ(dump_partition(*src, 4), expected);
+  ASSERT_FALSE(dst->import_partition(4, *files));
+  EXPECT_EQ(dump_partition(*dst, 4), expected);
+  EXPECT_EQ(dump_partition(*dst, 3), dst3);
+  EXPECT_EQ(dump_partition(*dst, 5), dst5);
+  EXPECT_EQ(dump_meta(*dst), (kv_list{{"silo", "dst-meta"}}));
+  EXPECT_FALSE(dst->failed());
+  // The files were copied, not moved: a retry could use them again.
+  for (auto& f : *files)
+    EXPECT_TRUE(std::filesystem::exists(f.path)) << f.path;
+  // Point reads agree with scans, also for a key the import overwrote.
+  auto key = keys::with_seq(keys::grain_prefix(4, {"order", "o-1"}), 1);
+  EXPECT_EQ(lookup(*dst, column::state, key), "src4-state-o-1-1");
+  EXPECT_EQ(lookup(*dst, column::outbox, key), std::nullopt);
+  // Writes after the import land above the ingested records.
+  ASSERT_FALSE(put_one(*dst, column::state, key, "newer"));
+  EXPECT_EQ(lookup(*dst, column::state, key), "newer");
+}
+
+TEST_F(rocksdb_storage_test, imported_partition_survives_reopen) {
+  auto src = open_store_at("src");
+  ASSERT_TRUE(src);
+  for (uint32_t p : {3u, 4u, 5u})
+    ASSERT_FALSE(fill_partition(*src, p, "src" + std::to_string(p)));
+  auto expected = dump_partition(*src, 4);
+  auto files = src->export_partition(4, make_dir("export"));
+  ASSERT_TRUE(files) << describe(files.error());
+  auto dst = open_store_at("dst");
+  ASSERT_TRUE(dst);
+  ASSERT_NO_FATAL_FAILURE(fill_destination(*dst));
+  // Reopening flushes the recovered WAL, so the stale records sit in SST
+  // files rather than in the memtable during the import.
+  dst.reset();
+  dst = open_store_at("dst");
+  ASSERT_TRUE(dst);
+  auto dst3 = dump_partition(*dst, 3);
+  auto dst5 = dump_partition(*dst, 5);
+  ASSERT_FALSE(dst->import_partition(4, *files));
+  auto key = keys::with_seq(keys::grain_prefix(4, {"order", "o-2"}), 2);
+  ASSERT_FALSE(put_one(*dst, column::journal, key, "after-import"));
+  auto after = expected;
+  for (auto& [k, v] : after[column::journal])
+    if (k == key)
+      v = "after-import";
+  EXPECT_EQ(dump_partition(*dst, 4), after);
+  // The import copied the files: nothing depends on the export any more.
+  std::filesystem::remove_all(root_ + "/export");
+  src.reset();
+  dst.reset();
+  dst = open_store_at("dst");
+  ASSERT_TRUE(dst);
+  EXPECT_EQ(dump_partition(*dst, 4), after);
+  EXPECT_EQ(dump_partition(*dst, 3), dst3);
+  EXPECT_EQ(dump_partition(*dst, 5), dst5);
+  EXPECT_EQ(dump_meta(*dst), (kv_list{{"silo", "dst-meta"}}));
+  // And once more, after the reopen recovered the post-import write.
+  dst.reset();
+  dst = open_store_at("dst");
+  ASSERT_TRUE(dst);
+  EXPECT_EQ(dump_partition(*dst, 4), after);
+}
+
+TEST_F(rocksdb_storage_test, drop_partition_removes_one_partition) {
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  for (uint32_t p : {3u, 4u, 5u})
+    ASSERT_FALSE(fill_partition(*st, p, "p" + std::to_string(p)));
+  ASSERT_FALSE(put_one(*st, column::dead_letters,
+                       keys::grain_prefix(4, {"a", "b"}), "dead"));
+  ASSERT_FALSE(put_one(*st, column::meta, "silo", "m"));
+  auto p3 = dump_partition(*st, 3);
+  auto p5 = dump_partition(*st, 5);
+  auto syncs = st->wal_syncs();
+  ASSERT_FALSE(st->drop_partition(4));
+  EXPECT_EQ(record_count(dump_partition(*st, 4)), 0u);
+  EXPECT_EQ(dump_partition(*st, 3), p3);
+  EXPECT_EQ(dump_partition(*st, 5), p5);
+  EXPECT_EQ(dump_meta(*st), (kv_list{{"silo", "m"}}));
+  // A drop is not a commit.
+  EXPECT_EQ(st->wal_syncs(), syncs);
+  // Dropping an empty partition is fine.
+  ASSERT_FALSE(st->drop_partition(4));
+  ASSERT_FALSE(st->drop_partition(77));
+  st.reset();
+  st = open_store();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(record_count(dump_partition(*st, 4)), 0u);
+  EXPECT_EQ(dump_partition(*st, 3), p3);
+  EXPECT_EQ(dump_partition(*st, 5), p5);
+  EXPECT_EQ(dump_meta(*st), (kv_list{{"silo", "m"}}));
+  // Out-of-range partition ids are rejected.
+  auto err = st->drop_partition(0x10000);
+  EXPECT_EQ(code_of(err), errc::invalid_argument) << describe(err);
+}
+
+TEST_F(rocksdb_storage_test, last_partition_has_no_upper_bound) {
+  auto src = open_store_at("src");
+  auto dst = open_store_at("dst");
+  ASSERT_TRUE(src && dst);
+  constexpr uint32_t last = 0xffff;
+  ASSERT_FALSE(fill_partition(*src, last, "src"));
+  // Keys beyond any short bound: a type whose length varint starts 0xff.
+  std::string tail{"\xff\xff\xff\xff\xff", 5};
+  ASSERT_FALSE(put_one(*src, column::state, tail, "tail"));
+  ASSERT_FALSE(fill_partition(*dst, last - 1, "dst"));
+  ASSERT_FALSE(fill_partition(*dst, last, "stale"));
+  ASSERT_FALSE(put_one(*dst, column::state, tail + "z", "stale-tail"));
+  ASSERT_FALSE(put_one(*dst, column::outbox, tail, "stale-tail"));
+  auto below = dump_partition(*dst, last - 1);
+  auto expected = dump_partition(*src, last);
+  ASSERT_EQ(record_count(expected), 25u);
+  auto files = src->export_partition(last, make_dir("export"));
+  ASSERT_TRUE(files) << describe(files.error());
+  ASSERT_FALSE(dst->import_partition(last, *files));
+  EXPECT_EQ(dump_partition(*dst, last), expected);
+  EXPECT_EQ(dump_partition(*dst, last - 1), below);
+  ASSERT_FALSE(dst->drop_partition(last));
+  EXPECT_EQ(record_count(dump_partition(*dst, last)), 0u);
+  EXPECT_EQ(dump_partition(*dst, last - 1), below);
+}
+
+TEST_F(rocksdb_storage_test, import_of_bad_file_fails_before_deleting) {
+  auto src = open_store_at("src");
+  auto dst = open_store_at("dst");
+  ASSERT_TRUE(src && dst);
+  ASSERT_FALSE(fill_partition(*src, 3, "src3"));
+  ASSERT_FALSE(fill_partition(*src, 4, "src4"));
+  ASSERT_NO_FATAL_FAILURE(fill_destination(*dst));
+  auto before = dump_partition(*dst, 4);
+  auto good = src->export_partition(4, make_dir("good"));
+  ASSERT_TRUE(good) << describe(good.error());
+  ASSERT_FALSE(good->empty());
+  auto other = src->export_partition(3, make_dir("other"));
+  ASSERT_TRUE(other) << describe(other.error());
+  auto bad_dir = make_dir("bad");
+  auto bytes = read_file((*good)[0].path);
+  ASSERT_GT(bytes.size(), 100u);
+  // Each case replaces the first good file with a bad one.
+  struct bad_case {
+    std::string name;
+    partition_file file;
+  };
+  std::vector<bad_case> cases;
+  auto first = (*good)[0];
+  auto with_path = [&](std::string path) {
+    auto f = first;
+    f.path = std::move(path);
+    return f;
+  };
+  write_file(bad_dir + "/truncated.sst", bytes.substr(0, bytes.size() / 2));
+  cases.push_back({"truncated", with_path(bad_dir + "/truncated.sst")});
+  write_file(bad_dir + "/garbage.sst", std::string(4096, 'x'));
+  cases.push_back({"garbage", with_path(bad_dir + "/garbage.sst")});
+  auto flipped = bytes;
+  flipped[flipped.size() / 4] ^= 0x55;
+  write_file(bad_dir + "/flipped.sst", flipped);
+  cases.push_back({"flipped", with_path(bad_dir + "/flipped.sst")});
+  write_file(bad_dir + "/empty.sst", "");
+  cases.push_back({"empty", with_path(bad_dir + "/empty.sst")});
+  cases.push_back({"missing", with_path(bad_dir + "/missing.sst")});
+  // A valid file of another partition.
+  auto foreign = (*other)[0];
+  ASSERT_EQ(foreign.col, first.col);
+  cases.push_back({"foreign", foreign});
+  auto miscounted = first;
+  miscounted.records += 1;
+  cases.push_back({"miscounted", miscounted});
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::vector<partition_file> files{good->begin(), good->end()};
+    files[0] = c.file;
+    auto err = dst->import_partition(4, files);
+    ASSERT_TRUE(err);
+    EXPECT_EQ(code_of(err), errc::corrupt_record) << describe(err);
+    EXPECT_NE(describe(err).find(c.file.path), std::string::npos)
+        << describe(err);
+    // Checked before deleting: the old records are all still there.
+    EXPECT_EQ(dump_partition(*dst, 4), before);
+    EXPECT_FALSE(dst->failed());
+  }
+  // Caller mistakes are invalid arguments.
+  std::vector<partition_file> twice{first, first};
+  EXPECT_EQ(code_of(dst->import_partition(4, twice)), errc::invalid_argument);
+  auto meta_file = first;
+  meta_file.col = column::meta;
+  EXPECT_EQ(code_of(dst->import_partition(4, {&meta_file, 1})),
+            errc::invalid_argument);
+  EXPECT_EQ(dump_partition(*dst, 4), before);
+  // The store stays usable: the good files import fine afterwards.
+  ASSERT_FALSE(dst->import_partition(4, *good));
+  EXPECT_EQ(dump_partition(*dst, 4), dump_partition(*src, 4));
+}
+
+TEST_F(rocksdb_storage_test, empty_partition_exports_and_imports_nothing) {
+  auto src = open_store_at("src");
+  auto dst = open_store_at("dst");
+  ASSERT_TRUE(src && dst);
+  ASSERT_FALSE(fill_partition(*src, 3, "src3"));
+  ASSERT_FALSE(fill_partition(*src, 5, "src5"));
+  auto dir = make_dir("export");
+  auto files = src->export_partition(4, dir);
+  ASSERT_TRUE(files) << describe(files.error());
+  EXPECT_TRUE(files->empty());
+  EXPECT_TRUE(std::filesystem::is_empty(dir));
+  ASSERT_NO_FATAL_FAILURE(fill_destination(*dst));
+  auto dst3 = dump_partition(*dst, 3);
+  auto dst5 = dump_partition(*dst, 5);
+  ASSERT_GT(record_count(dump_partition(*dst, 4)), 0u);
+  ASSERT_FALSE(dst->import_partition(4, *files));
+  EXPECT_EQ(record_count(dump_partition(*dst, 4)), 0u);
+  EXPECT_EQ(dump_partition(*dst, 3), dst3);
+  EXPECT_EQ(dump_partition(*dst, 5), dst5);
+  EXPECT_EQ(dump_meta(*dst), (kv_list{{"silo", "dst-meta"}}));
+  dst.reset();
+  dst = open_store_at("dst");
+  ASSERT_TRUE(dst);
+  EXPECT_EQ(record_count(dump_partition(*dst, 4)), 0u);
+  EXPECT_EQ(dump_partition(*dst, 3), dst3);
+  // A missing export directory is a caller error.
+  auto res = src->export_partition(3, root_ + "/no-such-dir");
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), errc::invalid_argument)
+      << describe(res.error());
+}
+
+TEST_F(rocksdb_storage_test, fail_stopped_store_refuses_import_and_drop) {
+  failing_env env;
+  cfg_.env = &env;
+  auto st = open_store();
+  ASSERT_TRUE(st);
+  ASSERT_FALSE(fill_partition(*st, 4, "p4"));
+  env.fail_syncs = true;
+  auto err = st->drop_partition(4);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), errc::storage_failure) << describe(err);
+  EXPECT_TRUE(st->failed());
+  env.fail_syncs = false;
+  err = st->import_partition(4, {});
+  EXPECT_EQ(code_of(err), errc::storage_failure) << describe(err);
+  EXPECT_NE(describe(err).find("fail-stopped"), std::string::npos)
+      << describe(err);
+  err = st->drop_partition(4);
+  EXPECT_NE(describe(err).find("fail-stopped"), std::string::npos)
+      << describe(err);
+  write_batch b;
+  b.put(column::state, "k", "v");
+  EXPECT_TRUE(commit(*st, b));
+}
+
+TEST_F(rocksdb_storage_test, memory_storage_partition_round_trip) {
+  memory_storage src;
+  auto dst_impl = std::make_shared<memory_storage>();
+  shared_memory_storage dst{dst_impl};
+  for (uint32_t p : {3u, 4u, 5u})
+    ASSERT_FALSE(fill_partition(src, p, "src" + std::to_string(p)));
+  ASSERT_FALSE(put_one(src, column::meta, "silo", "src-meta"));
+  ASSERT_NO_FATAL_FAILURE(fill_destination(dst));
+  auto dst3 = dump_partition(dst, 3);
+  auto expected = dump_partition(src, 4);
+  auto dir = make_dir("export");
+  auto files = dst.export_partition(9, dir);
+  ASSERT_TRUE(files) << describe(files.error());
+  EXPECT_TRUE(files->empty());
+  files = src.export_partition(4, dir);
+  ASSERT_TRUE(files) << describe(files.error());
+  ASSERT_EQ(files->size(), std::size(filled_columns));
+  for (auto& f : *files)
+    EXPECT_EQ(f.records, 6u);
+  ASSERT_FALSE(dst.import_partition(4, *files));
+  EXPECT_EQ(dump_partition(dst, 4), expected);
+  EXPECT_EQ(dump_partition(dst, 3), dst3);
+  EXPECT_EQ(dump_meta(dst), (kv_list{{"silo", "dst-meta"}}));
+  // Truncated and oversized files are corrupt and change nothing.
+  auto bytes = read_file((*files)[0].path);
+  auto truncated = (*files)[0];
+  truncated.path = dir + "/truncated.part";
+  write_file(truncated.path, bytes.substr(0, bytes.size() - 3));
+  auto oversized = (*files)[0];
+  oversized.path = dir + "/oversized.part";
+  // The first key length follows the 17-byte header.
+  auto big = bytes;
+  big[17] = '\x7f';
+  write_file(oversized.path, big);
+  for (auto& bad : {truncated, oversized}) {
+    auto err = dst.import_partition(4, {&bad, 1});
+    ASSERT_TRUE(err);
+    EXPECT_EQ(code_of(err), errc::corrupt_record) << describe(err);
+    EXPECT_NE(describe(err).find(bad.path), std::string::npos) << describe(err);
+    EXPECT_EQ(dump_partition(dst, 4), expected);
+  }
+  ASSERT_FALSE(dst.import_partition(4, {}));
+  EXPECT_EQ(record_count(dump_partition(dst, 4)), 0u);
+  ASSERT_FALSE(src.drop_partition(4));
+  EXPECT_EQ(record_count(dump_partition(src, 4)), 0u);
+  EXPECT_EQ(record_count(dump_partition(src, 5)), 24u);
 }
