@@ -89,6 +89,12 @@ const char* body_name(const Frame& f) {
       return "ping";
     case Frame::kPong:
       return "pong";
+    case Frame::kMembership:
+      return "membership";
+    case Frame::kHandoffChunk:
+      return "handoff_chunk";
+    case Frame::kHandoffAck:
+      return "handoff_ack";
     case Frame::BODY_NOT_SET:
       break;
   }

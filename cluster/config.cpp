@@ -364,7 +364,7 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
                         + "' (expected \"embedded\" or \"etcd\")");
   }
   auto embedded = cfg.provider == membership_provider::embedded;
-  std::vector<std::string_view> foreign{"seeds", "silos"};
+  std::vector<std::string_view> foreign{"seeds"};
   if (embedded)
     foreign = {"endpoints", "prefix"};
   for (auto key : foreign)
@@ -372,17 +372,41 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
       return r.fail(key, n,
                     std::string{"only applies to provider \""}
                         + (embedded ? "etcd" : "embedded") + "\"");
+  if (auto* n = r.find("silos", false))
+    return r.fail("silos", n,
+                  "was replaced by 'seeds': silos now join through one "
+                  "seed silo, e.g. seeds = [\"silo-1@10.0.0.1:7100\"], and "
+                  "the partition map follows the members");
+  auto& d = cfg.detector;
+  r.millis("probe_interval_ms", d.probe_interval, 10, 600'000);
+  r.size("missed_probes", d.missed_probes, 1, 1'000);
+  r.size("votes_needed", d.votes_needed, 1, 100);
+  r.millis("vote_expiry_ms", d.vote_expiry, 20, 86'400'000);
+  r.millis("i_am_alive_interval_ms", d.i_am_alive_interval, 10, 3'600'000);
+  r.millis("join_timeout_ms", d.join_timeout, 0, 3'600'000);
+  r.millis("leave_timeout_ms", d.leave_timeout, 0, 86'400'000);
+  if (auto* n = r.find("rebalance", false)) {
+    if (!n->is_boolean())
+      return r.fail("rebalance", n,
+                    std::string{"expected true or false, got "}
+                        + type_name(*n));
+    d.rebalance = n->as_boolean()->get();
+  }
+  if (!r.error() && d.vote_expiry <= d.probe_interval)
+    return r.fail("vote_expiry_ms", nullptr,
+                  "must exceed probe_interval_ms ("
+                      + std::to_string(d.probe_interval.count()) + ")");
   if (embedded) {
-    cfg.seeds = r.addresses("seeds");
-    if (auto* n = r.find("silos", false)) {
+    if (auto* n = r.find("seeds", false)) {
       auto* arr = n->as_array();
-      if (!arr || arr->size() > 1'000)
-        return r.fail("silos", n,
-                      "expected an array of at most 1000 \"id@host:port\" "
-                      "strings");
+      if (!arr || arr->size() > 1)
+        return r.fail("seeds", n,
+                      "expected an array of one \"id@host:port\" string: "
+                      "the embedded provider keeps the table on one seed "
+                      "silo (use provider \"etcd\" for a replicated table)");
       for (size_t i = 0; i < arr->size(); ++i) {
         auto& item = *arr->get(i);
-        auto item_key = "silos[" + std::to_string(i) + "]";
+        auto item_key = "seeds[" + std::to_string(i) + "]";
         auto* text = item.as_string();
         auto at = text ? text->get().find('@') : std::string::npos;
         if (at == std::string::npos || at == 0)
@@ -392,12 +416,7 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
         auto ep = parse_endpoint(text->get().substr(at + 1), false);
         if (!ep)
           return r.fail(item_key, &item, reader::describe_message(ep.error()));
-        auto id = text->get().substr(0, at);
-        for (auto& other : cfg.silos)
-          if (other.silo_id == id)
-            return r.fail(item_key, &item,
-                          "silo id '" + id + "' is listed twice");
-        cfg.silos.push_back(peer_address{id, *ep});
+        cfg.seeds.push_back(peer_address{text->get().substr(0, at), *ep});
       }
     }
   } else {
@@ -465,20 +484,13 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
     reader r{source, *m, "membership"};
     if (auto err = read_membership(r, out.membership))
       return err;
-    auto& silos = out.membership.silos;
-    if (!silos.empty() && !top.error()) {
-      auto self = std::find_if(silos.begin(), silos.end(), [&](auto& x) {
-        return x.silo_id == out.silo_id;
-      });
-      if (self == silos.end())
-        return r.fail("silos", m->get("silos"),
-                      "does not list this silo ('" + out.silo_id + "')");
-      if (self->address.port != out.silo_listen.port)
-        return r.fail("silos", m->get("silos"),
-                      "lists '" + out.silo_id + "' at "
-                          + self->address.to_string() + " but listen.silo is "
-                          + out.silo_listen.to_string());
-    }
+    auto& seeds = out.membership.seeds;
+    if (!seeds.empty() && !top.error() && seeds[0].silo_id == out.silo_id
+        && seeds[0].address.port != out.silo_listen.port)
+      return r.fail("seeds", m->get("seeds"),
+                    "names this silo ('" + out.silo_id + "') at "
+                        + seeds[0].address.to_string() + " but listen.silo is "
+                        + out.silo_listen.to_string());
   }
   if (auto* l = top.table("limits")) {
     reader r{source, *l, "limits"};

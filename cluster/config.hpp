@@ -25,20 +25,44 @@ enum class membership_provider {
 /// Returns "embedded" or "etcd".
 const char* to_string(membership_provider p);
 
+/// Failure detection and membership timing, in `[membership]`.
+struct detector_file_config {
+  /// `probe_interval_ms`: every silo pings every other live silo this often.
+  std::chrono::milliseconds probe_interval{1'000};
+  /// `missed_probes`: unanswered pings in a row before a suspicion vote.
+  uint32_t missed_probes = 3;
+  /// `votes_needed`: votes that declare a silo dead (capped at the number
+  /// of other live silos).
+  uint32_t votes_needed = 2;
+  /// `vote_expiry_ms`: older votes no longer count.
+  std::chrono::milliseconds vote_expiry{30'000};
+  /// `i_am_alive_interval_ms`: how often a silo writes its heartbeat.
+  std::chrono::milliseconds i_am_alive_interval{5'000};
+  /// `join_timeout_ms`: how long a joining silo waits for pings answered.
+  std::chrono::milliseconds join_timeout{5'000};
+  /// `leave_timeout_ms`: how long a graceful leave may hand off partitions.
+  std::chrono::milliseconds leave_timeout{60'000};
+  /// `rebalance`: whether this silo moves partitions to even the load.
+  bool rebalance = true;
+};
+
 /// The `[membership]` table of a silo's config file.
 struct membership_file_config {
   membership_provider provider = membership_provider::embedded;
-  /// `embedded`: silo-to-silo addresses of the silos to join through.
-  std::vector<endpoint> seeds;
-  /// `embedded`: a fixed member list, "id@host:port" each, the same on
-  /// every silo. Until the seeds serve the membership table, this is how
-  /// silos form a cluster: partition p belongs to the member at index
-  /// p % n of the list sorted by id.
-  std::vector<peer_address> silos;
+  /// `embedded`: the seed silo that keeps the membership table, as
+  /// "id@host:port" (exactly one). Empty: a single silo on its own.
+  std::vector<peer_address> seeds;
   /// `etcd`: client addresses of the etcd members.
   std::vector<endpoint> endpoints;
   /// `etcd`: key prefix of this cluster's rows.
   std::string prefix = "/granary";
+  /// Failure detection and membership timing.
+  detector_file_config detector;
+
+  /// True when the silo is part of a cluster (seeds or etcd).
+  bool clustered() const {
+    return provider == membership_provider::etcd || !seeds.empty();
+  }
 };
 
 /// The `[gateway]` table: bounds of the HTTP/JSON gateway.
@@ -64,7 +88,7 @@ struct gateway_file_config {
 ///     gateway = "127.0.0.1:8080"
 ///     [membership]
 ///     provider = "embedded"
-///     seeds = ["127.0.0.1:7100"]
+///     seeds = ["silo-1@127.0.0.1:7100"]
 ///     [limits]
 ///     max_attempts = 5
 ///

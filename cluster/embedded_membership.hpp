@@ -38,7 +38,7 @@ struct embedded_membership_config {
 /// with `errc::storage_failure` until the store is reopened. Watchers run on
 /// the writing thread, after the write and outside the store's lock.
 ///
-/// Serving the table to other silos (through the transport) comes later.
+/// `membership_service` (remote_membership.hpp) serves it to other silos.
 class embedded_membership final : public membership_store {
 public:
   /// Opens (or creates) the store in `cfg.dir`. Fails with

@@ -91,7 +91,7 @@ std::string percent_encode(std::string_view segment) {
 }
 
 errc errc_from_name(std::string_view name) {
-  for (int i = 1; i <= static_cast<int>(errc::already_exists); ++i)
+  for (int i = 1; i <= static_cast<int>(last_errc); ++i)
     if (name == to_string(static_cast<errc>(i)))
       return static_cast<errc>(i);
   return errc::unspecified;
@@ -156,6 +156,8 @@ unsigned http_status(errc code) {
     case errc::overloaded:
       return 429;
     case errc::silo_stopped:
+    case errc::not_owner:
+    case errc::partition_unavailable:
     case errc::storage_full:
     case errc::storage_failure:
     case errc::data_dir_locked:
@@ -698,6 +700,13 @@ private:
   }
 
   reply cluster() {
+    if (cfg_.cluster_fields)
+      return json_reply(200, "{\"cluster_id\":" + json_quote(cfg_.cluster_id)
+                                 + ",\"silo_id\":" + json_quote(cfg_.silo_id)
+                                 + ",\"status\":" + json_quote(silo_status())
+                                 + ",\"partitions\":"
+                                 + std::to_string(silo_.partitions()) + ","
+                                 + cfg_.cluster_fields() + "}");
     auto self
         = "{\"silo_id\":" + json_quote(cfg_.silo_id)
           + ",\"status\":" + json_quote(silo_status()) + ",\"partitions\":"

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -47,6 +48,10 @@ struct gateway_config {
   std::string cluster_id = "local";
   /// Shown by `GET /v1/cluster`.
   std::string silo_id = "silo-0";
+  /// In a cluster: renders the members and the partition map as JSON
+  /// fields (`"silos":[...],...`) for `GET /v1/cluster`; unset for a silo
+  /// on its own.
+  std::function<std::string()> cluster_fields;
 
   /// Returns `invalid_config` naming the first bad field.
   caf::error validate() const;

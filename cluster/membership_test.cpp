@@ -1,5 +1,6 @@
 // Conformance suite of the membership store, run against every provider:
-// the embedded RocksDB store and etcd (a real etcd process per test binary).
+// the embedded RocksDB store, etcd (a real etcd process per test binary) and
+// a seed's embedded store reached over the cluster transport.
 
 #include <algorithm>
 #include <atomic>
@@ -22,9 +23,13 @@
 
 #include <gtest/gtest.h>
 
+#include "cluster.pb.h"
+#include "cluster/asio_transport.hpp"
 #include "cluster/embedded_membership.hpp"
 #include "cluster/etcd_membership.hpp"
 #include "cluster/etcd_test_server.hpp"
+#include "cluster/remote_membership.hpp"
+#include "membership.pb.h"
 #include "runtime/error.hpp"
 
 using namespace granary;
@@ -144,6 +149,147 @@ struct etcd_provider {
 
 namespace {
 
+asio_transport_config transport_config(std::string silo_id) {
+  asio_transport_config cfg;
+  cfg.cluster_id = "membership-test";
+  cfg.silo_id = std::move(silo_id);
+  cfg.incarnation = 1;
+  cfg.handshake_timeout = 500ms;
+  cfg.reconnect_initial = 10ms;
+  cfg.reconnect_max = 100ms;
+  return cfg;
+}
+
+/// Returns a port on 127.0.0.1 that nobody listens on (any more).
+uint16_t closed_port() {
+  asio_transport t{transport_config("port-probe")};
+  auto port = must(t.start({"127.0.0.1", 0}));
+  t.stop();
+  return port;
+}
+
+/// A seed silo that serves its embedded store through a
+/// `membership_service`, and a client silo that reaches it through a
+/// `remote_membership`; the store interface is the client's.
+class seeded_stack final : public membership_store {
+public:
+  /// Starts only the seed silo, serving the store in `dir`.
+  void start_seed(const std::string& dir) {
+    embedded_membership_config cfg;
+    cfg.dir = dir;
+    seed_store = must(embedded_membership::open(cfg));
+    service = std::make_unique<membership_service>(*seed_store);
+    seed_net = std::make_unique<asio_transport>(transport_config("seed"));
+    seed_net->set_handler([this](const peer_info& from, Frame&& f) {
+      if (f.has_membership())
+        service->handle(from, f.membership(), *seed_net);
+    });
+    seed_port = must(seed_net->start({"127.0.0.1", 0}));
+  }
+
+  /// Starts the client silo with `cfg` (the seeds default to our seed).
+  void start_client(remote_membership_config cfg = {}) {
+    client_net = std::make_unique<asio_transport>(transport_config("client"));
+    client_net->set_handler([this](const peer_info& from, Frame&& f) {
+      if (auto* c = client_ptr.load(); c != nullptr && f.has_membership())
+        c->on_frame(from, f.membership());
+    });
+    must(client_net->start({"127.0.0.1", 0}));
+    if (cfg.seeds.empty())
+      cfg.seeds.push_back(seed_address());
+    client = must(remote_membership::open(*client_net, std::move(cfg)));
+    client_ptr = client.get();
+  }
+
+  peer_address seed_address() const {
+    return {"seed", {"127.0.0.1", seed_port}};
+  }
+
+  ~seeded_stack() override {
+    // Stop the inbound paths first, then the service while its transport
+    // still exists; the members then go in reverse order.
+    if (client_net)
+      client_net->stop();
+    if (seed_net)
+      seed_net->stop();
+    if (service)
+      service->stop();
+    client_ptr = nullptr;
+    client.reset();
+  }
+
+  caf::expected<membership_table> read_all() override {
+    return client->read_all();
+  }
+
+  caf::expected<membership_table> read(const std::string& silo_id) override {
+    return client->read(silo_id);
+  }
+
+  caf::expected<write_result> insert(const membership_entry& entry,
+                                     uint64_t expected_table_version) override {
+    return client->insert(entry, expected_table_version);
+  }
+
+  caf::expected<write_result> update(const membership_entry& entry,
+                                     uint64_t expected_row_version,
+                                     uint64_t expected_table_version) override {
+    return client->update(entry, expected_row_version, expected_table_version);
+  }
+
+  caf::error update_i_am_alive(const std::string& silo_id,
+                               int64_t now_ms) override {
+    return client->update_i_am_alive(silo_id, now_ms);
+  }
+
+  caf::expected<size_t> delete_dead(int64_t older_than_ms) override {
+    return client->delete_dead(older_than_ms);
+  }
+
+  caf::expected<watch_token> watch(membership_watcher watcher) override {
+    return client->watch(std::move(watcher));
+  }
+
+  caf::expected<partition_map> read_partition_map() override {
+    return client->read_partition_map();
+  }
+
+  caf::expected<write_result>
+  write_partition_map(const partition_map& map,
+                      uint64_t expected_version) override {
+    return client->write_partition_map(map, expected_version);
+  }
+
+  std::unique_ptr<embedded_membership> seed_store;
+  std::unique_ptr<membership_service> service;
+  std::unique_ptr<asio_transport> seed_net;
+  uint16_t seed_port = 0;
+  std::unique_ptr<asio_transport> client_net;
+  std::atomic<remote_membership*> client_ptr{nullptr};
+  std::unique_ptr<remote_membership> client;
+};
+
+} // namespace
+
+/// Opens a seed silo with an embedded store in a fresh temporary directory
+/// and a client silo that uses it over TCP on 127.0.0.1.
+struct seeded_provider {
+  static constexpr const char* name = "seeded";
+
+  /// Opens a new seed and client; again after the previous ones were
+  /// destroyed, the seed reopens the same directory (new transports).
+  std::unique_ptr<membership_store> open() {
+    auto stack = std::make_unique<seeded_stack>();
+    stack->start_seed(dirs.dir + "/membership");
+    stack->start_client();
+    return stack;
+  }
+
+  embedded_provider dirs;
+};
+
+namespace {
+
 membership_entry make_entry(std::string id,
                             silo_status status = silo_status::joining) {
   membership_entry e;
@@ -228,7 +374,8 @@ protected:
   std::unique_ptr<membership_store> store;
 };
 
-using providers = testing::Types<embedded_provider, etcd_provider>;
+using providers
+    = testing::Types<embedded_provider, etcd_provider, seeded_provider>;
 
 TYPED_TEST_SUITE(membership_conformance, providers);
 
@@ -715,6 +862,169 @@ TEST(etcd_membership, survives_an_etcd_restart) {
   auto r2 = must(writer->insert(make_entry("b"), table.version));
   ASSERT_TRUE(r2.applied());
   EXPECT_TRUE(log.wait_for(membership_change_kind::table, r2.version));
+}
+
+} // namespace
+
+namespace {
+
+TEST(remote_membership, calls_time_out_naming_the_seed_when_it_is_down) {
+  seeded_stack stack;
+  remote_membership_config cfg;
+  cfg.seeds.push_back({"gone-seed", {"127.0.0.1", closed_port()}});
+  cfg.call_timeout = 300ms;
+  cfg.poll_interval = 20ms;
+  stack.start_client(cfg);
+  auto seed_text = cfg.seeds[0].address.to_string();
+  auto start = std::chrono::steady_clock::now();
+  auto table = stack.read_all();
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(table);
+  auto text = describe(table.error());
+  EXPECT_EQ(code_of(table.error()), errc::timeout) << text;
+  EXPECT_NE(text.find("gone-seed"), std::string::npos) << text;
+  EXPECT_NE(text.find(seed_text), std::string::npos) << text;
+  EXPECT_GE(elapsed, 300ms);
+  EXPECT_LT(elapsed, 2s);
+  // A write has an unknown outcome and says so.
+  auto w = stack.insert(make_entry("a"), 0);
+  ASSERT_FALSE(w);
+  EXPECT_EQ(code_of(w.error()), errc::timeout);
+  EXPECT_NE(describe(w.error()).find("unknown"), std::string::npos)
+      << describe(w.error());
+  auto err = stack.update_i_am_alive("a", 1);
+  EXPECT_EQ(code_of(err), errc::timeout) << describe(err);
+  // Watching works without a seed (nothing is reported), and a cancelled
+  // watch and the destructor stop the poller promptly.
+  change_log log;
+  auto token = must(stack.watch(log.watcher()));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(log.size(), 0u);
+  token.cancel();
+  auto stats = stack.client->stats();
+  EXPECT_GE(stats.timeouts, 3u);
+  EXPECT_EQ(stats.answers, 0u);
+  start = std::chrono::steady_clock::now();
+  stack.client_net->stop();
+  stack.client.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+}
+
+TEST(remote_membership, open_rejects_bad_settings) {
+  asio_transport net{transport_config("client")};
+  remote_membership_config cfg;
+  EXPECT_EQ(code_of(remote_membership::open(net, cfg).error()),
+            errc::invalid_config);
+  cfg.seeds.push_back({"", {"127.0.0.1", 1}});
+  EXPECT_EQ(code_of(remote_membership::open(net, cfg).error()),
+            errc::invalid_config);
+  cfg.seeds[0] = {"seed", {"127.0.0.1", 0}};
+  EXPECT_EQ(code_of(remote_membership::open(net, cfg).error()),
+            errc::invalid_config);
+  cfg.seeds[0] = {"seed", {"127.0.0.1", 1}};
+  cfg.call_timeout = 0ms;
+  EXPECT_EQ(code_of(remote_membership::open(net, cfg).error()),
+            errc::invalid_config);
+  cfg.call_timeout = 1s;
+  EXPECT_TRUE(remote_membership::open(net, cfg));
+}
+
+TEST(remote_membership, reads_move_on_to_the_next_seed) {
+  embedded_provider dirs;
+  seeded_stack stack;
+  stack.start_seed(dirs.dir + "/membership");
+  remote_membership_config cfg;
+  cfg.seeds.push_back({"gone-seed", {"127.0.0.1", closed_port()}});
+  cfg.seeds.push_back(stack.seed_address());
+  cfg.call_timeout = 300ms;
+  stack.start_client(cfg);
+  // The first read waits for the dead seed, then asks the live one.
+  auto table = must(stack.read_all());
+  EXPECT_EQ(table.version, 0u);
+  EXPECT_EQ(stack.client->stats().failovers, 1u);
+  // Later calls go straight to the seed that answered.
+  auto start = std::chrono::steady_clock::now();
+  auto r = must(stack.insert(make_entry("a"), 0));
+  EXPECT_TRUE(r.applied());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 300ms);
+  EXPECT_EQ(stack.client->stats().failovers, 1u);
+  EXPECT_EQ(must(stack.seed_store->read_all()).version, r.version);
+  auto v = must(stack.client->read_versions());
+  EXPECT_EQ(v.table, r.version);
+  EXPECT_EQ(v.partition_map, 0u);
+}
+
+TEST(membership_service, garbage_gets_invalid_argument_and_service_survives) {
+  embedded_provider dirs;
+  seeded_stack stack;
+  stack.start_seed(dirs.dir + "/membership");
+  // A raw silo that records the answers it gets.
+  std::mutex mtx;
+  std::condition_variable cv;
+  std::map<uint64_t, MembershipAnswer> answers;
+  asio_transport raw{transport_config("raw")};
+  raw.set_handler([&](const peer_info&, Frame&& f) {
+    if (!f.has_membership() || !f.membership().is_answer())
+      return;
+    MembershipAnswer a;
+    if (!a.ParseFromString(f.membership().body()))
+      a.set_error("test: undecodable answer");
+    std::lock_guard guard{mtx};
+    answers[f.membership().request_id()] = std::move(a);
+    cv.notify_all();
+  });
+  must(raw.start({"127.0.0.1", 0}));
+  auto send = [&](uint64_t id, std::string body, bool is_answer = false) {
+    Frame f;
+    f.mutable_membership()->set_request_id(id);
+    f.mutable_membership()->set_is_answer(is_answer);
+    f.mutable_membership()->set_body(std::move(body));
+    must(raw.send(stack.seed_address(), f));
+  };
+  auto await = [&](uint64_t id) {
+    std::unique_lock guard{mtx};
+    if (!cv.wait_for(guard, 5s, [&] { return answers.count(id) > 0; }))
+      throw std::runtime_error("no answer to request " + std::to_string(id));
+    return answers[id];
+  };
+  // Not a protobuf message at all.
+  send(1, std::string("\xff\xff\xff\xff\x0f garbage", 14));
+  auto a1 = await(1);
+  EXPECT_EQ(a1.error_code(), static_cast<uint32_t>(errc::invalid_argument))
+      << a1.error();
+  EXPECT_NE(a1.error().find("raw"), std::string::npos) << a1.error();
+  // A well-formed call without an operation.
+  send(2, "");
+  EXPECT_EQ(await(2).error_code(),
+            static_cast<uint32_t>(errc::invalid_argument));
+  // A row with an unknown status.
+  MembershipCall bad_row;
+  bad_row.mutable_insert()->mutable_entry()->set_silo_id("x");
+  bad_row.mutable_insert()->mutable_entry()->set_status(
+      static_cast<SiloStatus>(99));
+  send(3, bad_row.SerializeAsString());
+  auto a3 = await(3);
+  EXPECT_EQ(a3.error_code(), static_cast<uint32_t>(errc::invalid_argument))
+      << a3.error();
+  // A stray answer is ignored, not answered.
+  send(4, "", true);
+  // The service still serves valid calls.
+  MembershipCall ok;
+  ok.mutable_read_all();
+  send(5, ok.SerializeAsString());
+  auto a5 = await(5);
+  EXPECT_EQ(a5.error_code(), 0u) << a5.error();
+  EXPECT_TRUE(a5.has_table());
+  EXPECT_EQ(a5.table().version(), 0u);
+  auto stats = stack.service->stats();
+  EXPECT_EQ(stats.invalid, 2u);
+  EXPECT_EQ(stats.ignored, 1u);
+  EXPECT_EQ(stats.calls, 2u);
+  {
+    std::lock_guard guard{mtx};
+    EXPECT_EQ(answers.count(4), 0u);
+  }
+  raw.stop();
 }
 
 } // namespace

@@ -4,6 +4,8 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <shared_mutex>
 #include <thread>
 
 #include <google/protobuf/descriptor.h>
@@ -64,7 +66,14 @@ struct transport_router::impl {
   std::atomic<silo*> local{nullptr};
   transport& net;
   peer_address self;
-  std::vector<peer_address> owners;
+  uint32_t partition_count = 0;
+  // Guards `routes`; `serving` mirrors "routed here and available" for the
+  // hot path of `owns`.
+  mutable std::shared_mutex routes_mtx;
+  std::vector<route> routes;
+  std::unique_ptr<std::atomic<bool>[]> serving;
+  std::function<void()> stale_fn;
+  frame_handler other_fn;
   router_config cfg;
   std::mutex mtx;
   std::condition_variable cv;
@@ -74,13 +83,66 @@ struct transport_router::impl {
   bool stopped = false;
   std::thread expiry;
 
-  impl(transport& t, peer_address me, std::vector<peer_address> own,
-       router_config c)
+  impl(transport& t, peer_address me, uint32_t count, router_config c)
       : net(t)
       , self(std::move(me))
-      , owners(std::move(own))
+      , partition_count(count)
+      , routes(count)
+      , serving(std::make_unique<std::atomic<bool>[]>(count))
       , cfg(c) {
+    for (auto& r : routes) {
+      r.available = false;
+      r.why = "no owner is known yet";
+    }
     expiry = std::thread{[this] { expire_loop(); }};
+  }
+
+  route get(uint32_t p) const {
+    std::shared_lock guard{routes_mtx};
+    if (p >= routes.size())
+      return route{{}, 0, false, "no such partition"};
+    return routes[p];
+  }
+
+  // The epoch at which this silo serves `p`, or nullopt when it does not.
+  std::optional<uint64_t> served_epoch(uint32_t p) const {
+    std::shared_lock guard{routes_mtx};
+    if (p >= routes.size() || !serving[p].load(std::memory_order_acquire))
+      return std::nullopt;
+    return routes[p].epoch;
+  }
+
+  // Checks that this silo serves `p` at `epoch` (0 from an unfenced sender).
+  caf::error check_owner(uint32_t p, uint64_t epoch) const {
+    auto mine = served_epoch(p);
+    if (!mine)
+      return make_error(errc::not_owner, "silo '" + self.silo_id
+                                             + "' does not serve partition "
+                                             + std::to_string(p));
+    if (epoch != 0 && *mine != 0 && epoch != *mine)
+      return make_error(errc::not_owner, "silo '" + self.silo_id
+                                             + "' serves partition "
+                                             + std::to_string(p) + " at epoch "
+                                             + std::to_string(*mine) + ", not "
+                                             + std::to_string(epoch));
+    return caf::none;
+  }
+
+  void stale() {
+    if (stale_fn)
+      stale_fn();
+  }
+
+  // Why partition `p` cannot be reached, as an error. A partition this
+  // silo is handing off is only briefly away: callers retry (`not_owner`).
+  caf::error unavailable(uint32_t p, const route& r) const {
+    return make_error(
+        r.owner.silo_id == self.silo_id ? errc::not_owner
+                                        : errc::partition_unavailable,
+        "partition " + std::to_string(p) + " is unavailable"
+            + (r.owner.silo_id.empty() ? std::string{}
+                                       : " (silo '" + r.owner.silo_id + "')")
+            + ": " + r.why);
   }
 
   // Fails answers that did not come in time; bounded by the pending maps.
@@ -113,9 +175,10 @@ struct transport_router::impl {
       for (auto& a : lost_acks)
         a(make_error(why, "no acknowledgement from the owning silo"), 0);
       for (auto& [r, p] : lost_calls)
-        r(make_error(why, "partition " + std::to_string(p) + " (silo '"
-                              + owners[p].silo_id
-                              + "') is unavailable: no reply in time"));
+        r(make_error(why == errc::timeout ? errc::partition_unavailable : why,
+                     "partition " + std::to_string(p) + " (silo '"
+                         + get(p).owner.silo_id
+                         + "') is unavailable: no reply in time"));
       guard.lock();
     }
   }
@@ -126,32 +189,40 @@ struct transport_router::impl {
       return; // Not serving yet: the sender retries.
     peer_address back{from.silo_id, from.address};
     switch (f.body_case()) {
-      case Frame::kEnvelopes:
-        for (auto& e : *f.mutable_envelopes()->mutable_envelopes()) {
-          auto env = std::make_shared<wire::Envelope>(std::move(e));
+      case Frame::kEnvelopes: {
+        auto& batch = *f.mutable_envelopes();
+        for (int i = 0; i < batch.envelopes_size(); ++i) {
+          auto env = std::make_shared<wire::Envelope>(
+              std::move(*batch.mutable_envelopes(i)));
           auto key = env->ack_key();
+          auto epoch = i < batch.epochs_size() ? batch.epochs(i) : 0;
+          auto p = partition_of(
+              grain_id{env->target().type(), env->target().key()},
+              partition_count);
+          auto done = [this, back, key](const caf::error& err) {
+            Frame out;
+            auto& a = *out.mutable_acks()->add_acks();
+            a.set_outbox_key(key);
+            if (err) {
+              uint32_t code = 0;
+              set_error(err, code, *a.mutable_error());
+              a.set_error_code(code);
+              a.set_retry_after_ms(code_of(err) == errc::overloaded ? 50 : 500);
+            }
+            if (auto send_err = net.send(back, out))
+              log(log_level::warning, "acknowledgement to " + back.silo_id
+                                          + " not sent: " + describe(send_err));
+          };
+          if (auto err = check_owner(p, epoch)) {
+            done(err);
+            continue;
+          }
           // Not fresh: this silo cannot know whether the sender delivered
           // the message before, so it keeps a dedup record.
-          here->deliver_remote(
-              std::move(env), false,
-              [this, back, key = std::move(key)](const caf::error& err) {
-                Frame out;
-                auto& a = *out.mutable_acks()->add_acks();
-                a.set_outbox_key(key);
-                if (err) {
-                  uint32_t code = 0;
-                  set_error(err, code, *a.mutable_error());
-                  a.set_error_code(code);
-                  a.set_retry_after_ms(code_of(err) == errc::overloaded ? 50
-                                                                        : 500);
-                }
-                if (auto send_err = net.send(back, out))
-                  log(log_level::warning,
-                      "acknowledgement to " + back.silo_id
-                          + " not sent: " + describe(send_err));
-              });
+          here->deliver_remote(std::move(env), false, std::move(done));
         }
         break;
+      }
       case Frame::kAcks:
         for (auto& a : f.acks().acks()) {
           ack_fn ack;
@@ -163,6 +234,9 @@ struct transport_router::impl {
             ack = std::move(i->second.ack);
             acks.erase(i);
           }
+          // Our route is stale: learn the new one; the outbox retries.
+          if (a.error_code() == static_cast<uint32_t>(errc::not_owner))
+            stale();
           if (a.error_code() == 0)
             ack(caf::none, 0);
           else
@@ -189,13 +263,18 @@ struct transport_router::impl {
             log(log_level::warning, "call reply to " + back.silo_id
                                         + " not sent: " + describe(err));
         };
+        grain_id target{c.target().type(), c.target().key()};
+        if (auto err
+            = check_owner(partition_of(target, partition_count), c.epoch())) {
+          answer(std::move(err));
+          break;
+        }
         auto msg = decode(c.payload_type(), c.payload());
         if (!msg) {
           answer(std::move(msg.error()));
           break;
         }
-        here->call_async(grain_id{c.target().type(), c.target().key()},
-                         std::move(*msg), std::move(answer));
+        here->call_async(std::move(target), std::move(*msg), std::move(answer));
         break;
       }
       case Frame::kCallReply: {
@@ -210,6 +289,8 @@ struct transport_router::impl {
           calls.erase(i);
         }
         if (r.error_code() != 0) {
+          if (r.error_code() == static_cast<uint32_t>(errc::not_owner))
+            stale();
           reply(make_error(static_cast<errc>(r.error_code()), r.error()));
           break;
         }
@@ -221,16 +302,51 @@ struct transport_router::impl {
         break;
       }
       default:
-        break; // Pings and handshakes are the transport's business.
+        if (other_fn)
+          other_fn(from, std::move(f));
+        break;
     }
   }
 };
 
 transport_router::transport_router(transport& net, peer_address self,
+                                   uint32_t partitions, router_config cfg)
+    : impl_(std::make_unique<impl>(net, std::move(self), partitions, cfg)) {}
+
+transport_router::transport_router(transport& net, peer_address self,
                                    std::vector<peer_address> owners,
                                    router_config cfg)
-    : impl_(
-        std::make_unique<impl>(net, std::move(self), std::move(owners), cfg)) {}
+    : transport_router(net, std::move(self),
+                       static_cast<uint32_t>(owners.size()), cfg) {
+  for (uint32_t p = 0; p < owners.size(); ++p)
+    set_route(p, route{std::move(owners[p]), 0, true, {}});
+}
+
+void transport_router::set_route(uint32_t p, route r) {
+  auto& d = *impl_;
+  std::unique_lock guard{d.routes_mtx};
+  if (p >= d.routes.size())
+    return;
+  bool here = r.available && r.owner.silo_id == d.self.silo_id;
+  d.routes[p] = std::move(r);
+  d.serving[p].store(here, std::memory_order_release);
+}
+
+route transport_router::route_of(uint32_t p) const {
+  return impl_->get(p);
+}
+
+const peer_address& transport_router::self() const {
+  return impl_->self;
+}
+
+void transport_router::on_stale_route(std::function<void()> fn) {
+  impl_->stale_fn = std::move(fn);
+}
+
+void transport_router::on_other_frame(frame_handler fn) {
+  impl_->other_fn = std::move(fn);
+}
 
 void transport_router::attach(silo& local) {
   impl_->local.store(&local, std::memory_order_release);
@@ -247,17 +363,21 @@ frame_handler transport_router::handler() {
 }
 
 bool transport_router::owns(uint32_t p) const {
-  return p >= impl_->owners.size()
-         || impl_->owners[p].silo_id == impl_->self.silo_id;
+  return p >= impl_->partition_count
+         || impl_->serving[p].load(std::memory_order_acquire);
 }
 
 void transport_router::deliver(uint32_t p,
                                std::shared_ptr<const wire::Envelope> env,
                                ack_fn ack) {
   auto& d = *impl_;
+  auto r = d.get(p);
+  if (!r.available || r.owner.silo_id.empty())
+    return ack(d.unavailable(p, r), 500);
   Frame f;
   auto& e = *f.mutable_envelopes()->add_envelopes();
   e = *env;
+  f.mutable_envelopes()->add_epochs(r.epoch);
   {
     std::lock_guard guard{d.mtx};
     if (d.stopped)
@@ -276,7 +396,7 @@ void transport_router::deliver(uint32_t p,
         std::move(ack), clock_type::now() + d.cfg.ack_timeout};
   }
   auto key = e.ack_key();
-  if (auto err = d.net.send(d.owners[p], f)) {
+  if (auto err = d.net.send(r.owner, f)) {
     ack_fn failed;
     {
       std::lock_guard guard{d.mtx};
@@ -295,6 +415,9 @@ void transport_router::call(uint32_t p, const grain_id& target, message_ptr msg,
   auto& d = *impl_;
   if (!msg)
     return reply(make_error(errc::invalid_argument, "call: null message"));
+  auto r = d.get(p);
+  if (!r.available || r.owner.silo_id.empty())
+    return reply(d.unavailable(p, r));
   Frame f;
   auto& c = *f.mutable_call();
   c.mutable_target()->set_type(target.type);
@@ -302,6 +425,7 @@ void transport_router::call(uint32_t p, const grain_id& target, message_ptr msg,
   c.set_payload_type(msg->GetDescriptor()->full_name());
   msg->SerializeToString(c.mutable_payload());
   c.set_timeout_ms(static_cast<uint32_t>(timeout.count()));
+  c.set_epoch(r.epoch);
   uint64_t id;
   {
     std::lock_guard guard{d.mtx};
@@ -316,7 +440,7 @@ void transport_router::call(uint32_t p, const grain_id& target, message_ptr msg,
         = impl::pending_call{std::move(reply), clock_type::now() + timeout, p};
   }
   c.set_call_id(id);
-  if (auto err = d.net.send(d.owners[p], f)) {
+  if (auto err = d.net.send(r.owner, f)) {
     reply_fn failed;
     {
       std::lock_guard guard{d.mtx};
@@ -327,10 +451,11 @@ void transport_router::call(uint32_t p, const grain_id& target, message_ptr msg,
       d.calls.erase(i);
     }
     // The owner is unreachable: say so, with the partition.
-    failed(make_error(code_of(err) == errc::overloaded ? errc::overloaded
-                                                       : errc::silo_stopped,
+    failed(make_error(code_of(err) == errc::overloaded
+                          ? errc::overloaded
+                          : errc::partition_unavailable,
                       "partition " + std::to_string(p) + " is unavailable ("
-                          + d.owners[p].silo_id + "): " + describe(err)));
+                          + r.owner.silo_id + "): " + describe(err)));
   }
 }
 

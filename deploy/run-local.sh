@@ -1,60 +1,84 @@
 #!/usr/bin/env bash
-# Starts one Granary silo locally with a generated config, waits until its
-# gateway serves, shows a few curl calls against it and stops it on Ctrl-C.
+# Starts a local Granary cluster of 3 silo processes on 127.0.0.1, waits
+# until every gateway serves, shows a few calls against it and stops the
+# silos gracefully on Ctrl-C.
 #
-#   deploy/run-local.sh [DATA_DIR] [GATEWAY_PORT]
+#   deploy/run-local.sh [--etcd] [--silos N] [DATA_DIR]
 #
-# One silo only: a 3-silo local cluster comes once membership and forwarding
-# between silos exist (issue 4).
+# Without --etcd, silo-1 is the seed that keeps the membership table
+# ("embedded" provider). With --etcd, an etcd server is started in DATA_DIR
+# and keeps the table. Gateways listen on 8081, 8082, ...; silo-to-silo
+# ports are 7101, 7102, ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 granary="${GRANARY_BIN:-build/tools/granary/granary}"
-data="${1:-/tmp/granary-local}"
-port="${2:-8080}"
+use_etcd=0
+silos=3
+data=/tmp/granary-local
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --etcd) use_etcd=1 ;;
+    --silos) silos="$2"; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) data="$1" ;;
+  esac
+  shift
+done
 if [[ ! -x "$granary" ]]; then
   echo "run-local: $granary not found; build first (ninja -C build granary)" >&2
   exit 2
 fi
 mkdir -p "$data"
-config="$data/silo.toml"
-cat >"$config" <<TOML
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+membership='provider = "embedded"
+seeds = ["silo-1@127.0.0.1:7101"]'
+if [[ $use_etcd == 1 ]]; then
+  etcd --data-dir "$data/etcd" --listen-client-urls http://127.0.0.1:2379 \
+    --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 >"$data/etcd.log" 2>&1 &
+  pids+=($!)
+  membership='provider = "etcd"
+endpoints = ["127.0.0.1:2379"]'
+fi
+
+for i in $(seq 1 "$silos"); do
+  cat >"$data/silo-$i.toml" <<TOML
 cluster_id = "local"
-silo_id = "silo-1"
-data_dir = "$data/db"
+silo_id = "silo-$i"
+data_dir = "$data/silo-$i"
 partitions = 64
 
 [listen]
-silo = "127.0.0.1:7100"
-gateway = "127.0.0.1:$port"
-TOML
+silo = "127.0.0.1:710$i"
+gateway = "127.0.0.1:808$i"
 
-log="$data/silo.log"
-"$granary" silo --config "$config" >"$log" 2>&1 &
-pid=$!
-trap 'kill -TERM "$pid" 2>/dev/null || true; wait "$pid" || true' EXIT
-for _ in $(seq 1 100); do
-  if grep -q '^ready ' "$log"; then
-    break
-  fi
-  if ! kill -0 "$pid" 2>/dev/null; then
-    cat "$log" >&2
-    exit 1
-  fi
-  sleep 0.1
+[membership]
+$membership
+TOML
+  "$granary" silo --config "$data/silo-$i.toml" >"$data/silo-$i.log" 2>&1 &
+  pids+=($!)
 done
-grep '^ready ' "$log"
-gw="http://127.0.0.1:$port"
+for i in $(seq 1 "$silos"); do
+  for _ in $(seq 1 200); do
+    grep -q '^ready ' "$data/silo-$i.log" && break
+    sleep 0.1
+  done
+  grep '^ready ' "$data/silo-$i.log" || { cat "$data/silo-$i.log" >&2; exit 1; }
+done
+sleep 2 # Let the first silo hand partitions to the others.
 set -x
-curl -s "$gw/healthz"
-curl -s "$gw/v1/cluster"
-curl -s -X POST "$gw/v1/grains/cp.cell/cell-1/call" \
+"$granary" cluster status --gateway 127.0.0.1:8081
+curl -s -X POST "http://127.0.0.1:8082/v1/grains/cp.cell/cell-1/call" \
   -d '{"type":"granary.cp.Reserve","message":{"tenant":"demo","capacity":8}}'
-curl -s -X POST "$gw/v1/workflows/cp.create_namespace/demo/start" \
-  -d '{"input_type":"granary.cp.CreateNamespace",
-       "input":{"name":"demo","cell":"cell-1","tier":"standard"}}'
-curl -s "$gw/v1/workflows/cp.create_namespace/demo"
-curl -s "$gw/v1/workflows?type=cp.create_namespace&status=RUNNING"
-"$granary" workflow history --gateway "127.0.0.1:$port" cp.create_namespace demo
+"$granary" workflow start --gateway 127.0.0.1:8083 cp.create_namespace demo \
+  --input-type granary.cp.CreateNamespace \
+  --input '{"name":"demo","cell":"cell-1","tier":"standard"}' || true
 set +x
-echo "silo running (pid $pid, log $log); Ctrl-C stops it"
-wait "$pid"
+echo "cluster running (logs in $data/*.log); Ctrl-C stops it gracefully"
+wait

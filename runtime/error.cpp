@@ -52,6 +52,10 @@ const char* to_string(errc code) {
       return "cancelled";
     case errc::already_exists:
       return "already_exists";
+    case errc::not_owner:
+      return "not_owner";
+    case errc::partition_unavailable:
+      return "partition_unavailable";
   }
   return "unknown";
 }

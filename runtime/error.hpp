@@ -50,7 +50,16 @@ enum class errc : uint8_t {
   cancelled,
   /// The record to create exists already (a workflow id that is taken).
   already_exists,
+  /// The partition of the target is not served by the silo asked (it moved,
+  /// is moving or the sender's partition map is stale); retry.
+  not_owner,
+  /// The partition's owner is down or unknown; durable messages wait in
+  /// their senders' outboxes, transient calls fail with this.
+  partition_unavailable,
 };
+
+/// The last `errc` value, for iterating over all codes.
+inline constexpr errc last_errc = errc::partition_unavailable;
 
 /// Name of the CAF error category used for `errc`.
 caf::atom_value error_category();

@@ -79,18 +79,32 @@ caf::behavior partition::make_behavior() {
           on_tick();
       },
       [this](recover_atom) -> caf::result<bool> {
+        if (serving_)
+          return true;
         if (auto err = recover())
           return err;
+        serving_ = true;
         return true;
+      },
+      [this](release_atom) {
+        auto rp = make_response_promise();
+        if (!serving_ || stopping_) {
+          rp.deliver(true);
+          return rp;
+        }
+        stopping_ = true;
+        releasing_ = true;
+        flush();
+        stop_promises_.push_back(rp);
+        finish_stop();
+        return rp;
       },
       [this](stop_atom) {
         auto rp = make_response_promise();
         stopping_ = true;
         flush();
-        if (inflight_.empty())
-          rp.deliver(true);
-        else
-          stop_promises_.push_back(rp);
+        stop_promises_.push_back(rp);
+        finish_stop();
         return rp;
       },
   };
@@ -108,6 +122,10 @@ caf::error partition::overloaded(std::string what, int64_t retry_after_ms) {
 
 void partition::on_call(call_msg& m) {
   core_.release(id_);
+  if (!failed_ && (!serving_ || releasing_)) {
+    m.reply(not_served());
+    return;
+  }
   if (failed_ || stopping_) {
     m.reply(failed_ ? failure_
                     : make_error(errc::silo_stopped, "the silo is stopping"));
@@ -188,6 +206,8 @@ void partition::on_tell(tell_msg& m) {
 void partition::on_send(send_msg& m) {
   core_.release(id_);
   auto reject = [&](caf::error err) { m.done(err); };
+  if (!failed_ && (!serving_ || releasing_))
+    return reject(not_served());
   if (failed_ || stopping_)
     return reject(failed_
                       ? failure_
@@ -296,6 +316,10 @@ void partition::on_deliver(deliver_msg& m) {
   item.env = env;
   item.from = m.from;
   item.record = false;
+  if (!failed_ && (!serving_ || releasing_)) {
+    ack_sender(item, not_served(), 50);
+    return;
+  }
   if (failed_ || stopping_)
     return; // The sender redelivers after its timeout or restart.
   int64_t retry_ms = 10;
@@ -887,11 +911,49 @@ void partition::on_committed(committed_msg& m) {
     pending_ids_.erase(id);
   for (auto& fx : done.effects)
     fx(m.err);
-  if (stopping_ && inflight_.empty() && batch_.empty()) {
-    for (auto& rp : stop_promises_)
-      rp.deliver(true);
-    stop_promises_.clear();
-  }
+  finish_stop();
+}
+
+void partition::finish_stop() {
+  if (!stopping_ || !inflight_.empty() || !batch_.empty())
+    return;
+  if (releasing_)
+    reset_state();
+  for (auto& rp : stop_promises_)
+    rp.deliver(true);
+  stop_promises_.clear();
+}
+
+caf::error partition::not_served() const {
+  return make_error(errc::not_owner,
+                    "partition " + std::to_string(id_)
+                        + " is not served by this silo (it moved or is "
+                          "moving); retry");
+}
+
+void partition::reset_state() {
+  // Nothing is in flight (checked by the caller): everything here is
+  // either durable or a cache of durable records.
+  catalog_.clear();
+  lru_head_ = lru_tail_ = nullptr;
+  batch_.clear();
+  effects_.clear();
+  batch_ids_.clear();
+  batch_outbox_.clear();
+  batch_turns_ = 0;
+  uncommitted_turns_ = 0;
+  pending_ids_.clear();
+  outbox_.clear();
+  outbox_count_.clear();
+  timers_.clear();
+  timer_queue_.clear();
+  blocked_.clear();
+  dedup_cursor_.clear();
+  next_dedup_sweep_ = 0;
+  armed_at_ = never;
+  serving_ = false;
+  releasing_ = false;
+  stopping_ = false;
 }
 
 void partition::fail_stop(const caf::error& err) {
@@ -1020,7 +1082,7 @@ void partition::on_tick() {
   armed_at_ = never;
   bump(core_.stats.ticks);
   // A stopped partition runs no more timers: a stop is a barrier.
-  if (failed_ || stopping_)
+  if (failed_ || stopping_ || !serving_)
     return;
   auto now = core_.clk->now_ms();
   fire_timers(now);
@@ -1319,6 +1381,8 @@ void partition::admin_dead_letter(const grain_id& target,
                                   done_fn done) {
   if (failed_)
     return done(failure_);
+  if (!serving_)
+    return done(not_served());
   auto prefix = prefix_of(target);
   auto key = keys::with_suffix(prefix, msg_id);
   auto raw = core_.store->get(column::dead_letters, key);

@@ -101,6 +101,10 @@ using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using recover_atom = caf::atom_constant<caf::atom("recover")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
+/// Asks a partition to stop serving (for a handoff): it commits what is
+/// pending, forgets its activations and answers `true` once nothing of it
+/// is in flight; from then on it refuses work until recovered again.
+using release_atom = caf::atom_constant<caf::atom("release")>;
 
 } // namespace granary::detail
 
@@ -202,6 +206,11 @@ private:
   void on_committed(detail::committed_msg& m);
   void on_tick();
   caf::error recover();
+  // Answers `err` to work that reaches a partition this silo does not
+  // serve (moved, moving or never owned): the sender retries elsewhere.
+  caf::error not_served() const;
+  // Forgets everything in memory after a release; storage is untouched.
+  void reset_state();
 
   // Accepts a durable message for `act`; runs it now or queues it.
   void accept_durable(activation& act, work_item item);
@@ -230,6 +239,8 @@ private:
   void schedule_flush();
   void flush();
   void fail_stop(const caf::error& err);
+  // Answers stop and release requests once nothing is in flight.
+  void finish_stop();
   // Removes batch `ticket` from the in-flight list, wherever it is, and
   // runs its effects with `err`.
   void drop_inflight(uint64_t ticket, const caf::error& err);
@@ -317,6 +328,10 @@ private:
   bool failed_ = false;
   caf::error failure_;
   bool stopping_ = false;
+  // Set by `recover`, cleared by a release: only a serving partition
+  // activates grains, so no grain runs on two silos.
+  bool serving_ = false;
+  bool releasing_ = false;
   std::vector<caf::response_promise> stop_promises_;
 };
 

@@ -10,6 +10,8 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <google/protobuf/message.h>
+#include <thread>
+#include <type_traits>
 
 #include "granary.pb.h"
 #include "runtime/error.hpp"
@@ -259,9 +261,16 @@ silo::start(silo_config cfg, grain_registry registry,
   caf::error failure;
   {
     caf::scoped_actor self{*c.sys};
-    for (auto& p : c.partitions)
-      self->send(p, recover_atom::value);
-    for (size_t i = 0; i < c.partitions.size(); ++i)
+    // Only partitions this silo owns are served; a cluster silo acquires
+    // others later, when they are handed to it.
+    size_t asked = 0;
+    for (uint32_t p = 0; p < c.partitions.size(); ++p) {
+      if (c.remote_owner(p))
+        continue;
+      self->send(c.partitions[p], recover_atom::value);
+      ++asked;
+    }
+    for (size_t i = 0; i < asked; ++i)
       self->receive([](bool) {},
                     [&](caf::error& err) {
                       if (!failure)
@@ -302,6 +311,47 @@ caf::error silo::stop() {
   c.commits.reset();
   c.store.reset();
   return failure;
+}
+
+namespace {
+
+// Sends `what` to partition `p` and waits for its answer.
+template <class Atom>
+caf::error ask_partition(silo_core& c, uint32_t p, Atom what,
+                         const char* action) {
+  if (p >= c.partitions.size())
+    return make_error(errc::invalid_argument,
+                      "partition " + std::to_string(p) + " does not exist");
+  if (auto err = c.check_running())
+    return err;
+  caf::error result;
+  {
+    caf::scoped_actor self{*c.sys};
+    self->request(c.partitions[p], std::chrono::seconds{60}, what)
+        .receive([](bool) {},
+                 [&](caf::error& err) {
+                   result = make_error(errc::storage_failure,
+                                       std::string{action} + " partition "
+                                           + std::to_string(p)
+                                           + " failed: " + describe(err));
+                 });
+  }
+  caf::logger::set_current_actor_system(nullptr); // See silo::start.
+  return result;
+}
+
+} // namespace
+
+caf::error silo::acquire_partition(uint32_t p) {
+  return ask_partition(*core_, p, recover_atom::value, "recovering");
+}
+
+caf::error silo::release_partition(uint32_t p) {
+  return ask_partition(*core_, p, release_atom::value, "releasing");
+}
+
+storage& silo::store() {
+  return *core_->store;
 }
 
 void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
@@ -359,18 +409,52 @@ struct waiter {
 
 } // namespace
 
+namespace {
+
+// A partition that is being handed off between silos answers `not_owner`
+// for a moment: the blocking calls try again until their deadline.
+template <class Attempt>
+auto retry_not_owner(std::chrono::milliseconds timeout, Attempt attempt) {
+  using clock_type = std::chrono::steady_clock;
+  auto deadline = clock_type::now() + timeout;
+  auto pause = std::chrono::milliseconds{10};
+  // Bounded by the deadline; every pass waits at least `pause`.
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - clock_type::now());
+    auto res = attempt(std::max(left, std::chrono::milliseconds{1}));
+    const caf::error* err = nullptr;
+    if constexpr (std::is_same_v<decltype(res), caf::error>)
+      err = &res;
+    else if (!res)
+      err = &res.error();
+    if (!err || code_of(*err) != errc::not_owner
+        || clock_type::now() + pause >= deadline)
+      return res;
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds{200});
+  }
+}
+
+} // namespace
+
 caf::expected<message_ptr> silo::call(grain_id target, message_ptr msg,
                                       std::chrono::milliseconds timeout) {
-  auto w = std::make_shared<waiter<caf::expected<message_ptr>>>();
-  auto fut = w->promise.get_future();
-  auto name = to_string(target);
-  call_async(std::move(target), std::move(msg),
-             [w](caf::expected<message_ptr> res) { w->set(std::move(res)); });
-  if (fut.wait_for(timeout) != std::future_status::ready)
-    return make_error(errc::timeout,
-                      "transient call to " + name + " timed out after "
-                          + std::to_string(timeout.count()) + " ms");
-  return fut.get();
+  return retry_not_owner(
+      timeout,
+      [&](std::chrono::milliseconds left) -> caf::expected<message_ptr> {
+        auto w = std::make_shared<waiter<caf::expected<message_ptr>>>();
+        auto fut = w->promise.get_future();
+        call_async(target, msg, [w](caf::expected<message_ptr> res) {
+          w->set(std::move(res));
+        });
+        if (fut.wait_for(left) != std::future_status::ready)
+          return make_error(errc::timeout,
+                            "transient call to " + to_string(target)
+                                + " timed out after "
+                                + std::to_string(timeout.count()) + " ms");
+        return fut.get();
+      });
 }
 
 void silo::send_async(grain_id target, const google::protobuf::Message& msg,
@@ -413,18 +497,21 @@ void silo::send_async(grain_id target, const google::protobuf::Message& msg,
 
 caf::error silo::send(grain_id target, const google::protobuf::Message& msg,
                       std::string msg_id, std::chrono::milliseconds timeout) {
-  auto w = std::make_shared<waiter<caf::error>>();
-  auto fut = w->promise.get_future();
-  auto name = to_string(target);
-  send_async(std::move(target), msg, std::move(msg_id),
-             [w](const caf::error& err) { w->set(err); });
-  if (fut.wait_for(timeout) != std::future_status::ready)
-    return make_error(errc::timeout,
-                      "durable send to " + name
-                          + " was not acknowledged within "
-                          + std::to_string(timeout.count())
-                          + " ms; resend with the same msg_id to be safe");
-  return fut.get();
+  // `not_owner` means the message was not accepted: sending it again (with
+  // the same id, or a fresh one) cannot duplicate it.
+  return retry_not_owner(timeout, [&](std::chrono::milliseconds left) {
+    auto w = std::make_shared<waiter<caf::error>>();
+    auto fut = w->promise.get_future();
+    send_async(target, msg, msg_id,
+               [w](const caf::error& err) { w->set(err); });
+    if (fut.wait_for(left) != std::future_status::ready)
+      return make_error(errc::timeout,
+                        "durable send to " + to_string(target)
+                            + " was not acknowledged within "
+                            + std::to_string(timeout.count())
+                            + " ms; resend with the same msg_id to be safe");
+    return fut.get();
+  });
 }
 
 caf::expected<std::vector<dead_letter_info>> silo::dead_letters(size_t limit) {

@@ -200,6 +200,20 @@ public:
   caf::expected<state_page> scan_states(std::string_view type,
                                         std::string_view cursor, size_t limit);
 
+  /// Starts serving partition `p`, which this silo's router now says it
+  /// owns: recovers its records from storage (for instance after they were
+  /// imported by a handoff). Idempotent.
+  caf::error acquire_partition(uint32_t p);
+
+  /// Stops serving partition `p` for a handoff: commits what is pending,
+  /// forgets its activations and returns once nothing of it is in flight.
+  /// Until it is acquired again, its work is refused with `not_owner`.
+  /// Route `p` elsewhere first, so that no new work arrives.
+  caf::error release_partition(uint32_t p);
+
+  /// The silo's storage, for exporting and importing partitions.
+  storage& store();
+
   /// Returns current counters.
   silo_stats stats() const;
 

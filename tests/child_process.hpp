@@ -13,11 +13,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -209,17 +211,15 @@ private:
 };
 
 /// A long-running child process whose stdout and stderr are read line by
-/// line on demand (a silo, a fake API): spawn, wait for a line, stop.
+/// line (a silo, a fake API): spawn, wait for a line, stop. A reader thread
+/// drains the pipe all the time, so that a chatty child never blocks on a
+/// full pipe; the log keeps the last `max_log` bytes.
 class output_process {
 public:
+  static constexpr size_t max_log = 1 << 20;
+
   ~output_process() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-    if (fd_ >= 0)
-      ::close(fd_);
+    kill_now();
   }
 
   output_process() = default;
@@ -228,6 +228,7 @@ public:
 
   /// Forks and execs `args[0]` with `args`; false if that failed.
   bool spawn(std::vector<std::string> args) {
+    kill_now();
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
       return false;
@@ -245,39 +246,36 @@ public:
       ::_exit(127);
     }
     ::close(fds[1]);
-    fd_ = fds[0];
+    {
+      std::lock_guard guard{mtx_};
+      lines_.clear();
+      next_ = 0;
+      log_.clear();
+      eof_ = false;
+    }
+    reader_ = std::thread{[this, fd = fds[0]] { read_loop(fd); }};
     return true;
   }
 
-  /// Reads output until a line starts with `prefix` or `deadline`; returns
-  /// that line, or nothing.
+  /// Waits for a line, not returned before, that starts with `prefix`,
+  /// until `deadline`; returns that line, or nothing.
   std::string wait_line(const std::string& prefix,
                         steady_clock::time_point deadline) {
+    std::unique_lock guard{mtx_};
     for (;;) {
-      for (auto nl = buf_.find('\n'); nl != std::string::npos;
-           nl = buf_.find('\n')) {
-        auto line = buf_.substr(0, nl);
-        log_ += line + "\n";
-        buf_.erase(0, nl + 1);
-        if (line.starts_with(prefix))
-          return line;
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - steady_clock::now());
-      pollfd p{fd_, POLLIN, 0};
-      if (left.count() <= 0
-          || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        return {};
-      char chunk[4096];
-      auto n = ::read(fd_, chunk, sizeof(chunk));
-      if (n <= 0)
-        return {};
-      buf_.append(chunk, static_cast<size_t>(n));
+      for (; next_ < lines_.size(); ++next_)
+        if (lines_[next_].starts_with(prefix))
+          return lines_[next_++];
+      if (eof_ || !cv_.wait_until(guard, deadline, [&] {
+            return eof_ || next_ < lines_.size();
+          }))
+        if (next_ >= lines_.size())
+          return {};
     }
   }
 
   /// Sends `sig` and waits up to `limit` for the exit; returns the wait
-  /// status, or -1 after killing it on timeout.
+  /// status, or -1 on timeout (the child keeps running).
   int stop(int sig, std::chrono::milliseconds limit) {
     ::kill(pid_, sig);
     auto deadline = steady_clock::now() + limit;
@@ -286,7 +284,7 @@ public:
       auto r = ::waitpid(pid_, &status, WNOHANG);
       if (r == pid_) {
         pid_ = -1;
-        wait_line("\x01", steady_clock::now() + std::chrono::milliseconds{100});
+        join_reader();
         return status;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds{10});
@@ -294,29 +292,66 @@ public:
     return -1;
   }
 
-  const std::string& log() const {
+  /// Everything the child printed so far (the last `max_log` bytes).
+  std::string log() const {
+    std::lock_guard guard{mtx_};
     return log_;
   }
 
   /// Kills the child with SIGKILL and reaps it.
   void kill_now() {
-    if (pid_ <= 0)
-      return;
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    if (fd_ >= 0)
-      ::close(fd_);
-    fd_ = -1;
-    buf_.clear();
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      ::waitpid(pid_, &status, 0);
+      pid_ = -1;
+    }
+    join_reader();
   }
 
 private:
+  void read_loop(int fd) {
+    std::string partial;
+    char chunk[4096];
+    // Ends at EOF, when every writer (the child and its children) is gone.
+    for (;;) {
+      auto n = ::read(fd, chunk, sizeof(chunk));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        break;
+      partial.append(chunk, static_cast<size_t>(n));
+      std::lock_guard guard{mtx_};
+      for (auto nl = partial.find('\n'); nl != std::string::npos;
+           nl = partial.find('\n')) {
+        auto line = partial.substr(0, nl);
+        partial.erase(0, nl + 1);
+        log_ += line + "\n";
+        lines_.push_back(std::move(line));
+      }
+      if (log_.size() > max_log)
+        log_.erase(0, log_.size() - max_log);
+      cv_.notify_all();
+    }
+    ::close(fd);
+    std::lock_guard guard{mtx_};
+    eof_ = true;
+    cv_.notify_all();
+  }
+
+  void join_reader() {
+    if (reader_.joinable())
+      reader_.join();
+  }
+
   pid_t pid_ = -1;
-  int fd_ = -1;
-  std::string buf_;
+  std::thread reader_;
+  mutable std::mutex mtx_;
+  std::condition_variable cv_;
+  std::vector<std::string> lines_;
+  size_t next_ = 0;
   std::string log_;
+  bool eof_ = false;
 };
 
 /// A directory tree removed when it goes out of scope.

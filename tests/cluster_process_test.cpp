@@ -65,10 +65,8 @@ protected:
 
   // Writes the silos' configs, with `extra` TOML appended to each.
   void write_configs(const std::string& extra = {}) {
-    std::string members;
-    for (int i = 0; i < silos; ++i)
-      members += (i ? ", " : "") + std::string{"\"silo-"} + std::to_string(i)
-                 + "@127.0.0.1:" + std::to_string(silo_ports[i]) + "\"";
+    // silo-0 is the seed that keeps the membership table.
+    auto seed = "\"silo-0@127.0.0.1:" + std::to_string(silo_ports[0]) + "\"";
     for (int i = 0; i < silos; ++i) {
       auto path = dir + "/silo-" + std::to_string(i) + ".toml";
       std::ofstream out{path};
@@ -81,7 +79,10 @@ protected:
           << "gateway = \"127.0.0.1:" << gateway_ports[i] << "\"\n"
           << "[membership]\n"
           << "provider = \"embedded\"\n"
-          << "silos = [" << members << "]\n"
+          << "seeds = [" << seed << "]\n"
+          << "probe_interval_ms = 200\n"
+          << "missed_probes = 6\n"
+          << "vote_expiry_ms = 5000\n"
           << "[limits]\n"
           << "threads = 2\n"
           << "redelivery_timeout_ms = 300\n"
@@ -236,10 +237,17 @@ void cluster_process_test::run_namespaces(bool kill_one) {
   for (auto kind :
        {"db_shard", "certificate", "dns_record", "ingress_route", "quota"})
     EXPECT_EQ(live[kind], namespaces) << kind;
-  // Graceful stops.
-  for (int i = 0; i < silos; ++i) {
-    auto status = nodes[i]->stop(SIGTERM, 20s);
+  // Graceful stops, one after the other: each hands its partitions (with
+  // their data) to the silos still running. The seed, which keeps the
+  // membership table, goes last.
+  for (int i = silos - 1; i >= 0; --i) {
+    auto status = nodes[i]->stop(SIGTERM, 30s);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << "silo-" << i << " " << nodes[i]->log();
+    if (i == 1) {
+      // Every workflow now lives on the seed, moved there with its data.
+      EXPECT_EQ(completed(), namespaces)
+          << nodes[0]->log() << nodes[1]->log() << nodes[2]->log();
+    }
   }
 }

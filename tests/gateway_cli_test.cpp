@@ -105,7 +105,8 @@ TEST_F(gateway_cli_test, runs_a_silo_and_drives_it_through_the_gateway) {
 
   auto health = granary_cmd("cluster status" + gw);
   EXPECT_EQ(health.status, 0) << health.out;
-  EXPECT_TRUE(contains(health.out, "silo silo-t  running  8 partitions"))
+  EXPECT_TRUE(
+      contains(health.out, "silo-t           running         8 partitions"))
       << health.out;
 
   // A grain of the control-plane sample: no external process needed.

@@ -45,7 +45,10 @@ TEST(silo_config_file, parses_a_full_config) {
   auto res = parse_config("partitions = 16\n" + std::string{base} + R"(
 [membership]
 provider = "embedded"
-seeds = ["127.0.0.1:7100", "[::1]:7101", "silo-2.local:7100"]
+seeds = ["silo-0@[::1]:7101"]
+probe_interval_ms = 250
+missed_probes = 4
+rebalance = false
 
 [limits]
 threads = 4
@@ -72,9 +75,15 @@ idle_timeout_ms = 5000
   EXPECT_EQ(res->limits.max_attempts, 7u);
   EXPECT_EQ(res->limits.retry_initial, std::chrono::milliseconds{50});
   EXPECT_EQ(res->limits.idle_age, std::chrono::milliseconds{60'000});
-  ASSERT_EQ(res->membership.seeds.size(), 3u);
-  EXPECT_EQ(res->membership.seeds[1].host, "::1");
-  EXPECT_EQ(res->membership.seeds[2].to_string(), "silo-2.local:7100");
+  ASSERT_EQ(res->membership.seeds.size(), 1u);
+  EXPECT_EQ(res->membership.seeds[0].silo_id, "silo-0");
+  EXPECT_EQ(res->membership.seeds[0].address.host, "::1");
+  EXPECT_EQ(res->membership.seeds[0].address.port, 7101);
+  EXPECT_EQ(res->membership.detector.probe_interval,
+            std::chrono::milliseconds{250});
+  EXPECT_EQ(res->membership.detector.missed_probes, 4u);
+  EXPECT_FALSE(res->membership.detector.rebalance);
+  EXPECT_TRUE(res->membership.clustered());
   EXPECT_EQ(res->gateway.workers, 4u);
   EXPECT_EQ(res->gateway.max_body_bytes, 65'536u);
   EXPECT_EQ(res->gateway.idle_timeout, std::chrono::milliseconds{5'000});
@@ -100,6 +109,34 @@ TEST(silo_config_file, defaults_apply_to_optional_keys) {
   EXPECT_EQ(res->limits.partitions, 64u);
   EXPECT_EQ(res->membership.provider, membership_provider::embedded);
   EXPECT_TRUE(res->membership.seeds.empty());
+  EXPECT_FALSE(res->membership.clustered());
+}
+
+TEST(silo_config_file, explains_the_membership_rules) {
+  auto err = error_of(std::string{base}
+                      + "[membership]\nseeds = [\"a@h:1\", \"b@h:2\"]\n");
+  EXPECT_TRUE(contains(err, "key 'membership.seeds': expected an array of "
+                            "one \"id@host:port\""))
+      << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nsilos = [\"a@h:1\", \"b@h:2\"]\n");
+  EXPECT_TRUE(contains(err, "key 'membership.silos': was replaced by 'seeds'"))
+      << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nprobe_interval_ms = 500\n"
+                   "vote_expiry_ms = 400\n");
+  EXPECT_TRUE(contains(err, "key 'membership.vote_expiry_ms': must exceed "
+                            "probe_interval_ms (500)"))
+      << err;
+  err = error_of(std::string{base} + "[membership]\nrebalance = 1\n");
+  EXPECT_TRUE(contains(err, "key 'membership.rebalance': expected true or "
+                            "false"))
+      << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nseeds = [\"silo-1@127.0.0.1:7999\"]\n");
+  EXPECT_TRUE(contains(err, "names this silo ('silo-1') at 127.0.0.1:7999 but "
+                            "listen.silo is 127.0.0.1:7100"))
+      << err;
 }
 
 TEST(silo_config_file, names_a_missing_key) {
@@ -141,8 +178,8 @@ TEST(silo_config_file, names_a_wrong_type_with_its_line) {
   EXPECT_TRUE(contains(err, "key 'membership.seeds': expected an array"))
       << err;
   err = error_of(std::string{base} + "[membership]\nseeds = [7100]\n");
-  EXPECT_TRUE(contains(err, "key 'membership.seeds[0]': expected a "
-                            "\"host:port\" string, got an integer"))
+  EXPECT_TRUE(contains(err, "key 'membership.seeds[0]': expected "
+                            "\"id@host:port\""))
       << err;
 }
 
@@ -159,10 +196,10 @@ gateway = "127.0.0.1:8080"
                             "(no ':port')"))
       << err;
   err = error_of(std::string{base}
-                 + "[membership]\nseeds = [\"127.0.0.1:99999\"]\n");
+                 + "[membership]\nseeds = [\"s@127.0.0.1:99999\"]\n");
   EXPECT_TRUE(contains(err, "membership.seeds[0]")) << err;
   EXPECT_TRUE(contains(err, "port must be a number")) << err;
-  err = error_of(std::string{base} + "[membership]\nseeds = [\"h:0\"]\n");
+  err = error_of(std::string{base} + "[membership]\nseeds = [\"s@h:0\"]\n");
   EXPECT_TRUE(contains(err, "port 0 is not allowed here")) << err;
   EXPECT_FALSE(parse_endpoint("::1:80"));
   EXPECT_FALSE(parse_endpoint(":80"));

@@ -332,10 +332,8 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
       out << silo_ports.back() << " " << gw_ports.back() << "\n";
     }
   }
-  std::string members;
-  for (int i = 0; i < n; ++i)
-    members += (i ? ", \"" : "\"") + std::string{"silo-"} + std::to_string(i)
-               + "@127.0.0.1:" + std::to_string(silo_ports[i]) + "\"";
+  // silo-0 is the seed that keeps the membership table.
+  auto seed = "\"silo-0@127.0.0.1:" + std::to_string(silo_ports[0]) + "\"";
   std::vector<std::string> configs;
   for (int i = 0; i < n; ++i) {
     auto path = (dir / ("silo-" + std::to_string(i) + ".toml")).string();
@@ -344,8 +342,9 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
         << "\"\ndata_dir = \"" << (dir / ("data-" + std::to_string(i))).string()
         << "\"\npartitions = 24\n[listen]\nsilo = \"127.0.0.1:" << silo_ports[i]
         << "\"\ngateway = \"127.0.0.1:" << gw_ports[i]
-        << "\"\n[membership]\nprovider = \"embedded\"\nsilos = [" << members
-        << "]\n[limits]\nthreads = 2\nredelivery_timeout_ms = 500\n";
+        << "\"\n[membership]\nprovider = \"embedded\"\nseeds = [" << seed
+        << "]\nprobe_interval_ms = 250\n[limits]\nthreads = "
+           "2\nredelivery_timeout_ms = 500\n";
     configs.push_back(path);
   }
   std::vector<silo_child> silos(static_cast<size_t>(n));
@@ -431,6 +430,11 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
   std::printf("\n");
   fake_cloud::client probe{"127.0.0.1", api_port, 2s};
   auto audit = probe.audit();
+  // The whole cluster stops: signal every silo at once, so that none
+  // hands its partitions to another one that is stopping too.
+  for (auto& s : silos)
+    if (s.pid > 0)
+      ::kill(s.pid, SIGTERM);
   for (auto& s : silos)
     s.stop(SIGTERM);
   if (!audit) {

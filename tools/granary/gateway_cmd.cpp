@@ -81,9 +81,10 @@ constexpr const char* grain_usage
 constexpr const char* cluster_usage
     = "usage: granary cluster status --gateway HOST:PORT\n"
       "\n"
-      "Shows the cluster id and each silo's id, status and partition count.\n"
-      "For now a cluster is one silo; the multi-silo view comes with\n"
-      "membership.\n";
+      "Shows the cluster id and, as the asked silo sees it, every silo's id,\n"
+      "status (joining, active, shutting_down, dead), silo-to-silo address,\n"
+      "gateway, suspicion votes and the partitions it owns. Any silo's\n"
+      "gateway answers. --json prints the gateway's answer as is.\n";
 
 /// Parsed command line: flags with values, boolean flags, positionals.
 struct args {
@@ -506,16 +507,31 @@ int cluster_main(int argc, char** argv) {
     auto i = s.fields().find(k);
     return i == s.fields().end() ? std::string{} : i->second.string_value();
   };
-  std::printf("cluster %s\n", text(obj, "cluster_id").c_str());
+  auto number = [](const google::protobuf::Struct& s, const char* k) {
+    auto i = s.fields().find(k);
+    return i == s.fields().end()
+               ? 0u
+               : static_cast<unsigned>(i->second.number_value());
+  };
+  std::printf("cluster %s (asked silo %s", text(obj, "cluster_id").c_str(),
+              text(obj, "silo_id").c_str());
+  if (f.count("map_version"))
+    std::printf(", table version %u, map version %u",
+                number(obj, "table_version"), number(obj, "map_version"));
+  std::printf(")\n");
   if (auto silos = f.find("silos"); silos != f.end())
     for (auto& v : silos->second.list_value().values()) {
       auto& s = v.struct_value();
-      auto parts = s.fields().count("partitions")
-                       ? s.fields().at("partitions").number_value()
-                       : 0.0;
-      std::printf("  silo %s  %s  %u partitions  gateway %s\n",
-                  text(s, "silo_id").c_str(), text(s, "status").c_str(),
-                  static_cast<unsigned>(parts), text(s, "gateway").c_str());
+      std::printf("  %-16s %-13s %3u partitions", text(s, "silo_id").c_str(),
+                  text(s, "status").c_str(), number(s, "partitions"));
+      if (!text(s, "address").empty())
+        std::printf("  silo %s", text(s, "address").c_str());
+      std::printf("  gateway %s", text(s, "gateway").c_str());
+      if (auto votes = number(s, "suspicions"))
+        std::printf("  %u suspicion votes", votes);
+      if (!text(s, "owned").empty())
+        std::printf("\n  %-16s owns %s", "", text(s, "owned").c_str());
+      std::printf("\n");
     }
   return exit_ok;
 }

@@ -16,12 +16,17 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "cluster.pb.h"
 #include "cluster/asio_transport.hpp"
+#include "cluster/cluster_agent.hpp"
 #include "cluster/config.hpp"
+#include "cluster/embedded_membership.hpp"
+#include "cluster/etcd_membership.hpp"
 #include "cluster/faulty_transport.hpp"
 #include "cluster/gateway.hpp"
+#include "cluster/remote_membership.hpp"
 #include "cluster/transport_router.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
@@ -42,10 +47,13 @@ constexpr const char* usage_text
       "Runs one silo with its HTTP/JSON gateway: opens RocksDB at the\n"
       "config's data_dir, registers the control-plane sample's grains and\n"
       "workflows, serves the gateway on listen.gateway and prints a 'ready'\n"
-      "line. SIGTERM or SIGINT stops it gracefully (exit 0). --cloud-api is\n"
-      "where the sample's activities reach the provider API (without it they\n"
-      "fail and retry). Exit codes: 0 stopped cleanly, 1 failed, 2 bad usage\n"
-      "or bad config.\n";
+      "line. With [membership] seeds or provider \"etcd\" it joins a cluster:\n"
+      "the partitions spread over the members and move with their data.\n"
+      "SIGTERM or SIGINT stops it gracefully: it hands its partitions to the\n"
+      "other silos, leaves and exits 0. --cloud-api is where the sample's\n"
+      "activities reach the provider API (without it they fail and retry).\n"
+      "Exit codes: 0 stopped cleanly, 1 failed, 2 bad usage or bad config,\n"
+      "3 declared dead by the other silos.\n";
 
 int usage(const std::string& what) {
   std::fprintf(stderr, "granary silo: %s\n%s", what.c_str(), usage_text);
@@ -146,20 +154,34 @@ int silo_main(int argc, char** argv) {
   grain_registry reg;
   if (auto err = cp::register_all(reg, pool))
     return fail(describe(err));
-  // A fixed member list: join the others over the transport. Partition p
-  // belongs to the member at p % n of the list sorted by id.
+  // A cluster: the transport, the membership store (kept by the seed or
+  // etcd), the router and the agent that ties them together.
   std::shared_ptr<cluster::transport> net;
+  std::unique_ptr<cluster::membership_store> members;
+  std::unique_ptr<cluster::membership_service> service;
+  cluster::remote_membership* remote = nullptr;
   std::unique_ptr<cluster::transport_router> router;
   std::atomic<cluster::transport_router*> router_ptr{nullptr};
-  if (!cfg->membership.silos.empty()) {
-    auto members = cfg->membership.silos;
-    std::sort(members.begin(), members.end(),
-              [](auto& x, auto& y) { return x.silo_id < y.silo_id; });
+  std::unique_ptr<cluster::cluster_agent> agent;
+  auto stop_cluster = [&] {
+    if (agent)
+      agent->stop();
+    router_ptr = nullptr;
+    if (router)
+      router->stop();
+    if (service)
+      service->stop();
+    if (net)
+      net->stop();
+  };
+  auto incarnation = static_cast<uint64_t>(
+      std::chrono::system_clock::now().time_since_epoch().count());
+  if (cfg->membership.clustered()) {
+    auto& mc = cfg->membership;
     cluster::asio_transport_config tc;
     tc.cluster_id = cfg->cluster_id;
     tc.silo_id = cfg->silo_id;
-    tc.incarnation = static_cast<uint64_t>(
-        std::chrono::system_clock::now().time_since_epoch().count());
+    tc.incarnation = incarnation;
     net = std::make_shared<cluster::asio_transport>(tc);
     if (cfg->faults.enabled) {
       // Testing only: a network that loses, repeats and reorders frames.
@@ -176,30 +198,117 @@ int silo_main(int argc, char** argv) {
                   fc.drop_rate, fc.duplicate_rate, fc.delay_rate,
                   fc.reorder_rate);
     }
-    net->set_handler(
-        [&router_ptr](const cluster::peer_info& from, cluster::Frame&& f) {
-          if (auto* r = router_ptr.load())
-            r->handler()(from, std::move(f));
-        });
+    net->set_handler([&](const cluster::peer_info& from, cluster::Frame&& f) {
+      if (f.body_case() == cluster::Frame::kMembership) {
+        if (service)
+          service->handle(from, f.membership(), *net);
+        else if (remote)
+          remote->on_frame(from, f.membership());
+        return;
+      }
+      if (auto* r = router_ptr.load())
+        r->handler()(from, std::move(f));
+    });
     auto port = net->start(cfg->silo_listen);
     if (!port)
       return fail("listen.silo: " + describe(port.error()));
-    std::vector<cluster::peer_address> owners;
-    for (uint32_t p = 0; p < cfg->limits.partitions; ++p)
-      owners.push_back(members[p % members.size()]);
+    bool is_seed = mc.provider == cluster::membership_provider::embedded
+                   && mc.seeds[0].silo_id == cfg->silo_id;
+    if (mc.provider == cluster::membership_provider::etcd) {
+      cluster::etcd_membership_config ec;
+      ec.endpoint = mc.endpoints[0].to_string();
+      ec.cluster_id = cfg->cluster_id;
+      ec.key_root = mc.prefix;
+      auto opened = cluster::etcd_membership::open(ec);
+      if (!opened) {
+        stop_cluster();
+        return fail("membership (etcd at " + ec.endpoint
+                    + "): " + describe(opened.error()));
+      }
+      members = std::move(*opened);
+    } else if (is_seed) {
+      auto opened
+          = cluster::embedded_membership::open({cfg->data_dir + "/membership"});
+      if (!opened) {
+        stop_cluster();
+        return fail("membership table: " + describe(opened.error()));
+      }
+      members = std::move(*opened);
+      service = std::make_unique<cluster::membership_service>(*members);
+    } else {
+      cluster::remote_membership_config rc;
+      rc.seeds = mc.seeds;
+      auto opened = cluster::remote_membership::open(*net, rc);
+      if (!opened) {
+        stop_cluster();
+        return fail("membership (seed " + mc.seeds[0].silo_id
+                    + "): " + describe(opened.error()));
+      }
+      remote = opened->get();
+      members = std::move(*opened);
+    }
     cluster::peer_address self{cfg->silo_id, cfg->silo_listen};
     self.address.port = *port;
-    router = std::make_unique<cluster::transport_router>(*net, self,
-                                                         std::move(owners));
+    router = std::make_unique<cluster::transport_router>(
+        *net, self, cfg->limits.partitions);
+    cluster::agent_config ac;
+    ac.self = self;
+    ac.gateway_address = cfg->gateway_listen.to_string();
+    ac.partitions = cfg->limits.partitions;
+    ac.probe_interval = mc.detector.probe_interval;
+    ac.missed_probes = mc.detector.missed_probes;
+    ac.votes_needed = mc.detector.votes_needed;
+    ac.vote_expiry = mc.detector.vote_expiry;
+    ac.i_am_alive_interval = mc.detector.i_am_alive_interval;
+    ac.join_timeout = mc.detector.join_timeout;
+    ac.rebalance = mc.detector.rebalance;
+    ac.handoff_dir = cfg->data_dir + "/handoff";
+    agent
+        = std::make_unique<cluster::cluster_agent>(ac, *members, *net, *router);
+    auto* a = agent.get();
+    router->on_other_frame(
+        [a](const cluster::peer_info& from, cluster::Frame&& f) {
+          a->on_frame(from, std::move(f));
+        });
+    router->on_stale_route([a] { a->refresh_soon(); });
     router_ptr = router.get();
+    // Joining needs the seed: retry for a while, so that silos of a local
+    // cluster can start in any order.
+    caf::error joined;
+    for (int attempt = 0; attempt < 60; ++attempt) {
+      joined = agent->join(**store, incarnation);
+      if (!joined || code_of(joined) == errc::invalid_config)
+        break;
+      if (attempt == 0)
+        std::printf("waiting for the membership store: %s\n",
+                    describe(joined).c_str());
+      std::fflush(stdout);
+      std::this_thread::sleep_for(std::chrono::milliseconds{500});
+    }
+    if (joined) {
+      stop_cluster();
+      return code_of(joined) == errc::invalid_config
+                 ? (std::fprintf(stderr, "granary silo: %s\n",
+                                 describe(joined).c_str()),
+                    exit_usage)
+                 : fail("joining the cluster: " + describe(joined));
+    }
     cfg->limits.router = router.get();
   }
   auto started = silo::start(cfg->limits, std::move(reg), std::move(*store));
-  if (!started)
+  if (!started) {
+    stop_cluster();
     return fail(describe(started.error()));
+  }
   auto& s = **started;
-  if (router)
+  if (router) {
     router->attach(s);
+    if (auto err = agent->activate(s)) {
+      stop_cluster();
+      static_cast<void>(s.stop());
+      return fail("joining the cluster: " + describe(err));
+    }
+  }
   cp::cloud_config cloud;
   if (cloud_api) {
     cloud.host = cloud_api->host;
@@ -219,9 +328,14 @@ int silo_main(int argc, char** argv) {
   gcfg.max_wait = cfg->gateway.max_wait;
   gcfg.cluster_id = cfg->cluster_id;
   gcfg.silo_id = cfg->silo_id;
+  if (agent) {
+    auto* a = agent.get();
+    gcfg.cluster_fields = [a] { return cluster::to_json_fields(a->view()); };
+  }
   auto gw = cluster::gateway::start(gcfg, s);
   if (!gw) {
     pool.stop();
+    stop_cluster();
     static_cast<void>(s.stop());
     return fail(describe(gw.error()));
   }
@@ -237,15 +351,21 @@ int silo_main(int argc, char** argv) {
   notify_systemd("STOPPING=1");
   std::printf("stopping on %s\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   std::fflush(stdout);
+  if (agent) {
+    // Hand the partitions over while the gateway still forwards requests.
+    if (auto err = agent->leave(cfg->membership.detector.leave_timeout))
+      std::printf("leaving the cluster: %s\n", describe(err).c_str());
+    else
+      std::printf("left the cluster\n");
+    std::fflush(stdout);
+  }
   (*gw)->stop();
   pool.stop();
+  // The agent uses the silo's storage: stop it first.
+  if (agent)
+    agent->stop();
   auto stopped = s.stop();
-  if (router) {
-    router_ptr = nullptr;
-    router->stop();
-  }
-  if (net)
-    net->stop();
+  stop_cluster();
   if (auto err = stopped)
     return fail("stopping the silo: " + describe(err));
   std::printf("stopped\n");

@@ -1,0 +1,434 @@
+// Silos in one process that form a cluster through a shared membership
+// store and real loopback TCP: joining spreads the partitions with their
+// data, a graceful leave hands them back, a crashed silo is detected and
+// declared dead, and a silo declared dead stops itself.
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cluster.pb.h"
+#include "cluster/asio_transport.hpp"
+#include "cluster/cluster_agent.hpp"
+#include "cluster/embedded_membership.hpp"
+#include "cluster/transport_router.hpp"
+#include "test_grains.hpp"
+
+using namespace granary;
+using namespace granary::cluster;
+using namespace granary::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr uint32_t partitions = 12;
+
+// -- plan_moves ---------------------------------------------------------------
+
+membership_entry row(std::string id, silo_status status) {
+  membership_entry e;
+  e.silo_id = std::move(id);
+  e.address = "127.0.0.1:1";
+  e.status = status;
+  return e;
+}
+
+partition_map map_of(std::vector<std::string> owners) {
+  partition_map m;
+  m.partition_count = static_cast<uint32_t>(owners.size());
+  for (uint32_t p = 0; p < owners.size(); ++p)
+    m.partitions.push_back(partition_assignment{
+        p, 1, {partition_owner{owners[p], replica_role::primary}}});
+  return m;
+}
+
+// Applies `moves` to `owners` and counts partitions per silo.
+std::map<std::string, int> after(std::vector<std::string> owners,
+                                 const std::vector<partition_move>& moves) {
+  for (auto& m : moves) {
+    EXPECT_EQ(owners[m.partition], m.from);
+    owners[m.partition] = m.to;
+  }
+  std::map<std::string, int> counts;
+  for (auto& o : owners)
+    ++counts[o];
+  return counts;
+}
+
+TEST(plan_moves, spreads_partitions_over_a_new_silo) {
+  std::vector<std::string> owners(12, "a");
+  membership_table t;
+  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
+            row("c", silo_status::joining)};
+  auto moves = plan_moves(map_of(owners), t);
+  auto counts = after(owners, moves);
+  EXPECT_EQ(counts["a"], 6);
+  EXPECT_EQ(counts["b"], 6);
+  EXPECT_EQ(counts.count("c"), 0u) << "joining silos receive nothing yet";
+  EXPECT_EQ(moves.size(), 6u) << "no partition moves twice";
+}
+
+TEST(plan_moves, empties_a_shutting_down_silo_and_keeps_balance) {
+  std::vector<std::string> owners;
+  for (int i = 0; i < 12; ++i)
+    owners.push_back(std::string(1, static_cast<char>('a' + i % 3)));
+  membership_table t;
+  t.rows = {row("a", silo_status::active), row("b", silo_status::shutting_down),
+            row("c", silo_status::active)};
+  auto counts = after(owners, plan_moves(map_of(owners), t));
+  EXPECT_EQ(counts.count("b"), 0u);
+  EXPECT_EQ(counts["a"], 6);
+  EXPECT_EQ(counts["c"], 6);
+}
+
+TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
+  std::vector<std::string> owners = {"a", "a", "d", "d", "d", "d"};
+  membership_table t;
+  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
+            row("d", silo_status::dead)};
+  auto moves = plan_moves(map_of(owners), t);
+  ASSERT_EQ(moves.size(), 1u);
+  EXPECT_EQ(moves[0].from, "a");
+  EXPECT_EQ(moves[0].to, "b");
+  // A balanced map needs nothing.
+  EXPECT_TRUE(plan_moves(map_of({"a", "b", "a", "b"}), t).empty());
+}
+
+// -- in-process cluster -------------------------------------------------------
+
+struct node {
+  std::string id;
+  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  std::unique_ptr<shared_memory_storage> data;
+  std::shared_ptr<asio_transport> net;
+  std::unique_ptr<transport_router> router;
+  std::atomic<transport_router*> router_ptr{nullptr};
+  std::unique_ptr<cluster_agent> agent;
+  std::unique_ptr<silo> s;
+  std::atomic<bool> declared_dead{false};
+  fs::path handoff_dir;
+  uint64_t incarnation = 0;
+};
+
+class agent_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    dir = fs::temp_directory_path()
+          / ("granary-agent-test-" + std::to_string(::getpid()) + "-"
+             + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto opened = embedded_membership::open({(dir / "membership").string()});
+    ASSERT_TRUE(opened) << describe(opened.error());
+    store = std::move(*opened);
+  }
+
+  void TearDown() override {
+    for (auto& n : nodes)
+      crash(*n);
+    nodes.clear();
+    store.reset();
+    fs::remove_all(dir);
+  }
+
+  agent_config config_of(node& n) {
+    agent_config cfg;
+    cfg.self = peer_address{n.id, endpoint{"127.0.0.1", 0}};
+    cfg.partitions = partitions;
+    cfg.probe_interval = 100ms;
+    cfg.missed_probes = 3;
+    cfg.vote_expiry = 3s;
+    cfg.i_am_alive_interval = 500ms;
+    cfg.join_timeout = 1s;
+    cfg.refresh_interval = 200ms;
+    cfg.handoff_timeout = 2s;
+    cfg.handoff_dir = n.handoff_dir.string();
+    return cfg;
+  }
+
+  // Starts (or restarts) a silo on `n`'s data.
+  void start(node& n) {
+    n.handoff_dir = dir / (n.id + "-handoff");
+    n.declared_dead = false;
+    n.data = std::make_unique<shared_memory_storage>(n.mem);
+    asio_transport_config tc;
+    tc.cluster_id = "agent-test";
+    tc.silo_id = n.id;
+    tc.incarnation = ++n.incarnation;
+    n.net = std::make_shared<asio_transport>(tc);
+    n.net->set_handler([&n](const peer_info& from, Frame&& f) {
+      if (auto* r = n.router_ptr.load())
+        r->handler()(from, std::move(f));
+    });
+    auto port = n.net->start(endpoint{"127.0.0.1", 0});
+    ASSERT_TRUE(port) << describe(port.error());
+    auto cfg = config_of(n);
+    cfg.self.address.port = *port;
+    n.router = std::make_unique<transport_router>(*n.net, cfg.self, partitions);
+    n.agent = std::make_unique<cluster_agent>(cfg, *store, *n.net, *n.router);
+    n.agent->on_declared_dead(
+        [&n](const std::string&) { n.declared_dead = true; });
+    auto* agent = n.agent.get();
+    n.router->on_other_frame([agent](const peer_info& from, Frame&& f) {
+      agent->on_frame(from, std::move(f));
+    });
+    n.router->on_stale_route([agent] { agent->refresh_soon(); });
+    n.router_ptr = n.router.get();
+    ASSERT_FALSE(n.agent->join(*n.data, n.incarnation));
+    silo_config sc;
+    sc.partitions = partitions;
+    sc.redelivery_timeout = 300ms;
+    sc.timer_poll = 10ms;
+    sc.router = n.router.get();
+    sc.remote_call_timeout = 500ms;
+    grain_registry reg;
+    ASSERT_FALSE(register_grain<probe>(reg));
+    auto started = silo::start(sc, std::move(reg),
+                               std::make_unique<shared_memory_storage>(n.mem));
+    ASSERT_TRUE(started) << describe(started.error());
+    n.s = std::move(*started);
+    n.router->attach(*n.s);
+    ASSERT_FALSE(n.agent->activate(*n.s));
+  }
+
+  node& add(std::string id) {
+    nodes.push_back(std::make_unique<node>());
+    nodes.back()->id = std::move(id);
+    return *nodes.back();
+  }
+
+  // Stops `n` without leaving: what a crash looks like to the others.
+  static void crash(node& n) {
+    if (n.agent)
+      n.agent->stop();
+    n.router_ptr = nullptr;
+    if (n.router)
+      n.router->stop();
+    if (n.net)
+      n.net->stop();
+    n.s.reset();
+    n.agent.reset();
+    n.router.reset();
+    n.net.reset();
+  }
+
+  static silo_status status_in(const node& viewer, const std::string& id) {
+    auto v = viewer.agent->view();
+    auto* r = v.table.find(id);
+    return r ? r->status : silo_status::dead;
+  }
+
+  static bool balanced(const std::vector<node*>& ns) {
+    size_t total = 0;
+    for (auto* n : ns) {
+      auto k = n->agent->served().size();
+      if (k < partitions / ns.size() || k > partitions / ns.size() + 1)
+        return false;
+      total += k;
+    }
+    return total == partitions;
+  }
+
+  fs::path dir;
+  std::unique_ptr<embedded_membership> store;
+  std::vector<std::unique_ptr<node>> nodes;
+};
+
+// Sends Add{1} messages to `grains` probe grains through `s`, each with its
+// own message id, retrying every one until it is accepted, until `stop` is
+// set (at least `min` messages). Returns how many were accepted.
+int send_load(silo& s, const std::string& tag, std::atomic<bool>& stop, int min,
+              int grains) {
+  int accepted = 0;
+  for (int i = 0; i < min || (!stop.load() && i < 100'000); ++i) {
+    Add add;
+    add.set_delta(1);
+    auto key = "g" + std::to_string(i % grains);
+    auto id = tag + "-" + std::to_string(i);
+    // A handoff makes a partition unavailable for a moment: retry.
+    for (int attempt = 0; attempt < 400; ++attempt) {
+      if (!s.send(id_of<probe>(key), add, id, 2s)) {
+        ++accepted;
+        break;
+      }
+      std::this_thread::sleep_for(25ms);
+    }
+  }
+  return accepted;
+}
+
+int64_t total(silo& s, int grains) {
+  int64_t sum = 0;
+  for (int g = 0; g < grains; ++g) {
+    caf::expected<Value> v{caf::error{}};
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      v = grain_ref<probe>{s, "g" + std::to_string(g)}.call<Value>(Get{}, 2s);
+      if (v)
+        break;
+      std::this_thread::sleep_for(50ms);
+    }
+    if (!v)
+      return -1;
+    sum += v->value();
+  }
+  return sum;
+}
+
+} // namespace
+
+TEST_F(agent_test, silos_join_and_spread_the_partitions) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  EXPECT_EQ(a.agent->served().size(), partitions) << "the first silo owns all";
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  for (auto* n : {&a, &b, &c})
+    EXPECT_EQ(status_in(a, n->id), silo_status::active);
+  // Every grain answers through every silo.
+  for (int g = 0; g < 30; ++g) {
+    auto key = "k" + std::to_string(g);
+    auto& via = *nodes[g % 3];
+    auto r = grain_ref<probe>{*via.s, key}.call<Value>(Add{}, 2s);
+    EXPECT_TRUE(r) << key << ": " << describe(r.error());
+  }
+  auto map = store->read_partition_map();
+  ASSERT_TRUE(map);
+  for (auto& asg : map->partitions)
+    EXPECT_GE(asg.epoch, 1u);
+}
+
+TEST_F(agent_test, handoff_under_load_loses_and_repeats_nothing) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  constexpr int grains = 40;
+  std::atomic<int> accepted{0};
+  std::atomic<bool> stop_a{false};
+  std::atomic<bool> stop_b{false};
+  std::thread load_a{
+      [&] { accepted += send_load(*a.s, "via-a", stop_a, 200, grains); }};
+  start(b);
+  std::thread load_b{
+      [&] { accepted += send_load(*b.s, "via-b", stop_b, 200, grains); }};
+  start(c);
+  std::this_thread::sleep_for(300ms);
+  stop_a = true;
+  load_a.join();
+  // a leaves while b keeps sending: its partitions move to b and c.
+  auto left = a.agent->leave(20s);
+  EXPECT_FALSE(left) << describe(left);
+  EXPECT_TRUE(a.agent->served().empty());
+  crash(a);
+  std::this_thread::sleep_for(300ms);
+  stop_b = true;
+  load_b.join();
+  ASSERT_TRUE(eventually([&] { return balanced({&b, &c}); }, 20s));
+  std::printf("accepted %d messages\n", accepted.load());
+  EXPECT_EQ(total(*c.s, grains), accepted.load())
+      << "every accepted message applied exactly once";
+}
+
+TEST_F(agent_test,
+       a_crashed_silo_is_declared_dead_and_gets_its_partitions_back) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // Some state on c's partitions.
+  auto c_parts = c.agent->served();
+  ASSERT_FALSE(c_parts.empty());
+  std::string key;
+  for (int i = 0; key.empty(); ++i)
+    if (partition_of(id_of<probe>("x" + std::to_string(i)), partitions)
+        == c_parts[0])
+      key = "x" + std::to_string(i);
+  Add add5;
+  add5.set_delta(5);
+  auto sent5 = grain_ref<probe>{*a.s, key}.send(add5, "before-crash");
+  ASSERT_FALSE(sent5) << describe(sent5);
+  crash(c);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(
+      eventually([&] { return status_in(a, "c") == silo_status::dead; }, 15s));
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - t0);
+  std::printf("detection time: %lld ms (probe 100 ms, 3 missed probes)\n",
+              static_cast<long long>(took.count()));
+  EXPECT_EQ(status_in(b, "c"), silo_status::dead);
+  // Its partitions are unavailable, not moved: their data is on c.
+  auto r = grain_ref<probe>{*a.s, key}.call<Value>(Get{}, 1s);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(code_of(r.error()), errc::partition_unavailable)
+      << describe(r.error());
+  // A durable message between grains waits in the sender's outbox.
+  auto a_parts = a.agent->served();
+  ASSERT_FALSE(a_parts.empty());
+  std::string sender;
+  for (int i = 0; sender.empty(); ++i)
+    if (partition_of(id_of<probe>("s" + std::to_string(i)), partitions)
+        == a_parts[0])
+      sender = "s" + std::to_string(i);
+  Forward fwd;
+  fwd.set_to(key);
+  fwd.set_delta(1);
+  auto sent_fwd = grain_ref<probe>{*a.s, sender}.send(fwd, "while-down");
+  ASSERT_FALSE(sent_fwd) << describe(sent_fwd);
+  // c restarts on its data and serves its partitions again.
+  start(c);
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 1s);
+        return v && v->value() == 6;
+      },
+      20s));
+  EXPECT_EQ(status_in(a, "c"), silo_status::active);
+}
+
+TEST_F(agent_test, a_silo_declared_dead_stops_itself) {
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  start(b);
+  auto snap = store->read("b");
+  ASSERT_TRUE(snap);
+  auto entry = *snap->find("b");
+  entry.status = silo_status::dead;
+  auto res = store->update(entry, entry.version, snap->version);
+  ASSERT_TRUE(res && res->applied());
+  EXPECT_TRUE(eventually([&] { return b.declared_dead.load(); }, 5s));
+  EXPECT_FALSE(a.declared_dead.load());
+}
+
+TEST_F(agent_test, join_refuses_a_data_directory_without_its_partitions) {
+  auto& a = add("a");
+  start(a);
+  crash(a);
+  a.mem = std::make_shared<memory_storage>(); // Wiped.
+  a.data = std::make_unique<shared_memory_storage>(a.mem);
+  asio_transport_config tc;
+  tc.cluster_id = "agent-test";
+  tc.silo_id = "a";
+  asio_transport net{tc};
+  transport_router router{net, peer_address{"a", {"127.0.0.1", 1}}, partitions};
+  cluster_agent agent{config_of(a), *store, net, router};
+  auto err = agent.join(*a.data, 7);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), errc::invalid_config);
+  EXPECT_NE(describe(err).find("does not hold"), std::string::npos)
+      << describe(err);
+}
