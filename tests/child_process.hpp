@@ -292,6 +292,27 @@ public:
     return -1;
   }
 
+  /// Waits up to `limit` for the child to exit on its own; returns the wait
+  /// status, or -1 on timeout.
+  int wait_exit(std::chrono::milliseconds limit) {
+    auto deadline = steady_clock::now() + limit;
+    int status = 0;
+    while (steady_clock::now() < deadline) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        join_reader();
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds{10});
+    }
+    return -1;
+  }
+
+  /// The child's process id (-1 when none runs).
+  pid_t pid() const {
+    return pid_;
+  }
+
   /// Everything the child printed so far (the last `max_log` bytes).
   std::string log() const {
     std::lock_guard guard{mtx_};

@@ -1,9 +1,13 @@
-// Three `granary silo` processes on loopback TCP, each owning a third of
-// the partitions (a fixed member list), run the control-plane sample's
-// namespaces against a fake cloud API process. Workflows, resource grains
-// and cells sit on different silos. One silo is killed with SIGKILL
-// half-way and restarted on its data directory: every namespace ends
-// ready, and the API's record shows nothing applied or created twice.
+// Three `granary silo` processes on loopback TCP form a cluster through
+// the membership table (kept by the seed silo, or by a real etcd) and run
+// the control-plane sample's namespaces against a fake cloud API process.
+// The first silo creates the partition map and hands partitions, with
+// their data, to the others as they join. Workflows, resource grains and
+// cells sit on different silos. One silo is killed with SIGKILL half-way and
+// restarted on its data directory; another run goes through a lossy
+// network; a hung silo (SIGSTOP) is declared dead and stops itself when it
+// wakes. Every namespace ends ready, the API's record shows nothing applied
+// or created twice, and graceful leaves hand everything to the last silo.
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -20,6 +24,7 @@
 #include <gtest/gtest.h>
 
 #include "child_process.hpp"
+#include "cluster/etcd_test_server.hpp"
 #include "cluster/gateway_client.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
 
@@ -47,6 +52,18 @@ uint16_t free_port() {
   return ntohs(addr.sin_port);
 }
 
+// Polls `pred` every 100 ms until it holds or `limit` passed.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit) {
+  auto deadline = steady_clock::now() + limit;
+  while (steady_clock::now() < deadline) {
+    if (pred())
+      return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return pred();
+}
+
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
@@ -63,10 +80,16 @@ protected:
     }
   }
 
-  // Writes the silos' configs, with `extra` TOML appended to each.
-  void write_configs(const std::string& extra = {}) {
-    // silo-0 is the seed that keeps the membership table.
+  // Writes the silos' configs, with `extra` TOML appended to each. The
+  // membership table is kept by silo-0 (the seed), or by etcd at
+  // `etcd_endpoint` when set.
+  void write_configs(const std::string& extra = {},
+                     const std::string& etcd_endpoint = {}) {
     auto seed = "\"silo-0@127.0.0.1:" + std::to_string(silo_ports[0]) + "\"";
+    auto provider = etcd_endpoint.empty()
+                        ? "provider = \"embedded\"\nseeds = [" + seed + "]\n"
+                        : "provider = \"etcd\"\nendpoints = [\"" + etcd_endpoint
+                              + "\"]\nprefix = \"/granary-test\"\n";
     for (int i = 0; i < silos; ++i) {
       auto path = dir + "/silo-" + std::to_string(i) + ".toml";
       std::ofstream out{path};
@@ -78,9 +101,7 @@ protected:
           << "silo = \"127.0.0.1:" << silo_ports[i] << "\"\n"
           << "gateway = \"127.0.0.1:" << gateway_ports[i] << "\"\n"
           << "[membership]\n"
-          << "provider = \"embedded\"\n"
-          << "seeds = [" << seed << "]\n"
-          << "probe_interval_ms = 200\n"
+          << provider << "probe_interval_ms = 200\n"
           << "missed_probes = 6\n"
           << "vote_expiry_ms = 5000\n"
           << "[limits]\n"
@@ -134,6 +155,20 @@ protected:
   // half-way if `kill_one`, and checks the outcome and the API's record.
   void run_namespaces(bool kill_one);
 
+  // The status of `silo` as silo `viewer` sees it ("" when unknown).
+  std::string status_seen_by(int viewer, const std::string& silo) {
+    granary::cluster::gateway_client gw{
+        granary::cluster::endpoint{"127.0.0.1", gateway_ports[viewer]}, 2s};
+    auto r = gw.cluster_status();
+    if (!r)
+      return {};
+    auto at = r->find("\"silo_id\":\"" + silo + "\",\"status\":\"");
+    if (at == std::string::npos)
+      return {};
+    at = r->find("\"status\":\"", at) + 10;
+    return r->substr(at, r->find('"', at) - at);
+  }
+
   int completed() {
     int n = 0;
     for (int i = 0; i < namespaces; ++i)
@@ -165,6 +200,54 @@ TEST_F(cluster_process_test,
   write_configs("[faults]\nseed = 9\ndrop_rate = 0.1\nduplicate_rate = 0.1\n"
                 "delay_rate = 0.1\nreorder_rate = 0.1\nmax_delay_ms = 10\n");
   run_namespaces(false);
+}
+
+TEST_F(cluster_process_test, an_etcd_backed_cluster_completes_every_namespace) {
+  auto etcd = granary::cluster::etcd_test_server::start();
+  ASSERT_TRUE(etcd) << granary::describe(etcd.error());
+  write_configs({}, (*etcd)->endpoint());
+  run_namespaces(true);
+}
+
+TEST_F(cluster_process_test, a_hung_silo_is_declared_dead_and_stops_itself) {
+  write_configs();
+  start_api();
+  for (int i = 0; i < silos; ++i)
+    start_silo(i);
+  ASSERT_TRUE(
+      eventually([&] { return status_seen_by(0, "silo-2") == "active"; }, 20s));
+  // A hung process answers no pings: the others vote it dead.
+  ASSERT_EQ(::kill(nodes[2]->pid(), SIGSTOP), 0);
+  auto t0 = steady_clock::now();
+  ASSERT_TRUE(
+      eventually([&] { return status_seen_by(0, "silo-2") == "dead"; }, 20s))
+      << nodes[0]->log();
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      steady_clock::now() - t0);
+  std::printf("detection time of a hung silo: %lld ms (probe 200 ms, 6 "
+              "missed probes, 2 votes)\n",
+              static_cast<long long>(took.count()));
+  EXPECT_TRUE(
+      eventually([&] { return status_seen_by(1, "silo-2") == "dead"; }, 5s));
+  // When it wakes up, it reads that it is dead and stops itself (exit 3).
+  ASSERT_EQ(::kill(nodes[2]->pid(), SIGCONT), 0);
+  auto status = nodes[2]->wait_exit(20s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << status << "\n"
+                                                             << nodes[2]->log();
+  EXPECT_TRUE(contains(nodes[2]->log(), "was declared dead"))
+      << nodes[2]->log();
+  // Restarted on its data, it joins again and serves its partitions.
+  start_silo(2);
+  ASSERT_TRUE(
+      eventually([&] { return status_seen_by(0, "silo-2") == "active"; }, 20s));
+  granary::cluster::gateway_client gw{
+      granary::cluster::endpoint{"127.0.0.1", gateway_ports[0]}, 10s};
+  for (int c = 0; c < 6; ++c) {
+    auto r = gw.call_grain("cp.cell", "cell-" + std::to_string(c),
+                           "granary.cp.Reserve",
+                           "{\"tenant\":\"t\",\"capacity\":4}");
+    EXPECT_TRUE(r) << granary::describe(r.error());
+  }
 }
 
 void cluster_process_test::run_namespaces(bool kill_one) {
