@@ -352,8 +352,8 @@ struct cluster_agent::impl {
     }
     return make_error(errc::timeout,
                       "could not write this silo's membership row in "
-                      + std::to_string(max_cas_attempts) + " attempts"
-                      + (last ? ": " + describe(last) : std::string{}));
+                          + std::to_string(max_cas_attempts) + " attempts"
+                          + (last ? ": " + describe(last) : std::string{}));
   }
 
   caf::expected<cluster_view> read_view() {
@@ -1334,6 +1334,18 @@ void cluster_agent::refresh_soon() {
 cluster_view cluster_agent::view() const {
   std::lock_guard guard{impl_->mtx};
   return impl_->cached;
+}
+
+std::string cluster_agent::gateway_of(uint32_t p) const {
+  std::lock_guard guard{impl_->mtx};
+  auto& view = impl_->cached;
+  if (p >= view.map.partitions.size())
+    return {};
+  auto* owner = view.map.partitions[p].primary();
+  if (!owner || *owner == impl_->cfg.self.silo_id)
+    return {};
+  auto* row = view.table.find(*owner);
+  return row ? row->gateway_address : std::string{};
 }
 
 std::vector<uint32_t> cluster_agent::served() const {

@@ -160,6 +160,10 @@ public:
   /// The last table and map this agent read.
   cluster_view view() const;
 
+  /// The gateway address of the silo that owns partition `p` when that is
+  /// another silo, by the last map read; empty otherwise.
+  std::string gateway_of(uint32_t p) const;
+
   /// Partitions this silo serves now.
   std::vector<uint32_t> served() const;
 

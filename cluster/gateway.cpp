@@ -35,6 +35,8 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
+#include "cluster/config.hpp"
+#include "cluster/gateway_client.hpp"
 #include "cluster/gateway_history.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
@@ -372,6 +374,8 @@ private:
 /// A routed request.
 struct request_view {
   http::verb method = http::verb::get;
+  // The request target as received (path and query).
+  std::string target;
   std::string path;
   std::map<std::string, std::string> query;
   std::string body;
@@ -636,7 +640,7 @@ private:
       if (op == "result")
         return result(id, rq);
       if (op == "history")
-        return history(id);
+        return history(id, rq.target);
       if (op == "start")
         return start(id, rq.body);
       if (op == "signal")
@@ -1001,7 +1005,31 @@ private:
     }
   }
 
-  reply history(const grain_id& id) {
+  // The gateway of the silo that owns partition `p`, when it is another
+  // silo; empty when this silo serves it (or owns it, as far as it knows).
+  std::string remote_gateway(uint32_t p) const {
+    return cfg_.remote_gateway ? cfg_.remote_gateway(p) : std::string{};
+  }
+
+  // Relays a GET of `target` to the gateway at `address`.
+  reply forward(const std::string& address, const std::string& target) {
+    auto ep = parse_endpoint(address);
+    if (!ep)
+      return error_reply(ep.error());
+    gateway_client peer{*ep, cfg_.call_timeout};
+    auto res = peer.request("GET", target);
+    if (!res)
+      return error_reply(503, errc::partition_unavailable,
+                         "the owning silo's gateway at " + address
+                             + " did not answer: " + describe(res.error()));
+    return reply{res->status, std::move(res->body), res->retry_after_s * 1'000};
+  }
+
+  reply history(const grain_id& id, const std::string& target) {
+    // The journal is read from the owner's storage.
+    if (auto gw = remote_gateway(partition_of(id, silo_.partitions()));
+        !gw.empty())
+      return forward(gw, target);
     auto raw = silo_.read_state(id);
     if (!raw)
       return error_reply(raw.error());
@@ -1057,11 +1085,85 @@ private:
         return error_reply(400, errc::invalid_argument, "bad cursor");
       cursor = std::move(*raw);
     }
+    // Partitions are listed in order. In a cluster, each run of partitions
+    // that another silo owns is listed by that silo's gateway (with
+    // `local` set, so that it does not forward again, and `until` the end
+    // of the run); this silo scans its own storage for the others.
+    auto count = silo_.partitions();
+    bool local_only = rq.query.count("local") > 0;
+    uint32_t until = count;
+    if (auto ui = rq.query.find("until"); ui != rq.query.end()) {
+      auto res = std::from_chars(ui->second.data(),
+                                 ui->second.data() + ui->second.size(), until);
+      if (res.ec != std::errc{} || until > count)
+        return error_reply(400, errc::invalid_argument, "bad until");
+    }
+    // A cursor at the start of partition q for this type.
+    auto start_of = [&](uint32_t q) {
+      return keys::grain_prefix(q, grain_id{type, {}});
+    };
+    // Where the listing goes on after partition `q - 1`; empty at the end.
+    auto after
+        = [&](uint32_t q) { return q < until ? start_of(q) : std::string{}; };
+    auto partition_at = [&](const std::string& key) -> uint32_t {
+      return key.size() < 2 ? 0
+                            : (static_cast<uint8_t>(key[0]) << 8)
+                                  | static_cast<uint8_t>(key[1]);
+    };
     std::string items;
     size_t found = 0;
     size_t scanned = 0;
     auto page_size = std::max<size_t>(*limit, 64);
-    for (;;) {
+    bool done = false;
+    // Bounded: every pass moves the cursor to a later partition or fills
+    // the page, and at most max_scanned records are read here.
+    for (uint32_t pass = 0; pass <= count && !done; ++pass) {
+      auto p = partition_at(cursor);
+      if (p >= until)
+        break;
+      auto gw = local_only ? std::string{} : remote_gateway(p);
+      auto end = p + 1;
+      while (end < until
+             && (local_only ? std::string{} : remote_gateway(end)) == gw)
+        ++end;
+      if (!gw.empty()) {
+        auto target
+            = "/v1/workflows?type=" + percent_encode(type)
+              + (want ? "&status=" + wire::WorkflowState::Status_Name(*want)
+                      : std::string{})
+              + "&limit=" + std::to_string(*limit - found)
+              + "&cursor=" + hex_encode(cursor.empty() ? start_of(p) : cursor)
+              + "&local=1&until=" + std::to_string(end);
+        auto r = forward(gw, target);
+        if (r.status != 200)
+          return r;
+        google::protobuf::Struct obj;
+        if (!pb::util::JsonStringToMessage(r.body, &obj).ok())
+          return error_reply(502, errc::malformed_message,
+                             "the gateway at " + gw
+                                 + " answered a list that is not JSON");
+        auto& f = obj.fields();
+        auto wi = f.find("workflows");
+        auto ci = f.find("next_cursor");
+        size_t n = wi == f.end() ? 0 : wi->second.list_value().values_size();
+        auto open = r.body.find('[');
+        auto close = r.body.rfind(']');
+        if (n > 0 && open != std::string::npos && close != std::string::npos) {
+          items += (found == 0 ? "" : ",");
+          items += r.body.substr(open + 1, close - open - 1);
+        }
+        found += n;
+        auto next = ci == f.end() ? std::string{}
+                                  : hex_decode(ci->second.string_value())
+                                        .value_or(std::string{});
+        // A cursor back means the other silo filled the page.
+        cursor = !next.empty() ? next : after(end);
+        if (found >= *limit || cursor.empty())
+          break;
+        continue;
+      }
+      if (cursor.empty())
+        cursor = start_of(p);
       auto page = silo_.scan_states(type, cursor, page_size);
       if (!page)
         return error_reply(page.error());
@@ -1069,6 +1171,11 @@ private:
       auto& states = page->states;
       for (size_t i = 0; i < states.size(); ++i) {
         ++scanned;
+        if (partition_of(states[i].id, count) >= end) {
+          // The run of local partitions ends here.
+          cursor = after(end);
+          break;
+        }
         wire::WorkflowState st;
         if (!st.ParseFromString(states[i].bytes)
             || (want && st.status() != *want))
@@ -1082,17 +1189,20 @@ private:
                  + ",\"error\":" + json_quote(st.error()) + "}";
         if (++found == *limit) {
           // Resume right after this record.
-          if (i + 1 < states.size()) {
-            auto& next = states[i + 1].id;
-            cursor = keys::grain_prefix(partition_of(next, silo_.partitions()),
-                                        next);
-          }
+          cursor
+              = i + 1 < states.size() ? keys::grain_prefix(
+                    partition_of(states[i + 1].id, count), states[i + 1].id)
+                                      : (cursor.empty() ? after(end) : cursor);
           break;
         }
       }
-      if (found == *limit || cursor.empty() || scanned >= max_scanned)
+      if (cursor.empty())
+        cursor = after(end); // Local storage has nothing further.
+      if (found == *limit || scanned >= max_scanned || cursor.empty())
         break;
     }
+    if (local_only && !cursor.empty() && partition_at(cursor) >= until)
+      cursor.clear();
     return json_reply(200, "{\"workflows\":[" + items + "],\"next_cursor\":"
                                + json_quote(hex_encode(cursor)) + "}");
   }
@@ -1273,6 +1383,7 @@ private:
     rq.method = msg.method();
     std::string_view target{msg.target().data(), msg.target().size()};
     auto q = target.find('?');
+    rq.target = std::string{target};
     rq.path = std::string{target.substr(0, q)};
     if (q != std::string_view::npos) {
       auto query = target.substr(q + 1);

@@ -52,6 +52,10 @@ struct gateway_config {
   /// fields (`"silos":[...],...`) for `GET /v1/cluster`; unset for a silo
   /// on its own.
   std::function<std::string()> cluster_fields;
+  /// In a cluster: the gateway address ("host:port") of the silo that owns
+  /// partition `p` when that is another silo, else empty. History and list
+  /// requests for such partitions are relayed there.
+  std::function<std::string(uint32_t p)> remote_gateway;
 
   /// Returns `invalid_config` naming the first bad field.
   caf::error validate() const;

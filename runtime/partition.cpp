@@ -1022,8 +1022,12 @@ void partition::put_outbox(const grain_id& sender, uint32_t to,
     if (i == outbox_.end())
       return;
     i->second.durable = true;
-    if (i->second.attempts == 0
-        && core_.remote_owner(i->second.target_partition))
+    // A remote delivery waits for durability: the first one, or a retry
+    // that came due before (a local attempt refused by a partition that
+    // was being handed off to another silo).
+    if (core_.remote_owner(i->second.target_partition)
+        && (i->second.attempts == 0
+            || i->second.next_attempt_ms <= core_.clk->now_ms()))
       deliver(key, i->second);
   });
 }

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -140,7 +141,7 @@ protected:
     // A transient call: over a lossy network it may need a few tries.
     auto r = gw.describe_workflow("cp.create_namespace",
                                   "ns-" + std::to_string(i));
-    for (int attempt = 1; !r && attempt < 5; ++attempt)
+    for (int attempt = 1; !r && attempt < 20; ++attempt)
       r = gw.describe_workflow("cp.create_namespace",
                                "ns-" + std::to_string(i));
     if (!r)
@@ -264,7 +265,8 @@ void cluster_process_test::run_namespaces(bool kill_one) {
     // are idempotent by id, so the client retries.
     auto r = gw.start_workflow("cp.create_namespace", name,
                                "granary.cp.CreateNamespace", input);
-    for (int attempt = 1; !r && attempt < 10; ++attempt)
+    auto give_up = steady_clock::now() + 60s;
+    while (!r && steady_clock::now() < give_up)
       r = gw.start_workflow("cp.create_namespace", name,
                             "granary.cp.CreateNamespace", input);
     ASSERT_TRUE(r) << granary::describe(r.error());
@@ -320,6 +322,35 @@ void cluster_process_test::run_namespaces(bool kill_one) {
   for (auto kind :
        {"db_shard", "certificate", "dns_record", "ingress_route", "quota"})
     EXPECT_EQ(live[kind], namespaces) << kind;
+  // Any gateway lists every workflow of the cluster, page by page, and
+  // shows any workflow's history, wherever its partition lives.
+  for (int via = 0; via < silos; ++via) {
+    granary::cluster::gateway_client g{
+        granary::cluster::endpoint{"127.0.0.1", gateway_ports[via]}, 10s};
+    std::set<std::string> listed;
+    std::string cursor;
+    for (int page = 0; page < 50; ++page) {
+      auto r = g.list_workflows("cp.create_namespace", "COMPLETED", 5, cursor);
+      ASSERT_TRUE(r) << granary::describe(r.error());
+      for (size_t at = r->find("\"id\":\""); at != std::string::npos;
+           at = r->find("\"id\":\"", at + 1)) {
+        auto begin = at + 6;
+        listed.insert(r->substr(begin, r->find('"', begin) - begin));
+      }
+      auto c = r->find("\"next_cursor\":\"") + 15;
+      cursor = r->substr(c, r->find('"', c) - c);
+      if (cursor.empty())
+        break;
+    }
+    EXPECT_EQ(listed.size(), static_cast<size_t>(namespaces))
+        << "listed through silo-" << via;
+    for (int i = 0; i < namespaces; i += 5) {
+      auto h = g.workflow_history("cp.create_namespace",
+                                  "ns-" + std::to_string(i));
+      EXPECT_TRUE(h && contains(*h, "COMPLETED"))
+          << (h ? *h : granary::describe(h.error()));
+    }
+  }
   // Graceful stops, one after the other: each hands its partitions (with
   // their data) to the silos still running. The seed, which keeps the
   // membership table, goes last.

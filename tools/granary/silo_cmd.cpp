@@ -331,6 +331,7 @@ int silo_main(int argc, char** argv) {
   if (agent) {
     auto* a = agent.get();
     gcfg.cluster_fields = [a] { return cluster::to_json_fields(a->view()); };
+    gcfg.remote_gateway = [a](uint32_t p) { return a->gateway_of(p); };
   }
   auto gw = cluster::gateway::start(gcfg, s);
   if (!gw) {
