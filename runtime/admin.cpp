@@ -1,5 +1,7 @@
 #include "runtime/admin.hpp"
 
+#include <algorithm>
+
 #include "granary.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/keys.hpp"
@@ -9,6 +11,10 @@
 namespace granary {
 
 namespace {
+
+// Pages through one grain's inbox; bounded, as inboxes are.
+constexpr size_t inbox_page = 1'024;
+constexpr size_t max_inbox_pages = 1'024;
 
 constexpr const char* meta_key = "silo";
 
@@ -180,12 +186,39 @@ caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
   // A dead-lettered call was answered with its error already.
   env.clear_reply_to();
   env.clear_correlation();
+  // The new inbox key goes after every stored one of the grain, which
+  // other silos may have numbered before a handoff.
+  auto seq = meta.incarnation() << 40;
+  std::string start = prefix;
+  for (size_t page = 0;; ++page) {
+    if (page == max_inbox_pages)
+      return make_error(errc::overloaded,
+                        "inbox of grain " + to_string(target)
+                            + " holds too many messages to requeue into");
+    size_t seen = 0;
+    std::string last;
+    auto err = store.scan(column::inbox, prefix, start, inbox_page,
+                          [&](std::string_view k, std::string_view) {
+                            ++seen;
+                            last.assign(k);
+                            return true;
+                          });
+    if (err)
+      return err;
+    if (last.size() == prefix.size() + 8)
+      if (auto stored
+          = keys::read_u64(std::string_view{last}.substr(prefix.size())))
+        seq = std::max(seq, *stored + 1);
+    if (seen < inbox_page)
+      break;
+    start = last;
+    start.push_back('\0');
+  }
   write_batch wb;
   wb.put(column::meta, meta_key, meta.SerializeAsString());
   wb.erase(column::dead_letters, found->key);
   wb.erase(column::dedup, keys::with_suffix(prefix, msg_id));
-  wb.put(column::inbox, keys::with_seq(prefix, meta.incarnation() << 40),
-         env.SerializeAsString());
+  wb.put(column::inbox, keys::with_seq(prefix, seq), env.SerializeAsString());
   return commit_one(store, wb);
 }
 

@@ -1306,6 +1306,9 @@ caf::error partition::recover() {
                          "an envelope");
               return true;
             }
+            if (col != column::timers && k.size() >= 8)
+              if (auto seq = keys::read_u64(k.substr(k.size() - 8)))
+                core_.observe_seq(*seq);
             fn(std::string{k}, std::move(env));
             return true;
           });

@@ -240,6 +240,7 @@ silo::start(silo_config cfg, grain_registry registry,
   core->store = std::move(store);
   core->clk = std::move(clk);
   core->incarnation = meta.incarnation();
+  core->seq_counter = meta.incarnation() << 40;
   core->msg_id_prefix
       = hex(meta.node_id()) + "." + hex(meta.incarnation()) + ".";
   core->sys_cfg = std::make_unique<caf::actor_system_config>();

@@ -62,6 +62,7 @@ struct silo_core {
   // id).
   std::string msg_id_prefix;
   std::atomic<uint64_t> next_counter{0};
+  std::atomic<uint64_t> seq_counter{0};
   std::atomic<bool> stopping{false};
   // Set when the silo is part of a cluster; null: every partition is local.
   std::atomic<remote_router*> router{nullptr};
@@ -80,10 +81,23 @@ struct silo_core {
   /// Returns a fresh, silo-unique message id.
   std::string next_msg_id();
 
-  /// Returns a fresh sequence number, unique across restarts.
+  /// Returns a fresh sequence number for an inbox or outbox key: above
+  /// every number this silo made before (it starts at `incarnation << 40`)
+  /// and above every number in the partitions it recovered, which another
+  /// silo may have made before a handoff.
   uint64_t next_seq() {
-    return (incarnation << 40)
-           | (next_counter.fetch_add(1) & ((1ull << 40) - 1));
+    return seq_counter.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  /// Keeps later `next_seq` results above `seen`, a number found in a
+  /// recovered key, so that a new key never overwrites a stored one and a
+  /// grain's inbox keeps its order across handoffs.
+  void observe_seq(uint64_t seen) {
+    auto cur = seq_counter.load(std::memory_order_relaxed);
+    while (cur <= seen
+           && !seq_counter.compare_exchange_weak(cur, seen + 1,
+                                                 std::memory_order_relaxed)) {
+    }
   }
 
   /// Reserves a slot in partition `p`'s mailbox, or returns `overloaded`.

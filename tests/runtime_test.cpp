@@ -448,6 +448,49 @@ TEST_F(runtime_test, corrupt_inbox_record_is_quarantined_at_recovery) {
   EXPECT_EQ(get(*s, "a")->value(), 2);
 }
 
+TEST_F(runtime_test, a_handed_off_inbox_keeps_every_message_and_its_order) {
+  // A partition that arrives from another silo holds inbox entries that
+  // silo numbered; its numbers may be the very ones this silo would pick
+  // next. A new entry must neither overwrite one nor sort before it.
+  cfg.max_attempts = 100;
+  cfg.retry_initial = 20ms;
+  cfg.retry_max = 20ms;
+  auto id = pid("a");
+  auto first = uint64_t{1} << 40; // What a fresh silo's first number is.
+  Flaky f;
+  f.set_delta(1);
+  mem->poke(column::inbox, seq_key(id, first),
+            envelope("old-0", pid("x"), id, f).SerializeAsString());
+  constexpr int old_ones = 40;
+  for (int i = 1; i <= old_ones; ++i)
+    mem->poke(column::inbox, seq_key(id, first + i),
+              envelope("old-" + std::to_string(i), pid("x"), id, add(1))
+                  .SerializeAsString());
+  flaky_fails = true;
+  auto s = start();
+  // The first entry fails, so the grain stays blocked and what arrives now
+  // is stored behind the recovered entries.
+  constexpr int new_ones = 10;
+  for (int i = 0; i < new_ones; ++i)
+    ASSERT_FALSE(s->send(id, add(1), "new-" + std::to_string(i)));
+  EXPECT_EQ(mem->count(column::inbox),
+            static_cast<size_t>(1 + old_ones + new_ones));
+  flaky_fails = false;
+  ASSERT_TRUE(eventually([&] {
+    auto v = get(*s, "a");
+    return v && v->value() == 1 + old_ones + new_ones;
+  })) << get(*s, "a")->value();
+  auto v = get(*s, "a");
+  ASSERT_TRUE(v);
+  std::vector<std::string> seen{v->seen().begin(), v->seen().end()};
+  std::vector<std::string> want;
+  for (int i = 1; i <= old_ones; ++i)
+    want.push_back("old-" + std::to_string(i));
+  for (int i = 0; i < new_ones; ++i)
+    want.push_back("new-" + std::to_string(i));
+  EXPECT_EQ(seen, want);
+}
+
 TEST_F(runtime_test, undecodable_payload_in_inbox_is_dead_lettered) {
   auto id = pid("a");
   wire::Envelope env;
@@ -556,14 +599,19 @@ TEST_F(runtime_test, offline_requeue_is_picked_up_by_the_next_start) {
   ASSERT_TRUE(listed && listed->size() == 1);
   EXPECT_EQ(code_of(requeue_dead_letter_offline(*mem, pid("a"), "nope")),
             errc::not_found);
+  // An entry already waiting, numbered as the requeue's own would be
+  // (the next incarnation's first number): the requeue goes behind it.
+  mem->poke(
+      column::inbox, seq_key(pid("a"), uint64_t{2} << 40),
+      envelope("waiting", pid("x"), pid("a"), add(5)).SerializeAsString());
   ASSERT_FALSE(requeue_dead_letter_offline(*mem, pid("a"), "p-1"));
-  EXPECT_EQ(mem->count(column::inbox), 1u);
+  EXPECT_EQ(mem->count(column::inbox), 2u);
   EXPECT_EQ(mem->count(column::dead_letters), 0u);
   flaky_fails = false;
   s = start();
   EXPECT_TRUE(eventually([&] {
     auto v = get(*s, "a");
-    return v && v->value() == 7;
+    return v && v->value() == 12;
   }));
   EXPECT_TRUE(eventually([&] { return mem->count(column::inbox) == 0; }));
 }
