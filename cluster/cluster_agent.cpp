@@ -622,6 +622,17 @@ struct cluster_agent::impl {
     }
   }
 
+  // Partitions still on this silo: served, or on their way out. A
+  // partition in flight is not served, yet it is ours until its new owner
+  // is in the map, so leaving must wait for it too.
+  size_t held() const {
+    size_t n = 0;
+    for (uint32_t p = 0; p < cfg.partitions; ++p)
+      if (serving[p].load() || moving[p].load())
+        ++n;
+    return n;
+  }
+
   // -- handoff: sending -------------------------------------------------------
 
   caf::error await_ack(uint64_t id, uint64_t seq) {
@@ -764,6 +775,8 @@ struct cluster_agent::impl {
         say(log_level::error,
             "partition " + std::to_string(p)
                 + " cannot be served again: " + describe(err));
+      else
+        serving[p] = true;
     }
     router.set_route(p, route{cfg.self, epoch, true, {}});
     moving[p] = false;
@@ -1242,11 +1255,11 @@ caf::error cluster_agent::leave(std::chrono::milliseconds limit) {
                            return r.status == silo_status::active
                                   && r.silo_id != d.cfg.self.silo_id;
                          });
-    if (!others || served().empty())
+    if (!others || d.held() == 0)
       break;
     std::this_thread::sleep_for(100ms);
   }
-  auto left_behind = served().size();
+  auto left_behind = d.held();
   {
     std::lock_guard guard{d.mtx};
     d.left = true;

@@ -298,16 +298,10 @@ caf::error rocksdb_storage::scan(column col, std::string_view prefix,
 
 caf::expected<std::vector<partition_file>>
 rocksdb_storage::export_partition(uint32_t p, const std::string& dir) {
-  if (p > keys::max_partition)
-    return keys::invalid_partition(p);
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec))
-    return make_error(errc::invalid_argument,
-                      "export directory '" + dir + "' is not a directory");
-  auto abs_dir = std::filesystem::absolute(dir, ec);
-  if (ec)
-    return make_error(errc::invalid_argument,
-                      "export directory '" + dir + "': " + ec.message());
+  auto checked = export_directory(p, dir);
+  if (!checked)
+    return std::move(checked.error());
+  std::filesystem::path abs_dir{*checked};
   std::vector<partition_file> result;
   // Removes what this call wrote so far: half an export is of no use.
   auto fail = [&](caf::error err, const std::string& partial) {

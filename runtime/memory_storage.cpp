@@ -203,16 +203,10 @@ std::optional<uint64_t> memory_storage::free_bytes() {
 
 caf::expected<std::vector<partition_file>>
 memory_storage::export_partition(uint32_t p, const std::string& dir) {
-  if (p > keys::max_partition)
-    return keys::invalid_partition(p);
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec))
-    return make_error(errc::invalid_argument,
-                      "export directory '" + dir + "' is not a directory");
-  auto abs_dir = std::filesystem::absolute(dir, ec);
-  if (ec)
-    return make_error(errc::invalid_argument,
-                      "export directory '" + dir + "': " + ec.message());
+  auto checked = export_directory(p, dir);
+  if (!checked)
+    return std::move(checked.error());
+  std::filesystem::path abs_dir{*checked};
   auto range = keys::range_of(p);
   // Copy out under the lock, write without it.
   std::vector<std::pair<column, record_list>> columns;

@@ -101,6 +101,11 @@ struct partition_file {
   uint64_t records = 0;
 };
 
+/// Checks the arguments of `storage::export_partition`: `p` must be a
+/// valid partition and `dir` an existing directory. Returns `dir` made
+/// absolute.
+caf::expected<std::string> export_directory(uint32_t p, const std::string& dir);
+
 /// Visitor for `storage::scan`; returns false to stop early.
 using scan_visitor
     = std::function<bool(std::string_view key, std::string_view value)>;
