@@ -430,6 +430,16 @@ void partition::on_ack(ack_msg& m) {
     return; // Duplicate acknowledgement.
   auto now = core_.clk->now_ms();
   if (m.err) {
+    // A message that keeps being refused is worth a line now and then
+    // (attempt 16, 32, 64, ...): it is waiting, not lost.
+    auto n = i->second.attempts;
+    if (n >= 16 && (n & (n - 1)) == 0)
+      log(log_level::warning,
+          "message " + i->second.env->msg_id() + " from "
+              + to_string(i->second.sender) + " to partition "
+              + std::to_string(i->second.target_partition)
+              + " is still undelivered after " + std::to_string(n)
+              + " attempts: " + describe(m.err));
     i->second.next_attempt_ms = now + std::max<int64_t>(m.retry_after_ms, 5);
     arm(i->second.next_attempt_ms);
     return;
@@ -1022,12 +1032,12 @@ void partition::put_outbox(const grain_id& sender, uint32_t to,
     if (i == outbox_.end())
       return;
     i->second.durable = true;
-    // A remote delivery waits for durability: the first one, or a retry
-    // that came due before (a local attempt refused by a partition that
-    // was being handed off to another silo).
-    if (core_.remote_owner(i->second.target_partition)
-        && (i->second.attempts == 0
-            || i->second.next_attempt_ms <= core_.clk->now_ms()))
+    // What waited for durability goes now: a message never sent (its
+    // target was remote at submission, and may be local by now, handed to
+    // this silo meanwhile), or a retry that came due before (a local
+    // attempt refused by a partition that was moving to another silo).
+    if (i->second.attempts == 0
+        || i->second.next_attempt_ms <= core_.clk->now_ms())
       deliver(key, i->second);
   });
 }

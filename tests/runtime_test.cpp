@@ -11,6 +11,7 @@
 #include "granary.pb.h"
 #include "runtime/commit_loop.hpp"
 #include "runtime/keys.hpp"
+#include "runtime/remote.hpp"
 #include "test_grains.hpp"
 
 using namespace granary;
@@ -489,6 +490,66 @@ TEST_F(runtime_test, a_handed_off_inbox_keeps_every_message_and_its_order) {
   for (int i = 0; i < new_ones; ++i)
     want.push_back("new-" + std::to_string(i));
   EXPECT_EQ(seen, want);
+}
+
+namespace {
+
+// Says partition `moving` lives on another silo until `arrived` is set,
+// and never answers what it is given for it (that silo is gone).
+class moving_router : public remote_router {
+public:
+  explicit moving_router(uint32_t p)
+      : moving(p) {}
+
+  bool owns(uint32_t p) const override {
+    return p != moving || arrived.load();
+  }
+
+  void deliver(uint32_t, std::shared_ptr<const wire::Envelope>,
+               ack_fn) override {}
+
+  void call(uint32_t p, const grain_id&, message_ptr, std::chrono::milliseconds,
+            reply_fn reply) override {
+    reply(make_error(errc::partition_unavailable,
+                     "partition " + std::to_string(p) + " is elsewhere"));
+  }
+
+  uint32_t moving;
+  std::atomic<bool> arrived{false};
+};
+
+} // namespace
+
+TEST_F(runtime_test, a_message_to_a_partition_that_arrives_mid_commit_goes) {
+  // The target's partition is handed to this silo while the commit that
+  // stores the message is still on its way to disk: the message is then
+  // delivered here once that commit is durable.
+  auto src = pid("src");
+  std::string dst_key = "dst";
+  for (int i = 0; partition_of(pid(dst_key), cfg.partitions)
+                  == partition_of(src, cfg.partitions);
+       ++i)
+    dst_key = "dst-" + std::to_string(i);
+  moving_router router{partition_of(pid(dst_key), cfg.partitions)};
+  cfg.router = &router;
+  auto s = start();
+  mem->set_commit_delay(300ms);
+  Forward f;
+  f.set_to(dst_key);
+  f.set_delta(3);
+  std::thread arrive{[&] {
+    std::this_thread::sleep_for(100ms);
+    ASSERT_FALSE(s->acquire_partition(router.moving));
+    router.arrived = true;
+  }};
+  ASSERT_FALSE(s->send(src, f));
+  arrive.join();
+  mem->set_commit_delay(0ms);
+  EXPECT_TRUE(eventually([&] {
+    auto v = get(*s, dst_key);
+    return v && v->value() == 3;
+  }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
 }
 
 TEST_F(runtime_test, undecodable_payload_in_inbox_is_dead_lettered) {
