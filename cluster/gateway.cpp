@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -640,7 +641,7 @@ private:
       if (op == "result")
         return result(id, rq);
       if (op == "history")
-        return history(id, rq.target);
+        return history(id, rq);
       if (op == "start")
         return start(id, rq.body);
       if (op == "signal")
@@ -670,13 +671,16 @@ private:
         if (auto r = only(requeue ? http::verb::post : http::verb::delete_))
           return *r;
         grain_id id{seg[2], seg[3]};
-        auto err = requeue ? silo_.requeue_dead_letter(id, seg[4])
-                           : silo_.drop_dead_letter(id, seg[4]);
-        if (err)
-          return error_reply(err);
-        return json_reply(
-            200, std::string{"{\""} + (requeue ? "requeued" : "dropped")
-                     + "\":true,\"msg_id\":" + json_quote(seg[4]) + "}");
+        // A dead letter lives with its grain, in the owner's storage.
+        return at_owner(id, rq, requeue ? "POST" : "DELETE", [&] {
+          auto err = requeue ? silo_.requeue_dead_letter(id, seg[4])
+                             : silo_.drop_dead_letter(id, seg[4]);
+          if (err)
+            return error_reply(err);
+          return json_reply(
+              200, std::string{"{\""} + (requeue ? "requeued" : "dropped")
+                       + "\":true,\"msg_id\":" + json_quote(seg[4]) + "}");
+        });
       }
       return not_found(rq.path);
     }
@@ -1011,13 +1015,14 @@ private:
     return cfg_.remote_gateway ? cfg_.remote_gateway(p) : std::string{};
   }
 
-  // Relays a GET of `target` to the gateway at `address`.
-  reply forward(const std::string& address, const std::string& target) {
+  // Relays a request for `target` to the gateway at `address`.
+  reply forward(const std::string& address, const std::string& target,
+                std::string_view method = "GET") {
     auto ep = parse_endpoint(address);
     if (!ep)
       return error_reply(ep.error());
     gateway_client peer{*ep, cfg_.call_timeout};
-    auto res = peer.request("GET", target);
+    auto res = peer.request(method, target);
     if (!res)
       return error_reply(503, errc::partition_unavailable,
                          "the owning silo's gateway at " + address
@@ -1025,11 +1030,44 @@ private:
     return reply{res->status, std::move(res->body), res->retry_after_s * 1'000};
   }
 
-  reply history(const grain_id& id, const std::string& target) {
+  // Serves a request about grain `id` with `here` when this silo owns the
+  // grain's partition, or relays it once to the owner's gateway. A relayed
+  // request carries `local=1` and is never relayed again, so silos whose
+  // views of the map disagree during a handoff cannot pass it around; the
+  // first gateway tries again on `not_owner` until `call_timeout`, while
+  // the views converge.
+  template <class Here>
+  reply at_owner(const grain_id& id, const request_view& rq,
+                 std::string_view method, Here here) {
+    auto p = partition_of(id, silo_.partitions());
+    bool relayed = rq.query.count("local") > 0;
+    auto target = rq.target
+                  + (rq.target.find('?') == std::string::npos ? "?" : "&")
+                  + "local=1";
+    auto deadline = steady::now() + cfg_.call_timeout;
+    constexpr milliseconds step{50};
+    // Bounded by the deadline.
+    for (;;) {
+      auto gw = remote_gateway(p);
+      auto r
+          = gw.empty() ? here()
+            : relayed  ? error_reply(make_error(
+                   errc::not_owner, "partition " + std::to_string(p)
+                                        + " is not served by this silo; retry"))
+                       : forward(gw, target, method);
+      if (relayed || r.status != 503
+          || r.body.find("\"not_owner\"") == std::string::npos
+          || steady::now() + step > deadline || !pause(step))
+        return r;
+    }
+  }
+
+  reply history(const grain_id& id, const request_view& rq) {
     // The journal is read from the owner's storage.
-    if (auto gw = remote_gateway(partition_of(id, silo_.partitions()));
-        !gw.empty())
-      return forward(gw, target);
+    return at_owner(id, rq, "GET", [&] { return local_history(id); });
+  }
+
+  reply local_history(const grain_id& id) {
     auto raw = silo_.read_state(id);
     if (!raw)
       return error_reply(raw.error());
@@ -1241,6 +1279,23 @@ private:
                  + ",\"message\":" + message_json(**res) + "}");
   }
 
+  static std::string dead_letter_json(const std::string& type,
+                                      const std::string& key,
+                                      const std::string& msg_id,
+                                      const std::string& payload_type,
+                                      uint64_t attempts, int64_t dead_ms,
+                                      const std::string& error) {
+    return "{\"type\":" + json_quote(type) + ",\"key\":" + json_quote(key)
+           + ",\"msg_id\":" + json_quote(msg_id)
+           + ",\"payload_type\":" + json_quote(payload_type)
+           + ",\"attempts\":" + std::to_string(attempts) + ",\"dead_ms\":"
+           + std::to_string(dead_ms) + ",\"error\":" + json_quote(error) + "}";
+  }
+
+  // This silo's dead letters, then those of every other silo that owns a
+  // partition (each dead letter lives in its grain's partition), up to
+  // `limit`. A silo whose gateway does not answer is named in
+  // `unreachable`, so that a partial list is never mistaken for all.
   reply dead_letters(const request_view& rq) {
     auto limit = limit_of(rq);
     if (!limit)
@@ -1248,21 +1303,55 @@ private:
     auto letters = silo_.dead_letters(*limit);
     if (!letters)
       return error_reply(letters.error());
-    std::string out = "{\"dead_letters\":[";
-    for (size_t i = 0; i < letters->size(); ++i) {
-      auto& dl = (*letters)[i];
-      out += (i == 0 ? "" : ",");
-      out += "{\"type\":" + json_quote(dl.target.type)
-             + ",\"key\":" + json_quote(dl.target.key)
-             + ",\"msg_id\":" + json_quote(dl.msg_id)
-             + ",\"payload_type\":" + json_quote(dl.payload_type)
-             + ",\"attempts\":" + std::to_string(dl.attempts)
-             + ",\"dead_ms\":" + std::to_string(dl.dead_ms)
-             + ",\"error\":" + json_quote(dl.error) + "}";
+    std::string items;
+    size_t found = 0;
+    for (auto& dl : *letters) {
+      items += (found++ == 0 ? "" : ",");
+      items += dead_letter_json(dl.target.type, dl.target.key, dl.msg_id,
+                                dl.payload_type, dl.attempts, dl.dead_ms,
+                                dl.error);
     }
-    out += "],\"limit_reached\":";
-    out += letters->size() == *limit ? "true}" : "false}";
-    return json_reply(200, std::move(out));
+    std::string unreachable;
+    if (rq.query.count("local") == 0) {
+      std::set<std::string> others;
+      for (uint32_t p = 0; p < silo_.partitions(); ++p)
+        if (auto gw = remote_gateway(p); !gw.empty())
+          others.insert(std::move(gw));
+      for (auto& gw : others) {
+        if (found >= *limit)
+          break;
+        auto r = forward(gw, "/v1/dead-letters?local=1&limit="
+                                 + std::to_string(*limit - found));
+        google::protobuf::Struct obj;
+        if (r.status != 200 || !pb::util::JsonStringToMessage(r.body, &obj).ok()
+            || !obj.fields().count("dead_letters")) {
+          unreachable += (unreachable.empty() ? "" : ",") + json_quote(gw);
+          continue;
+        }
+        for (auto& v : obj.fields().at("dead_letters").list_value().values()) {
+          if (found >= *limit)
+            break;
+          auto& f = v.struct_value().fields();
+          auto text = [&](const char* k) {
+            auto i = f.find(k);
+            return i == f.end() ? std::string{} : i->second.string_value();
+          };
+          auto number = [&](const char* k) {
+            auto i = f.find(k);
+            return i == f.end() ? 0.0 : i->second.number_value();
+          };
+          items += (found++ == 0 ? "" : ",");
+          items += dead_letter_json(
+              text("type"), text("key"), text("msg_id"), text("payload_type"),
+              static_cast<uint64_t>(number("attempts")),
+              static_cast<int64_t>(number("dead_ms")), text("error"));
+        }
+      }
+    }
+    return json_reply(200, "{\"dead_letters\":[" + items
+                               + "],\"limit_reached\":"
+                               + (found >= *limit ? "true" : "false")
+                               + ",\"unreachable\":[" + unreachable + "]}");
   }
 
   const gateway_config cfg_;

@@ -88,7 +88,11 @@ struct gateway_stats {
 ///     POST   /v1/dead-letters/{type}/{key}/{msg_id}/requeue
 ///     DELETE /v1/dead-letters/{type}/{key}/{msg_id}
 ///
-/// Path segments are percent-decoded. Every member function is
+/// Path segments are percent-decoded. In a cluster, history, requeue and
+/// drop go to the gateway of the silo that owns the grain's partition; the
+/// workflow list and the dead-letter list gather every silo's (`local=1`
+/// asks for this silo's only). The dead-letter list names the gateways
+/// that did not answer in `unreachable`. Every member function is
 /// thread-safe; the silo must outlive the gateway.
 class gateway {
 public:

@@ -384,7 +384,8 @@ struct temp_dir {
   temp_dir& operator=(const temp_dir&) = delete;
 
   ~temp_dir() {
-    if (path.empty())
+    // GRANARY_KEEP_TEST_DIRS=1 keeps them for a post-mortem.
+    if (path.empty() || std::getenv("GRANARY_KEEP_TEST_DIRS"))
       return;
     std::error_code ec;
     std::filesystem::remove_all(path, ec);

@@ -27,6 +27,7 @@
 #include "child_process.hpp"
 #include "cluster/etcd_test_server.hpp"
 #include "cluster/gateway_client.hpp"
+#include "runtime/grain_id.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
 
 using namespace std::chrono_literals;
@@ -251,6 +252,88 @@ TEST_F(cluster_process_test, a_hung_silo_is_declared_dead_and_stops_itself) {
   }
 }
 
+TEST_F(cluster_process_test, dead_letters_are_handled_through_any_gateway) {
+  write_configs();
+  start_api();
+  for (int i = 0; i < silos; ++i)
+    start_silo(i);
+  ASSERT_TRUE(eventually(
+      [&] {
+        return status_seen_by(0, "silo-1") == "active"
+               && status_seen_by(0, "silo-2") == "active";
+      },
+      20s));
+  // One grain per partition. A message its grain has no handler for
+  // becomes a dead letter where the grain lives when it comes from another
+  // silo (a local client is told at once instead, and nothing is stored).
+  std::map<uint32_t, std::string> key_of;
+  for (int i = 0; key_of.size() < 12 && i < 10'000; ++i) {
+    auto key = "dl-" + std::to_string(i);
+    key_of.emplace(
+        granary::partition_of(granary::grain_id{"cp.dns_record", key}, 12),
+        key);
+  }
+  ASSERT_EQ(key_of.size(), 12u);
+  std::vector<std::unique_ptr<granary::cluster::gateway_client>> gw;
+  for (int i = 0; i < silos; ++i)
+    gw.push_back(std::make_unique<granary::cluster::gateway_client>(
+        granary::cluster::endpoint{"127.0.0.1", gateway_ports[i]}, 10s));
+  std::set<std::string> dead; // Keys whose message became a dead letter.
+  for (auto& [p, key] : key_of) {
+    auto r = gw[0]->send_grain("cp.dns_record", key, "granary.cp.Reserve",
+                               "{\"tenant\":\"t\",\"capacity\":1}", "m-" + key);
+    if (r)
+      dead.insert(key);
+  }
+  // Silo 0 owns some partitions, the others the rest.
+  ASSERT_GE(dead.size(), 4u);
+  ASSERT_LT(dead.size(), 12u);
+  auto listed_keys = [&](int via) {
+    std::set<std::string> keys;
+    auto r = gw[via]->dead_letters(100);
+    if (!r) {
+      ADD_FAILURE() << granary::describe(r.error());
+      return keys;
+    }
+    EXPECT_TRUE(contains(*r, "\"unreachable\":[]")) << *r;
+    for (size_t at = r->find("\"key\":\""); at != std::string::npos;
+         at = r->find("\"key\":\"", at + 1)) {
+      auto begin = at + 7;
+      keys.insert(r->substr(begin, r->find('"', begin) - begin));
+    }
+    return keys;
+  };
+  // Every gateway lists every silo's dead letters.
+  for (int via = 0; via < silos; ++via)
+    EXPECT_EQ(listed_keys(via), dead) << "through silo-" << via;
+  // Each is dropped through a gateway chosen round-robin, mostly one of a
+  // silo that does not hold it: the request goes to the owner's gateway.
+  int n = 0;
+  for (auto& key : dead) {
+    auto r
+        = gw[n++ % silos]->drop_dead_letter("cp.dns_record", key, "m-" + key);
+    EXPECT_TRUE(r && contains(*r, "\"dropped\":true"))
+        << key << ": " << (r ? *r : granary::describe(r.error()));
+  }
+  // An unknown one is not found, wherever its grain lives.
+  for (auto& [p, key] : key_of) {
+    auto r = gw[1]->requeue_dead_letter("cp.dns_record", key, "no-such-id");
+    EXPECT_FALSE(r);
+    if (!r)
+      EXPECT_EQ(granary::code_of(r.error()), granary::errc::not_found)
+          << granary::describe(r.error());
+  }
+  for (int via = 0; via < silos; ++via)
+    EXPECT_TRUE(listed_keys(via).empty()) << "through silo-" << via;
+  // With one silo down, the list says whose letters are missing.
+  nodes[2]->kill_now();
+  auto r = gw[0]->dead_letters(100);
+  ASSERT_TRUE(r) << granary::describe(r.error());
+  EXPECT_TRUE(contains(*r, "\"unreachable\":[\"127.0.0.1:"
+                               + std::to_string(gateway_ports[2]) + "\"]"))
+      << *r;
+}
+
 void cluster_process_test::run_namespaces(bool kill_one) {
   start_api();
   for (int i = 0; i < silos; ++i)
@@ -301,13 +384,18 @@ void cluster_process_test::run_namespaces(bool kill_one) {
         res += std::string{kind} + ": "
                + (r ? *r : granary::describe(r.error())) + "\n";
       }
+      auto cell = "cell-" + std::to_string(i % 3);
+      auto c = gw.call_grain("cp.cell", cell, "granary.cp.GetCell", "{}");
+      res += cell + ": " + (c ? *c : granary::describe(c.error())) + "\n";
       ADD_FAILURE() << res << name << ": "
                     << (d ? *d : granary::describe(d.error())) << " stage "
                     << (q ? *q : granary::describe(q.error())) << "\n"
                     << (h ? *h : granary::describe(h.error()));
     }
   }
-  ASSERT_EQ(completed(), namespaces) << nodes[0]->log() << nodes[1]->log();
+  ASSERT_EQ(completed(), namespaces) << nodes[0]->log() << "---- silo-1\n"
+                                     << nodes[1]->log() << "---- silo-2\n"
+                                     << nodes[2]->log();
   // The provider's record: every mutation applied once, nothing created
   // twice, exactly the resources of the ready namespaces live.
   fake_cloud::client probe{"127.0.0.1", api_port, 5s};

@@ -436,6 +436,16 @@ int dead_letters_gateway_main(int argc, char** argv) {
     std::printf("%d dead letter(s)%s\n", list.size(),
                 static_cast<size_t>(list.size()) == limit ? " (limit reached)"
                                                           : "");
+  // A silo that did not answer: the list is partial, which is a failure.
+  if (auto u = obj.fields().find("unreachable");
+      u != obj.fields().end() && u->second.list_value().values_size() > 0) {
+    for (auto& gw : u->second.list_value().values())
+      std::fprintf(stderr,
+                   "granary dead-letters: the gateway at %s did not answer; "
+                   "the dead letters of its silo are missing\n",
+                   gw.string_value().c_str());
+    return exit_failed;
+  }
   return exit_ok;
 }
 
