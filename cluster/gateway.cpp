@@ -1279,17 +1279,13 @@ private:
                  + ",\"message\":" + message_json(**res) + "}");
   }
 
-  static std::string dead_letter_json(const std::string& type,
-                                      const std::string& key,
-                                      const std::string& msg_id,
-                                      const std::string& payload_type,
-                                      uint64_t attempts, int64_t dead_ms,
-                                      const std::string& error) {
-    return "{\"type\":" + json_quote(type) + ",\"key\":" + json_quote(key)
-           + ",\"msg_id\":" + json_quote(msg_id)
-           + ",\"payload_type\":" + json_quote(payload_type)
-           + ",\"attempts\":" + std::to_string(attempts) + ",\"dead_ms\":"
-           + std::to_string(dead_ms) + ",\"error\":" + json_quote(error) + "}";
+  static std::string dead_letter_json(const dead_letter_info& dl) {
+    return "{\"type\":" + json_quote(dl.target.type) + ",\"key\":"
+           + json_quote(dl.target.key) + ",\"msg_id\":" + json_quote(dl.msg_id)
+           + ",\"payload_type\":" + json_quote(dl.payload_type)
+           + ",\"attempts\":" + std::to_string(dl.attempts)
+           + ",\"dead_ms\":" + std::to_string(dl.dead_ms)
+           + ",\"error\":" + json_quote(dl.error) + "}";
   }
 
   // This silo's dead letters, then those of every other silo that owns a
@@ -1305,12 +1301,12 @@ private:
       return error_reply(letters.error());
     std::string items;
     size_t found = 0;
-    for (auto& dl : *letters) {
+    auto add = [&](const dead_letter_info& dl) {
       items += (found++ == 0 ? "" : ",");
-      items += dead_letter_json(dl.target.type, dl.target.key, dl.msg_id,
-                                dl.payload_type, dl.attempts, dl.dead_ms,
-                                dl.error);
-    }
+      items += dead_letter_json(dl);
+    };
+    for (auto& dl : *letters)
+      add(dl);
     std::string unreachable;
     if (rq.query.count("local") == 0) {
       std::set<std::string> others;
@@ -1322,29 +1318,18 @@ private:
           break;
         auto r = forward(gw, "/v1/dead-letters?local=1&limit="
                                  + std::to_string(*limit - found));
-        google::protobuf::Struct obj;
-        if (r.status != 200 || !pb::util::JsonStringToMessage(r.body, &obj).ok()
-            || !obj.fields().count("dead_letters")) {
+        auto page = r.status == 200
+                        ? parse_dead_letters(r.body)
+                        : caf::expected<dead_letter_page>{
+                            make_error(errc::partition_unavailable, "")};
+        if (!page) {
           unreachable += (unreachable.empty() ? "" : ",") + json_quote(gw);
           continue;
         }
-        for (auto& v : obj.fields().at("dead_letters").list_value().values()) {
+        for (auto& dl : page->letters) {
           if (found >= *limit)
             break;
-          auto& f = v.struct_value().fields();
-          auto text = [&](const char* k) {
-            auto i = f.find(k);
-            return i == f.end() ? std::string{} : i->second.string_value();
-          };
-          auto number = [&](const char* k) {
-            auto i = f.find(k);
-            return i == f.end() ? 0.0 : i->second.number_value();
-          };
-          items += (found++ == 0 ? "" : ",");
-          items += dead_letter_json(
-              text("type"), text("key"), text("msg_id"), text("payload_type"),
-              static_cast<uint64_t>(number("attempts")),
-              static_cast<int64_t>(number("dead_ms")), text("error"));
+          add(dl);
         }
       }
     }

@@ -336,4 +336,38 @@ gateway_client::drop_dead_letter(const std::string& type,
   return exchange("DELETE", "/v1/dead-letters" + path({type, key, msg_id}));
 }
 
+caf::expected<dead_letter_page> parse_dead_letters(const std::string& json) {
+  google::protobuf::Struct obj;
+  if (!google::protobuf::util::JsonStringToMessage(json, &obj).ok()
+      || !obj.fields().count("dead_letters"))
+    return make_error(errc::malformed_message,
+                      "the gateway's answer is not a dead-letter list");
+  dead_letter_page out;
+  for (auto& v : obj.fields().at("dead_letters").list_value().values()) {
+    auto& f = v.struct_value().fields();
+    auto text = [&](const char* k) {
+      auto i = f.find(k);
+      return i == f.end() ? std::string{} : i->second.string_value();
+    };
+    auto number = [&](const char* k) {
+      auto i = f.find(k);
+      return i == f.end() ? 0.0 : i->second.number_value();
+    };
+    dead_letter_info dl;
+    dl.target = grain_id{text("type"), text("key")};
+    dl.msg_id = text("msg_id");
+    dl.payload_type = text("payload_type");
+    dl.error = text("error");
+    dl.attempts = static_cast<uint32_t>(number("attempts"));
+    dl.dead_ms = static_cast<int64_t>(number("dead_ms"));
+    out.letters.push_back(std::move(dl));
+  }
+  if (auto i = obj.fields().find("limit_reached"); i != obj.fields().end())
+    out.limit_reached = i->second.bool_value();
+  if (auto i = obj.fields().find("unreachable"); i != obj.fields().end())
+    for (auto& gw : i->second.list_value().values())
+      out.unreachable.push_back(gw.string_value());
+  return out;
+}
+
 } // namespace granary::cluster

@@ -6,11 +6,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 
 #include "cluster/transport.hpp"
+#include "runtime/admin.hpp"
 
 namespace granary::cluster {
 
@@ -27,6 +29,19 @@ struct http_response {
 /// timeout. Methods return the response's JSON body, or the gateway's
 /// error as a `caf::error` with its `errc` and message; a network failure
 /// is `unspecified` (cannot connect) or `timeout`. Not thread-safe.
+/// A dead-letter list as `GET /v1/dead-letters` answers it.
+struct dead_letter_page {
+  std::vector<dead_letter_info> letters;
+  /// The list stopped at the requested limit.
+  bool limit_reached = false;
+  /// Gateways that did not answer: their silos' dead letters are missing.
+  std::vector<std::string> unreachable;
+};
+
+/// Decodes the body of a dead-letter list; `malformed_message` when it is
+/// not one.
+caf::expected<dead_letter_page> parse_dead_letters(const std::string& json);
+
 class gateway_client {
 public:
   /// Talks to `server` with a deadline of `timeout` per request.

@@ -331,9 +331,10 @@ TEST_F(cluster_process_test, dead_letters_are_handled_through_any_gateway) {
   for (auto& [p, key] : key_of) {
     auto r = gw[1]->requeue_dead_letter("cp.dns_record", key, "no-such-id");
     EXPECT_FALSE(r);
-    if (!r)
+    if (!r) {
       EXPECT_EQ(granary::code_of(r.error()), granary::errc::not_found)
           << granary::describe(r.error());
+    }
   }
   for (int via = 0; via < silos; ++via)
     EXPECT_TRUE(listed_keys(via).empty()) << "through silo-" << via;

@@ -398,54 +398,37 @@ int dead_letters_gateway_main(int argc, char** argv) {
   auto res = client.dead_letters(limit);
   if (!res)
     return fail(cmd, res.error());
-  google::protobuf::Struct obj;
-  if (!google::protobuf::util::JsonStringToMessage(*res, &obj).ok()
-      || !obj.fields().count("dead_letters"))
-    return fail(cmd, make_error(errc::malformed_message,
-                                "the gateway's answer is not a dead-letter "
-                                "list"));
-  auto& list = obj.fields().at("dead_letters").list_value().values();
-  for (auto& v : list) {
-    auto& f = v.struct_value().fields();
-    auto text = [&](const char* k) {
-      auto i = f.find(k);
-      return i == f.end() ? std::string{} : i->second.string_value();
-    };
-    auto number = [&](const char* k) {
-      auto i = f.find(k);
-      return i == f.end() ? 0.0 : i->second.number_value();
-    };
-    auto attempts = static_cast<unsigned>(number("attempts"));
-    auto dead_at = iso_time(static_cast<int64_t>(number("dead_ms")));
+  auto page = cluster::parse_dead_letters(*res);
+  if (!page)
+    return fail(cmd, page.error());
+  for (auto& dl : page->letters) {
+    auto dead_at = iso_time(dl.dead_ms);
     if (a.flags.count("--json"))
-      std::printf(
-          "{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
-          "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
-          "\"error\":%s}\n",
-          json_quote(text("type")).c_str(), json_quote(text("key")).c_str(),
-          json_quote(text("msg_id")).c_str(),
-          json_quote(text("payload_type")).c_str(), attempts,
-          json_quote(dead_at).c_str(), json_quote(text("error")).c_str());
+      std::printf("{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
+                  "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
+                  "\"error\":%s}\n",
+                  json_quote(dl.target.type).c_str(),
+                  json_quote(dl.target.key).c_str(),
+                  json_quote(dl.msg_id).c_str(),
+                  json_quote(dl.payload_type).c_str(), dl.attempts,
+                  json_quote(dead_at).c_str(), json_quote(dl.error).c_str());
     else
       std::printf("%s/%s  msg %s  %s  attempts %u  at %s\n    %s\n",
-                  text("type").c_str(), text("key").c_str(),
-                  text("msg_id").c_str(), text("payload_type").c_str(),
-                  attempts, dead_at.c_str(), text("error").c_str());
+                  dl.target.type.c_str(), dl.target.key.c_str(),
+                  dl.msg_id.c_str(), dl.payload_type.c_str(), dl.attempts,
+                  dead_at.c_str(), dl.error.c_str());
   }
   if (!a.flags.count("--json"))
-    std::printf("%d dead letter(s)%s\n", list.size(),
-                static_cast<size_t>(list.size()) == limit ? " (limit reached)"
-                                                          : "");
+    std::printf("%zu dead letter(s)%s\n", page->letters.size(),
+                page->letters.size() == limit ? " (limit reached)" : "");
   // A silo that did not answer: the list is partial, which is a failure.
-  if (auto u = obj.fields().find("unreachable");
-      u != obj.fields().end() && u->second.list_value().values_size() > 0) {
-    for (auto& gw : u->second.list_value().values())
-      std::fprintf(stderr,
-                   "granary dead-letters: the gateway at %s did not answer; "
-                   "the dead letters of its silo are missing\n",
-                   gw.string_value().c_str());
+  for (auto& gw : page->unreachable)
+    std::fprintf(stderr,
+                 "granary dead-letters: the gateway at %s did not answer; "
+                 "the dead letters of its silo are missing\n",
+                 gw.c_str());
+  if (!page->unreachable.empty())
     return exit_failed;
-  }
   return exit_ok;
 }
 
