@@ -2,7 +2,6 @@
 
 #include <charconv>
 #include <cstdio>
-#include <ctime>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -10,7 +9,6 @@
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/admin.hpp"
 #include "runtime/error.hpp"
-#include "runtime/json.hpp"
 #include "tools/granary/gateway_cmd.hpp"
 
 namespace granary::cli {
@@ -35,17 +33,6 @@ int usage(const std::string& what) {
   std::fprintf(stderr, "granary dead-letters: %s\n%s", what.c_str(),
                usage_text);
   return exit_usage;
-}
-
-std::string iso_time(int64_t ms) {
-  if (ms <= 0)
-    return "-";
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 int fail(const caf::error& err) {
@@ -108,26 +95,7 @@ int dead_letters_main(int argc, char** argv) {
     auto letters = list_dead_letters(**store, limit);
     if (!letters)
       return fail(letters.error());
-    for (auto& dl : *letters) {
-      if (json)
-        std::printf("{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
-                    "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
-                    "\"error\":%s}\n",
-                    json_quote(dl.target.type).c_str(),
-                    json_quote(dl.target.key).c_str(),
-                    json_quote(dl.msg_id).c_str(),
-                    json_quote(dl.payload_type).c_str(), dl.attempts,
-                    json_quote(iso_time(dl.dead_ms)).c_str(),
-                    json_quote(dl.error).c_str());
-      else
-        std::printf("%s/%s  msg %s  %s  attempts %u  at %s\n    %s\n",
-                    dl.target.type.c_str(), dl.target.key.c_str(),
-                    dl.msg_id.c_str(), dl.payload_type.c_str(), dl.attempts,
-                    iso_time(dl.dead_ms).c_str(), dl.error.c_str());
-    }
-    if (!json)
-      std::printf("%zu dead letter(s)%s\n", letters->size(),
-                  letters->size() == limit ? " (limit reached)" : "");
+    print_dead_letters(*letters, limit, json);
     return exit_ok;
   }
   grain_id target{positional[0], positional[1]};

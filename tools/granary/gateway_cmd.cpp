@@ -401,9 +401,23 @@ int dead_letters_gateway_main(int argc, char** argv) {
   auto page = cluster::parse_dead_letters(*res);
   if (!page)
     return fail(cmd, page.error());
-  for (auto& dl : page->letters) {
+  print_dead_letters(page->letters, limit, a.flags.count("--json") > 0);
+  // A silo that did not answer: the list is partial, which is a failure.
+  for (auto& gw : page->unreachable)
+    std::fprintf(stderr,
+                 "granary dead-letters: the gateway at %s did not answer; "
+                 "the dead letters of its silo are missing\n",
+                 gw.c_str());
+  if (!page->unreachable.empty())
+    return exit_failed;
+  return exit_ok;
+}
+
+void print_dead_letters(const std::vector<dead_letter_info>& letters,
+                        size_t limit, bool json) {
+  for (auto& dl : letters) {
     auto dead_at = iso_time(dl.dead_ms);
-    if (a.flags.count("--json"))
+    if (json)
       std::printf("{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
                   "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
                   "\"error\":%s}\n",
@@ -418,18 +432,9 @@ int dead_letters_gateway_main(int argc, char** argv) {
                   dl.msg_id.c_str(), dl.payload_type.c_str(), dl.attempts,
                   dead_at.c_str(), dl.error.c_str());
   }
-  if (!a.flags.count("--json"))
-    std::printf("%zu dead letter(s)%s\n", page->letters.size(),
-                page->letters.size() == limit ? " (limit reached)" : "");
-  // A silo that did not answer: the list is partial, which is a failure.
-  for (auto& gw : page->unreachable)
-    std::fprintf(stderr,
-                 "granary dead-letters: the gateway at %s did not answer; "
-                 "the dead letters of its silo are missing\n",
-                 gw.c_str());
-  if (!page->unreachable.empty())
-    return exit_failed;
-  return exit_ok;
+  if (!json)
+    std::printf("%zu dead letter(s)%s\n", letters.size(),
+                letters.size() == limit ? " (limit reached)" : "");
 }
 
 int grain_main(int argc, char** argv) {

@@ -1,5 +1,10 @@
 #pragma once
 
+#include <cstddef>
+#include <vector>
+
+#include "runtime/admin.hpp"
+
 namespace granary::cli {
 
 /// `granary workflow SUBCOMMAND --gateway HOST:PORT ...`: starts,
@@ -15,6 +20,12 @@ int grain_main(int argc, char** argv);
 
 /// `granary cluster status --gateway HOST:PORT`.
 int cluster_main(int argc, char** argv);
+
+/// Prints `letters` for `granary dead-letters list`: one JSON object per
+/// line when `json`, else two lines each and a count (noting when `limit`
+/// was reached).
+void print_dead_letters(const std::vector<dead_letter_info>& letters,
+                        size_t limit, bool json);
 
 /// True when `--gateway` is among the arguments.
 bool has_gateway_flag(int argc, char** argv);
