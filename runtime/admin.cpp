@@ -156,7 +156,8 @@ caf::expected<state_page> scan_grain_states(storage& store,
 }
 
 caf::expected<std::optional<std::string>> silo::read_state(const grain_id& id) {
-  if (auto err = core_->check_running())
+  detail::api_guard guard{*core_};
+  if (auto err = guard.error())
     return err;
   return core_->store->get(
       column::state, keys::grain_prefix(partition_of(id, partitions()), id));
@@ -165,7 +166,8 @@ caf::expected<std::optional<std::string>> silo::read_state(const grain_id& id) {
 caf::expected<state_page> silo::scan_states(std::string_view type,
                                             std::string_view cursor,
                                             size_t limit) {
-  if (auto err = core_->check_running())
+  detail::api_guard guard{*core_};
+  if (auto err = guard.error())
     return err;
   return scan_grain_states(*core_->store, type, cursor, limit);
 }

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "granary.pb.h"
+#include "runtime/assert.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/partition.hpp"
@@ -163,6 +164,19 @@ caf::error silo_core::check_space() {
   return caf::none;
 }
 
+api_guard::api_guard(silo_core& c)
+    : c_(c) {
+  // Sequentially consistent, like `stop`'s write of `stopping` and its read
+  // of `callers`: either `stop` sees this caller, or this caller sees the
+  // stop.
+  c_.callers.fetch_add(1);
+  err_ = c_.check_running();
+}
+
+api_guard::~api_guard() {
+  c_.callers.fetch_sub(1);
+}
+
 caf::error silo_core::check_running() const {
   if (commits && commits->failed())
     return make_error(errc::storage_failure,
@@ -303,6 +317,13 @@ caf::error silo::stop() {
                     caf::after(std::chrono::seconds{30}) >> [] {});
   }
   caf::logger::set_current_actor_system(nullptr); // See silo::start.
+  // A caller admitted before the stop may still be about to enqueue into a
+  // partition; none holds its guard for long (the blocking ones are bounded
+  // by their own timeouts), so this wait is bounded too.
+  for (int i = 0; c.callers.load() > 0 && i < 120'000; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds{1});
+  GRANARY_ASSERT(c.callers.load() == 0,
+                 "a client API call outlived the silo's stop by 120 s");
   c.commits->stop();
   for (auto& p : c.partitions)
     caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
@@ -323,7 +344,8 @@ caf::error ask_partition(silo_core& c, uint32_t p, Atom what,
   if (p >= c.partitions.size())
     return make_error(errc::invalid_argument,
                       "partition " + std::to_string(p) + " does not exist");
-  if (auto err = c.check_running())
+  api_guard guard{c};
+  if (auto err = guard.error())
     return err;
   caf::error result;
   {
@@ -357,7 +379,8 @@ storage& silo::store() {
 
 void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
   auto& c = *core_;
-  if (auto err = c.check_running())
+  api_guard guard{c};
+  if (auto err = guard.error())
     return reply(std::move(err));
   if (!msg)
     return reply(make_error(errc::invalid_argument, "call: null message"));
@@ -376,7 +399,8 @@ void silo::call_async(grain_id target, message_ptr msg, reply_handler reply) {
 void silo::deliver_remote(std::shared_ptr<wire::Envelope> env, bool fresh,
                           send_handler done) {
   auto& c = *core_;
-  if (auto err = c.check_running())
+  api_guard guard{c};
+  if (auto err = guard.error())
     return done(err);
   grain_id target{env->target().type(), env->target().key()};
   if (target.type.empty())
@@ -461,7 +485,8 @@ caf::expected<message_ptr> silo::call(grain_id target, message_ptr msg,
 void silo::send_async(grain_id target, const google::protobuf::Message& msg,
                       std::string msg_id, send_handler done) {
   auto& c = *core_;
-  if (auto err = c.check_running())
+  api_guard guard{c};
+  if (auto err = guard.error())
     return done(err);
   if (target.type.empty())
     return done(make_error(errc::invalid_argument, "send: empty grain type"));
@@ -516,7 +541,8 @@ caf::error silo::send(grain_id target, const google::protobuf::Message& msg,
 }
 
 caf::expected<std::vector<dead_letter_info>> silo::dead_letters(size_t limit) {
-  if (auto err = core_->check_running())
+  api_guard guard{*core_};
+  if (auto err = guard.error())
     return err;
   return list_dead_letters(*core_->store, limit);
 }
@@ -525,16 +551,20 @@ namespace {
 
 caf::error run_admin(silo_core& c, const grain_id& target,
                      const std::string& msg_id, bool requeue) {
-  if (auto err = c.check_running())
-    return err;
   auto w = std::make_shared<waiter<caf::error>>();
   auto fut = w->promise.get_future();
-  auto p = partition_of(target, c.cfg.partitions);
-  caf::anon_send(
-      c.partitions[p], admin_msg{[w, target, msg_id, requeue](partition& self) {
-        self.admin_dead_letter(target, msg_id, requeue,
-                               [w](const caf::error& err) { w->set(err); });
-      }});
+  {
+    api_guard guard{c};
+    if (auto err = guard.error())
+      return err;
+    auto p = partition_of(target, c.cfg.partitions);
+    caf::anon_send(c.partitions[p],
+                   admin_msg{[w, target, msg_id, requeue](partition& self) {
+                     self.admin_dead_letter(
+                       target, msg_id, requeue,
+                       [w](const caf::error& err) { w->set(err); });
+                   }});
+  }
   if (fut.wait_for(std::chrono::seconds{30}) != std::future_status::ready)
     return make_error(errc::timeout, "dead-letter operation timed out");
   return fut.get();

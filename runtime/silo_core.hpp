@@ -64,6 +64,9 @@ struct silo_core {
   std::atomic<uint64_t> next_counter{0};
   std::atomic<uint64_t> seq_counter{0};
   std::atomic<bool> stopping{false};
+  // Callers inside the client API (see `api_guard` in silo.cpp): `stop`
+  // tears the partitions and the actor system down only once none is left.
+  std::atomic<int64_t> callers{0};
   // Set when the silo is part of a cluster; null: every partition is local.
   std::atomic<remote_router*> router{nullptr};
 
@@ -113,6 +116,27 @@ struct silo_core {
 
   /// Returns the reason the silo no longer accepts work, if any.
   caf::error check_running() const;
+};
+
+/// Admits one call of the silo's client API: while the guard lives, `stop`
+/// keeps the partitions, the actor system and the storage; a guard made
+/// once the stop began carries the reason in `error()`.
+class api_guard {
+public:
+  explicit api_guard(silo_core& c);
+  ~api_guard();
+
+  api_guard(const api_guard&) = delete;
+  api_guard& operator=(const api_guard&) = delete;
+
+  /// Why the call must not go on (the silo stopped or failed), if so.
+  const caf::error& error() const {
+    return err_;
+  }
+
+private:
+  silo_core& c_;
+  caf::error err_;
 };
 
 } // namespace granary::detail

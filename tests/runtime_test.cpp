@@ -955,3 +955,44 @@ TEST(commit_loop_test, a_group_writes_only_the_last_operation_per_key) {
   EXPECT_EQ(store.get(column::state, "s")->value_or(""), "v2");
   EXPECT_EQ(store.get(column::timers, "t")->value_or(""), "armed");
 }
+
+TEST_F(runtime_test, client_calls_racing_a_stop_are_served_or_refused) {
+  // Threads keep calling into the silo while it stops. Every call is
+  // served or refused; none may reach a partition that the stop already
+  // tore down (with _GLIBCXX_ASSERTIONS, as in the sanitizer build, an
+  // index into the emptied partition table aborts).
+  for (int round = 0; round < 10; ++round) {
+    auto s = start();
+    ASSERT_TRUE(s);
+    std::atomic<bool> go{true};
+    std::atomic<uint64_t> issued{0};
+    std::atomic<uint64_t> answered{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 2; ++t)
+      callers.emplace_back([&, t] {
+        // Bounded: stops when the main thread says so, at most 10^6 rounds.
+        for (int i = 0; go.load() && i < 1'000'000; ++i) {
+          auto env = std::make_shared<wire::Envelope>(
+              envelope("m-" + std::to_string(t) + "-" + std::to_string(i),
+                       pid("a"), pid("k" + std::to_string(i % 16)), Get{}));
+          issued += 2;
+          s->deliver_remote(env, true, [&](const caf::error&) { ++answered; });
+          s->call_async(pid("k" + std::to_string(i % 16)),
+                        std::make_shared<Get>(),
+                        [&](caf::expected<message_ptr>) { ++answered; });
+        }
+      });
+    ASSERT_TRUE(eventually([&] { return answered.load() > 200; }));
+    EXPECT_FALSE(s->stop());
+    go = false;
+    for (auto& t : callers)
+      t.join();
+    EXPECT_LE(answered.load(), issued.load());
+    // After the stop, calls are refused at once.
+    caf::error late;
+    s->deliver_remote(std::make_shared<wire::Envelope>(
+                          envelope("late", pid("a"), pid("k"), Get{})),
+                      true, [&](const caf::error& err) { late = err; });
+    EXPECT_EQ(code_of(late), errc::silo_stopped);
+  }
+}
