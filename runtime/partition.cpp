@@ -8,6 +8,7 @@
 #include <caf/send.hpp>
 #include <google/protobuf/message.h>
 
+#include "runtime/assert.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 
@@ -88,20 +89,21 @@ caf::behavior partition::make_behavior() {
       },
       [this](release_atom) {
         auto rp = make_response_promise();
-        if (!serving_ || stopping_) {
+        if (!serving_ || (stopping_ && !releasing_)) {
           rp.deliver(true);
           return rp;
         }
         stopping_ = true;
         releasing_ = true;
         flush();
-        stop_promises_.push_back(rp);
+        release_promises_.push_back(rp);
         finish_stop();
         return rp;
       },
       [this](stop_atom) {
         auto rp = make_response_promise();
         stopping_ = true;
+        shutting_down_ = true;
         flush();
         stop_promises_.push_back(rp);
         finish_stop();
@@ -320,8 +322,12 @@ void partition::on_deliver(deliver_msg& m) {
     ack_sender(item, not_served(), 50);
     return;
   }
-  if (failed_ || stopping_)
-    return; // The sender redelivers after its timeout or restart.
+  if (failed_ && !stopping_) {
+    ack_sender(item, failure_, 1'000);
+    return;
+  }
+  if (stopping_)
+    return; // The silo stops; the sender redelivers after its restart.
   int64_t retry_ms = 10;
   if (auto err = core_.check_space()) {
     ack_sender(item, err, 1'000);
@@ -344,6 +350,7 @@ void partition::on_deliver(deliver_msg& m) {
     auto stored = core_.store->get(column::outbox, env->ack_key());
     if (!stored) {
       fail_stop(stored.error());
+      ack_sender(item, failure_, 1'000);
       return;
     }
     if (!*stored) {
@@ -418,13 +425,28 @@ void partition::ack_sender(work_item& item, caf::error err,
   // Same commit as the processing (or storing) of the message: after a
   // crash, either both happened or the sender redelivers.
   batch_.erase(column::outbox, ack.outbox_key);
-  defer([to, ack = std::move(ack)](const caf::error& err) {
-    if (!err)
-      caf::anon_send(to, ack);
+  defer([to, ack = std::move(ack)](const caf::error& err) mutable {
+    // A failed commit still answers, so that the sender's count of
+    // unanswered deliveries stays exact; it keeps its entry.
+    if (err) {
+      ack.err = err;
+      ack.retry_after_ms = 1'000;
+    }
+    caf::anon_send(to, std::move(ack));
   });
 }
 
 void partition::on_ack(ack_msg& m) {
+  if (!m.remote) {
+    // After a release reset the count, no answer can be left (the release
+    // waited for them all) unless the silo is shutting down.
+    GRANARY_ASSERT(unanswered_local_ > 0 || shutting_down_ || !serving_,
+                   "a local delivery was answered twice");
+    if (unanswered_local_ > 0)
+      --unanswered_local_;
+    if (unanswered_local_ == 0 && releasing_)
+      finish_stop();
+  }
   auto i = outbox_.find(m.outbox_key);
   if (i == outbox_.end())
     return; // Duplicate acknowledgement.
@@ -927,8 +949,33 @@ void partition::on_committed(committed_msg& m) {
 void partition::finish_stop() {
   if (!stopping_ || !inflight_.empty() || !batch_.empty())
     return;
-  if (releasing_)
+  // A release also waits until every local receiver answered: until then
+  // a receiver may still process, or commit the processing of, a message
+  // whose entry the export would carry. A failed or stopping silo exports
+  // nothing, so it need not wait.
+  bool drained = unanswered_local_ == 0;
+  if (releasing_ && !drained && !failed_ && !shutting_down_)
+    return;
+  if (releasing_) {
+    auto promises = std::move(release_promises_);
+    release_promises_.clear();
+    caf::error why;
+    if (failed_)
+      why = failure_;
+    else if (!drained)
+      why = make_error(errc::silo_stopped, "the silo stopped during the "
+                                           "release of partition "
+                                               + std::to_string(id_));
     reset_state();
+    if (shutting_down_)
+      stopping_ = true; // The stop that interrupted the release stays.
+    for (auto& rp : promises) {
+      if (why)
+        rp.deliver(why);
+      else
+        rp.deliver(true);
+    }
+  }
   for (auto& rp : stop_promises_)
     rp.deliver(true);
   stop_promises_.clear();
@@ -944,6 +991,9 @@ caf::error partition::not_served() const {
 void partition::reset_state() {
   // Nothing is in flight (checked by the caller): everything here is
   // either durable or a cache of durable records.
+  GRANARY_ASSERT(inflight_.empty() && batch_.empty(),
+                 "a partition was reset with writes in flight");
+  unanswered_local_ = 0;
   catalog_.clear();
   lru_head_ = lru_tail_ = nullptr;
   batch_.clear();
@@ -1006,6 +1056,7 @@ void partition::deliver(const std::string& key, pending_out& out) {
   } else {
     bool fresh = out.attempts == 0;
     ++out.attempts;
+    ++unanswered_local_;
     out.next_attempt_ms = now + core_.cfg.redelivery_timeout.count();
     caf::anon_send(core_.partitions[out.target_partition],
                    deliver_msg{out.env, id_, fresh});

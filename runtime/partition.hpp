@@ -332,7 +332,18 @@ private:
   // activates grains, so no grain runs on two silos.
   bool serving_ = false;
   bool releasing_ = false;
+  // Set by a stop of the silo: a release then no longer waits for other
+  // partitions, which may be stopped already.
+  bool shutting_down_ = false;
+  // Deliveries sent to partitions of this silo and not answered yet. Each
+  // `deliver_msg` gets exactly one `ack_msg` while the silo runs, and a
+  // success is sent only once the receiver's commit, which deletes the
+  // entry here, is durable. A release waits for this to reach zero, so
+  // that an exported outbox never holds an entry that a receiver on this
+  // silo processed, or is about to process, without a dedup record.
+  size_t unanswered_local_ = 0;
   std::vector<caf::response_promise> stop_promises_;
+  std::vector<caf::response_promise> release_promises_;
 };
 
 } // namespace granary

@@ -2,8 +2,14 @@
 // messages, outbox delivery, backpressure, activation lifecycle, timers,
 // poison messages, quarantine and fail-stop.
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <future>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -954,6 +960,260 @@ TEST(commit_loop_test, a_group_writes_only_the_last_operation_per_key) {
   EXPECT_EQ(store.count(column::outbox), 0u);
   EXPECT_EQ(store.get(column::state, "s")->value_or(""), "v2");
   EXPECT_EQ(store.get(column::timers, "t")->value_or(""), "armed");
+}
+
+// -- a sender's partition handed off while its message is in flight ----------
+
+namespace {
+
+/// Released by the test: a `latch` grain's `Get` blocks its partition's
+/// thread until then, so that messages queue behind it.
+std::promise<void>* latch_open = nullptr;
+std::shared_future<void> latch_wait;
+
+class latch : public grain<latch, ProbeState> {
+public:
+  static constexpr std::string_view type_name = "test.latch";
+
+  static void define(handlers<latch>& h) {
+    h.on(&latch::hold);
+  }
+
+  caf::expected<Value> hold(turn&, const Get&) {
+    // Bounded, so that a broken test fails instead of hanging.
+    latch_wait.wait_for(std::chrono::seconds{30});
+    return Value{};
+  }
+};
+
+/// Storage whose commits touching partition `p` wait while the gate is
+/// closed: a receiver's commit that lands later than its sender's.
+class gated_storage : public shared_memory_storage {
+public:
+  gated_storage(std::shared_ptr<memory_storage> impl, uint32_t p)
+      : shared_memory_storage(std::move(impl))
+      , prefix_(keys::partition_prefix(p)) {}
+
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    std::unique_lock guard{mtx_};
+    auto touches = [&] {
+      for (auto* b : batches)
+        for (auto& op : b->ops())
+          if (op.key.starts_with(prefix_))
+            return true;
+      return false;
+    };
+    if (closed_ && touches()) {
+      ++held_;
+      // Bounded, so that a broken test fails instead of hanging.
+      cv_.wait_for(guard, std::chrono::seconds{30}, [&] { return !closed_; });
+    }
+    guard.unlock();
+    return shared_memory_storage::commit(batches);
+  }
+
+  void close() {
+    std::lock_guard guard{mtx_};
+    closed_ = true;
+  }
+
+  void open() {
+    {
+      std::lock_guard guard{mtx_};
+      closed_ = false;
+    }
+    cv_.notify_all();
+  }
+
+  size_t held() const {
+    std::lock_guard guard{mtx_};
+    return held_;
+  }
+
+private:
+  std::string prefix_;
+  mutable std::mutex mtx_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+  size_t held_ = 0;
+};
+
+/// Routes of a partition `moved` handed from silo A to silo B. A owns
+/// everything until the partition left; B owns only `moved`, once it
+/// arrived, and delivers everything else to A as another silo would.
+class handoff_router : public remote_router {
+public:
+  handoff_router(uint32_t moved, bool is_b)
+      : moved_(moved)
+      , is_b_(is_b) {}
+
+  bool owns(uint32_t p) const override {
+    if (is_b_)
+      return p == moved_ && flipped.load();
+    return p != moved_ || !flipped.load();
+  }
+
+  void deliver(uint32_t, std::shared_ptr<const wire::Envelope> env,
+               ack_fn ack) override {
+    auto* peer = other.load();
+    if (!peer) {
+      ack(make_error(errc::partition_unavailable, "no peer"), 50);
+      return;
+    }
+    peer->deliver_remote(std::make_shared<wire::Envelope>(*env), false,
+                         [ack](const caf::error& err) { ack(err, 10); });
+  }
+
+  void call(uint32_t p, const grain_id&, message_ptr, std::chrono::milliseconds,
+            reply_fn reply) override {
+    reply(make_error(errc::partition_unavailable,
+                     "partition " + std::to_string(p) + " is elsewhere"));
+  }
+
+  std::atomic<silo*> other{nullptr};
+  // A: the partition left; B: it arrived.
+  std::atomic<bool> flipped{false};
+
+private:
+  uint32_t moved_;
+  bool is_b_;
+};
+
+// How the receiver's processing is held back while the sender's partition
+// is released.
+enum class hold_back { mailbox, commit };
+
+// Grain "src" (partition X) sends durably to "dst" (partition Y) on silo A;
+// X is released, exported, imported into silo B and served there while the
+// message is still being processed in Y. Returns the value of "dst" once
+// nothing is left in either outbox: the message's delta once, if it was
+// processed once.
+int64_t hand_off_sender_mid_delivery(silo_config cfg, hold_back how) {
+  cfg.partitions = 8;
+  cfg.redelivery_timeout = 200ms;
+  auto pid = [](std::string key) { return id_of<probe>(std::move(key)); };
+  auto src = pid("src");
+  auto x = partition_of(src, cfg.partitions);
+  std::string dst_key = "dst";
+  for (int i = 0; partition_of(pid(dst_key), cfg.partitions) == x; ++i)
+    dst_key = "dst-" + std::to_string(i);
+  auto y = partition_of(pid(dst_key), cfg.partitions);
+  std::string latch_key = "l";
+  for (int i = 0;
+       partition_of(id_of<latch>(latch_key), cfg.partitions) != y && i < 10'000;
+       ++i)
+    latch_key = "l-" + std::to_string(i);
+  EXPECT_EQ(partition_of(id_of<latch>(latch_key), cfg.partitions), y);
+
+  auto mem_a = std::make_shared<memory_storage>();
+  auto mem_b = std::make_shared<memory_storage>();
+  auto gate = std::make_unique<gated_storage>(mem_a, y);
+  auto* gate_ptr = gate.get();
+  handoff_router route_a{x, false};
+  handoff_router route_b{x, true};
+  auto registry = [] {
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    EXPECT_FALSE(register_grain<latch>(reg));
+    return reg;
+  };
+  auto cfg_a = cfg;
+  cfg_a.router = &route_a;
+  auto a = silo::start(cfg_a, registry(), std::move(gate));
+  auto cfg_b = cfg;
+  cfg_b.router = &route_b;
+  auto b = silo::start(cfg_b, registry(),
+                       std::make_unique<shared_memory_storage>(mem_b));
+  if (!a || !b) {
+    ADD_FAILURE() << "cannot start the silos";
+    return -1;
+  }
+  route_a.other = b->get();
+  route_b.other = a->get();
+
+  // Y's thread waits in the latch; the delivery queues behind it.
+  std::promise<void> open;
+  latch_open = &open;
+  latch_wait = open.get_future().share();
+  std::atomic<bool> held{false};
+  (*a)->call_async(id_of<latch>(latch_key), std::make_shared<Get>(),
+                   [&](caf::expected<message_ptr>) { held = true; });
+  Forward f;
+  f.set_to(dst_key);
+  f.set_delta(5);
+  EXPECT_FALSE((*a)->send(src, f));
+  // The sender's commit is durable and stores the entry.
+  EXPECT_TRUE(eventually([&] { return mem_a->count(column::outbox) == 1; }));
+  if (how == hold_back::commit) {
+    // Y runs the message now, but its commit waits at the gate.
+    gate_ptr->close();
+    open.set_value();
+    EXPECT_TRUE(eventually([&] { return gate_ptr->held() > 0; }));
+  }
+
+  // Release X and export it the moment the release answers, as the
+  // cluster agent does.
+  auto dir = std::filesystem::temp_directory_path()
+             / ("granary-handoff-" + std::to_string(::getpid()) + "-"
+                + std::to_string(static_cast<int>(how)));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::atomic<bool> exported{false};
+  caf::expected<std::vector<partition_file>> files{caf::error{}};
+  std::thread releaser{[&] {
+    EXPECT_FALSE((*a)->release_partition(x));
+    files = mem_a->export_partition(x, dir.string());
+    exported = true;
+  }};
+  // A correct release waits for the receiver; a broken one answers at
+  // once. Either way the receiver goes on after a short while.
+  eventually([&] { return exported.load(); }, 300ms);
+  if (how == hold_back::mailbox)
+    open.set_value();
+  else
+    gate_ptr->open();
+  releaser.join();
+  EXPECT_TRUE(eventually([&] { return held.load(); }));
+  if (!files) {
+    ADD_FAILURE() << describe(files.error());
+    return -1;
+  }
+  // The receiver's commit deleted the entry here; a redelivery from the
+  // exported copy would no longer be recognized as a duplicate.
+  EXPECT_TRUE(eventually([&] { return mem_a->count(column::outbox) == 0; }));
+  route_a.flipped = true;
+  EXPECT_FALSE(mem_a->drop_partition(x));
+  EXPECT_FALSE(mem_b->import_partition(x, *files));
+  route_b.flipped = true;
+  EXPECT_FALSE((*b)->acquire_partition(x));
+  std::filesystem::remove_all(dir);
+
+  EXPECT_TRUE(eventually([&] {
+    return mem_a->count(column::outbox) == 0
+           && mem_b->count(column::outbox) == 0;
+  }));
+  auto v = grain_ref<probe>{**a, dst_key}.call<Value>(Get{});
+  latch_open = nullptr;
+  route_a.other = nullptr;
+  route_b.other = nullptr;
+  (*b)->stop();
+  (*a)->stop();
+  return v ? v->value() : -1;
+}
+
+} // namespace
+
+TEST(handoff, a_message_is_processed_once_when_its_sender_moves_mid_delivery) {
+  // The delivery still waits in the receiver's mailbox when the sender's
+  // partition is released: the export must not carry the entry that the
+  // receiver is about to process.
+  EXPECT_EQ(hand_off_sender_mid_delivery({}, hold_back::mailbox), 5);
+}
+
+TEST(handoff, a_message_is_processed_once_when_the_receiver_commits_later) {
+  // The receiver's commit (its state and the delete of the sender's entry)
+  // lands in a later group than the sender's: the release must wait for it.
+  EXPECT_EQ(hand_off_sender_mid_delivery({}, hold_back::commit), 5);
 }
 
 TEST_F(runtime_test, client_calls_racing_a_stop_are_served_or_refused) {
