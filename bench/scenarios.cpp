@@ -279,6 +279,56 @@ std::string sink_key(uint64_t i) {
   return "s" + std::to_string(i);
 }
 
+/// Durably sends a Ping to the sink whose key is the payload of the Ping
+/// it gets.
+class relay : public grain<relay> {
+public:
+  static constexpr std::string_view type_name = "bench.relay";
+
+  static void define(handlers<relay>& h) {
+    h.on(&relay::ping);
+  }
+
+  caf::expected<done> ping(turn& t, const Ping& msg) {
+    Ping out;
+    out.set_seq(msg.seq());
+    if (auto err
+        = t.send(grain_id{std::string{sink::type_name}, msg.payload()}, out))
+      return err;
+    return done{};
+  }
+};
+
+/// Routes partition `dead` to a silo that is down: every delivery is
+/// refused as unavailable with the transport router's retry hint, as while
+/// the owner of a partition is dead. Counts the attempts.
+class dead_partition_router : public remote_router {
+public:
+  explicit dead_partition_router(uint32_t p)
+      : dead(p) {}
+
+  bool owns(uint32_t p) const override {
+    return p != dead;
+  }
+
+  void deliver(uint32_t p, std::shared_ptr<const wire::Envelope>,
+               ack_fn ack) override {
+    attempts.fetch_add(1, std::memory_order_relaxed);
+    ack(make_error(errc::partition_unavailable,
+                   "partition " + std::to_string(p) + " has a dead owner"),
+        500);
+  }
+
+  void call(uint32_t p, const grain_id&, message_ptr, std::chrono::milliseconds,
+            reply_fn reply) override {
+    reply(make_error(errc::partition_unavailable,
+                     "partition " + std::to_string(p) + " has a dead owner"));
+  }
+
+  uint32_t dead;
+  std::atomic<uint64_t> attempts{0};
+};
+
 /// Tells one transient Ping to each sink of a `FanOut` range, up to
 /// `fanout_chunk` per turn, and stops early when a target partition's
 /// queue is full; the reply says how many it sent.
@@ -564,6 +614,7 @@ caf::expected<std::unique_ptr<silo>> start_silo(silo_config cfg,
        {register_grain<echo>(registry), register_grain<counter>(registry),
         register_grain<sink>(registry), register_grain<driver>(registry),
         register_grain<steps_flow>(registry), register_grain<chain>(registry),
+        register_grain<relay>(registry),
         register_workflow<fanout_flow>(registry, pool)})
     if (err)
       return err;
@@ -1607,7 +1658,8 @@ const std::vector<std::string>& scenario_names() {
                                               "workflow-10-steps",
                                               "fanout-100",
                                               "fanout",
-                                              "memory"};
+                                              "memory",
+                                              "retry-storm"};
   return names;
 }
 
@@ -1662,6 +1714,8 @@ caf::expected<result> runner::run(std::string_view name) {
     return fanout_100();
   if (name == "cross-silo-durable")
     return cross_silo_durable();
+  if (name == "retry-storm")
+    return retry_storm();
   return make_error(errc::invalid_argument,
                     "unknown scenario '" + std::string{name} + "'");
 }
@@ -1838,6 +1892,119 @@ caf::expected<result> runner::cross_silo_durable() {
                 {"baseline_concurrency", static_cast<double>(base.concurrency)},
                 {"baseline_cpu_cores", base.cpu_cores},
                 {"baseline_other_cpu_cores", base.other_cpu_cores}};
+  return res;
+}
+
+caf::expected<result> runner::retry_storm() {
+  auto duration_s = opts_.duration_s.value_or(default_duration_s);
+  auto waiting = opts_.grains.value_or(100'000);
+  auto concurrency = opts_.concurrency.value_or(durable_concurrency);
+  auto dir = make_temp_dir(opts_.data_dir, "storm");
+  if (!dir)
+    return std::move(dir.error());
+  temp_dir cleanup{*dir};
+  auto store = rocksdb_storage::open({.data_dir = *dir});
+  if (!store)
+    return std::move(store.error());
+  auto cfg = base_config(concurrency);
+  dead_partition_router router{0};
+  cfg.router = &router;
+  // Senders in live partitions, each holding at most 1,000 of the waiting
+  // messages (well below max_outbox_per_grain); targets in the dead one.
+  auto of = [&](const std::string_view type, const std::string& key) {
+    return partition_of(grain_id{std::string{type}, key}, cfg.partitions);
+  };
+  std::vector<std::string> relays;
+  std::vector<std::string> targets;
+  for (uint64_t i = 0; relays.size() < std::max<size_t>(1, waiting / 1'000)
+                       && i < 100 * waiting + 1'000;
+       ++i)
+    if (of(relay::type_name, "r" + std::to_string(i)) != router.dead)
+      relays.push_back("r" + std::to_string(i));
+  for (uint64_t i = 0; targets.size() < 64 && i < 100'000; ++i)
+    if (of(sink::type_name, sink_key(i)) == router.dead)
+      targets.push_back(sink_key(i));
+  if (relays.empty() || targets.empty())
+    return make_error(errc::invalid_argument, "retry-storm: no grain keys");
+  auto started = start_silo(cfg, std::move(*store));
+  if (!started)
+    return std::move(started.error());
+  auto& s = **started;
+  auto pause = [](double seconds) {
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds{static_cast<int64_t>(seconds * 1'000)});
+  };
+  // The baseline: the same silo, idle, in the same run.
+  progress("retry-storm: measuring an idle silo for " + fmt_num(duration_s)
+           + " s");
+  cpu_meter idle;
+  idle.start();
+  pause(duration_s);
+  idle.stop();
+  progress("retry-storm: storing " + fmt_grouped(static_cast<double>(waiting))
+           + " messages for a partition whose owner is dead");
+  std::atomic<int64_t> in_flight{0};
+  std::atomic<uint64_t> failed{0};
+  caf::error first_error;
+  std::mutex err_mtx;
+  for (uint64_t i = 0; i < waiting; ++i) {
+    // A closed window of `concurrency` sends, bounded by the deadline.
+    for (int spin = 0; in_flight.load() >= static_cast<int64_t>(concurrency)
+                       && spin < 600'000;
+         ++spin)
+      std::this_thread::sleep_for(std::chrono::microseconds{100});
+    Ping ping;
+    ping.set_seq(i);
+    ping.set_payload(targets[i % targets.size()]);
+    ++in_flight;
+    s.send_async(
+        grain_id{std::string{relay::type_name}, relays[i % relays.size()]},
+        ping, {}, [&](const caf::error& err) {
+          if (err) {
+            ++failed;
+            std::lock_guard guard{err_mtx};
+            if (!first_error)
+              first_error = err;
+          }
+          --in_flight;
+        });
+  }
+  for (int spin = 0; in_flight.load() > 0 && spin < 600'000; ++spin)
+    std::this_thread::sleep_for(std::chrono::microseconds{100});
+  if (failed.load() > 0)
+    return make_error(errc::storage_failure,
+                      "retry-storm: " + std::to_string(failed.load())
+                          + " sends failed; first: " + describe(first_error));
+  // Every message was tried once and refused; from here on they wait.
+  for (int spin = 0; router.attempts.load() < waiting && spin < 6'000; ++spin)
+    std::this_thread::sleep_for(std::chrono::milliseconds{10});
+  auto before = router.attempts.load();
+  progress("retry-storm: measuring while they wait for " + fmt_num(duration_s)
+           + " s");
+  cpu_meter busy;
+  busy.start();
+  pause(duration_s);
+  busy.stop();
+  auto retries = router.attempts.load() - before;
+  result res;
+  res.scenario = "retry-storm";
+  // Deliveries tried per second while the messages wait.
+  res.ops_per_s = static_cast<double>(retries) / duration_s;
+  res.baseline = "idle-silo-cpu";
+  res.baseline_ops_per_s = idle.own_cores;
+  // CPU while they wait, against the same silo idle.
+  res.ratio = ratio_of(busy.own_cores, idle.own_cores);
+  res.target = "waiting messages cost at most 0.05 cores";
+  res.met = busy.own_cores <= 0.05;
+  res.extras = {
+      {"messages_waiting", static_cast<double>(waiting)},
+      {"retries", static_cast<double>(retries)},
+      {"cpu_cores_waiting", busy.own_cores},
+      {"cpu_cores_idle", idle.own_cores},
+      {"other_cpu_cores", busy.other_cores},
+      {"parked_retry_s", static_cast<double>(cfg.parked_retry.count()) / 1'000},
+      {"duration_s", duration_s}};
+  static_cast<void>(s.stop());
   return res;
 }
 

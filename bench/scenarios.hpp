@@ -93,6 +93,7 @@ private:
   caf::expected<result> memory();
   caf::expected<result> workflow_10_steps();
   caf::expected<result> fanout_100();
+  caf::expected<result> retry_storm();
   caf::expected<result> cross_silo_durable();
   // Measures durable-ping once per process, for the workflow scenarios.
   caf::error ensure_durable_baseline();

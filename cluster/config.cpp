@@ -330,6 +330,7 @@ caf::error read_limits(reader& r, silo_config& cfg) {
     cfg.min_free_bytes = static_cast<uint64_t>(*v);
   r.size("max_group_ops", cfg.max_group_ops, 1);
   r.millis("redelivery_timeout_ms", cfg.redelivery_timeout, 1);
+  r.millis("parked_retry_ms", cfg.parked_retry, 1);
   r.millis("remote_call_timeout_ms", cfg.remote_call_timeout, 1);
   r.millis("timer_poll_ms", cfg.timer_poll, 1);
   r.millis("dedup_retention_ms", cfg.dedup_retention, 1);

@@ -328,8 +328,19 @@ void transport_router::set_route(uint32_t p, route r) {
   if (p >= d.routes.size())
     return;
   bool here = r.available && r.owner.silo_id == d.self.silo_id;
+  auto& old = d.routes[p];
+  bool changed = old.available != r.available || old.epoch != r.epoch
+                 || old.owner.silo_id != r.owner.silo_id
+                 || old.owner.address.host != r.owner.address.host
+                 || old.owner.address.port != r.owner.address.port;
   d.routes[p] = std::move(r);
   d.serving[p].store(here, std::memory_order_release);
+  guard.unlock();
+  // Messages parked in outboxes while the partition was unavailable or
+  // moving go now, instead of at their backstop.
+  if (changed)
+    if (auto* local = d.local.load(std::memory_order_acquire))
+      local->route_changed(p);
 }
 
 route transport_router::route_of(uint32_t p) const {

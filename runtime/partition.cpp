@@ -72,6 +72,7 @@ caf::behavior partition::make_behavior() {
       [this](ack_msg& m) { on_ack(m); },
       [this](committed_msg& m) { on_committed(m); },
       [this](admin_msg& m) { m.fn(*this); },
+      [this](route_msg& m) { on_route_changed(m.partition); },
       [this](flush_atom) { flush(); },
       [this](tick_atom, int64_t deadline) {
         // Only the tick for the current deadline counts: ticks replaced by
@@ -462,8 +463,14 @@ void partition::on_ack(ack_msg& m) {
               + std::to_string(i->second.target_partition)
               + " is still undelivered after " + std::to_string(n)
               + " attempts: " + describe(m.err));
-    i->second.next_attempt_ms = now + std::max<int64_t>(m.retry_after_ms, 5);
-    arm(i->second.next_attempt_ms);
+    // Only a dead owner parks: `not_owner` (a handoff under way, or a
+    // partition still recovering) clears within moments, and not always
+    // with a change of route here.
+    if (code_of(m.err) == errc::partition_unavailable)
+      park(i->first, i->second, now, m.retry_after_ms);
+    else
+      reschedule(i->first, i->second,
+                 now + std::max<int64_t>(m.retry_after_ms, 5));
     return;
   }
   if (m.remote) {
@@ -472,11 +479,67 @@ void partition::on_ack(ack_msg& m) {
     batch_.erase(column::outbox, m.outbox_key);
     schedule_flush();
   }
+  forget_out(i);
+  schedule_flush();
+}
+
+void partition::forget_out(std::map<std::string, pending_out>::iterator i) {
+  reschedule(i->first, i->second, never);
   if (auto c = outbox_count_.find(i->second.sender); c != outbox_count_.end())
     if (--c->second == 0)
       outbox_count_.erase(c);
   outbox_.erase(i);
-  schedule_flush();
+}
+
+void partition::reschedule(const std::string& key, pending_out& out,
+                           int64_t at_ms) {
+  if (out.next_attempt_ms != never) {
+    auto n = retry_queue_.erase({out.next_attempt_ms, key});
+    GRANARY_ASSERT(n == 1, "an outbox entry's next attempt was not queued");
+  }
+  if (out.parked) {
+    out.parked = false;
+    if (auto i = parked_.find(out.target_partition); i != parked_.end()) {
+      i->second.erase(key);
+      if (i->second.empty())
+        parked_.erase(i);
+    }
+  }
+  out.next_attempt_ms = at_ms;
+  if (at_ms != never) {
+    retry_queue_.emplace(at_ms, key);
+    arm(at_ms);
+  }
+}
+
+void partition::park(const std::string& key, pending_out& out, int64_t now,
+                     int64_t retry_after_ms) {
+  auto backstop
+      = std::max<int64_t>(retry_after_ms, core_.cfg.parked_retry.count());
+  reschedule(key, out, now + backstop);
+  out.parked = true;
+  parked_[out.target_partition].insert(key);
+}
+
+void partition::on_route_changed(uint32_t p) {
+  auto i = parked_.find(p);
+  if (i == parked_.end() || failed_ || stopping_ || !serving_)
+    return;
+  // Bounded per message, so that a large backlog cannot hold the mailbox;
+  // what is left follows in the next message.
+  constexpr size_t max_unparked = 16'384;
+  auto now = core_.clk->now_ms();
+  size_t moved = 0;
+  while (i != parked_.end() && !i->second.empty() && moved < max_unparked) {
+    auto key = *i->second.begin();
+    auto o = outbox_.find(key);
+    GRANARY_ASSERT(o != outbox_.end(), "a parked outbox entry is unknown");
+    reschedule(key, o->second, now); // Unparks; erases `i` with the last.
+    ++moved;
+    i = parked_.find(p);
+  }
+  if (i != parked_.end())
+    send(this, route_msg{p});
 }
 
 // -- turns --------------------------------------------------------------------
@@ -1005,6 +1068,8 @@ void partition::reset_state() {
   pending_ids_.clear();
   outbox_.clear();
   outbox_count_.clear();
+  retry_queue_.clear();
+  parked_.clear();
   timers_.clear();
   timer_queue_.clear();
   blocked_.clear();
@@ -1036,11 +1101,12 @@ void partition::deliver(const std::string& key, pending_out& out) {
   if (auto* router = core_.remote_owner(out.target_partition)) {
     // Another silo commits on its own, so it may only see messages whose
     // sender is durable: the commit effect delivers the first attempt.
-    if (!out.durable)
+    if (!out.durable) {
+      reschedule(key, out, never);
       return;
+    }
     ++out.attempts;
-    out.next_attempt_ms = now + core_.cfg.redelivery_timeout.count();
-    arm(out.next_attempt_ms);
+    reschedule(key, out, now + core_.cfg.redelivery_timeout.count());
     auto self = caf::actor_cast<caf::actor>(this);
     router->deliver(out.target_partition, out.env,
                     [self, key](const caf::error& err, int64_t retry_ms) {
@@ -1050,18 +1116,17 @@ void partition::deliver(const std::string& key, pending_out& out) {
   }
   if (out.attempts > 0 && !out.durable) {
     // A receiver tells a redelivery by the durable record; wait for it.
-    out.next_attempt_ms = now + 10;
+    reschedule(key, out, now + 10);
   } else if (core_.reserve(out.target_partition)) {
-    out.next_attempt_ms = now + 10;
+    reschedule(key, out, now + 10);
   } else {
     bool fresh = out.attempts == 0;
     ++out.attempts;
     ++unanswered_local_;
-    out.next_attempt_ms = now + core_.cfg.redelivery_timeout.count();
+    reschedule(key, out, now + core_.cfg.redelivery_timeout.count());
     caf::anon_send(core_.partitions[out.target_partition],
                    deliver_msg{out.env, id_, fresh});
   }
-  arm(out.next_attempt_ms);
 }
 
 void partition::put_outbox(const grain_id& sender, uint32_t to,
@@ -1087,7 +1152,8 @@ void partition::put_outbox(const grain_id& sender, uint32_t to,
     // target was remote at submission, and may be local by now, handed to
     // this silo meanwhile), or a retry that came due before (a local
     // attempt refused by a partition that was moving to another silo).
-    if (i->second.attempts == 0
+    // (`never`: a retry that found the target remote before this commit.)
+    if (i->second.attempts == 0 || i->second.next_attempt_ms == never
         || i->second.next_attempt_ms <= core_.clk->now_ms())
       deliver(key, i->second);
   });
@@ -1227,12 +1293,22 @@ void partition::retry_blocked(int64_t now) {
 }
 
 void partition::retry_outbox(int64_t now) {
-  for (auto& [key, out] : outbox_) {
-    if (out.next_attempt_ms <= now)
-      deliver(key, out); // Arms the entry's next attempt itself.
-    else
-      arm(out.next_attempt_ms);
+  // Bounded per tick; more due entries continue after the mailbox had a
+  // turn. Every delivery moves its entry to a later time (or out).
+  constexpr size_t max_retries_per_tick = 4'096;
+  size_t tried = 0;
+  while (!retry_queue_.empty() && retry_queue_.begin()->first <= now
+         && tried < max_retries_per_tick) {
+    auto key = retry_queue_.begin()->second;
+    auto i = outbox_.find(key);
+    GRANARY_ASSERT(i != outbox_.end(), "a queued outbox entry is unknown");
+    ++tried;
+    deliver(key, i->second);
+    GRANARY_ASSERT(i->second.next_attempt_ms > now,
+                   "a delivery left its outbox entry due");
   }
+  if (!retry_queue_.empty())
+    arm(retry_queue_.begin()->first);
 }
 
 bool partition::can_deactivate(const activation& act) const {
@@ -1393,14 +1469,12 @@ caf::error partition::recover() {
     grain_id target{env->target().type(), env->target().key()};
     ++outbox_count_[sender];
     // Attempts start at 1: an earlier run may have delivered it already.
-    outbox_[std::move(key)]
-        = pending_out{std::move(env),
-                      std::move(sender),
-                      partition_of(target, core_.cfg.partitions),
-                      now,
-                      1,
-                      true,
-                      true};
+    auto [i, added] = outbox_.insert_or_assign(
+        std::move(key), pending_out{std::move(env), std::move(sender),
+                                    partition_of(target, core_.cfg.partitions),
+                                    never, 1, true, true});
+    GRANARY_ASSERT(added, "an outbox key was recovered twice");
+    reschedule(i->first, i->second, now);
   });
   if (err)
     return err;

@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -92,6 +93,11 @@ struct committed_msg {
   caf::error err;
 };
 
+/// The route to partition `partition` changed: entries parked for it go.
+struct route_msg {
+  uint32_t partition;
+};
+
 /// Runs an administrative function inside the partition.
 struct admin_msg {
   std::function<void(partition&)> fn;
@@ -115,6 +121,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(granary::detail::deliver_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(granary::detail::ack_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(granary::detail::committed_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(granary::detail::admin_msg)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(granary::detail::route_msg)
 
 namespace granary {
 
@@ -187,6 +194,9 @@ private:
     // That batch is durable: redeliveries may go (the receiver then checks
     // the stored record to tell a duplicate).
     bool durable = false;
+    // Refused because its partition's owner is dead: it waits in `parked_`
+    // for a change of route (or the `parked_retry` backstop).
+    bool parked = false;
   };
 
   struct timer_entry {
@@ -247,6 +257,18 @@ private:
 
   // -- outbox ----------------------------------------------------------------
   void deliver(const std::string& key, pending_out& out);
+  // Sets the next attempt of entry `key` to `at_ms` (`never`: none, until
+  // something else delivers it), unparking it.
+  void reschedule(const std::string& key, pending_out& out, int64_t at_ms);
+  // Parks entry `key` until the route to its partition changes, or until
+  // `parked_retry` passed.
+  void park(const std::string& key, pending_out& out, int64_t now,
+            int64_t retry_after_ms);
+  // Retries the entries parked for partition `p` (a bounded share per call;
+  // the rest follow in a message to itself).
+  void on_route_changed(uint32_t p);
+  // Forgets an acknowledged entry.
+  void forget_out(std::map<std::string, pending_out>::iterator i);
   // Stores `env` (target and payload set) in `sender`'s outbox as part of
   // the current batch; it is delivered to partition `to` once the batch is
   // durable.
@@ -312,6 +334,11 @@ private:
   // Outbox entries awaiting acknowledgement, and per-grain counts.
   std::map<std::string, pending_out> outbox_;
   std::unordered_map<grain_id, size_t, grain_id_hash> outbox_count_;
+  // Every entry with a next attempt, by its due time: a tick walks only the
+  // due ones, never the whole outbox.
+  std::set<std::pair<int64_t, std::string>> retry_queue_;
+  // Parked entries by target partition, retried when its route changes.
+  std::unordered_map<uint32_t, std::set<std::string>> parked_;
 
   // Timers by key, and a queue ordered by due time (stale entries skipped).
   std::unordered_map<std::string, timer_entry> timers_;

@@ -76,6 +76,8 @@ caf::error silo_config::validate() const {
     return bad("max_group_ops", "must be positive");
   if (redelivery_timeout.count() <= 0)
     return bad("redelivery_timeout", "must be positive");
+  if (parked_retry.count() <= 0)
+    return bad("parked_retry", "must be positive");
   if (remote_call_timeout.count() <= 0)
     return bad("remote_call_timeout", "must be positive");
   if (timer_poll.count() <= 0)
@@ -373,6 +375,17 @@ caf::error silo::release_partition(uint32_t p) {
   return ask_partition(*core_, p, release_atom::value, "releasing");
 }
 
+void silo::route_changed(uint32_t p) {
+  auto& c = *core_;
+  api_guard guard{c};
+  if (guard.error() || p >= c.cfg.partitions)
+    return;
+  // Any partition may hold entries for `p`; each looks it up in its own
+  // index, so this costs one small message per partition.
+  for (auto& part : c.partitions)
+    caf::anon_send(part, route_msg{p});
+}
+
 storage& silo::store() {
   return *core_->store;
 }
@@ -561,8 +574,8 @@ caf::error run_admin(silo_core& c, const grain_id& target,
     caf::anon_send(c.partitions[p],
                    admin_msg{[w, target, msg_id, requeue](partition& self) {
                      self.admin_dead_letter(
-                       target, msg_id, requeue,
-                       [w](const caf::error& err) { w->set(err); });
+                         target, msg_id, requeue,
+                         [w](const caf::error& err) { w->set(err); });
                    }});
   }
   if (fut.wait_for(std::chrono::seconds{30}) != std::future_status::ready)

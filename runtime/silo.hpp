@@ -74,6 +74,10 @@ struct silo_config {
   std::chrono::milliseconds remote_call_timeout{std::chrono::seconds{10}};
   /// Resend an unacknowledged outbox entry after this long.
   std::chrono::milliseconds redelivery_timeout{std::chrono::seconds{30}};
+  /// An outbox entry refused because its partition is unavailable (its
+  /// owner is dead) waits, parked, until the route to that partition
+  /// changes, and at most this long (a backstop against a missed change).
+  std::chrono::milliseconds parked_retry{std::chrono::seconds{10}};
   /// Longest sleep of a partition with pending deadlines; bounds how late
   /// a timer fires after the silo's clock jumps forward.
   std::chrono::milliseconds timer_poll{std::chrono::seconds{1}};
@@ -210,6 +214,12 @@ public:
   /// Until it is acquired again, its work is refused with `not_owner`.
   /// Route `p` elsewhere first, so that no new work arrives.
   caf::error release_partition(uint32_t p);
+
+  /// Tells the silo that the route to partition `p` changed (a new owner,
+  /// epoch or availability): outbox entries parked while `p` was
+  /// unavailable are retried now. Never blocks; the router calls it from
+  /// any thread.
+  void route_changed(uint32_t p);
 
   /// The silo's storage, for exporting and importing partitions.
   storage& store();

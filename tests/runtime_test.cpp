@@ -1256,3 +1256,114 @@ TEST_F(runtime_test, client_calls_racing_a_stop_are_served_or_refused) {
     EXPECT_EQ(code_of(late), errc::silo_stopped);
   }
 }
+
+// -- messages for a partition whose owner is dead -----------------------------
+
+namespace {
+
+/// Routes partition `dead` to an owner that is down until `alive`: every
+/// delivery is refused as unavailable (with the transport router's retry
+/// hint), then acknowledged at once.
+class dead_owner_router : public remote_router {
+public:
+  explicit dead_owner_router(uint32_t p)
+      : dead(p) {}
+
+  bool owns(uint32_t p) const override {
+    return p != dead;
+  }
+
+  void deliver(uint32_t p, std::shared_ptr<const wire::Envelope>,
+               ack_fn ack) override {
+    ++deliveries;
+    if (!alive.load())
+      ack(make_error(errc::partition_unavailable,
+                     "partition " + std::to_string(p) + " is unavailable"),
+          500);
+    else
+      ack(caf::none, 0);
+  }
+
+  void call(uint32_t p, const grain_id&, message_ptr, std::chrono::milliseconds,
+            reply_fn reply) override {
+    reply(make_error(errc::partition_unavailable,
+                     "partition " + std::to_string(p) + " is unavailable"));
+  }
+
+  uint32_t dead;
+  std::atomic<bool> alive{false};
+  std::atomic<uint64_t> deliveries{0};
+};
+
+} // namespace
+
+class parked_outbox_test : public runtime_test {
+protected:
+  // Stores `n` messages from "src" to "dst", whose partition's owner is
+  // dead, and waits until each was tried once.
+  void park_messages(size_t n) {
+    cfg.partitions = 2;
+    cfg.timer_poll = 10ms;
+    cfg.parked_retry = 10s;
+    while (partition_of(pid(dst_key), cfg.partitions)
+           == partition_of(pid("src"), cfg.partitions))
+      dst_key += "x";
+    router = std::make_unique<dead_owner_router>(
+        partition_of(pid(dst_key), cfg.partitions));
+    cfg.router = router.get();
+    grain_registry reg;
+    ASSERT_FALSE(register_grain<probe>(reg));
+    auto started = silo::start(cfg, std::move(reg),
+                               std::make_unique<shared_storage>(mem), clk);
+    ASSERT_TRUE(started);
+    s = std::move(*started);
+    Forward f;
+    f.set_to(dst_key);
+    f.set_delta(1);
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_FALSE(s->send(pid("src"), f));
+    ASSERT_TRUE(eventually([&] { return router->deliveries.load() >= n; }));
+    ASSERT_EQ(mem->count(column::outbox), n);
+  }
+
+  // Moves the clock by `ms` in steps of `step`, each time letting the
+  // sender's partition run its housekeeping.
+  void pass(int64_t ms, int64_t step) {
+    for (int64_t done = 0; done < ms; done += step) {
+      auto ticks = s->stats().ticks;
+      clk->advance(step);
+      ASSERT_TRUE(eventually([&] { return s->stats().ticks >= ticks + 2; }));
+    }
+  }
+
+  std::shared_ptr<manual_clock> clk = std::make_shared<manual_clock>();
+  std::unique_ptr<dead_owner_router> router;
+  std::unique_ptr<silo> s;
+  std::string dst_key = "dst";
+};
+
+TEST_F(parked_outbox_test,
+       messages_for_a_dead_owner_wait_until_the_route_changes) {
+  park_messages(100);
+  auto tried = router->deliveries.load();
+  // Ten of the router's retry hints pass: nothing is tried again.
+  pass(5'000, 500);
+  EXPECT_EQ(router->deliveries.load(), tried);
+  // The owner is back: everything goes at once, without the clock moving.
+  router->alive = true;
+  s->route_changed(router->dead);
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  EXPECT_EQ(router->deliveries.load(), tried + 100);
+  s->stop();
+}
+
+TEST_F(parked_outbox_test, parked_messages_are_retried_after_the_backstop) {
+  park_messages(10);
+  auto tried = router->deliveries.load();
+  router->alive = true; // A change of route that nobody announced.
+  pass(9'000, 1'000);
+  EXPECT_EQ(router->deliveries.load(), tried);
+  pass(2'000, 1'000);
+  EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
+  s->stop();
+}
