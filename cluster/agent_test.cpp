@@ -5,9 +5,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -18,6 +22,8 @@
 #include "cluster/cluster_agent.hpp"
 #include "cluster/embedded_membership.hpp"
 #include "cluster/transport_router.hpp"
+#include "runtime/keys.hpp"
+#include "runtime/log.hpp"
 #include "test_grains.hpp"
 
 using namespace granary;
@@ -102,6 +108,156 @@ TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
   EXPECT_TRUE(plan_moves(map_of({"a", "b", "a", "b"}), t).empty());
 }
 
+// -- release and recovery of one partition -----------------------------------
+
+// Holds every commit at the door while `hold` is set: a slow disk under a
+// release. Counts the commits that came and that finished.
+struct commit_gate {
+  std::mutex mtx;
+  std::condition_variable cv;
+  bool held = false;
+  uint64_t entered = 0;
+  uint64_t finished = 0;
+
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx};
+      held = value;
+    }
+    cv.notify_all();
+  }
+
+  // Waits until more than `n` commits came to the door.
+  bool wait_entered(uint64_t n, std::chrono::milliseconds limit = 5s) {
+    std::unique_lock guard{mtx};
+    return cv.wait_for(guard, limit, [&] { return entered > n; });
+  }
+
+  uint64_t finished_now() {
+    std::lock_guard guard{mtx};
+    return finished;
+  }
+};
+
+class gated_storage : public shared_memory_storage {
+public:
+  gated_storage(std::shared_ptr<memory_storage> mem,
+                std::shared_ptr<commit_gate> gate)
+      : shared_memory_storage(std::move(mem))
+      , gate_(std::move(gate)) {}
+
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    {
+      std::unique_lock guard{gate_->mtx};
+      ++gate_->entered;
+      gate_->cv.notify_all();
+      // Bounded: a test that forgets to open the gate fails, not hangs.
+      gate_->cv.wait_for(guard, 30s, [&] { return !gate_->held; });
+    }
+    auto err = shared_memory_storage::commit(batches);
+    {
+      std::lock_guard guard{gate_->mtx};
+      ++gate_->finished;
+    }
+    gate_->cv.notify_all();
+    return err;
+  }
+
+private:
+  std::shared_ptr<commit_gate> gate_;
+};
+
+struct gated_silo {
+  static constexpr uint32_t parts = 4;
+  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  std::shared_ptr<commit_gate> gate = std::make_shared<commit_gate>();
+  std::unique_ptr<silo> s;
+
+  gated_silo() {
+    silo_config sc;
+    sc.partitions = parts;
+    sc.timer_poll = 10ms;
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    auto started = silo::start(sc, std::move(reg),
+                               std::make_unique<gated_storage>(mem, gate));
+    EXPECT_TRUE(started) << describe(started.error());
+    if (started)
+      s = std::move(*started);
+  }
+
+  // Starts an Add{delta} to `key` whose commit the gate holds; returns once
+  // the commit is at the door. Join the thread after opening the gate.
+  std::thread add_held(const std::string& key, int delta) {
+    uint64_t before = 0;
+    {
+      std::lock_guard guard{gate->mtx};
+      before = gate->entered;
+    }
+    gate->hold(true);
+    std::thread t{[this, key, delta] {
+      Add a;
+      a.set_delta(delta);
+      auto r = grain_ref<probe>{*s, key}.call<Value>(a, 20s);
+      EXPECT_TRUE(r) << describe(r.error());
+    }};
+    EXPECT_TRUE(gate->wait_entered(before));
+    return t;
+  }
+};
+
+TEST(partition_release, a_recovery_during_a_slow_release_waits_and_serves) {
+  gated_silo g;
+  ASSERT_TRUE(g.s);
+  std::string key = "slow";
+  auto p = partition_of(id_of<probe>(key), gated_silo::parts);
+  auto adding = g.add_held(key, 2);
+  // The release cannot finish while its commit is held: the ask times out.
+  auto released = g.s->release_partition(p, 100ms);
+  ASSERT_TRUE(released);
+  EXPECT_EQ(code_of(released), errc::timeout) << describe(released);
+  // A recovery now must not be undone when the release finishes.
+  caf::error acquired = make_error(errc::unspecified, "not yet");
+  std::thread acquiring{[&] { acquired = g.s->acquire_partition(p); }};
+  std::this_thread::sleep_for(50ms);
+  g.gate->hold(false);
+  acquiring.join();
+  adding.join();
+  EXPECT_FALSE(acquired) << describe(acquired);
+  auto v = grain_ref<probe>{*g.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << "the partition refuses work after the release finished: "
+                 << describe(v.error());
+  EXPECT_EQ(v->value(), 2);
+}
+
+TEST(partition_release, a_second_release_waits_for_the_first) {
+  gated_silo g;
+  ASSERT_TRUE(g.s);
+  std::string key = "slow";
+  auto p = partition_of(id_of<probe>(key), gated_silo::parts);
+  auto adding = g.add_held(key, 3);
+  auto finished = g.gate->finished_now();
+  ASSERT_EQ(code_of(g.s->release_partition(p, 100ms)), errc::timeout);
+  // Asked again, the release answers only once the pending commit is
+  // durable (a handoff exports right after it).
+  uint64_t finished_at_answer = 0;
+  caf::error again;
+  std::thread releasing{[&] {
+    again = g.s->release_partition(p, 20s);
+    finished_at_answer = g.gate->finished_now();
+  }};
+  std::this_thread::sleep_for(50ms);
+  g.gate->hold(false);
+  releasing.join();
+  adding.join();
+  EXPECT_FALSE(again) << describe(again);
+  EXPECT_GT(finished_at_answer, finished)
+      << "the second release answered while the first was still committing";
+  auto state
+      = g.mem->get(column::state, keys::grain_prefix(p, id_of<probe>(key)));
+  ASSERT_TRUE(state && state->has_value());
+}
+
 // -- in-process cluster -------------------------------------------------------
 
 struct node {
@@ -116,7 +272,51 @@ struct node {
   std::atomic<bool> declared_dead{false};
   fs::path handoff_dir;
   uint64_t incarnation = 0;
+  // Set before `start`: holds the silo's commits (not the agent's).
+  std::shared_ptr<commit_gate> gate;
+  // Set before `start`: adjusts the agent's settings.
+  std::function<void(agent_config&)> configure;
 };
+
+// Collects the log lines (and still prints them) while it lives.
+class log_capture {
+public:
+  log_capture() {
+    set_log_sink([this](log_level, std::string_view line) {
+      std::fprintf(stderr, "log: %.*s\n", static_cast<int>(line.size()),
+                   line.data());
+      std::lock_guard guard{mtx_};
+      lines_.emplace_back(line);
+    });
+  }
+
+  ~log_capture() {
+    set_log_sink(nullptr);
+  }
+
+  log_capture(const log_capture&) = delete;
+  log_capture& operator=(const log_capture&) = delete;
+
+  bool has(const std::string& part) const {
+    std::lock_guard guard{mtx_};
+    return std::any_of(lines_.begin(), lines_.end(), [&](auto& l) {
+      return l.find(part) != std::string::npos;
+    });
+  }
+
+private:
+  mutable std::mutex mtx_;
+  std::vector<std::string> lines_;
+};
+
+// A probe key whose grain lives in partition `p`.
+std::string key_on(uint32_t p, const std::string& prefix) {
+  for (int i = 0;; ++i) {
+    auto key = prefix + std::to_string(i);
+    if (partition_of(id_of<probe>(key), partitions) == p)
+      return key;
+  }
+}
 
 class agent_test : public ::testing::Test {
 protected:
@@ -151,6 +351,8 @@ protected:
     cfg.refresh_interval = 200ms;
     cfg.handoff_timeout = 2s;
     cfg.handoff_dir = n.handoff_dir.string();
+    if (n.configure)
+      n.configure(cfg);
     return cfg;
   }
 
@@ -191,8 +393,12 @@ protected:
     sc.remote_call_timeout = 500ms;
     grain_registry reg;
     ASSERT_FALSE(register_grain<probe>(reg));
-    auto started = silo::start(sc, std::move(reg),
-                               std::make_unique<shared_memory_storage>(n.mem));
+    std::unique_ptr<storage> st;
+    if (n.gate)
+      st = std::make_unique<gated_storage>(n.mem, n.gate);
+    else
+      st = std::make_unique<shared_memory_storage>(n.mem);
+    auto started = silo::start(sc, std::move(reg), std::move(st));
     ASSERT_TRUE(started) << describe(started.error());
     n.s = std::move(*started);
     n.router->attach(*n.s);
@@ -431,4 +637,49 @@ TEST_F(agent_test, join_refuses_a_data_directory_without_its_partitions) {
   EXPECT_EQ(code_of(err), errc::invalid_config);
   EXPECT_NE(describe(err).find("does not hold"), std::string::npos)
       << describe(err);
+}
+
+TEST_F(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {
+  log_capture logs;
+  auto& a = add("a");
+  a.gate = std::make_shared<commit_gate>();
+  a.configure = [](agent_config& c) { c.release_timeout = 300ms; };
+  auto& b = add("b");
+  start(a);
+  // The highest partition moves first; one of its turns is committing
+  // (slowly) when its handoff starts.
+  auto key = key_on(partitions - 1, "slow");
+  Add add5;
+  add5.set_delta(5);
+  auto first = grain_ref<probe>{*a.s, key}.call<Value>(add5, 2s);
+  ASSERT_TRUE(first) << describe(first.error());
+  std::thread adding;
+  {
+    uint64_t before = 0;
+    {
+      std::lock_guard guard{a.gate->mtx};
+      before = a.gate->entered;
+    }
+    a.gate->hold(true);
+    adding = std::thread{[&] {
+      Add add2;
+      add2.set_delta(2);
+      auto r = grain_ref<probe>{*a.s, key}.call<Value>(add2, 20s);
+      EXPECT_TRUE(r) << describe(r.error());
+    }};
+    ASSERT_TRUE(a.gate->wait_entered(before));
+  }
+  start(b);
+  auto slow = "releasing partition " + std::to_string(partitions - 1)
+              + " takes longer";
+  EXPECT_TRUE(eventually([&] { return logs.has(slow); }, 10s))
+      << "the agent gave up on the slow release";
+  a.gate->hold(false);
+  adding.join();
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  EXPECT_FALSE(logs.has("handoff of partition " + std::to_string(partitions - 1)
+                        + " to silo 'b' failed"));
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 7);
 }

@@ -75,6 +75,9 @@ caf::expected<bool> is_held(storage& data, uint32_t p) {
 // Bounded compare-and-set retries of membership writes.
 constexpr int max_cas_attempts = 20;
 
+// Waits of `release_timeout` each for a slow release before giving up.
+constexpr int max_release_waits = 10;
+
 } // namespace
 
 // -- config and plan ----------------------------------------------------------
@@ -97,6 +100,8 @@ caf::error agent_config::validate() const {
     return bad("vote_expiry must exceed probe_interval");
   if (handoff_chunk_bytes < 4'096 || handoff_chunk_bytes > (8u << 20))
     return bad("handoff_chunk_bytes must be in [4 KiB, 8 MiB]");
+  if (release_timeout < 10ms)
+    return bad("release_timeout must be at least 10 ms");
   if (handoff_dir.empty())
     return bad("handoff_dir is empty");
   return caf::none;
@@ -782,6 +787,25 @@ struct cluster_agent::impl {
     moving[p] = false;
   }
 
+  // Releases `p` in the silo. A slow release (a commit still on its way to
+  // disk) is waited for, with `p` served nowhere: serving it again before
+  // the release finished would hand work to a partition about to forget it.
+  caf::error release(silo& here, uint32_t p) {
+    caf::error err;
+    for (int attempt = 0; attempt < max_release_waits && !is_stopped();
+         ++attempt) {
+      err = here.release_partition(p, cfg.release_timeout);
+      if (code_of(err) != errc::timeout)
+        return err;
+      if (attempt == 0)
+        say(log_level::warning,
+            "releasing partition " + std::to_string(p) + " takes longer than "
+                + std::to_string(cfg.release_timeout.count())
+                + " ms; waiting for it, the partition is served nowhere");
+    }
+    return err;
+  }
+
   // Moves partition `m.partition` to `m.to`; see the class comment.
   caf::error hand_off(const partition_move& m, const peer_address& to) {
     auto p = m.partition;
@@ -808,7 +832,7 @@ struct cluster_agent::impl {
       router.set_route(p, route{cfg.self, epoch, false,
                                 "it is moving to silo '" + m.to + "'"});
     }
-    if (auto err = here->release_partition(p)) {
+    if (auto err = release(*here, p)) {
       restore(p, epoch);
       return err;
     }

@@ -44,6 +44,11 @@ struct agent_config {
   size_t handoff_chunk_bytes = 1 << 20;
   /// How long the sender of a handoff waits for each chunk's answer.
   std::chrono::milliseconds handoff_timeout{10'000};
+  /// How long one wait for a partition's release (its pending commits)
+  /// lasts. After that the agent asks again, up to 10 times, with the
+  /// partition served nowhere meanwhile; only then does it give up and serve
+  /// it again (after the release finished).
+  std::chrono::milliseconds release_timeout{60'000};
   /// Directory for exported and received partition files; created when
   /// missing.
   std::string handoff_dir;
