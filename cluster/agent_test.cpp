@@ -3,6 +3,7 @@
 // data, a graceful leave hands them back, a crashed silo is detected and
 // declared dead, and a silo declared dead stops itself.
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -276,7 +277,117 @@ struct node {
   std::shared_ptr<commit_gate> gate;
   // Set before `start`: adjusts the agent's settings.
   std::function<void(agent_config&)> configure;
+  // Set before `start`: the store the agent uses instead of the shared one.
+  std::shared_ptr<membership_store> store;
 };
+
+// Forwards to a store. Once `armed`, a partition-map write is applied and
+// then answered with a timeout (its answer lost), and from then on reads of
+// the map time out too, until `blind` is cleared.
+class lossy_map_store final : public membership_store {
+public:
+  explicit lossy_map_store(membership_store& inner)
+      : inner_(inner) {}
+
+  std::atomic<bool> armed{false};
+  std::atomic<bool> blind{false};
+  std::atomic<int> lost_writes{0};
+  // Blind reads by the thread whose write was lost (the handoff sender).
+  std::atomic<int> writer_blind_reads{0};
+
+  caf::expected<membership_table> read_all() override {
+    return inner_.read_all();
+  }
+
+  caf::expected<membership_table> read(const std::string& id) override {
+    return inner_.read(id);
+  }
+
+  caf::expected<write_result> insert(const membership_entry& e,
+                                     uint64_t v) override {
+    return inner_.insert(e, v);
+  }
+
+  caf::expected<write_result> update(const membership_entry& e, uint64_t rv,
+                                     uint64_t tv) override {
+    return inner_.update(e, rv, tv);
+  }
+
+  caf::error update_i_am_alive(const std::string& id, int64_t now) override {
+    return inner_.update_i_am_alive(id, now);
+  }
+
+  caf::expected<size_t> delete_dead(int64_t older_than_ms) override {
+    return inner_.delete_dead(older_than_ms);
+  }
+
+  caf::expected<watch_token> watch(membership_watcher w) override {
+    return inner_.watch(std::move(w));
+  }
+
+  caf::expected<partition_map> read_partition_map() override {
+    if (blind.load()) {
+      std::lock_guard guard{mtx_};
+      if (std::this_thread::get_id() == writer_)
+        ++writer_blind_reads;
+      return make_error(errc::timeout, "test: the store's answer was lost");
+    }
+    return inner_.read_partition_map();
+  }
+
+  caf::expected<write_result> write_partition_map(const partition_map& m,
+                                                  uint64_t v) override {
+    {
+      // Bounded: a test that forgets to let go fails, not hangs.
+      std::unique_lock guard{mtx_};
+      ++writes_seen;
+      cv_.notify_all();
+      cv_.wait_for(guard, 30s, [&] { return !holding_; });
+    }
+    if (!armed.load())
+      return inner_.write_partition_map(m, v);
+    auto res = inner_.write_partition_map(m, v);
+    if (res && res->applied()) {
+      std::lock_guard guard{mtx_};
+      writer_ = std::this_thread::get_id();
+      ++lost_writes;
+      blind = true;
+    }
+    return make_error(errc::timeout, "test: the store's answer was lost");
+  }
+
+  // Holds every map write at the door while set.
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx_};
+      holding_ = value;
+    }
+    cv_.notify_all();
+  }
+
+  int writes() {
+    std::lock_guard guard{mtx_};
+    return writes_seen;
+  }
+
+  // Waits until more than `n` map writes came to the door.
+  bool wait_writes(int n, std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] { return writes_seen > n; });
+  }
+
+private:
+  membership_store& inner_;
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  int writes_seen = 0;
+  std::thread::id writer_;
+};
+
+bool contains(const std::vector<uint32_t>& xs, uint32_t x) {
+  return std::find(xs.begin(), xs.end(), x) != xs.end();
+}
 
 // Collects the log lines (and still prints them) while it lives.
 class log_capture {
@@ -375,7 +486,8 @@ protected:
     auto cfg = config_of(n);
     cfg.self.address.port = *port;
     n.router = std::make_unique<transport_router>(*n.net, cfg.self, partitions);
-    n.agent = std::make_unique<cluster_agent>(cfg, *store, *n.net, *n.router);
+    n.agent = std::make_unique<cluster_agent>(cfg, n.store ? *n.store : *store,
+                                              *n.net, *n.router);
     n.agent->on_declared_dead(
         [&n](const std::string&) { n.declared_dead = true; });
     auto* agent = n.agent.get();
@@ -682,4 +794,91 @@ TEST_F(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {
   auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->value(), 7);
+}
+
+TEST_F(agent_test, a_map_write_with_a_lost_answer_never_makes_two_owners) {
+  auto& a = add("a");
+  auto lossy_ptr = std::make_shared<lossy_map_store>(*store);
+  auto& lossy = *lossy_ptr;
+  a.store = lossy_ptr;
+  auto& b = add("b");
+  start(a);
+  // The highest partition moves first.
+  uint32_t p = partitions - 1;
+  auto key = key_on(p, "lost");
+  Add add5;
+  add5.set_delta(5);
+  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  lossy.armed = true;
+  start(b);
+  // The write that gives p to b is applied, its answer is lost, and a
+  // cannot read the map for a while.
+  ASSERT_TRUE(eventually([&] { return lossy.lost_writes.load() > 0; }, 10s));
+  auto map = store->read_partition_map();
+  ASSERT_TRUE(map);
+  ASSERT_EQ(*map->partitions[p].primary(), "b");
+  ASSERT_EQ(map->partitions[p].epoch, 2u);
+  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  // Longer than the handoff once waited before it served p again.
+  ASSERT_TRUE(
+      eventually([&] { return lossy.writer_blind_reads.load() > 20; }, 20s))
+      << "the handoff stopped asking the map";
+  EXPECT_FALSE(contains(a.agent->served(), p))
+      << "a serves p at epoch 1 while b serves it at epoch 2";
+  // Durable sends to p through both silos.
+  int accepted = 0;
+  for (int i = 0; i < 4; ++i) {
+    Add add1;
+    add1.set_delta(1);
+    for (auto* n : {&a, &b})
+      if (!n->s->send(id_of<probe>(key), add1, n->id + "-" + std::to_string(i),
+                      300ms))
+        ++accepted;
+  }
+  EXPECT_GE(accepted, 4) << "b accepts what it owns";
+  // The map answers again: a finishes the handoff.
+  lossy.blind = false;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = a.router->route_of(p);
+        return r.available && r.owner.silo_id == "b" && r.epoch == 2;
+      },
+      20s));
+  EXPECT_FALSE(contains(a.agent->served(), p));
+  auto held = a.mem->get(column::meta, "partition/" + std::to_string(p));
+  ASSERT_TRUE(held);
+  EXPECT_FALSE(held->has_value()) << "a dropped its copy";
+  // Every accepted send applied exactly once, at the one owner.
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5 + accepted);
+}
+
+TEST_F(agent_test, a_receiver_restarted_before_the_map_write_keeps_the_data) {
+  auto& a = add("a");
+  auto lossy = std::make_shared<lossy_map_store>(*store);
+  a.store = lossy;
+  auto& b = add("b");
+  // b's quick restart must not make a vote it dead.
+  for (auto* n : {&a, &b})
+    n->configure = [](agent_config& c) { c.missed_probes = 100; };
+  start(a);
+  uint32_t p = partitions - 1;
+  auto key = key_on(p, "kept");
+  Add add5;
+  add5.set_delta(5);
+  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  // b receives p; the map write that gives it to b waits at the door.
+  auto seen = lossy->writes();
+  lossy->hold(true);
+  start(b);
+  ASSERT_TRUE(lossy->wait_writes(seen));
+  // b restarts meanwhile: the map it reads at join still gives p to a.
+  crash(b);
+  start(b);
+  lossy->hold(false);
+  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5) << "b serves p without its data";
 }

@@ -72,6 +72,20 @@ caf::expected<bool> is_held(storage& data, uint32_t p) {
   return v->has_value();
 }
 
+// The epoch recorded with the held partition (0 when unreadable).
+caf::expected<uint64_t> held_epoch(storage& data, uint32_t p) {
+  auto v = data.get(column::meta, held_key(p));
+  if (!v)
+    return std::move(v.error());
+  if (!v->has_value())
+    return uint64_t{0};
+  try {
+    return static_cast<uint64_t>(std::stoull(**v));
+  } catch (const std::exception&) {
+    return uint64_t{0};
+  }
+}
+
 // Bounded compare-and-set retries of membership writes.
 constexpr int max_cas_attempts = 20;
 
@@ -253,6 +267,8 @@ struct cluster_agent::impl {
   std::mutex apply_mtx;
   std::unique_ptr<std::atomic<bool>[]> serving;
   std::unique_ptr<std::atomic<bool>[]> moving;
+  // Partitions whose missing data was reported (guarded by apply_mtx).
+  std::vector<bool> missing_logged;
 
   // Handoff sender: the answer it waits for.
   std::mutex ack_mtx;
@@ -276,7 +292,8 @@ struct cluster_agent::impl {
       , net(n)
       , router(r)
       , serving(std::make_unique<std::atomic<bool>[]>(cfg.partitions))
-      , moving(std::make_unique<std::atomic<bool>[]>(cfg.partitions)) {
+      , moving(std::make_unique<std::atomic<bool>[]>(cfg.partitions))
+      , missing_logged(cfg.partitions, false) {
     on_dead = [](const std::string& why) {
       say(log_level::error, why + "; exiting");
       std::fflush(stdout);
@@ -411,6 +428,21 @@ struct cluster_agent::impl {
       auto* owner = a.primary();
       if (owner && *owner == cfg.self.silo_id) {
         if (!serving[p].load() && here) {
+          // Never serve a partition from data this silo does not hold
+          // (say, a copy dropped while the map write was on its way).
+          auto held = is_held(*data, p);
+          if (!held || !*held) {
+            if (!missing_logged[p])
+              say(log_level::error,
+                  "the map gives partition " + std::to_string(p)
+                      + " to this silo, but its data directory does not hold "
+                        "it; not serving it"
+                      + (held ? std::string{} : ": " + describe(held.error())));
+            missing_logged[p] = true;
+            router.set_route(p, route{cfg.self, a.epoch, false,
+                                      "its data is missing on this silo"});
+            continue;
+          }
           if (auto err = here->acquire_partition(p)) {
             say(log_level::error, "cannot serve partition " + std::to_string(p)
                                       + ": " + describe(err));
@@ -742,35 +774,166 @@ struct cluster_agent::impl {
     return caf::none;
   }
 
-  // Writes the map with `p` on `to` at `epoch + 1`. Returns the version of
-  // a map that says so, or 0 when `p` is still ours at `epoch`.
-  caf::expected<uint64_t> commit_move(uint32_t p, uint64_t epoch,
-                                      const std::string& to) {
-    for (int attempt = 0; attempt < max_cas_attempts; ++attempt) {
+  // What the map says about a move whose map write was attempted.
+  enum class move_outcome {
+    // `p` is on `to` at `epoch + 1`: the move happened.
+    moved,
+    // `p` is still ours at `epoch`, and no write of ours can still apply.
+    ours,
+    // `p` is on neither: someone else wrote the map.
+    not_ours,
+    // A write's outcome is unknown and the map could not tell yet.
+    unknown,
+  };
+
+  // A move whose new owner has the data but whose map write is not known
+  // to have happened or not (the store timed out). `p` stays served
+  // nowhere until the map tells, and the sender thread asks again.
+  struct pending_move {
+    uint64_t epoch = 0;
+    std::string to;
+    peer_address to_address;
+    // Whether a write with an unknown outcome may still apply, and the
+    // highest map version such a write expected: a write can only apply
+    // while the map is at the version it expected.
+    bool unknown = false;
+    uint64_t unknown_at = 0;
+  };
+
+  // Map writes that wait for an answer, by partition (sender thread only).
+  std::map<uint32_t, pending_move> unsettled;
+
+  // What `commit_move` found: the outcome, the map version that says so and
+  // the partition's primary in it.
+  struct move_answer {
+    move_outcome outcome = move_outcome::unknown;
+    uint64_t version = 0;
+    std::string owner;
+  };
+
+  // Writes the map with `p` on `to` at `epoch + 1`, or finds out that this
+  // happened. Returns `moved` with the map's version, `ours` or `not_ours`
+  // when the map says so for certain, and `unknown` while it cannot.
+  move_answer commit_move(uint32_t p, pending_move& m) {
+    auto backoff = 50ms;
+    for (int attempt = 0; attempt < max_cas_attempts && !is_stopped();
+         ++attempt) {
       auto map = store.read_partition_map();
-      if (!map) {
-        std::this_thread::sleep_for(100ms);
+      if (!map || p >= map->partitions.size()) {
+        nap(backoff);
+        backoff = std::min<std::chrono::milliseconds>(backoff * 2, 200ms);
         continue;
       }
-      if (p >= map->partitions.size())
-        return make_error(errc::invalid_argument,
-                          "no partition " + std::to_string(p));
       auto& a = map->partitions[p];
       auto* owner = a.primary();
-      if (a.epoch == epoch + 1 && owner && *owner == to)
-        return map->version; // An earlier attempt's unknown outcome won.
-      if (a.epoch != epoch || !owner || *owner != cfg.self.silo_id)
-        return make_error(errc::storage_failure,
-                          "partition " + std::to_string(p)
-                              + " changed owner during its handoff");
+      if (a.epoch == m.epoch + 1 && owner && *owner == m.to)
+        return {move_outcome::moved, map->version, m.to};
+      if (a.epoch != m.epoch || !owner || *owner != cfg.self.silo_id)
+        return {move_outcome::not_ours, map->version,
+                owner ? *owner : std::string{}};
+      // Still ours at the old epoch. A lost write that expected an older
+      // version can no longer apply; one that expected this version still
+      // can, so write again: either one applies, or the map moves on.
+      if (m.unknown && map->version > m.unknown_at)
+        m.unknown = false;
       auto next = *map;
-      next.partitions[p].epoch = epoch + 1;
-      next.partitions[p].owners = {partition_owner{to, replica_role::primary}};
+      next.partitions[p].epoch = m.epoch + 1;
+      next.partitions[p].owners
+          = {partition_owner{m.to, replica_role::primary}};
       auto res = store.write_partition_map(next, map->version);
       if (res && res->applied())
-        return res->version;
+        return {move_outcome::moved, res->version, m.to};
+      if (!res && code_of(res.error()) != errc::invalid_argument) {
+        m.unknown = true;
+        m.unknown_at = std::max(m.unknown_at, map->version);
+      }
     }
-    return uint64_t{0};
+    return {m.unknown ? move_outcome::unknown : move_outcome::ours, 0, {}};
+  }
+
+  // Acts on what the map said about the move of `p` (see `commit_move`).
+  // Returns false while the outcome is unknown (`p` stays unserved).
+  bool settle(uint32_t p, const pending_move& m, const move_answer& answer) {
+    switch (answer.outcome) {
+      case move_outcome::moved:
+        finish_move(p, m, answer.version);
+        return true;
+      case move_outcome::ours:
+        restore(p, m.epoch);
+        return true;
+      case move_outcome::not_ours:
+        // Our write applied and the new owner moved `p` on, or someone
+        // wrote the map by hand. Either way the map is the truth; our copy
+        // is garbage only if the silo it names got it from us.
+        say(log_level::error, "partition " + std::to_string(p)
+                                  + " changed owner during its handoff (now '"
+                                  + answer.owner + "')");
+        if (answer.owner == m.to)
+          forget(p);
+        {
+          std::lock_guard apply_guard{apply_mtx};
+          moving[p] = false;
+        }
+        refresh_soon();
+        return true;
+      case move_outcome::unknown:
+        break;
+    }
+    return false;
+  }
+
+  void refresh_soon() {
+    {
+      std::lock_guard guard{mtx};
+      refresh_wanted = true;
+    }
+    cv.notify_all();
+  }
+
+  // Drops this silo's copy of `p`, which another silo owns now.
+  void forget(uint32_t p) {
+    if (auto err = data->drop_partition(p))
+      say(log_level::warning, "dropping the moved partition "
+                                  + std::to_string(p)
+                                  + " failed: " + describe(err));
+    static_cast<void>(put_held(*data, p, 0, false));
+  }
+
+  // The map gives `p` to `m.to` at `m.epoch + 1` (map version `version`).
+  void finish_move(uint32_t p, const pending_move& m, uint64_t version) {
+    {
+      std::lock_guard apply_guard{apply_mtx};
+      {
+        // The new map, as far as this partition goes; any read older than
+        // it is ignored by `apply`.
+        std::lock_guard guard{mtx};
+        auto& a = cached.map.partitions[p];
+        if (a.epoch <= m.epoch + 1) {
+          a.epoch = m.epoch + 1;
+          a.owners = {partition_owner{m.to, replica_role::primary}};
+          cached.map.version = std::max(cached.map.version, version);
+        }
+      }
+      router.set_route(p, route{m.to_address, m.epoch + 1, true, {}});
+      moving[p] = false;
+    }
+    // The new owner holds the partition now; our copy is garbage.
+    forget(p);
+    refresh_soon();
+  }
+
+  // Asks the map again about every move whose outcome is unknown.
+  void settle_unsettled() {
+    for (auto i = unsettled.begin(); i != unsettled.end() && !is_stopped();) {
+      if (settle(i->first, i->second, commit_move(i->first, i->second))) {
+        say(log_level::info, "the map answered for partition "
+                                 + std::to_string(i->first)
+                                 + "; its handoff is settled");
+        i = unsettled.erase(i);
+      } else {
+        ++i;
+      }
+    }
   }
 
   void restore(uint32_t p, uint64_t epoch) {
@@ -856,32 +1019,27 @@ struct cluster_agent::impl {
       restore(p, epoch);
       return shipped;
     }
-    auto moved = commit_move(p, epoch, m.to);
-    if (!moved || *moved == 0) {
-      restore(p, epoch);
-      return moved ? make_error(errc::timeout, "could not write the map")
-                   : std::move(moved.error());
+    // From here on the map write may happen even when its answer is lost:
+    // never serve `p` again unless the map says it is still ours.
+    pending_move pm{epoch, m.to, to, false, 0};
+    auto answer = commit_move(p, pm);
+    if (!settle(p, pm, answer)) {
+      say(log_level::warning,
+          "the map write that moves partition " + std::to_string(p)
+              + " to silo '" + m.to
+              + "' has an unknown outcome; the partition is served nowhere "
+                "until the map tells");
+      unsettled[p] = std::move(pm);
+      return make_error(errc::timeout,
+                        "the map write's outcome is unknown; asking again");
     }
-    {
-      std::lock_guard apply_guard{apply_mtx};
-      {
-        // The new map, as far as this partition goes; any read older than
-        // it is ignored by `apply`.
-        std::lock_guard guard{mtx};
-        auto& a = cached.map.partitions[p];
-        a.epoch = epoch + 1;
-        a.owners = {partition_owner{m.to, replica_role::primary}};
-        cached.map.version = std::max(cached.map.version, *moved);
-      }
-      router.set_route(p, route{to, epoch + 1, true, {}});
-      moving[p] = false;
-    }
-    // The new owner holds the partition now; our copy is garbage.
-    if (auto err = data->drop_partition(p))
-      say(log_level::warning, "dropping the moved partition "
-                                  + std::to_string(p)
-                                  + " failed: " + describe(err));
-    static_cast<void>(put_held(*data, p, 0, false));
+    if (answer.outcome == move_outcome::ours)
+      return make_error(errc::timeout,
+                        "could not write the map; it is served here again");
+    if (answer.outcome == move_outcome::not_ours)
+      return make_error(errc::storage_failure,
+                        "partition " + std::to_string(p)
+                            + " changed owner during its handoff");
     auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - started);
     say(log_level::info, "handed partition " + std::to_string(p) + " to silo '"
@@ -889,11 +1047,6 @@ struct cluster_agent::impl {
                              + " (" + std::to_string(bytes) + " bytes in "
                              + std::to_string(files->size()) + " files, "
                              + std::to_string(took.count()) + " ms)");
-    {
-      std::lock_guard guard{mtx};
-      refresh_wanted = true;
-    }
-    cv.notify_all();
     return caf::none;
   }
 
@@ -902,6 +1055,15 @@ struct cluster_agent::impl {
     bool moved = false;
     while (moved ? !is_stopped() : nap(100ms)) {
       moved = false;
+      if (!unsettled.empty()) {
+        // No new move while the map cannot tell how the last one ended.
+        settle_unsettled();
+        if (!unsettled.empty()) {
+          if (!nap(400ms))
+            return;
+          continue;
+        }
+      }
       cluster_view view;
       bool allowed = false;
       {
@@ -932,8 +1094,7 @@ struct cluster_agent::impl {
       } else if (err) {
         say(log_level::warning,
             "handoff of partition " + std::to_string(mine->partition)
-                + " to silo '" + mine->to
-                + "' failed; it stays here: " + describe(err));
+                + " to silo '" + mine->to + "' failed: " + describe(err));
         if (!nap(1'000ms))
           return;
       }
@@ -1187,6 +1348,18 @@ caf::error cluster_agent::join(storage& data, uint64_t incarnation) {
     if (mine && !*held)
       missing += (missing.empty() ? "" : ",") + std::to_string(a.partition);
     if (!mine && *held) {
+      auto epoch = held_epoch(data, a.partition);
+      if (!epoch)
+        return std::move(epoch.error());
+      if (*epoch > a.epoch) {
+        // Received for an epoch the map has not reached: the sender's map
+        // write may still come, and then this copy is the only one.
+        say(log_level::info, "keeping partition " + std::to_string(a.partition)
+                                 + ", received for epoch "
+                                 + std::to_string(*epoch) + " (the map is at "
+                                 + std::to_string(a.epoch) + ")");
+        continue;
+      }
       // Left over from a handoff that finished (or never did): the owner
       // has the authoritative copy.
       if (auto err = data.drop_partition(a.partition))
@@ -1360,12 +1533,7 @@ void cluster_agent::on_frame(const peer_info& from, Frame&& frame) {
 }
 
 void cluster_agent::refresh_soon() {
-  auto& d = *impl_;
-  {
-    std::lock_guard guard{d.mtx};
-    d.refresh_wanted = true;
-  }
-  d.cv.notify_all();
+  impl_->refresh_soon();
 }
 
 cluster_view cluster_agent::view() const {

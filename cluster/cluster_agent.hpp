@@ -114,7 +114,10 @@ std::string to_json_fields(const cluster_view& view);
 ///   ships them in `HandoffChunk` frames, waits for the new owner to import
 ///   them durably, then writes the map with the new owner at epoch + 1 and
 ///   drops its own copy. If anything fails before the map write, it serves
-///   the partition again at the old epoch.
+///   the partition again at the old epoch. Once the map write was tried,
+///   only the map decides: while the write's outcome is unknown (the store
+///   did not answer), the partition is served nowhere and the map is asked
+///   again until it tells.
 ///
 /// Threads: one for probes and membership, one for sending handoffs, one
 /// for receiving them; the transport's threads only enqueue.
