@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -279,21 +280,17 @@ struct node {
   std::function<void(agent_config&)> configure;
   // Set before `start`: the store the agent uses instead of the shared one.
   std::shared_ptr<membership_store> store;
+  // Set before `start`: runs between the silo's start and `activate`.
+  std::function<void()> before_activate;
+  // Whether `activate` is expected to fail.
+  bool expect_activate_error = false;
 };
 
-// Forwards to a store. Once `armed`, a partition-map write is applied and
-// then answered with a timeout (its answer lost), and from then on reads of
-// the map time out too, until `blind` is cleared.
-class lossy_map_store final : public membership_store {
+// Forwards everything to another store; tests override what they disturb.
+class forwarding_store : public membership_store {
 public:
-  explicit lossy_map_store(membership_store& inner)
+  explicit forwarding_store(membership_store& inner)
       : inner_(inner) {}
-
-  std::atomic<bool> armed{false};
-  std::atomic<bool> blind{false};
-  std::atomic<int> lost_writes{0};
-  // Blind reads by the thread whose write was lost (the handoff sender).
-  std::atomic<int> writer_blind_reads{0};
 
   caf::expected<membership_table> read_all() override {
     return inner_.read_all();
@@ -324,6 +321,101 @@ public:
   caf::expected<watch_token> watch(membership_watcher w) override {
     return inner_.watch(std::move(w));
   }
+
+  caf::expected<partition_map> read_partition_map() override {
+    return inner_.read_partition_map();
+  }
+
+  caf::expected<write_result> write_partition_map(const partition_map& m,
+                                                  uint64_t v) override {
+    return inner_.write_partition_map(m, v);
+  }
+
+protected:
+  membership_store& inner_;
+};
+
+// Holds votes against `suspect` (updates of its row that carry votes) at
+// the door while `holding`, so that they reach the store late.
+class vote_gate_store final : public forwarding_store {
+public:
+  vote_gate_store(membership_store& inner, std::string suspect)
+      : forwarding_store(inner)
+      , suspect_(std::move(suspect)) {}
+
+  caf::expected<write_result> update(const membership_entry& e, uint64_t rv,
+                                     uint64_t tv) override {
+    if (e.silo_id == suspect_ && !e.suspicions.empty()) {
+      std::unique_lock guard{mtx_};
+      ++waiting_;
+      cv_.notify_all();
+      // Bounded: a test that forgets to let go fails, not hangs.
+      cv_.wait_for(guard, 30s, [&] { return !holding_; });
+      --waiting_;
+      passed_.emplace(std::this_thread::get_id(), 0);
+    }
+    return inner_.update(e, rv, tv);
+  }
+
+  caf::expected<membership_table> read_all() override {
+    {
+      std::lock_guard guard{mtx_};
+      if (auto i = passed_.find(std::this_thread::get_id()); i != passed_.end())
+        ++i->second;
+    }
+    cv_.notify_all();
+    return inner_.read_all();
+  }
+
+  // Waits until `voters` threads passed the door and each read the table
+  // `n` times since: by then each has finished what followed its vote.
+  bool wait_reads_after_door(size_t voters, int n,
+                             std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] {
+      return passed_.size() >= voters
+             && std::all_of(passed_.begin(), passed_.end(),
+                            [&](auto& x) { return x.second >= n; });
+    });
+  }
+
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx_};
+      holding_ = value;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits until `n` votes wait at the door.
+  bool wait_waiting(int n, std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] { return waiting_ >= n; });
+  }
+
+private:
+  std::string suspect_;
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  int waiting_ = 0;
+  // Threads whose vote passed the door, and their table reads since.
+  std::map<std::thread::id, int> passed_;
+};
+
+// Forwards to a store. Once `armed`, a partition-map write is applied and
+// then answered with a timeout (its answer lost), and from then on reads of
+// the map time out too, until `blind` is cleared.
+class lossy_map_store final : public forwarding_store {
+public:
+  explicit lossy_map_store(membership_store& inner)
+      : forwarding_store(inner) {}
+
+  std::atomic<bool> armed{false};
+  std::atomic<bool> blind{false};
+  std::atomic<int> lost_writes{0};
+  // Blind reads by the thread whose write was lost (the handoff sender).
+  std::atomic<int> writer_blind_reads{0};
 
   caf::expected<partition_map> read_partition_map() override {
     if (blind.load()) {
@@ -377,7 +469,6 @@ public:
   }
 
 private:
-  membership_store& inner_;
   std::mutex mtx_;
   std::condition_variable cv_;
   bool holding_ = false;
@@ -514,7 +605,13 @@ protected:
     ASSERT_TRUE(started) << describe(started.error());
     n.s = std::move(*started);
     n.router->attach(*n.s);
-    ASSERT_FALSE(n.agent->activate(*n.s));
+    if (n.before_activate)
+      n.before_activate();
+    auto activated = n.agent->activate(*n.s);
+    if (n.expect_activate_error)
+      ASSERT_TRUE(activated);
+    else
+      ASSERT_FALSE(activated) << describe(activated);
   }
 
   node& add(std::string id) {
@@ -881,4 +978,55 @@ TEST_F(agent_test, a_receiver_restarted_before_the_map_write_keeps_the_data) {
   auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->value(), 5) << "b serves p without its data";
+}
+
+TEST_F(agent_test,
+       a_quickly_restarted_silo_survives_the_death_of_its_last_run) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  auto votes = std::make_shared<vote_gate_store>(*store, "c");
+  a.store = votes;
+  b.store = votes;
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // c dies; a and b vote against its run, but their votes reach the store
+  // only after c came back.
+  votes->hold(true);
+  crash(c);
+  ASSERT_TRUE(votes->wait_waiting(2));
+  start(c);
+  ASSERT_EQ(status_in(c, "c"), silo_status::active);
+  votes->hold(false);
+  // Both voters went on after their late votes.
+  ASSERT_TRUE(votes->wait_reads_after_door(2, 2));
+  auto snap = store->read("c");
+  ASSERT_TRUE(snap && snap->find("c"));
+  EXPECT_EQ(snap->find("c")->status, silo_status::active);
+  EXPECT_EQ(snap->find("c")->incarnation, c.incarnation);
+  EXPECT_TRUE(snap->find("c")->suspicions.empty())
+      << "votes against the previous run stick to the new one";
+  EXPECT_TRUE(balanced({&a, &b, &c}));
+  EXPECT_FALSE(c.declared_dead.load());
+}
+
+TEST_F(agent_test, a_silo_declared_dead_while_joining_says_so) {
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  // Between join and activate, b's run is declared dead.
+  b.before_activate = [&] {
+    auto snap = store->read("b");
+    ASSERT_TRUE(snap && snap->find("b"));
+    auto entry = *snap->find("b");
+    entry.status = silo_status::dead;
+    auto res = store->update(entry, entry.version, snap->version);
+    ASSERT_TRUE(res && res->applied());
+  };
+  b.expect_activate_error = true;
+  start(b);
+  EXPECT_TRUE(b.declared_dead.load())
+      << "the join path must report the death like any other";
 }

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -226,6 +227,8 @@ struct cluster_agent::impl {
     uint32_t missed = 0;
     int64_t last_vote_ms = 0;
     int64_t first_miss_ms = 0;
+    // The incarnation of the peer these probes are about.
+    uint64_t incarnation = 0;
   };
 
   struct inbound {
@@ -347,16 +350,25 @@ struct cluster_agent::impl {
       if (!row) {
         res = store.insert(entry, snap->version);
       } else {
-        if (!fresh_start) {
-          if (row->incarnation != incarnation)
+        // A row of an older incarnation is rewritten as ours, whatever
+        // happened to that run: its death is not ours.
+        if (!fresh_start && row->incarnation >= incarnation) {
+          if (row->incarnation > incarnation) {
+            declare_self_dead("silo '" + cfg.self.silo_id
+                              + "' was restarted elsewhere (incarnation "
+                              + std::to_string(row->incarnation) + ")");
             return make_error(errc::silo_stopped,
                               "this silo's row belongs to a newer "
                               "incarnation");
+          }
           entry.start_time_ms = row->start_time_ms;
           entry.suspicions = row->suspicions;
-          if (row->status == silo_status::dead && status != silo_status::dead)
+          if (row->status == silo_status::dead && status != silo_status::dead) {
+            declare_self_dead("silo '" + cfg.self.silo_id
+                              + "' was declared dead by its peers");
             return make_error(errc::silo_stopped,
                               "this silo was declared dead");
+          }
         }
         res = store.update(entry, row->version, snap->version);
       }
@@ -411,15 +423,8 @@ struct cluster_agent::impl {
         view.table = cached.table;
       cached = view;
     }
-    if (auto* me = view.table.find(cfg.self.silo_id); me && incarnation != 0) {
-      if (me->incarnation > incarnation)
-        declare_self_dead("silo '" + cfg.self.silo_id
-                          + "' was restarted elsewhere (incarnation "
-                          + std::to_string(me->incarnation) + ")");
-      else if (me->status == silo_status::dead)
-        declare_self_dead("silo '" + cfg.self.silo_id
-                          + "' was declared dead by its peers");
-    }
+    if (auto why = dead_in(view.table))
+      declare_self_dead(*why);
     auto* here = local.load();
     for (auto& a : view.map.partitions) {
       auto p = a.partition;
@@ -508,22 +513,38 @@ struct cluster_agent::impl {
     static_cast<void>(net.send(to, f));
   }
 
-  std::vector<peer_address> live_peers() {
-    std::vector<peer_address> out;
+  struct live_peer {
+    peer_address peer;
+    uint64_t incarnation = 0;
+  };
+
+  std::vector<live_peer> live_peer_rows() {
+    std::vector<live_peer> out;
     std::lock_guard guard{mtx};
     for (auto& row : cached.table.rows) {
       if (row.silo_id == cfg.self.silo_id || !is_live(row.status))
         continue;
       auto ep = parse_endpoint(row.address);
       if (ep)
-        out.push_back(peer_address{row.silo_id, *ep});
+        out.push_back(
+            live_peer{peer_address{row.silo_id, *ep}, row.incarnation});
     }
     return out;
   }
 
+  std::vector<peer_address> live_peers() {
+    std::vector<peer_address> out;
+    for (auto& x : live_peer_rows())
+      out.push_back(std::move(x.peer));
+    return out;
+  }
+
   void probe_round() {
-    auto peers = live_peers();
-    std::vector<std::string> suspects;
+    auto rows = live_peer_rows();
+    std::vector<peer_address> peers;
+    for (auto& x : rows)
+      peers.push_back(x.peer);
+    std::vector<std::pair<std::string, uint64_t>> suspects;
     std::vector<std::pair<peer_address, uint64_t>> pings;
     {
       std::lock_guard guard{mtx};
@@ -535,15 +556,20 @@ struct cluster_agent::impl {
         i = known ? std::next(i) : probes.erase(i);
       }
       auto now = now_ms();
-      for (auto& peer : peers) {
+      for (auto& [peer, inc] : rows) {
         auto& st = probes[peer.silo_id];
+        if (st.incarnation != inc) {
+          // A new run of the peer: what its previous run missed is not its.
+          st = probe_state{};
+          st.incarnation = inc;
+        }
         if (st.nonce != 0 && !st.answered) {
           if (st.missed++ == 0)
             st.first_miss_ms = now;
         }
         if (st.missed >= cfg.missed_probes
             && now - st.last_vote_ms > cfg.vote_expiry.count() / 2)
-          suspects.push_back(peer.silo_id);
+          suspects.emplace_back(peer.silo_id, inc);
         st.nonce = rng() | 1;
         st.answered = false;
         pings.emplace_back(peer, st.nonce);
@@ -551,11 +577,27 @@ struct cluster_agent::impl {
     }
     for (auto& [peer, nonce] : pings)
       send_ping(peer, nonce);
-    for (auto& id : suspects)
-      vote(id);
+    for (auto& [id, inc] : suspects)
+      vote(id, inc);
   }
 
-  void vote(const std::string& suspect) {
+  // Returns why this silo must stop, when `table` says so: its row was
+  // rewritten by a newer incarnation, or this incarnation was declared dead.
+  std::optional<std::string> dead_in(const membership_table& table) const {
+    auto* me = table.find(cfg.self.silo_id);
+    if (!me || incarnation == 0)
+      return std::nullopt;
+    if (me->incarnation > incarnation)
+      return "silo '" + cfg.self.silo_id
+             + "' was restarted elsewhere (incarnation "
+             + std::to_string(me->incarnation) + ")";
+    if (me->incarnation == incarnation && me->status == silo_status::dead)
+      return "silo '" + cfg.self.silo_id + "' was declared dead by its peers";
+    return std::nullopt;
+  }
+
+  // Votes that incarnation `inc` of `suspect` is dead.
+  void vote(const std::string& suspect, uint64_t inc) {
     for (int attempt = 0; attempt < max_cas_attempts; ++attempt) {
       auto snap = store.read_all();
       if (!snap) {
@@ -563,9 +605,22 @@ struct cluster_agent::impl {
                                     + "': " + describe(snap.error()));
         return;
       }
+      if (auto why = dead_in(*snap)) {
+        // A dead silo's view of the others counts for nothing.
+        declare_self_dead(*why);
+        return;
+      }
       auto* row = snap->find(suspect);
       if (!row || row->status == silo_status::dead)
         return;
+      if (row->incarnation != inc) {
+        // The suspect restarted: its new run starts with a clean record.
+        std::lock_guard guard{mtx};
+        auto& st = probes[suspect];
+        st = probe_state{};
+        st.incarnation = row->incarnation;
+        return;
+      }
       auto now = now_ms();
       size_t live = 0;
       for (auto& r : snap->rows)
@@ -577,9 +632,11 @@ struct cluster_agent::impl {
       entry.suspicions.clear();
       for (auto& v : row->suspicions)
         if (v.voter != cfg.self.silo_id
-            && now - v.time_ms < cfg.vote_expiry.count())
+            && now - v.time_ms < cfg.vote_expiry.count()
+            && v.incarnation == row->incarnation)
           entry.suspicions.push_back(v);
-      entry.suspicions.push_back(suspicion_vote{cfg.self.silo_id, now});
+      entry.suspicions.push_back(
+          suspicion_vote{cfg.self.silo_id, now, row->incarnation});
       bool kill = entry.suspicions.size() >= needed;
       if (kill)
         entry.status = silo_status::dead;

@@ -527,7 +527,7 @@ TYPED_TEST(membership_conformance, i_am_alive_changes_only_the_timestamp) {
 TYPED_TEST(membership_conformance, suspicion_votes_round_trip) {
   auto a = make_entry("a", silo_status::active);
   auto r1 = must(this->store->insert(a, 0));
-  a.suspicions = {{"b", 1'700'000'001'000}, {"c", 1'700'000'002'000}};
+  a.suspicions = {{"b", 1'700'000'001'000, 7}, {"c", 1'700'000'002'000}};
   auto r2 = must(this->store->update(a, r1.version, r1.version));
   ASSERT_TRUE(r2.applied());
   auto row = must(this->store->read("a")).rows.at(0);
@@ -540,6 +540,7 @@ TYPED_TEST(membership_conformance, suspicion_votes_round_trip) {
   auto table = must(this->store->read_all());
   ASSERT_EQ(table.rows.at(0).suspicions.size(), 3u);
   EXPECT_EQ(table.rows[0].suspicions[2].voter, "d");
+  EXPECT_EQ(table.rows[0].suspicions[0].incarnation, 7u);
   EXPECT_EQ(table.rows[0].status, silo_status::dead);
 }
 
