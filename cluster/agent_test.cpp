@@ -276,6 +276,8 @@ struct node {
   uint64_t incarnation = 0;
   // Set before `start`: holds the silo's commits (not the agent's).
   std::shared_ptr<commit_gate> gate;
+  // While set, every frame from another silo is lost (a network cut).
+  std::atomic<bool> isolated{false};
   // Set before `start`: adjusts the agent's settings.
   std::function<void(agent_config&)> configure;
   // Set before `start`: the store the agent uses instead of the shared one.
@@ -569,6 +571,8 @@ protected:
     tc.incarnation = ++n.incarnation;
     n.net = std::make_shared<asio_transport>(tc);
     n.net->set_handler([&n](const peer_info& from, Frame&& f) {
+      if (n.isolated.load())
+        return;
       if (auto* r = n.router_ptr.load())
         r->handler()(from, std::move(f));
     });
@@ -1029,4 +1033,63 @@ TEST_F(agent_test, a_silo_declared_dead_while_joining_says_so) {
   start(b);
   EXPECT_TRUE(b.declared_dead.load())
       << "the join path must report the death like any other";
+}
+
+TEST_F(agent_test, two_silos_cut_apart_declare_no_one_dead) {
+  log_capture logs;
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  start(b);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  // Neither hears the other: each suspects the other, and neither reaches a
+  // majority of the two live silos.
+  a.isolated = true;
+  b.isolated = true;
+  ASSERT_TRUE(eventually(
+      [&] {
+        return (logs.has("silo 'a' reaches 1 of 2 live silos")
+                && logs.has("silo 'b' reaches 1 of 2 live silos"))
+               || a.declared_dead || b.declared_dead;
+      },
+      10s));
+  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_FALSE(b.declared_dead.load());
+  auto table = store->read_all();
+  ASSERT_TRUE(table);
+  for (auto* id : {"a", "b"}) {
+    ASSERT_TRUE(table->find(id));
+    EXPECT_EQ(table->find(id)->status, silo_status::active) << id;
+    EXPECT_TRUE(table->find(id)->suspicions.empty()) << id;
+  }
+  // Healed, both serve on.
+  a.isolated = false;
+  b.isolated = false;
+  for (int g = 0; g < 10; ++g) {
+    auto r = grain_ref<probe>{*a.s, "cut-" + std::to_string(g)}.call<Value>(
+        Add{}, 5s);
+    EXPECT_TRUE(r) << describe(r.error());
+  }
+}
+
+TEST_F(agent_test, a_silo_cut_off_from_the_majority_is_declared_dead_alone) {
+  log_capture logs;
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // c hears no one; a and b still hear each other (c's frames to them
+  // still arrive, but c hears none of their answers).
+  c.isolated = true;
+  ASSERT_TRUE(eventually([&] { return c.declared_dead.load(); }, 15s));
+  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_FALSE(b.declared_dead.load());
+  auto table = store->read_all();
+  ASSERT_TRUE(table);
+  EXPECT_EQ(table->find("a")->status, silo_status::active);
+  EXPECT_EQ(table->find("b")->status, silo_status::active);
+  EXPECT_EQ(table->find("c")->status, silo_status::dead);
 }

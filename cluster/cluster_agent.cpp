@@ -264,6 +264,7 @@ struct cluster_agent::impl {
   bool left = false;
   cluster_view cached;
   std::map<std::string, probe_state> probes;
+  int64_t last_minority_log_ms = 0;
   std::mt19937_64 rng{std::random_device{}()};
 
   // Serializes `apply` (it may acquire and release partitions).
@@ -596,6 +597,41 @@ struct cluster_agent::impl {
     return std::nullopt;
   }
 
+  // Whether this silo plus the live peers that answer its probes are a
+  // majority of the live silos in `table`. Only then may it vote: in a
+  // network partition the minority side must not declare anyone dead (with
+  // two silos, neither side can).
+  bool reaches_majority(const membership_table& table,
+                        const std::string& suspect) {
+    size_t live = 0;
+    size_t reached = 1; // This silo.
+    std::lock_guard guard{mtx};
+    for (auto& r : table.rows) {
+      if (!is_live(r.status))
+        continue;
+      ++live;
+      if (r.silo_id == cfg.self.silo_id)
+        continue;
+      auto i = probes.find(r.silo_id);
+      if (i != probes.end() && i->second.incarnation == r.incarnation
+          && i->second.missed < cfg.missed_probes)
+        ++reached;
+    }
+    if (2 * reached > live)
+      return true;
+    auto now = now_ms();
+    if (now - last_minority_log_ms > 10'000) {
+      last_minority_log_ms = now;
+      say(log_level::warning,
+          "silo '" + cfg.self.silo_id + "' reaches " + std::to_string(reached)
+              + " of " + std::to_string(live)
+              + " live silos, not a majority: it declares no one dead (it "
+                "suspects '"
+              + suspect + "')");
+    }
+    return false;
+  }
+
   // Votes that incarnation `inc` of `suspect` is dead.
   void vote(const std::string& suspect, uint64_t inc) {
     for (int attempt = 0; attempt < max_cas_attempts; ++attempt) {
@@ -612,6 +648,8 @@ struct cluster_agent::impl {
       }
       auto* row = snap->find(suspect);
       if (!row || row->status == silo_status::dead)
+        return;
+      if (!reaches_majority(*snap, suspect))
         return;
       if (row->incarnation != inc) {
         // The suspect restarted: its new run starts with a clean record.
