@@ -212,6 +212,31 @@ TEST_F(cluster_process_test, an_etcd_backed_cluster_completes_every_namespace) {
   run_namespaces(true);
 }
 
+TEST_F(cluster_process_test, an_etcd_member_down_does_not_stop_the_cluster) {
+  auto etcd = granary::cluster::etcd_test_server::start();
+  ASSERT_TRUE(etcd) << granary::describe(etcd.error());
+  // The first endpoint is an etcd member that is not running.
+  auto down = "127.0.0.1:" + std::to_string(free_port());
+  write_configs({}, down + "\", \"" + (*etcd)->endpoint());
+  start_api();
+  for (int i = 0; i < silos; ++i)
+    start_silo(i);
+  ASSERT_TRUE(eventually(
+      [&] {
+        return status_seen_by(0, "silo-1") == "active"
+               && status_seen_by(0, "silo-2") == "active";
+      },
+      20s));
+  granary::cluster::gateway_client gw{
+      granary::cluster::endpoint{"127.0.0.1", gateway_ports[2]}, 10s};
+  for (int c = 0; c < 6; ++c) {
+    auto r = gw.call_grain("cp.cell", "cell-" + std::to_string(c),
+                           "granary.cp.Reserve",
+                           "{\"tenant\":\"t\",\"capacity\":4}");
+    EXPECT_TRUE(r) << granary::describe(r.error());
+  }
+}
+
 TEST_F(cluster_process_test, a_hung_silo_is_declared_dead_and_stops_itself) {
   write_configs();
   start_api();
