@@ -3,11 +3,17 @@
 // data, a graceful leave hands them back, a crashed silo is detected and
 // declared dead, and a silo declared dead stops itself.
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -18,6 +24,8 @@
 #include "cluster/cluster_agent.hpp"
 #include "cluster/embedded_membership.hpp"
 #include "cluster/transport_router.hpp"
+#include "runtime/keys.hpp"
+#include "runtime/log.hpp"
 #include "test_grains.hpp"
 
 using namespace granary;
@@ -102,6 +110,156 @@ TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
   EXPECT_TRUE(plan_moves(map_of({"a", "b", "a", "b"}), t).empty());
 }
 
+// -- release and recovery of one partition -----------------------------------
+
+// Holds every commit at the door while `hold` is set: a slow disk under a
+// release. Counts the commits that came and that finished.
+struct commit_gate {
+  std::mutex mtx;
+  std::condition_variable cv;
+  bool held = false;
+  uint64_t entered = 0;
+  uint64_t finished = 0;
+
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx};
+      held = value;
+    }
+    cv.notify_all();
+  }
+
+  // Waits until more than `n` commits came to the door.
+  bool wait_entered(uint64_t n, std::chrono::milliseconds limit = 5s) {
+    std::unique_lock guard{mtx};
+    return cv.wait_for(guard, limit, [&] { return entered > n; });
+  }
+
+  uint64_t finished_now() {
+    std::lock_guard guard{mtx};
+    return finished;
+  }
+};
+
+class gated_storage : public shared_memory_storage {
+public:
+  gated_storage(std::shared_ptr<memory_storage> mem,
+                std::shared_ptr<commit_gate> gate)
+      : shared_memory_storage(std::move(mem))
+      , gate_(std::move(gate)) {}
+
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    {
+      std::unique_lock guard{gate_->mtx};
+      ++gate_->entered;
+      gate_->cv.notify_all();
+      // Bounded: a test that forgets to open the gate fails, not hangs.
+      gate_->cv.wait_for(guard, 30s, [&] { return !gate_->held; });
+    }
+    auto err = shared_memory_storage::commit(batches);
+    {
+      std::lock_guard guard{gate_->mtx};
+      ++gate_->finished;
+    }
+    gate_->cv.notify_all();
+    return err;
+  }
+
+private:
+  std::shared_ptr<commit_gate> gate_;
+};
+
+struct gated_silo {
+  static constexpr uint32_t parts = 4;
+  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  std::shared_ptr<commit_gate> gate = std::make_shared<commit_gate>();
+  std::unique_ptr<silo> s;
+
+  gated_silo() {
+    silo_config sc;
+    sc.partitions = parts;
+    sc.timer_poll = 10ms;
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    auto started = silo::start(sc, std::move(reg),
+                               std::make_unique<gated_storage>(mem, gate));
+    EXPECT_TRUE(started) << describe(started.error());
+    if (started)
+      s = std::move(*started);
+  }
+
+  // Starts an Add{delta} to `key` whose commit the gate holds; returns once
+  // the commit is at the door. Join the thread after opening the gate.
+  std::thread add_held(const std::string& key, int delta) {
+    uint64_t before = 0;
+    {
+      std::lock_guard guard{gate->mtx};
+      before = gate->entered;
+    }
+    gate->hold(true);
+    std::thread t{[this, key, delta] {
+      Add a;
+      a.set_delta(delta);
+      auto r = grain_ref<probe>{*s, key}.call<Value>(a, 20s);
+      EXPECT_TRUE(r) << describe(r.error());
+    }};
+    EXPECT_TRUE(gate->wait_entered(before));
+    return t;
+  }
+};
+
+TEST(partition_release, a_recovery_during_a_slow_release_waits_and_serves) {
+  gated_silo g;
+  ASSERT_TRUE(g.s);
+  std::string key = "slow";
+  auto p = partition_of(id_of<probe>(key), gated_silo::parts);
+  auto adding = g.add_held(key, 2);
+  // The release cannot finish while its commit is held: the ask times out.
+  auto released = g.s->release_partition(p, 100ms);
+  ASSERT_TRUE(released);
+  EXPECT_EQ(code_of(released), errc::timeout) << describe(released);
+  // A recovery now must not be undone when the release finishes.
+  caf::error acquired = make_error(errc::unspecified, "not yet");
+  std::thread acquiring{[&] { acquired = g.s->acquire_partition(p); }};
+  std::this_thread::sleep_for(50ms);
+  g.gate->hold(false);
+  acquiring.join();
+  adding.join();
+  EXPECT_FALSE(acquired) << describe(acquired);
+  auto v = grain_ref<probe>{*g.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << "the partition refuses work after the release finished: "
+                 << describe(v.error());
+  EXPECT_EQ(v->value(), 2);
+}
+
+TEST(partition_release, a_second_release_waits_for_the_first) {
+  gated_silo g;
+  ASSERT_TRUE(g.s);
+  std::string key = "slow";
+  auto p = partition_of(id_of<probe>(key), gated_silo::parts);
+  auto adding = g.add_held(key, 3);
+  auto finished = g.gate->finished_now();
+  ASSERT_EQ(code_of(g.s->release_partition(p, 100ms)), errc::timeout);
+  // Asked again, the release answers only once the pending commit is
+  // durable (a handoff exports right after it).
+  uint64_t finished_at_answer = 0;
+  caf::error again;
+  std::thread releasing{[&] {
+    again = g.s->release_partition(p, 20s);
+    finished_at_answer = g.gate->finished_now();
+  }};
+  std::this_thread::sleep_for(50ms);
+  g.gate->hold(false);
+  releasing.join();
+  adding.join();
+  EXPECT_FALSE(again) << describe(again);
+  EXPECT_GT(finished_at_answer, finished)
+      << "the second release answered while the first was still committing";
+  auto state
+      = g.mem->get(column::state, keys::grain_prefix(p, id_of<probe>(key)));
+  ASSERT_TRUE(state && state->has_value());
+}
+
 // -- in-process cluster -------------------------------------------------------
 
 struct node {
@@ -116,7 +274,253 @@ struct node {
   std::atomic<bool> declared_dead{false};
   fs::path handoff_dir;
   uint64_t incarnation = 0;
+  // Set before `start`: holds the silo's commits (not the agent's).
+  std::shared_ptr<commit_gate> gate;
+  // While set, every frame from another silo is lost (a network cut).
+  std::atomic<bool> isolated{false};
+  // Set before `start`: adjusts the agent's settings.
+  std::function<void(agent_config&)> configure;
+  // Set before `start`: the store the agent uses instead of the shared one.
+  std::shared_ptr<membership_store> store;
+  // Set before `start`: runs between the silo's start and `activate`.
+  std::function<void()> before_activate;
+  // Whether `activate` is expected to fail.
+  bool expect_activate_error = false;
 };
+
+// Forwards everything to another store; tests override what they disturb.
+class forwarding_store : public membership_store {
+public:
+  explicit forwarding_store(membership_store& inner)
+      : inner_(inner) {}
+
+  caf::expected<membership_table> read_all() override {
+    return inner_.read_all();
+  }
+
+  caf::expected<membership_table> read(const std::string& id) override {
+    return inner_.read(id);
+  }
+
+  caf::expected<write_result> insert(const membership_entry& e,
+                                     uint64_t v) override {
+    return inner_.insert(e, v);
+  }
+
+  caf::expected<write_result> update(const membership_entry& e, uint64_t rv,
+                                     uint64_t tv) override {
+    return inner_.update(e, rv, tv);
+  }
+
+  caf::error update_i_am_alive(const std::string& id, int64_t now) override {
+    return inner_.update_i_am_alive(id, now);
+  }
+
+  caf::expected<size_t> delete_dead(int64_t older_than_ms) override {
+    return inner_.delete_dead(older_than_ms);
+  }
+
+  caf::expected<watch_token> watch(membership_watcher w) override {
+    return inner_.watch(std::move(w));
+  }
+
+  caf::expected<partition_map> read_partition_map() override {
+    return inner_.read_partition_map();
+  }
+
+  caf::expected<write_result> write_partition_map(const partition_map& m,
+                                                  uint64_t v) override {
+    return inner_.write_partition_map(m, v);
+  }
+
+protected:
+  membership_store& inner_;
+};
+
+// Holds votes against `suspect` (updates of its row that carry votes) at
+// the door while `holding`, so that they reach the store late.
+class vote_gate_store final : public forwarding_store {
+public:
+  vote_gate_store(membership_store& inner, std::string suspect)
+      : forwarding_store(inner)
+      , suspect_(std::move(suspect)) {}
+
+  caf::expected<write_result> update(const membership_entry& e, uint64_t rv,
+                                     uint64_t tv) override {
+    if (e.silo_id == suspect_ && !e.suspicions.empty()) {
+      std::unique_lock guard{mtx_};
+      ++waiting_;
+      cv_.notify_all();
+      // Bounded: a test that forgets to let go fails, not hangs.
+      cv_.wait_for(guard, 30s, [&] { return !holding_; });
+      --waiting_;
+      passed_.emplace(std::this_thread::get_id(), 0);
+    }
+    return inner_.update(e, rv, tv);
+  }
+
+  caf::expected<membership_table> read_all() override {
+    {
+      std::lock_guard guard{mtx_};
+      if (auto i = passed_.find(std::this_thread::get_id()); i != passed_.end())
+        ++i->second;
+    }
+    cv_.notify_all();
+    return inner_.read_all();
+  }
+
+  // Waits until `voters` threads passed the door and each read the table
+  // `n` times since: by then each has finished what followed its vote.
+  bool wait_reads_after_door(size_t voters, int n,
+                             std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] {
+      return passed_.size() >= voters
+             && std::all_of(passed_.begin(), passed_.end(),
+                            [&](auto& x) { return x.second >= n; });
+    });
+  }
+
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx_};
+      holding_ = value;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits until `n` votes wait at the door.
+  bool wait_waiting(int n, std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] { return waiting_ >= n; });
+  }
+
+private:
+  std::string suspect_;
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  int waiting_ = 0;
+  // Threads whose vote passed the door, and their table reads since.
+  std::map<std::thread::id, int> passed_;
+};
+
+// Forwards to a store. Once `armed`, a partition-map write is applied and
+// then answered with a timeout (its answer lost), and from then on reads of
+// the map time out too, until `blind` is cleared.
+class lossy_map_store final : public forwarding_store {
+public:
+  explicit lossy_map_store(membership_store& inner)
+      : forwarding_store(inner) {}
+
+  std::atomic<bool> armed{false};
+  std::atomic<bool> blind{false};
+  std::atomic<int> lost_writes{0};
+  // Blind reads by the thread whose write was lost (the handoff sender).
+  std::atomic<int> writer_blind_reads{0};
+
+  caf::expected<partition_map> read_partition_map() override {
+    if (blind.load()) {
+      std::lock_guard guard{mtx_};
+      if (std::this_thread::get_id() == writer_)
+        ++writer_blind_reads;
+      return make_error(errc::timeout, "test: the store's answer was lost");
+    }
+    return inner_.read_partition_map();
+  }
+
+  caf::expected<write_result> write_partition_map(const partition_map& m,
+                                                  uint64_t v) override {
+    {
+      // Bounded: a test that forgets to let go fails, not hangs.
+      std::unique_lock guard{mtx_};
+      ++writes_seen;
+      cv_.notify_all();
+      cv_.wait_for(guard, 30s, [&] { return !holding_; });
+    }
+    if (!armed.load())
+      return inner_.write_partition_map(m, v);
+    auto res = inner_.write_partition_map(m, v);
+    if (res && res->applied()) {
+      std::lock_guard guard{mtx_};
+      writer_ = std::this_thread::get_id();
+      ++lost_writes;
+      blind = true;
+    }
+    return make_error(errc::timeout, "test: the store's answer was lost");
+  }
+
+  // Holds every map write at the door while set.
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx_};
+      holding_ = value;
+    }
+    cv_.notify_all();
+  }
+
+  int writes() {
+    std::lock_guard guard{mtx_};
+    return writes_seen;
+  }
+
+  // Waits until more than `n` map writes came to the door.
+  bool wait_writes(int n, std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] { return writes_seen > n; });
+  }
+
+private:
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  int writes_seen = 0;
+  std::thread::id writer_;
+};
+
+bool contains(const std::vector<uint32_t>& xs, uint32_t x) {
+  return std::find(xs.begin(), xs.end(), x) != xs.end();
+}
+
+// Collects the log lines (and still prints them) while it lives.
+class log_capture {
+public:
+  log_capture() {
+    set_log_sink([this](log_level, std::string_view line) {
+      std::fprintf(stderr, "log: %.*s\n", static_cast<int>(line.size()),
+                   line.data());
+      std::lock_guard guard{mtx_};
+      lines_.emplace_back(line);
+    });
+  }
+
+  ~log_capture() {
+    set_log_sink(nullptr);
+  }
+
+  log_capture(const log_capture&) = delete;
+  log_capture& operator=(const log_capture&) = delete;
+
+  bool has(const std::string& part) const {
+    std::lock_guard guard{mtx_};
+    return std::any_of(lines_.begin(), lines_.end(), [&](auto& l) {
+      return l.find(part) != std::string::npos;
+    });
+  }
+
+private:
+  mutable std::mutex mtx_;
+  std::vector<std::string> lines_;
+};
+
+// A probe key whose grain lives in partition `p`.
+std::string key_on(uint32_t p, const std::string& prefix) {
+  for (int i = 0;; ++i) {
+    auto key = prefix + std::to_string(i);
+    if (partition_of(id_of<probe>(key), partitions) == p)
+      return key;
+  }
+}
 
 class agent_test : public ::testing::Test {
 protected:
@@ -151,6 +555,8 @@ protected:
     cfg.refresh_interval = 200ms;
     cfg.handoff_timeout = 2s;
     cfg.handoff_dir = n.handoff_dir.string();
+    if (n.configure)
+      n.configure(cfg);
     return cfg;
   }
 
@@ -165,6 +571,8 @@ protected:
     tc.incarnation = ++n.incarnation;
     n.net = std::make_shared<asio_transport>(tc);
     n.net->set_handler([&n](const peer_info& from, Frame&& f) {
+      if (n.isolated.load())
+        return;
       if (auto* r = n.router_ptr.load())
         r->handler()(from, std::move(f));
     });
@@ -173,7 +581,8 @@ protected:
     auto cfg = config_of(n);
     cfg.self.address.port = *port;
     n.router = std::make_unique<transport_router>(*n.net, cfg.self, partitions);
-    n.agent = std::make_unique<cluster_agent>(cfg, *store, *n.net, *n.router);
+    n.agent = std::make_unique<cluster_agent>(cfg, n.store ? *n.store : *store,
+                                              *n.net, *n.router);
     n.agent->on_declared_dead(
         [&n](const std::string&) { n.declared_dead = true; });
     auto* agent = n.agent.get();
@@ -191,12 +600,22 @@ protected:
     sc.remote_call_timeout = 500ms;
     grain_registry reg;
     ASSERT_FALSE(register_grain<probe>(reg));
-    auto started = silo::start(sc, std::move(reg),
-                               std::make_unique<shared_memory_storage>(n.mem));
+    std::unique_ptr<storage> st;
+    if (n.gate)
+      st = std::make_unique<gated_storage>(n.mem, n.gate);
+    else
+      st = std::make_unique<shared_memory_storage>(n.mem);
+    auto started = silo::start(sc, std::move(reg), std::move(st));
     ASSERT_TRUE(started) << describe(started.error());
     n.s = std::move(*started);
     n.router->attach(*n.s);
-    ASSERT_FALSE(n.agent->activate(*n.s));
+    if (n.before_activate)
+      n.before_activate();
+    auto activated = n.agent->activate(*n.s);
+    if (n.expect_activate_error)
+      ASSERT_TRUE(activated);
+    else
+      ASSERT_FALSE(activated) << describe(activated);
   }
 
   node& add(std::string id) {
@@ -431,4 +850,251 @@ TEST_F(agent_test, join_refuses_a_data_directory_without_its_partitions) {
   EXPECT_EQ(code_of(err), errc::invalid_config);
   EXPECT_NE(describe(err).find("does not hold"), std::string::npos)
       << describe(err);
+}
+
+TEST_F(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {
+  log_capture logs;
+  auto& a = add("a");
+  a.gate = std::make_shared<commit_gate>();
+  a.configure = [](agent_config& c) { c.release_timeout = 300ms; };
+  auto& b = add("b");
+  start(a);
+  // The highest partition moves first; one of its turns is committing
+  // (slowly) when its handoff starts.
+  auto key = key_on(partitions - 1, "slow");
+  Add add5;
+  add5.set_delta(5);
+  auto first = grain_ref<probe>{*a.s, key}.call<Value>(add5, 2s);
+  ASSERT_TRUE(first) << describe(first.error());
+  std::thread adding;
+  {
+    uint64_t before = 0;
+    {
+      std::lock_guard guard{a.gate->mtx};
+      before = a.gate->entered;
+    }
+    a.gate->hold(true);
+    adding = std::thread{[&] {
+      Add add2;
+      add2.set_delta(2);
+      auto r = grain_ref<probe>{*a.s, key}.call<Value>(add2, 20s);
+      EXPECT_TRUE(r) << describe(r.error());
+    }};
+    ASSERT_TRUE(a.gate->wait_entered(before));
+  }
+  start(b);
+  auto slow = "releasing partition " + std::to_string(partitions - 1)
+              + " takes longer";
+  EXPECT_TRUE(eventually([&] { return logs.has(slow); }, 10s))
+      << "the agent gave up on the slow release";
+  a.gate->hold(false);
+  adding.join();
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  EXPECT_FALSE(logs.has("handoff of partition " + std::to_string(partitions - 1)
+                        + " to silo 'b' failed"));
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 7);
+}
+
+TEST_F(agent_test, a_map_write_with_a_lost_answer_never_makes_two_owners) {
+  auto& a = add("a");
+  auto lossy_ptr = std::make_shared<lossy_map_store>(*store);
+  auto& lossy = *lossy_ptr;
+  a.store = lossy_ptr;
+  auto& b = add("b");
+  start(a);
+  // The highest partition moves first.
+  uint32_t p = partitions - 1;
+  auto key = key_on(p, "lost");
+  Add add5;
+  add5.set_delta(5);
+  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  lossy.armed = true;
+  start(b);
+  // The write that gives p to b is applied, its answer is lost, and a
+  // cannot read the map for a while.
+  ASSERT_TRUE(eventually([&] { return lossy.lost_writes.load() > 0; }, 10s));
+  auto map = store->read_partition_map();
+  ASSERT_TRUE(map);
+  ASSERT_EQ(*map->partitions[p].primary(), "b");
+  ASSERT_EQ(map->partitions[p].epoch, 2u);
+  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  // Longer than the handoff once waited before it served p again.
+  ASSERT_TRUE(
+      eventually([&] { return lossy.writer_blind_reads.load() > 20; }, 20s))
+      << "the handoff stopped asking the map";
+  EXPECT_FALSE(contains(a.agent->served(), p))
+      << "a serves p at epoch 1 while b serves it at epoch 2";
+  // Durable sends to p through both silos.
+  int accepted = 0;
+  for (int i = 0; i < 4; ++i) {
+    Add add1;
+    add1.set_delta(1);
+    for (auto* n : {&a, &b})
+      if (!n->s->send(id_of<probe>(key), add1, n->id + "-" + std::to_string(i),
+                      300ms))
+        ++accepted;
+  }
+  EXPECT_GE(accepted, 4) << "b accepts what it owns";
+  // The map answers again: a finishes the handoff.
+  lossy.blind = false;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = a.router->route_of(p);
+        return r.available && r.owner.silo_id == "b" && r.epoch == 2;
+      },
+      20s));
+  EXPECT_FALSE(contains(a.agent->served(), p));
+  auto held = a.mem->get(column::meta, "partition/" + std::to_string(p));
+  ASSERT_TRUE(held);
+  EXPECT_FALSE(held->has_value()) << "a dropped its copy";
+  // Every accepted send applied exactly once, at the one owner.
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5 + accepted);
+}
+
+TEST_F(agent_test, a_receiver_restarted_before_the_map_write_keeps_the_data) {
+  auto& a = add("a");
+  auto lossy = std::make_shared<lossy_map_store>(*store);
+  a.store = lossy;
+  auto& b = add("b");
+  // b's quick restart must not make a vote it dead.
+  for (auto* n : {&a, &b})
+    n->configure = [](agent_config& c) { c.missed_probes = 100; };
+  start(a);
+  uint32_t p = partitions - 1;
+  auto key = key_on(p, "kept");
+  Add add5;
+  add5.set_delta(5);
+  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  // b receives p; the map write that gives it to b waits at the door.
+  auto seen = lossy->writes();
+  lossy->hold(true);
+  start(b);
+  ASSERT_TRUE(lossy->wait_writes(seen));
+  // b restarts meanwhile: the map it reads at join still gives p to a.
+  crash(b);
+  start(b);
+  lossy->hold(false);
+  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5) << "b serves p without its data";
+}
+
+TEST_F(agent_test,
+       a_quickly_restarted_silo_survives_the_death_of_its_last_run) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  auto votes = std::make_shared<vote_gate_store>(*store, "c");
+  a.store = votes;
+  b.store = votes;
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // c dies; a and b vote against its run, but their votes reach the store
+  // only after c came back.
+  votes->hold(true);
+  crash(c);
+  ASSERT_TRUE(votes->wait_waiting(2));
+  start(c);
+  {
+    // `activate` wrote the row before it returned.
+    auto row = store->read("c");
+    ASSERT_TRUE(row && row->find("c"));
+    ASSERT_EQ(row->find("c")->status, silo_status::active);
+  }
+  votes->hold(false);
+  // Both voters went on after their late votes.
+  ASSERT_TRUE(votes->wait_reads_after_door(2, 2));
+  auto snap = store->read("c");
+  ASSERT_TRUE(snap && snap->find("c"));
+  EXPECT_EQ(snap->find("c")->status, silo_status::active);
+  EXPECT_EQ(snap->find("c")->incarnation, c.incarnation);
+  EXPECT_TRUE(snap->find("c")->suspicions.empty())
+      << "votes against the previous run stick to the new one";
+  EXPECT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 10s));
+  EXPECT_FALSE(c.declared_dead.load());
+}
+
+TEST_F(agent_test, a_silo_declared_dead_while_joining_says_so) {
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  // Between join and activate, b's run is declared dead.
+  b.before_activate = [&] {
+    auto snap = store->read("b");
+    ASSERT_TRUE(snap && snap->find("b"));
+    auto entry = *snap->find("b");
+    entry.status = silo_status::dead;
+    auto res = store->update(entry, entry.version, snap->version);
+    ASSERT_TRUE(res && res->applied());
+  };
+  b.expect_activate_error = true;
+  start(b);
+  EXPECT_TRUE(b.declared_dead.load())
+      << "the join path must report the death like any other";
+}
+
+TEST_F(agent_test, two_silos_cut_apart_declare_no_one_dead) {
+  log_capture logs;
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  start(b);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  // Neither hears the other: each suspects the other, and neither reaches a
+  // majority of the two live silos.
+  a.isolated = true;
+  b.isolated = true;
+  ASSERT_TRUE(eventually(
+      [&] {
+        return (logs.has("silo 'a' reaches 1 of 2 live silos")
+                && logs.has("silo 'b' reaches 1 of 2 live silos"))
+               || a.declared_dead || b.declared_dead;
+      },
+      10s));
+  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_FALSE(b.declared_dead.load());
+  auto table = store->read_all();
+  ASSERT_TRUE(table);
+  for (auto* id : {"a", "b"}) {
+    ASSERT_TRUE(table->find(id));
+    EXPECT_EQ(table->find(id)->status, silo_status::active) << id;
+    EXPECT_TRUE(table->find(id)->suspicions.empty()) << id;
+  }
+  // Healed, both serve on.
+  a.isolated = false;
+  b.isolated = false;
+  for (int g = 0; g < 10; ++g) {
+    auto r = grain_ref<probe>{*a.s, "cut-" + std::to_string(g)}.call<Value>(
+        Add{}, 5s);
+    EXPECT_TRUE(r) << describe(r.error());
+  }
+}
+
+TEST_F(agent_test, a_silo_cut_off_from_the_majority_is_declared_dead_alone) {
+  log_capture logs;
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // c hears no one; a and b still hear each other (c's frames to them
+  // still arrive, but c hears none of their answers).
+  c.isolated = true;
+  ASSERT_TRUE(eventually([&] { return c.declared_dead.load(); }, 15s));
+  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_FALSE(b.declared_dead.load());
+  auto table = store->read_all();
+  ASSERT_TRUE(table);
+  EXPECT_EQ(table->find("a")->status, silo_status::active);
+  EXPECT_EQ(table->find("b")->status, silo_status::active);
+  EXPECT_EQ(table->find("c")->status, silo_status::dead);
 }

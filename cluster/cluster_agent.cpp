@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -72,8 +73,25 @@ caf::expected<bool> is_held(storage& data, uint32_t p) {
   return v->has_value();
 }
 
+// The epoch recorded with the held partition (0 when unreadable).
+caf::expected<uint64_t> held_epoch(storage& data, uint32_t p) {
+  auto v = data.get(column::meta, held_key(p));
+  if (!v)
+    return std::move(v.error());
+  if (!v->has_value())
+    return uint64_t{0};
+  try {
+    return static_cast<uint64_t>(std::stoull(**v));
+  } catch (const std::exception&) {
+    return uint64_t{0};
+  }
+}
+
 // Bounded compare-and-set retries of membership writes.
 constexpr int max_cas_attempts = 20;
+
+// Waits of `release_timeout` each for a slow release before giving up.
+constexpr int max_release_waits = 10;
 
 } // namespace
 
@@ -97,6 +115,8 @@ caf::error agent_config::validate() const {
     return bad("vote_expiry must exceed probe_interval");
   if (handoff_chunk_bytes < 4'096 || handoff_chunk_bytes > (8u << 20))
     return bad("handoff_chunk_bytes must be in [4 KiB, 8 MiB]");
+  if (release_timeout < 10ms)
+    return bad("release_timeout must be at least 10 ms");
   if (handoff_dir.empty())
     return bad("handoff_dir is empty");
   return caf::none;
@@ -207,6 +227,8 @@ struct cluster_agent::impl {
     uint32_t missed = 0;
     int64_t last_vote_ms = 0;
     int64_t first_miss_ms = 0;
+    // The incarnation of the peer these probes are about.
+    uint64_t incarnation = 0;
   };
 
   struct inbound {
@@ -242,12 +264,15 @@ struct cluster_agent::impl {
   bool left = false;
   cluster_view cached;
   std::map<std::string, probe_state> probes;
+  int64_t last_minority_log_ms = 0;
   std::mt19937_64 rng{std::random_device{}()};
 
   // Serializes `apply` (it may acquire and release partitions).
   std::mutex apply_mtx;
   std::unique_ptr<std::atomic<bool>[]> serving;
   std::unique_ptr<std::atomic<bool>[]> moving;
+  // Partitions whose missing data was reported (guarded by apply_mtx).
+  std::vector<bool> missing_logged;
 
   // Handoff sender: the answer it waits for.
   std::mutex ack_mtx;
@@ -271,7 +296,8 @@ struct cluster_agent::impl {
       , net(n)
       , router(r)
       , serving(std::make_unique<std::atomic<bool>[]>(cfg.partitions))
-      , moving(std::make_unique<std::atomic<bool>[]>(cfg.partitions)) {
+      , moving(std::make_unique<std::atomic<bool>[]>(cfg.partitions))
+      , missing_logged(cfg.partitions, false) {
     on_dead = [](const std::string& why) {
       say(log_level::error, why + "; exiting");
       std::fflush(stdout);
@@ -325,16 +351,25 @@ struct cluster_agent::impl {
       if (!row) {
         res = store.insert(entry, snap->version);
       } else {
-        if (!fresh_start) {
-          if (row->incarnation != incarnation)
+        // A row of an older incarnation is rewritten as ours, whatever
+        // happened to that run: its death is not ours.
+        if (!fresh_start && row->incarnation >= incarnation) {
+          if (row->incarnation > incarnation) {
+            declare_self_dead("silo '" + cfg.self.silo_id
+                              + "' was restarted elsewhere (incarnation "
+                              + std::to_string(row->incarnation) + ")");
             return make_error(errc::silo_stopped,
                               "this silo's row belongs to a newer "
                               "incarnation");
+          }
           entry.start_time_ms = row->start_time_ms;
           entry.suspicions = row->suspicions;
-          if (row->status == silo_status::dead && status != silo_status::dead)
+          if (row->status == silo_status::dead && status != silo_status::dead) {
+            declare_self_dead("silo '" + cfg.self.silo_id
+                              + "' was declared dead by its peers");
             return make_error(errc::silo_stopped,
                               "this silo was declared dead");
+          }
         }
         res = store.update(entry, row->version, snap->version);
       }
@@ -389,15 +424,8 @@ struct cluster_agent::impl {
         view.table = cached.table;
       cached = view;
     }
-    if (auto* me = view.table.find(cfg.self.silo_id); me && incarnation != 0) {
-      if (me->incarnation > incarnation)
-        declare_self_dead("silo '" + cfg.self.silo_id
-                          + "' was restarted elsewhere (incarnation "
-                          + std::to_string(me->incarnation) + ")");
-      else if (me->status == silo_status::dead)
-        declare_self_dead("silo '" + cfg.self.silo_id
-                          + "' was declared dead by its peers");
-    }
+    if (auto why = dead_in(view.table))
+      declare_self_dead(*why);
     auto* here = local.load();
     for (auto& a : view.map.partitions) {
       auto p = a.partition;
@@ -406,6 +434,21 @@ struct cluster_agent::impl {
       auto* owner = a.primary();
       if (owner && *owner == cfg.self.silo_id) {
         if (!serving[p].load() && here) {
+          // Never serve a partition from data this silo does not hold
+          // (say, a copy dropped while the map write was on its way).
+          auto held = is_held(*data, p);
+          if (!held || !*held) {
+            if (!missing_logged[p])
+              say(log_level::error,
+                  "the map gives partition " + std::to_string(p)
+                      + " to this silo, but its data directory does not hold "
+                        "it; not serving it"
+                      + (held ? std::string{} : ": " + describe(held.error())));
+            missing_logged[p] = true;
+            router.set_route(p, route{cfg.self, a.epoch, false,
+                                      "its data is missing on this silo"});
+            continue;
+          }
           if (auto err = here->acquire_partition(p)) {
             say(log_level::error, "cannot serve partition " + std::to_string(p)
                                       + ": " + describe(err));
@@ -471,22 +514,38 @@ struct cluster_agent::impl {
     static_cast<void>(net.send(to, f));
   }
 
-  std::vector<peer_address> live_peers() {
-    std::vector<peer_address> out;
+  struct live_peer {
+    peer_address peer;
+    uint64_t incarnation = 0;
+  };
+
+  std::vector<live_peer> live_peer_rows() {
+    std::vector<live_peer> out;
     std::lock_guard guard{mtx};
     for (auto& row : cached.table.rows) {
       if (row.silo_id == cfg.self.silo_id || !is_live(row.status))
         continue;
       auto ep = parse_endpoint(row.address);
       if (ep)
-        out.push_back(peer_address{row.silo_id, *ep});
+        out.push_back(
+            live_peer{peer_address{row.silo_id, *ep}, row.incarnation});
     }
     return out;
   }
 
+  std::vector<peer_address> live_peers() {
+    std::vector<peer_address> out;
+    for (auto& x : live_peer_rows())
+      out.push_back(std::move(x.peer));
+    return out;
+  }
+
   void probe_round() {
-    auto peers = live_peers();
-    std::vector<std::string> suspects;
+    auto rows = live_peer_rows();
+    std::vector<peer_address> peers;
+    for (auto& x : rows)
+      peers.push_back(x.peer);
+    std::vector<std::pair<std::string, uint64_t>> suspects;
     std::vector<std::pair<peer_address, uint64_t>> pings;
     {
       std::lock_guard guard{mtx};
@@ -498,15 +557,20 @@ struct cluster_agent::impl {
         i = known ? std::next(i) : probes.erase(i);
       }
       auto now = now_ms();
-      for (auto& peer : peers) {
+      for (auto& [peer, inc] : rows) {
         auto& st = probes[peer.silo_id];
+        if (st.incarnation != inc) {
+          // A new run of the peer: what its previous run missed is not its.
+          st = probe_state{};
+          st.incarnation = inc;
+        }
         if (st.nonce != 0 && !st.answered) {
           if (st.missed++ == 0)
             st.first_miss_ms = now;
         }
         if (st.missed >= cfg.missed_probes
             && now - st.last_vote_ms > cfg.vote_expiry.count() / 2)
-          suspects.push_back(peer.silo_id);
+          suspects.emplace_back(peer.silo_id, inc);
         st.nonce = rng() | 1;
         st.answered = false;
         pings.emplace_back(peer, st.nonce);
@@ -514,11 +578,62 @@ struct cluster_agent::impl {
     }
     for (auto& [peer, nonce] : pings)
       send_ping(peer, nonce);
-    for (auto& id : suspects)
-      vote(id);
+    for (auto& [id, inc] : suspects)
+      vote(id, inc);
   }
 
-  void vote(const std::string& suspect) {
+  // Returns why this silo must stop, when `table` says so: its row was
+  // rewritten by a newer incarnation, or this incarnation was declared dead.
+  std::optional<std::string> dead_in(const membership_table& table) const {
+    auto* me = table.find(cfg.self.silo_id);
+    if (!me || incarnation == 0)
+      return std::nullopt;
+    if (me->incarnation > incarnation)
+      return "silo '" + cfg.self.silo_id
+             + "' was restarted elsewhere (incarnation "
+             + std::to_string(me->incarnation) + ")";
+    if (me->incarnation == incarnation && me->status == silo_status::dead)
+      return "silo '" + cfg.self.silo_id + "' was declared dead by its peers";
+    return std::nullopt;
+  }
+
+  // Whether this silo plus the live peers that answer its probes are a
+  // majority of the live silos in `table`. Only then may it vote: in a
+  // network partition the minority side must not declare anyone dead (with
+  // two silos, neither side can).
+  bool reaches_majority(const membership_table& table,
+                        const std::string& suspect) {
+    size_t live = 0;
+    size_t reached = 1; // This silo.
+    std::lock_guard guard{mtx};
+    for (auto& r : table.rows) {
+      if (!is_live(r.status))
+        continue;
+      ++live;
+      if (r.silo_id == cfg.self.silo_id)
+        continue;
+      auto i = probes.find(r.silo_id);
+      if (i != probes.end() && i->second.incarnation == r.incarnation
+          && i->second.missed < cfg.missed_probes)
+        ++reached;
+    }
+    if (2 * reached > live)
+      return true;
+    auto now = now_ms();
+    if (now - last_minority_log_ms > 10'000) {
+      last_minority_log_ms = now;
+      say(log_level::warning,
+          "silo '" + cfg.self.silo_id + "' reaches " + std::to_string(reached)
+              + " of " + std::to_string(live)
+              + " live silos, not a majority: it declares no one dead (it "
+                "suspects '"
+              + suspect + "')");
+    }
+    return false;
+  }
+
+  // Votes that incarnation `inc` of `suspect` is dead.
+  void vote(const std::string& suspect, uint64_t inc) {
     for (int attempt = 0; attempt < max_cas_attempts; ++attempt) {
       auto snap = store.read_all();
       if (!snap) {
@@ -526,9 +641,24 @@ struct cluster_agent::impl {
                                     + "': " + describe(snap.error()));
         return;
       }
+      if (auto why = dead_in(*snap)) {
+        // A dead silo's view of the others counts for nothing.
+        declare_self_dead(*why);
+        return;
+      }
       auto* row = snap->find(suspect);
       if (!row || row->status == silo_status::dead)
         return;
+      if (!reaches_majority(*snap, suspect))
+        return;
+      if (row->incarnation != inc) {
+        // The suspect restarted: its new run starts with a clean record.
+        std::lock_guard guard{mtx};
+        auto& st = probes[suspect];
+        st = probe_state{};
+        st.incarnation = row->incarnation;
+        return;
+      }
       auto now = now_ms();
       size_t live = 0;
       for (auto& r : snap->rows)
@@ -540,9 +670,11 @@ struct cluster_agent::impl {
       entry.suspicions.clear();
       for (auto& v : row->suspicions)
         if (v.voter != cfg.self.silo_id
-            && now - v.time_ms < cfg.vote_expiry.count())
+            && now - v.time_ms < cfg.vote_expiry.count()
+            && v.incarnation == row->incarnation)
           entry.suspicions.push_back(v);
-      entry.suspicions.push_back(suspicion_vote{cfg.self.silo_id, now});
+      entry.suspicions.push_back(
+          suspicion_vote{cfg.self.silo_id, now, row->incarnation});
       bool kill = entry.suspicions.size() >= needed;
       if (kill)
         entry.status = silo_status::dead;
@@ -737,35 +869,166 @@ struct cluster_agent::impl {
     return caf::none;
   }
 
-  // Writes the map with `p` on `to` at `epoch + 1`. Returns the version of
-  // a map that says so, or 0 when `p` is still ours at `epoch`.
-  caf::expected<uint64_t> commit_move(uint32_t p, uint64_t epoch,
-                                      const std::string& to) {
-    for (int attempt = 0; attempt < max_cas_attempts; ++attempt) {
+  // What the map says about a move whose map write was attempted.
+  enum class move_outcome {
+    // `p` is on `to` at `epoch + 1`: the move happened.
+    moved,
+    // `p` is still ours at `epoch`, and no write of ours can still apply.
+    ours,
+    // `p` is on neither: someone else wrote the map.
+    not_ours,
+    // A write's outcome is unknown and the map could not tell yet.
+    unknown,
+  };
+
+  // A move whose new owner has the data but whose map write is not known
+  // to have happened or not (the store timed out). `p` stays served
+  // nowhere until the map tells, and the sender thread asks again.
+  struct pending_move {
+    uint64_t epoch = 0;
+    std::string to;
+    peer_address to_address;
+    // Whether a write with an unknown outcome may still apply, and the
+    // highest map version such a write expected: a write can only apply
+    // while the map is at the version it expected.
+    bool unknown = false;
+    uint64_t unknown_at = 0;
+  };
+
+  // Map writes that wait for an answer, by partition (sender thread only).
+  std::map<uint32_t, pending_move> unsettled;
+
+  // What `commit_move` found: the outcome, the map version that says so and
+  // the partition's primary in it.
+  struct move_answer {
+    move_outcome outcome = move_outcome::unknown;
+    uint64_t version = 0;
+    std::string owner;
+  };
+
+  // Writes the map with `p` on `to` at `epoch + 1`, or finds out that this
+  // happened. Returns `moved` with the map's version, `ours` or `not_ours`
+  // when the map says so for certain, and `unknown` while it cannot.
+  move_answer commit_move(uint32_t p, pending_move& m) {
+    auto backoff = 50ms;
+    for (int attempt = 0; attempt < max_cas_attempts && !is_stopped();
+         ++attempt) {
       auto map = store.read_partition_map();
-      if (!map) {
-        std::this_thread::sleep_for(100ms);
+      if (!map || p >= map->partitions.size()) {
+        nap(backoff);
+        backoff = std::min<std::chrono::milliseconds>(backoff * 2, 200ms);
         continue;
       }
-      if (p >= map->partitions.size())
-        return make_error(errc::invalid_argument,
-                          "no partition " + std::to_string(p));
       auto& a = map->partitions[p];
       auto* owner = a.primary();
-      if (a.epoch == epoch + 1 && owner && *owner == to)
-        return map->version; // An earlier attempt's unknown outcome won.
-      if (a.epoch != epoch || !owner || *owner != cfg.self.silo_id)
-        return make_error(errc::storage_failure,
-                          "partition " + std::to_string(p)
-                              + " changed owner during its handoff");
+      if (a.epoch == m.epoch + 1 && owner && *owner == m.to)
+        return {move_outcome::moved, map->version, m.to};
+      if (a.epoch != m.epoch || !owner || *owner != cfg.self.silo_id)
+        return {move_outcome::not_ours, map->version,
+                owner ? *owner : std::string{}};
+      // Still ours at the old epoch. A lost write that expected an older
+      // version can no longer apply; one that expected this version still
+      // can, so write again: either one applies, or the map moves on.
+      if (m.unknown && map->version > m.unknown_at)
+        m.unknown = false;
       auto next = *map;
-      next.partitions[p].epoch = epoch + 1;
-      next.partitions[p].owners = {partition_owner{to, replica_role::primary}};
+      next.partitions[p].epoch = m.epoch + 1;
+      next.partitions[p].owners
+          = {partition_owner{m.to, replica_role::primary}};
       auto res = store.write_partition_map(next, map->version);
       if (res && res->applied())
-        return res->version;
+        return {move_outcome::moved, res->version, m.to};
+      if (!res && code_of(res.error()) != errc::invalid_argument) {
+        m.unknown = true;
+        m.unknown_at = std::max(m.unknown_at, map->version);
+      }
     }
-    return uint64_t{0};
+    return {m.unknown ? move_outcome::unknown : move_outcome::ours, 0, {}};
+  }
+
+  // Acts on what the map said about the move of `p` (see `commit_move`).
+  // Returns false while the outcome is unknown (`p` stays unserved).
+  bool settle(uint32_t p, const pending_move& m, const move_answer& answer) {
+    switch (answer.outcome) {
+      case move_outcome::moved:
+        finish_move(p, m, answer.version);
+        return true;
+      case move_outcome::ours:
+        restore(p, m.epoch);
+        return true;
+      case move_outcome::not_ours:
+        // Our write applied and the new owner moved `p` on, or someone
+        // wrote the map by hand. Either way the map is the truth; our copy
+        // is garbage only if the silo it names got it from us.
+        say(log_level::error, "partition " + std::to_string(p)
+                                  + " changed owner during its handoff (now '"
+                                  + answer.owner + "')");
+        if (answer.owner == m.to)
+          forget(p);
+        {
+          std::lock_guard apply_guard{apply_mtx};
+          moving[p] = false;
+        }
+        refresh_soon();
+        return true;
+      case move_outcome::unknown:
+        break;
+    }
+    return false;
+  }
+
+  void refresh_soon() {
+    {
+      std::lock_guard guard{mtx};
+      refresh_wanted = true;
+    }
+    cv.notify_all();
+  }
+
+  // Drops this silo's copy of `p`, which another silo owns now.
+  void forget(uint32_t p) {
+    if (auto err = data->drop_partition(p))
+      say(log_level::warning, "dropping the moved partition "
+                                  + std::to_string(p)
+                                  + " failed: " + describe(err));
+    static_cast<void>(put_held(*data, p, 0, false));
+  }
+
+  // The map gives `p` to `m.to` at `m.epoch + 1` (map version `version`).
+  void finish_move(uint32_t p, const pending_move& m, uint64_t version) {
+    {
+      std::lock_guard apply_guard{apply_mtx};
+      {
+        // The new map, as far as this partition goes; any read older than
+        // it is ignored by `apply`.
+        std::lock_guard guard{mtx};
+        auto& a = cached.map.partitions[p];
+        if (a.epoch <= m.epoch + 1) {
+          a.epoch = m.epoch + 1;
+          a.owners = {partition_owner{m.to, replica_role::primary}};
+          cached.map.version = std::max(cached.map.version, version);
+        }
+      }
+      router.set_route(p, route{m.to_address, m.epoch + 1, true, {}});
+      moving[p] = false;
+    }
+    // The new owner holds the partition now; our copy is garbage.
+    forget(p);
+    refresh_soon();
+  }
+
+  // Asks the map again about every move whose outcome is unknown.
+  void settle_unsettled() {
+    for (auto i = unsettled.begin(); i != unsettled.end() && !is_stopped();) {
+      if (settle(i->first, i->second, commit_move(i->first, i->second))) {
+        say(log_level::info, "the map answered for partition "
+                                 + std::to_string(i->first)
+                                 + "; its handoff is settled");
+        i = unsettled.erase(i);
+      } else {
+        ++i;
+      }
+    }
   }
 
   void restore(uint32_t p, uint64_t epoch) {
@@ -780,6 +1043,25 @@ struct cluster_agent::impl {
     }
     router.set_route(p, route{cfg.self, epoch, true, {}});
     moving[p] = false;
+  }
+
+  // Releases `p` in the silo. A slow release (a commit still on its way to
+  // disk) is waited for, with `p` served nowhere: serving it again before
+  // the release finished would hand work to a partition about to forget it.
+  caf::error release(silo& here, uint32_t p) {
+    caf::error err;
+    for (int attempt = 0; attempt < max_release_waits && !is_stopped();
+         ++attempt) {
+      err = here.release_partition(p, cfg.release_timeout);
+      if (code_of(err) != errc::timeout)
+        return err;
+      if (attempt == 0)
+        say(log_level::warning,
+            "releasing partition " + std::to_string(p) + " takes longer than "
+                + std::to_string(cfg.release_timeout.count())
+                + " ms; waiting for it, the partition is served nowhere");
+    }
+    return err;
   }
 
   // Moves partition `m.partition` to `m.to`; see the class comment.
@@ -808,7 +1090,7 @@ struct cluster_agent::impl {
       router.set_route(p, route{cfg.self, epoch, false,
                                 "it is moving to silo '" + m.to + "'"});
     }
-    if (auto err = here->release_partition(p)) {
+    if (auto err = release(*here, p)) {
       restore(p, epoch);
       return err;
     }
@@ -832,32 +1114,27 @@ struct cluster_agent::impl {
       restore(p, epoch);
       return shipped;
     }
-    auto moved = commit_move(p, epoch, m.to);
-    if (!moved || *moved == 0) {
-      restore(p, epoch);
-      return moved ? make_error(errc::timeout, "could not write the map")
-                   : std::move(moved.error());
+    // From here on the map write may happen even when its answer is lost:
+    // never serve `p` again unless the map says it is still ours.
+    pending_move pm{epoch, m.to, to, false, 0};
+    auto answer = commit_move(p, pm);
+    if (!settle(p, pm, answer)) {
+      say(log_level::warning,
+          "the map write that moves partition " + std::to_string(p)
+              + " to silo '" + m.to
+              + "' has an unknown outcome; the partition is served nowhere "
+                "until the map tells");
+      unsettled[p] = std::move(pm);
+      return make_error(errc::timeout,
+                        "the map write's outcome is unknown; asking again");
     }
-    {
-      std::lock_guard apply_guard{apply_mtx};
-      {
-        // The new map, as far as this partition goes; any read older than
-        // it is ignored by `apply`.
-        std::lock_guard guard{mtx};
-        auto& a = cached.map.partitions[p];
-        a.epoch = epoch + 1;
-        a.owners = {partition_owner{m.to, replica_role::primary}};
-        cached.map.version = std::max(cached.map.version, *moved);
-      }
-      router.set_route(p, route{to, epoch + 1, true, {}});
-      moving[p] = false;
-    }
-    // The new owner holds the partition now; our copy is garbage.
-    if (auto err = data->drop_partition(p))
-      say(log_level::warning, "dropping the moved partition "
-                                  + std::to_string(p)
-                                  + " failed: " + describe(err));
-    static_cast<void>(put_held(*data, p, 0, false));
+    if (answer.outcome == move_outcome::ours)
+      return make_error(errc::timeout,
+                        "could not write the map; it is served here again");
+    if (answer.outcome == move_outcome::not_ours)
+      return make_error(errc::storage_failure,
+                        "partition " + std::to_string(p)
+                            + " changed owner during its handoff");
     auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - started);
     say(log_level::info, "handed partition " + std::to_string(p) + " to silo '"
@@ -865,11 +1142,6 @@ struct cluster_agent::impl {
                              + " (" + std::to_string(bytes) + " bytes in "
                              + std::to_string(files->size()) + " files, "
                              + std::to_string(took.count()) + " ms)");
-    {
-      std::lock_guard guard{mtx};
-      refresh_wanted = true;
-    }
-    cv.notify_all();
     return caf::none;
   }
 
@@ -878,6 +1150,15 @@ struct cluster_agent::impl {
     bool moved = false;
     while (moved ? !is_stopped() : nap(100ms)) {
       moved = false;
+      if (!unsettled.empty()) {
+        // No new move while the map cannot tell how the last one ended.
+        settle_unsettled();
+        if (!unsettled.empty()) {
+          if (!nap(400ms))
+            return;
+          continue;
+        }
+      }
       cluster_view view;
       bool allowed = false;
       {
@@ -908,8 +1189,7 @@ struct cluster_agent::impl {
       } else if (err) {
         say(log_level::warning,
             "handoff of partition " + std::to_string(mine->partition)
-                + " to silo '" + mine->to
-                + "' failed; it stays here: " + describe(err));
+                + " to silo '" + mine->to + "' failed: " + describe(err));
         if (!nap(1'000ms))
           return;
       }
@@ -1163,6 +1443,18 @@ caf::error cluster_agent::join(storage& data, uint64_t incarnation) {
     if (mine && !*held)
       missing += (missing.empty() ? "" : ",") + std::to_string(a.partition);
     if (!mine && *held) {
+      auto epoch = held_epoch(data, a.partition);
+      if (!epoch)
+        return std::move(epoch.error());
+      if (*epoch > a.epoch) {
+        // Received for an epoch the map has not reached: the sender's map
+        // write may still come, and then this copy is the only one.
+        say(log_level::info, "keeping partition " + std::to_string(a.partition)
+                                 + ", received for epoch "
+                                 + std::to_string(*epoch) + " (the map is at "
+                                 + std::to_string(a.epoch) + ")");
+        continue;
+      }
       // Left over from a handoff that finished (or never did): the owner
       // has the authoritative copy.
       if (auto err = data.drop_partition(a.partition))
@@ -1336,12 +1628,7 @@ void cluster_agent::on_frame(const peer_info& from, Frame&& frame) {
 }
 
 void cluster_agent::refresh_soon() {
-  auto& d = *impl_;
-  {
-    std::lock_guard guard{d.mtx};
-    d.refresh_wanted = true;
-  }
-  d.cv.notify_all();
+  impl_->refresh_soon();
 }
 
 cluster_view cluster_agent::view() const {

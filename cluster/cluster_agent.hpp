@@ -44,6 +44,11 @@ struct agent_config {
   size_t handoff_chunk_bytes = 1 << 20;
   /// How long the sender of a handoff waits for each chunk's answer.
   std::chrono::milliseconds handoff_timeout{10'000};
+  /// How long one wait for a partition's release (its pending commits)
+  /// lasts. After that the agent asks again, up to 10 times, with the
+  /// partition served nowhere meanwhile; only then does it give up and serve
+  /// it again (after the release finished).
+  std::chrono::milliseconds release_timeout{60'000};
   /// Directory for exported and received partition files; created when
   /// missing.
   std::string handoff_dir;
@@ -109,7 +114,10 @@ std::string to_json_fields(const cluster_view& view);
 ///   ships them in `HandoffChunk` frames, waits for the new owner to import
 ///   them durably, then writes the map with the new owner at epoch + 1 and
 ///   drops its own copy. If anything fails before the map write, it serves
-///   the partition again at the old epoch.
+///   the partition again at the old epoch. Once the map write was tried,
+///   only the map decides: while the write's outcome is unknown (the store
+///   did not answer), the partition is served nowhere and the map is asked
+///   again until it tells.
 ///
 /// Threads: one for probes and membership, one for sending handoffs, one
 /// for receiving them; the transport's threads only enqueue.

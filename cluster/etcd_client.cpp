@@ -189,22 +189,76 @@ std::string etcd_prefix_end(std::string s) {
 
 // -- etcd_client --------------------------------------------------------------
 
+namespace {
+
+// Joins the failures of every endpoint into one error: `timeout` when any
+// of them timed out (a write's outcome is then unknown).
+caf::error all_failed(const std::vector<caf::error>& errors) {
+  if (errors.size() == 1)
+    return errors.front();
+  bool timed_out = false;
+  std::string text = "every etcd endpoint failed: ";
+  for (size_t i = 0; i < errors.size(); ++i) {
+    timed_out = timed_out || code_of(errors[i]) == errc::timeout;
+    text += (i > 0 ? "; " : "") + describe(errors[i]);
+  }
+  return make_error(timed_out ? errc::timeout : errc::storage_failure,
+                    std::move(text));
+}
+
+caf::error no_endpoints() {
+  return make_error(errc::invalid_config, "etcd: no endpoint is configured");
+}
+
+} // namespace
+
 class etcd_client::impl {
 public:
   explicit impl(etcd_client_config config)
       : cfg(std::move(config)) {
-    auto hp = split_endpoint(cfg.endpoint);
-    if (hp)
-      addr = std::move(*hp);
-    else
-      bad_endpoint = std::move(hp.error());
+    if (cfg.endpoints.empty())
+      bad_endpoint = no_endpoints();
+    for (auto& ep : cfg.endpoints) {
+      auto hp = split_endpoint(ep);
+      if (!hp) {
+        bad_endpoint = std::move(hp.error());
+        break;
+      }
+      addrs.push_back(std::move(*hp));
+    }
   }
 
+  // Sends the request to the current endpoint and, when it cannot be
+  // reached or does not answer, to the next ones, once around.
   caf::expected<std::string> request(http::verb verb, std::string_view path,
                                      std::string_view body) {
     if (bad_endpoint)
       return bad_endpoint;
     std::lock_guard guard{mtx};
+    std::vector<caf::error> errors;
+    for (size_t k = 0; k < addrs.size(); ++k) {
+      auto idx = (current + k) % addrs.size();
+      if (idx != current) {
+        close();
+        current = idx;
+      }
+      bool reachable = true;
+      auto res = request_at(idx, verb, path, body, reachable);
+      if (res || reachable)
+        return res;
+      errors.push_back(std::move(res.error()));
+    }
+    return all_failed(errors);
+  }
+
+  // One request to endpoint `idx`; `reachable` is cleared when it could not
+  // be reached or did not answer in time (then the next one is tried).
+  caf::expected<std::string> request_at(size_t idx, http::verb verb,
+                                        std::string_view path,
+                                        std::string_view body,
+                                        bool& reachable) {
+    auto& endpoint = cfg.endpoints[idx];
+    auto& addr = addrs[idx];
     auto what = std::string{http::to_string(verb)} + " " + std::string{path};
     http::request<http::string_body> req{
         verb, boost::beast::string_view{path.data(), path.size()}, 11};
@@ -215,6 +269,10 @@ public:
       req.body() = std::string{body};
     req.prepare_payload();
     auto deadline = clock_type::now() + cfg.request_timeout;
+    auto unreachable = [&](const sys::error_code& ec) {
+      reachable = false;
+      return transport_error(endpoint, what, ec);
+    };
     // A reused connection may have been closed by etcd while idle; then
     // the request never reached it and one retry on a new connection is
     // safe. Any other failure has an unknown outcome and is reported.
@@ -223,7 +281,7 @@ public:
       if (!reused) {
         if (auto ec = connect(ioc, sock, addr, deadline)) {
           close();
-          return transport_error(cfg.endpoint, what, ec);
+          return unreachable(ec);
         }
       }
       auto ec = run_until(
@@ -234,7 +292,7 @@ public:
         close();
         if (reused && attempt == 0 && ec != net::error::timed_out)
           continue;
-        return transport_error(cfg.endpoint, what, ec);
+        return unreachable(ec);
       }
       http::response_parser<http::string_body> parser;
       parser.body_limit(cfg.max_response_bytes);
@@ -251,25 +309,25 @@ public:
             && ec != net::error::timed_out)
           continue;
         if (ec == http::error::body_limit)
-          return make_error(errc::payload_too_large,
-                            "etcd at " + cfg.endpoint + ": the answer to "
-                                + what + " exceeds "
-                                + std::to_string(cfg.max_response_bytes)
-                                + " bytes");
-        return transport_error(cfg.endpoint, what, ec);
+          return make_error(
+              errc::payload_too_large,
+              "etcd at " + endpoint + ": the answer to " + what + " exceeds "
+                  + std::to_string(cfg.max_response_bytes) + " bytes");
+        return unreachable(ec);
       }
       auto res = parser.release();
       if (!res.keep_alive())
         close();
       if (res.result() != http::status::ok)
         return make_error(errc::storage_failure,
-                          "etcd at " + cfg.endpoint + ": " + what
+                          "etcd at " + endpoint + ": " + what
                               + " failed with HTTP "
                               + std::to_string(res.result_int()) + ": "
                               + http_error_text(res.body()));
       return std::move(res.body());
     }
-    return make_error(errc::storage_failure, "etcd at " + cfg.endpoint
+    reachable = false;
+    return make_error(errc::storage_failure, "etcd at " + endpoint
                                                  + " closed the connection ("
                                                  + what + ")");
   }
@@ -280,11 +338,18 @@ public:
     buffer.clear();
   }
 
+  std::string endpoint() {
+    std::lock_guard guard{mtx};
+    return cfg.endpoints.empty() ? std::string{} : cfg.endpoints[current];
+  }
+
   etcd_client_config cfg;
-  host_port addr;
+  std::vector<host_port> addrs;
   caf::error bad_endpoint;
   // Serializes requests; guards everything below.
   std::mutex mtx;
+  // The endpoint the socket belongs to, and the next request goes to.
+  size_t current = 0;
   net::io_context ioc{1};
   tcp::socket sock{ioc};
   boost::beast::flat_buffer buffer;
@@ -314,7 +379,7 @@ etcd_client::range(const etcd::RangeRequest& req) {
   auto body = post(path, etcd_to_json(req));
   if (!body)
     return std::move(body.error());
-  return parse_json<etcd::RangeResponse>(impl_->cfg.endpoint, path, *body);
+  return parse_json<etcd::RangeResponse>(endpoint(), path, *body);
 }
 
 caf::expected<etcd::TxnResponse> etcd_client::txn(const etcd::TxnRequest& req) {
@@ -322,11 +387,11 @@ caf::expected<etcd::TxnResponse> etcd_client::txn(const etcd::TxnRequest& req) {
   auto body = post(path, etcd_to_json(req));
   if (!body)
     return std::move(body.error());
-  return parse_json<etcd::TxnResponse>(impl_->cfg.endpoint, path, *body);
+  return parse_json<etcd::TxnResponse>(endpoint(), path, *body);
 }
 
-const std::string& etcd_client::endpoint() const noexcept {
-  return impl_->cfg.endpoint;
+std::string etcd_client::endpoint() const {
+  return impl_->endpoint();
 }
 
 const etcd_client_config& etcd_client::config() const noexcept {
@@ -343,15 +408,39 @@ public:
   }
 
   caf::error open(std::string_view path, std::string_view json) {
-    auto hp = split_endpoint(cfg.endpoint);
+    if (cfg.endpoints.empty())
+      return no_endpoints();
+    what = "POST " + std::string{path};
+    std::vector<caf::error> errors;
+    for (size_t idx = 0; idx < cfg.endpoints.size(); ++idx) {
+      bool reachable = true;
+      auto err = open_at(idx, path, json, reachable);
+      if (!err || reachable || closed)
+        return err;
+      errors.push_back(std::move(err));
+      sys::error_code ignored;
+      sock.close(ignored);
+      buffer.clear();
+    }
+    return all_failed(errors);
+  }
+
+  // Opens the stream at endpoint `idx`; `reachable` is cleared when it
+  // could not be reached or did not answer in time.
+  caf::error open_at(size_t idx, std::string_view path, std::string_view json,
+                     bool& reachable) {
+    index = idx;
+    endpoint = cfg.endpoints[idx];
+    auto hp = split_endpoint(endpoint);
     if (!hp)
       return std::move(hp.error());
-    what = "POST " + std::string{path};
     if (closed)
       return stopped();
     auto deadline = clock_type::now() + cfg.request_timeout;
-    if (auto ec = connect(ioc, sock, *hp, deadline))
+    if (auto ec = connect(ioc, sock, *hp, deadline)) {
+      reachable = false;
       return fail(ec);
+    }
     http::request<http::string_body> req{
         http::verb::post, boost::beast::string_view{path.data(), path.size()},
         11};
@@ -367,8 +456,10 @@ public:
         ioc, deadline,
         [&](auto handler) { http::async_write(sock, req, handler); },
         close_sock);
-    if (ec)
+    if (ec) {
+      reachable = false;
       return fail(ec);
+    }
     parser.emplace();
     parser->body_limit(boost::none);
     ec = run_until(
@@ -377,11 +468,13 @@ public:
           http::async_read_header(sock, buffer, *parser, handler);
         },
         close_sock);
-    if (ec)
+    if (ec) {
+      reachable = false;
       return fail(ec);
+    }
     if (parser->get().result() != http::status::ok)
       return make_error(errc::storage_failure,
-                        "etcd at " + cfg.endpoint + ": " + what
+                        "etcd at " + endpoint + ": " + what
                             + " failed with HTTP "
                             + std::to_string(parser->get().result_int()));
     return caf::none;
@@ -401,13 +494,13 @@ public:
       if (closed)
         return stopped();
       if (!parser || parser->is_done())
-        return make_error(errc::storage_failure, "etcd at " + cfg.endpoint
+        return make_error(errc::storage_failure, "etcd at " + endpoint
                                                      + " ended the stream ("
                                                      + what + ")");
       if (pending.size() > cfg.max_response_bytes)
         return make_error(
             errc::payload_too_large,
-            "etcd at " + cfg.endpoint + ": a message of " + what + " exceeds "
+            "etcd at " + endpoint + ": a message of " + what + " exceeds "
                 + std::to_string(cfg.max_response_bytes) + " bytes");
       auto& body = parser->get().body();
       body.data = chunk.data();
@@ -441,10 +534,13 @@ public:
     sock.close(ignored);
     if (closed)
       return stopped();
-    return transport_error(cfg.endpoint, what, ec);
+    return transport_error(endpoint, what, ec);
   }
 
   etcd_client_config cfg;
+  // The endpoint `open` reached (or tried last), and its index.
+  std::string endpoint;
+  size_t index = 0;
   std::string what = "stream";
   std::atomic<bool> closed{false};
   net::io_context ioc{1};
@@ -466,6 +562,10 @@ etcd_stream::~etcd_stream() {
 
 caf::error etcd_stream::open(std::string_view path, std::string_view json) {
   return impl_->open(path, json);
+}
+
+size_t etcd_stream::endpoint_index() const {
+  return impl_->index;
 }
 
 caf::expected<std::string> etcd_stream::next() {

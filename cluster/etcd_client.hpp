@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
@@ -15,22 +16,35 @@ namespace granary::cluster {
 
 /// Settings of an `etcd_client`.
 struct etcd_client_config {
-  /// "host:port" of etcd's client URL (an "http://" prefix is accepted).
-  std::string endpoint = "127.0.0.1:2379";
-  /// Bounds every request: name resolution, connect, write and read.
+  /// "host:port" of etcd members' client URLs (an "http://" prefix is
+  /// accepted), in order of preference; at least one.
+  std::vector<std::string> endpoints = {"127.0.0.1:2379"};
+  /// Bounds every request to one endpoint: name resolution, connect, write
+  /// and read. A request that fails over may take this long per endpoint.
   std::chrono::milliseconds request_timeout{2000};
   /// Largest response body accepted.
   size_t max_response_bytes = 64 * 1024 * 1024;
 };
 
 /// A synchronous client for etcd's v3 JSON gateway (HTTP/1.1 on the client
-/// port), with one keep-alive connection. Requests are serialized by a
-/// mutex; every call is bounded by `request_timeout`.
+/// port), with one keep-alive connection to one endpoint at a time.
+/// Requests are serialized by a mutex; every attempt is bounded by
+/// `request_timeout`.
+///
+/// Failover: a request goes to the endpoint that answered last (the first
+/// one at the start). When it cannot connect there, the connection fails
+/// or the endpoint does not answer in time, the request goes to the next
+/// endpoint, and so on once around the list; the endpoint that answers is
+/// used from then on. A write that timed out at one endpoint may have been
+/// applied, so its repeat at the next one is a compare-and-set that then
+/// reports a conflict (or an unconditional put): the caller re-reads.
 ///
 /// Errors name the endpoint and the path: `errc::storage_failure` when etcd
 /// cannot be reached or fails the request, `errc::timeout` when it does not
 /// answer in time (the outcome of a write is then unknown), and
-/// `errc::malformed_message` for an unparsable answer.
+/// `errc::malformed_message` for an unparsable answer. When every endpoint
+/// failed, the error names each with its failure, and is `timeout` when any
+/// of them timed out.
 ///
 /// A request is retried once, on a new connection, only when a reused
 /// connection fails before any byte of the answer arrived (etcd closed an
@@ -61,8 +75,8 @@ public:
   /// POST /v3/kv/txn.
   caf::expected<etcd::TxnResponse> txn(const etcd::TxnRequest& req);
 
-  /// Returns the endpoint, as configured.
-  const std::string& endpoint() const noexcept;
+  /// Returns the endpoint requests go to now (the one that answered last).
+  std::string endpoint() const;
 
   /// Returns the settings.
   const etcd_client_config& config() const noexcept;
@@ -86,8 +100,12 @@ public:
   etcd_stream& operator=(const etcd_stream&) = delete;
 
   /// Connects, sends `json` to `path` and reads the answer's header, all
-  /// within `request_timeout`.
+  /// within `request_timeout`, trying the endpoints in order until one
+  /// answers.
   caf::error open(std::string_view path, std::string_view json);
+
+  /// Returns the index in `endpoints` of the endpoint that `open` reached.
+  size_t endpoint_index() const;
 
   /// Blocks until the next JSON object arrives and returns it, without a
   /// time limit. Fails when the connection ends or `close` is called.

@@ -128,7 +128,7 @@ etcd_membership::etcd_membership(etcd_membership_config cfg)
   table_version_key_ = prefix_ + "meta/table_version";
   partition_map_key_ = prefix_ + "meta/partition_map";
   etcd_client_config ccfg;
-  ccfg.endpoint = cfg_.endpoint;
+  ccfg.endpoints = cfg_.endpoints;
   ccfg.request_timeout = cfg_.request_timeout;
   client_ = std::make_unique<etcd_client>(std::move(ccfg));
 }
@@ -156,6 +156,9 @@ etcd_membership::open(const etcd_membership_config& cfg) {
     return make_error(errc::invalid_config,
                       "etcd membership: key root '" + cfg.key_root
                           + "' must start with '/' and not end with one");
+  if (cfg.endpoints.empty())
+    return make_error(errc::invalid_config,
+                      "etcd membership: no endpoint is configured");
   if (cfg.request_timeout.count() <= 0 || cfg.max_rows == 0
       || cfg.watch_retry_initial.count() <= 0
       || cfg.watch_retry_max < cfg.watch_retry_initial)
@@ -247,7 +250,7 @@ etcd_membership::read(const std::string& silo_id) {
     return std::move(res.error());
   if (res->responses_size() != 3)
     return make_error(errc::malformed_message,
-                      "etcd at " + cfg_.endpoint
+                      "etcd at " + client_->endpoint()
                           + ": a read txn returned the wrong number of "
                             "responses");
   membership_table result;
@@ -294,7 +297,7 @@ etcd_membership::insert(const membership_entry& entry,
   }
   if (res->responses_size() != 2)
     return make_error(errc::malformed_message,
-                      "etcd at " + cfg_.endpoint
+                      "etcd at " + client_->endpoint()
                           + ": a failed txn returned the wrong number of "
                             "responses");
   auto current = mod_of(res->responses(1));
@@ -328,7 +331,7 @@ etcd_membership::update(const membership_entry& entry,
   }
   if (res->responses_size() != 2)
     return make_error(errc::malformed_message,
-                      "etcd at " + cfg_.endpoint
+                      "etcd at " + client_->endpoint()
                           + ": a failed txn returned the wrong number of "
                             "responses");
   auto row_mod = mod_of(res->responses(0));
@@ -442,11 +445,16 @@ void etcd_membership::watch_loop(int64_t start_revision) {
   bool warned = false;
   auto meta = prefix_ + "meta/";
   etcd_client_config scfg;
-  scfg.endpoint = cfg_.endpoint;
   scfg.request_timeout = cfg_.request_timeout;
+  // The endpoint that answered last goes first.
+  size_t first = 0;
+  auto n = cfg_.endpoints.size();
   // Each pass opens one stream; bounded by `stopping_`, and every failure
   // waits `delay` (growing to watch_retry_max) before the next pass.
   for (;;) {
+    scfg.endpoints.clear();
+    for (size_t k = 0; k < n; ++k)
+      scfg.endpoints.push_back(cfg_.endpoints[(first + k) % n]);
     auto stream = std::make_shared<etcd_stream>(scfg);
     {
       std::lock_guard guard{watch_mtx_};
@@ -460,6 +468,9 @@ void etcd_membership::watch_loop(int64_t start_revision) {
     create->set_range_end(etcd_prefix_end(meta));
     create->set_start_revision(next_revision);
     auto err = stream->open("/v3/watch", etcd_to_json(req));
+    auto at = scfg.endpoints[std::min(stream->endpoint_index(), n - 1)];
+    if (!err)
+      first = (first + stream->endpoint_index()) % n;
     while (!err) {
       auto line = stream->next();
       if (!line) {
@@ -471,7 +482,7 @@ void etcd_membership::watch_loop(int64_t start_revision) {
         break;
       if (msg.has_error()) {
         err = make_error(errc::storage_failure,
-                         "etcd at " + cfg_.endpoint
+                         "etcd at " + at
                              + ": /v3/watch failed: " + msg.error().message());
         break;
       }
@@ -485,14 +496,13 @@ void etcd_membership::watch_loop(int64_t start_revision) {
       }
       if (res.canceled()) {
         err = make_error(errc::storage_failure,
-                         "etcd at " + cfg_.endpoint
+                         "etcd at " + at
                              + " cancelled the watch: " + res.cancel_reason());
         break;
       }
       delay = cfg_.watch_retry_initial;
       if (warned) {
-        log(log_level::info,
-            "etcd membership: watch on " + cfg_.endpoint + " is back");
+        log(log_level::info, "etcd membership: watch on " + at + " is back");
         warned = false;
       }
       for (auto& ev : res.events()) {

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cluster/membership.hpp"
 
@@ -19,14 +20,16 @@ class watcher_list;
 
 /// Settings of an `etcd_membership`.
 struct etcd_membership_config {
-  /// "host:port" of an etcd v3 client URL (an "http://" prefix is accepted).
-  std::string endpoint = "127.0.0.1:2379";
+  /// "host:port" of etcd v3 client URLs (an "http://" prefix is accepted),
+  /// one per etcd member; requests fail over from one to the next (see
+  /// `etcd_client`).
+  std::vector<std::string> endpoints = {"127.0.0.1:2379"};
   /// Selects the key prefix "<key_root>/<cluster_id>/"; must be non-empty,
   /// without '/' or whitespace.
   std::string cluster_id;
   /// First component of every key.
   std::string key_root = "/granary";
-  /// Bounds every request to etcd.
+  /// Bounds every request to one etcd endpoint.
   std::chrono::milliseconds request_timeout{2000};
   /// Largest number of rows `read_all` accepts; more is an error.
   size_t max_rows = 10000;
@@ -61,7 +64,8 @@ struct etcd_membership_config {
 /// `watch` starts one background thread per store, which keeps a streaming
 /// POST /v3/watch open on P "meta/" and resumes after the last revision it
 /// saw when the connection fails (retry with exponential backoff between
-/// `watch_retry_initial` and `watch_retry_max`). When etcd has compacted
+/// `watch_retry_initial` and `watch_retry_max`), at the endpoint that
+/// answered last first, then the others. When etcd has compacted
 /// that revision, it reads the current versions and reports them instead.
 /// The destructor stops and joins the thread.
 class etcd_membership final : public membership_store {

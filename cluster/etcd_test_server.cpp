@@ -134,7 +134,7 @@ caf::error etcd_test_server::spawn() {
 caf::error etcd_test_server::wait_healthy(std::chrono::milliseconds timeout) {
   auto log_path = dir_ + "/etcd.log";
   etcd_client_config cfg;
-  cfg.endpoint = endpoint_;
+  cfg.endpoints = {endpoint_};
   cfg.request_timeout = std::chrono::milliseconds{200};
   etcd_client client{cfg};
   auto deadline = std::chrono::steady_clock::now() + timeout;

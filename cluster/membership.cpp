@@ -205,6 +205,7 @@ MembershipRow to_proto(const membership_entry& x) {
     auto* v = row.add_suspicions();
     v->set_voter(vote.voter);
     v->set_time_ms(vote.time_ms);
+    v->set_incarnation(vote.incarnation);
   }
   row.set_version(x.version);
   row.set_i_am_alive_ms(x.i_am_alive_ms);
@@ -239,7 +240,8 @@ caf::expected<membership_entry> from_proto(const MembershipRow& x) {
   entry.incarnation = x.incarnation();
   entry.suspicions.reserve(x.suspicions_size());
   for (auto& v : x.suspicions())
-    entry.suspicions.push_back(suspicion_vote{v.voter(), v.time_ms()});
+    entry.suspicions.push_back(
+        suspicion_vote{v.voter(), v.time_ms(), v.incarnation()});
   entry.version = x.version();
   entry.i_am_alive_ms = x.i_am_alive_ms();
   return entry;

@@ -34,6 +34,9 @@ struct suspicion_vote {
   std::string voter;
   /// When the vote was cast, milliseconds since the epoch.
   int64_t time_ms = 0;
+  /// The incarnation of the suspect that the vote is about: a restarted
+  /// silo's row is not killed by votes against its previous run.
+  uint64_t incarnation = 0;
 
   friend bool operator==(const suspicion_vote&, const suspicion_vote&)
       = default;

@@ -26,6 +26,7 @@
 #include "cluster.pb.h"
 #include "cluster/asio_transport.hpp"
 #include "cluster/embedded_membership.hpp"
+#include "cluster/etcd_client.hpp"
 #include "cluster/etcd_membership.hpp"
 #include "cluster/etcd_test_server.hpp"
 #include "cluster/remote_membership.hpp"
@@ -137,7 +138,7 @@ struct etcd_provider {
     if (server == nullptr)
       throw std::runtime_error("etcd is not running; run scripts/setup");
     etcd_membership_config cfg;
-    cfg.endpoint = server->endpoint();
+    cfg.endpoints = {server->endpoint()};
     cfg.cluster_id = cluster;
     cfg.watch_retry_initial = 20ms;
     cfg.watch_retry_max = 200ms;
@@ -527,7 +528,7 @@ TYPED_TEST(membership_conformance, i_am_alive_changes_only_the_timestamp) {
 TYPED_TEST(membership_conformance, suspicion_votes_round_trip) {
   auto a = make_entry("a", silo_status::active);
   auto r1 = must(this->store->insert(a, 0));
-  a.suspicions = {{"b", 1'700'000'001'000}, {"c", 1'700'000'002'000}};
+  a.suspicions = {{"b", 1'700'000'001'000, 7}, {"c", 1'700'000'002'000}};
   auto r2 = must(this->store->update(a, r1.version, r1.version));
   ASSERT_TRUE(r2.applied());
   auto row = must(this->store->read("a")).rows.at(0);
@@ -540,6 +541,7 @@ TYPED_TEST(membership_conformance, suspicion_votes_round_trip) {
   auto table = must(this->store->read_all());
   ASSERT_EQ(table.rows.at(0).suspicions.size(), 3u);
   EXPECT_EQ(table.rows[0].suspicions[2].voter, "d");
+  EXPECT_EQ(table.rows[0].suspicions[0].incarnation, 7u);
   EXPECT_EQ(table.rows[0].status, silo_status::dead);
 }
 
@@ -779,7 +781,7 @@ TEST(embedded_membership, second_open_of_a_directory_fails) {
 TEST(etcd_membership, unreachable_etcd_is_named_in_the_error) {
   // A port nobody listens on: bind one and close it again.
   etcd_membership_config cfg;
-  cfg.endpoint = "127.0.0.1:1";
+  cfg.endpoints = {"127.0.0.1:1"};
   cfg.cluster_id = "down";
   cfg.request_timeout = 500ms;
   auto store = etcd_membership::open(cfg);
@@ -791,8 +793,59 @@ TEST(etcd_membership, unreachable_etcd_is_named_in_the_error) {
   cfg.cluster_id = "a/b";
   EXPECT_EQ(code_of(etcd_membership::open(cfg).error()), errc::invalid_config);
   cfg.cluster_id = "ok";
-  cfg.endpoint = "no-port";
+  cfg.endpoints = {"no-port"};
   EXPECT_EQ(code_of(etcd_membership::open(cfg).error()), errc::invalid_config);
+}
+
+TEST(etcd_membership, fails_over_to_an_endpoint_that_answers) {
+  auto* server = shared_etcd();
+  ASSERT_NE(server, nullptr);
+  // Nobody listens on `down`: an etcd member that is not running.
+  auto down = "127.0.0.1:" + std::to_string(closed_port());
+  etcd_membership_config cfg;
+  cfg.endpoints = {down, server->endpoint()};
+  cfg.cluster_id = current_test_name();
+  cfg.request_timeout = 500ms;
+  cfg.watch_retry_initial = 20ms;
+  cfg.watch_retry_max = 200ms;
+  auto store = must(etcd_membership::open(cfg));
+  change_log log;
+  auto token = must(store->watch(log.watcher()));
+  auto r = must(store->insert(make_entry("a"), 0));
+  ASSERT_TRUE(r.applied());
+  EXPECT_TRUE(log.wait_for(membership_change_kind::table, r.version))
+      << "the watch did not fail over";
+  EXPECT_EQ(must(store->read_all()).rows.size(), 1u);
+  auto m = must(store->write_partition_map(make_map(2, "a", 1), 0));
+  EXPECT_TRUE(log.wait_for(membership_change_kind::partition_map, m.version));
+  // The other order, as another silo may list them.
+  cfg.endpoints = {server->endpoint(), down};
+  auto other = must(etcd_membership::open(cfg));
+  EXPECT_EQ(must(other->read_all()).rows.size(), 1u);
+  // With every endpoint down, the error names each.
+  cfg.endpoints = {down, "127.0.0.1:1"};
+  auto none = etcd_membership::open(cfg);
+  ASSERT_FALSE(none);
+  auto text = describe(none.error());
+  EXPECT_EQ(code_of(none.error()), errc::storage_failure) << text;
+  EXPECT_NE(text.find(down), std::string::npos) << text;
+  EXPECT_NE(text.find("127.0.0.1:1 "), std::string::npos) << text;
+}
+
+TEST(etcd_client, keeps_the_endpoint_that_answered) {
+  auto* server = shared_etcd();
+  ASSERT_NE(server, nullptr);
+  auto down = "127.0.0.1:" + std::to_string(closed_port());
+  etcd_client_config cfg;
+  cfg.endpoints = {down, server->endpoint()};
+  cfg.request_timeout = 500ms;
+  etcd_client client{cfg};
+  EXPECT_EQ(client.endpoint(), down);
+  auto health = client.get("/health");
+  ASSERT_TRUE(health) << describe(health.error());
+  EXPECT_EQ(client.endpoint(), server->endpoint());
+  ASSERT_TRUE(client.get("/health"));
+  EXPECT_EQ(client.endpoint(), server->endpoint());
 }
 
 TEST(etcd_membership, watch_sees_writes_of_other_clients) {
@@ -834,7 +887,7 @@ namespace {
 TEST(etcd_membership, survives_an_etcd_restart) {
   auto server = must(etcd_test_server::start());
   etcd_membership_config cfg;
-  cfg.endpoint = server->endpoint();
+  cfg.endpoints = {server->endpoint()};
   cfg.cluster_id = "restart";
   cfg.request_timeout = 500ms;
   cfg.watch_retry_initial = 10ms;

@@ -81,6 +81,35 @@ caf::behavior partition::make_behavior() {
           on_tick();
       },
       [this](recover_atom) -> caf::result<bool> {
+        if (releasing_) {
+          // A release is committing what was pending; recovering now would
+          // be undone when it finishes. Recover once it has finished: a
+          // release asked of a releasing partition answers then.
+          auto rp = make_response_promise();
+          request(caf::actor_cast<caf::actor>(this), caf::infinite,
+                  release_atom::value)
+              .then(
+                  [this, rp](bool) mutable {
+                    if (releasing_) {
+                      rp.deliver(not_served()); // Released again meanwhile.
+                      return;
+                    }
+                    if (serving_) {
+                      rp.deliver(true);
+                      return;
+                    }
+                    if (auto err = recover()) {
+                      rp.deliver(std::move(err));
+                      return;
+                    }
+                    serving_ = true;
+                    rp.deliver(true);
+                  },
+                  [rp](caf::error& err) mutable {
+                    rp.deliver(std::move(err));
+                  });
+          return rp;
+        }
         if (serving_)
           return true;
         if (auto err = recover())
@@ -90,7 +119,12 @@ caf::behavior partition::make_behavior() {
       },
       [this](release_atom) {
         auto rp = make_response_promise();
-        if (!serving_ || (stopping_ && !releasing_)) {
+        if (releasing_) {
+          // Asked again (an earlier ask timed out): answer when it is done.
+          release_promises_.push_back(rp);
+          return rp;
+        }
+        if (!serving_ || stopping_) {
           rp.deliver(true);
           return rp;
         }

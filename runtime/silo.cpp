@@ -341,8 +341,9 @@ namespace {
 
 // Sends `what` to partition `p` and waits for its answer.
 template <class Atom>
-caf::error ask_partition(silo_core& c, uint32_t p, Atom what,
-                         const char* action) {
+caf::error
+ask_partition(silo_core& c, uint32_t p, Atom what, const char* action,
+              std::chrono::milliseconds timeout = std::chrono::seconds{60}) {
   if (p >= c.partitions.size())
     return make_error(errc::invalid_argument,
                       "partition " + std::to_string(p) + " does not exist");
@@ -352,9 +353,18 @@ caf::error ask_partition(silo_core& c, uint32_t p, Atom what,
   caf::error result;
   {
     caf::scoped_actor self{*c.sys};
-    self->request(c.partitions[p], std::chrono::seconds{60}, what)
+    self->request(c.partitions[p], timeout, what)
         .receive([](bool) {},
                  [&](caf::error& err) {
+                   if (err == caf::sec::request_timeout) {
+                     // Still running: the partition finishes it anyway.
+                     result = make_error(
+                         errc::timeout,
+                         std::string{action} + " partition " + std::to_string(p)
+                             + " did not finish within "
+                             + std::to_string(timeout.count()) + " ms");
+                     return;
+                   }
                    result = make_error(errc::storage_failure,
                                        std::string{action} + " partition "
                                            + std::to_string(p)
@@ -371,8 +381,9 @@ caf::error silo::acquire_partition(uint32_t p) {
   return ask_partition(*core_, p, recover_atom::value, "recovering");
 }
 
-caf::error silo::release_partition(uint32_t p) {
-  return ask_partition(*core_, p, release_atom::value, "releasing");
+caf::error silo::release_partition(uint32_t p,
+                                   std::chrono::milliseconds timeout) {
+  return ask_partition(*core_, p, release_atom::value, "releasing", timeout);
 }
 
 void silo::route_changed(uint32_t p) {

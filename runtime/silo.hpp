@@ -206,14 +206,19 @@ public:
 
   /// Starts serving partition `p`, which this silo's router now says it
   /// owns: recovers its records from storage (for instance after they were
-  /// imported by a handoff). Idempotent.
+  /// imported by a handoff). Idempotent. During a release of `p` it
+  /// waits for the release to finish, then recovers.
   caf::error acquire_partition(uint32_t p);
 
   /// Stops serving partition `p` for a handoff: commits what is pending,
   /// forgets its activations and returns once nothing of it is in flight.
   /// Until it is acquired again, its work is refused with `not_owner`.
-  /// Route `p` elsewhere first, so that no new work arrives.
-  caf::error release_partition(uint32_t p);
+  /// Route `p` elsewhere first, so that no new work arrives. Fails with
+  /// `errc::timeout` when the release has not finished after `timeout`; it
+  /// goes on, and a later `release_partition` waits for it, as does an
+  /// `acquire_partition`, which then recovers the partition.
+  caf::error release_partition(uint32_t p, std::chrono::milliseconds timeout
+                                           = std::chrono::seconds{60});
 
   /// Tells the silo that the route to partition `p` changed (a new owner,
   /// epoch or availability): outbox entries parked while `p` was

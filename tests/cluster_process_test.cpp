@@ -86,7 +86,8 @@ protected:
   // membership table is kept by silo-0 (the seed), or by etcd at
   // `etcd_endpoint` when set.
   void write_configs(const std::string& extra = {},
-                     const std::string& etcd_endpoint = {}) {
+                     const std::string& etcd_endpoint = {},
+                     const std::string& membership_extra = {}) {
     auto seed = "\"silo-0@127.0.0.1:" + std::to_string(silo_ports[0]) + "\"";
     auto provider = etcd_endpoint.empty()
                         ? "provider = \"embedded\"\nseeds = [" + seed + "]\n"
@@ -106,7 +107,7 @@ protected:
           << provider << "probe_interval_ms = 200\n"
           << "missed_probes = 6\n"
           << "vote_expiry_ms = 5000\n"
-          << "[limits]\n"
+          << membership_extra << "[limits]\n"
           << "threads = 2\n"
           << "redelivery_timeout_ms = 300\n"
           << "remote_call_timeout_ms = 500\n"
@@ -211,6 +212,31 @@ TEST_F(cluster_process_test, an_etcd_backed_cluster_completes_every_namespace) {
   run_namespaces(true);
 }
 
+TEST_F(cluster_process_test, an_etcd_member_down_does_not_stop_the_cluster) {
+  auto etcd = granary::cluster::etcd_test_server::start();
+  ASSERT_TRUE(etcd) << granary::describe(etcd.error());
+  // The first endpoint is an etcd member that is not running.
+  auto down = "127.0.0.1:" + std::to_string(free_port());
+  write_configs({}, down + "\", \"" + (*etcd)->endpoint());
+  start_api();
+  for (int i = 0; i < silos; ++i)
+    start_silo(i);
+  ASSERT_TRUE(eventually(
+      [&] {
+        return status_seen_by(0, "silo-1") == "active"
+               && status_seen_by(0, "silo-2") == "active";
+      },
+      20s));
+  granary::cluster::gateway_client gw{
+      granary::cluster::endpoint{"127.0.0.1", gateway_ports[2]}, 10s};
+  for (int c = 0; c < 6; ++c) {
+    auto r = gw.call_grain("cp.cell", "cell-" + std::to_string(c),
+                           "granary.cp.Reserve",
+                           "{\"tenant\":\"t\",\"capacity\":4}");
+    EXPECT_TRUE(r) << granary::describe(r.error());
+  }
+}
+
 TEST_F(cluster_process_test, a_hung_silo_is_declared_dead_and_stops_itself) {
   write_configs();
   start_api();
@@ -244,6 +270,48 @@ TEST_F(cluster_process_test, a_hung_silo_is_declared_dead_and_stops_itself) {
       eventually([&] { return status_seen_by(0, "silo-2") == "active"; }, 20s));
   granary::cluster::gateway_client gw{
       granary::cluster::endpoint{"127.0.0.1", gateway_ports[0]}, 10s};
+  for (int c = 0; c < 6; ++c) {
+    auto r = gw.call_grain("cp.cell", "cell-" + std::to_string(c),
+                           "granary.cp.Reserve",
+                           "{\"tenant\":\"t\",\"capacity\":4}");
+    EXPECT_TRUE(r) << granary::describe(r.error());
+  }
+}
+
+TEST_F(cluster_process_test, a_silo_restarted_right_after_a_kill_stays_up) {
+  // One vote declares a silo dead: any vote against the killed run that
+  // lands after the new run wrote its row would do.
+  write_configs({}, {}, "votes_needed = 1\n");
+  start_api();
+  for (int i = 0; i < silos; ++i)
+    start_silo(i);
+  ASSERT_TRUE(eventually(
+      [&] {
+        return status_seen_by(0, "silo-1") == "active"
+               && status_seen_by(2, "silo-1") == "active";
+      },
+      20s));
+  // Back within the detection time (6 missed probes of 200 ms), while the
+  // others still count the missed probes of the killed run and vote on it.
+  for (auto delay : {300ms, 500ms, 700ms}) {
+    nodes[1]->kill_now();
+    std::this_thread::sleep_for(delay);
+    start_silo(1);
+    // The new run outlives the detection of the old one's death.
+    auto status = nodes[1]->wait_exit(3s);
+    ASSERT_EQ(status, -1) << "restarted " << delay.count()
+                          << " ms after the kill, it exited: "
+                          << nodes[1]->log();
+    ASSERT_TRUE(eventually(
+        [&] {
+          return status_seen_by(0, "silo-1") == "active"
+                 && status_seen_by(2, "silo-1") == "active";
+        },
+        10s))
+        << nodes[0]->log();
+  }
+  granary::cluster::gateway_client gw{
+      granary::cluster::endpoint{"127.0.0.1", gateway_ports[1]}, 10s};
   for (int c = 0; c < 6; ++c) {
     auto r = gw.call_grain("cp.cell", "cell-" + std::to_string(c),
                            "granary.cp.Reserve",

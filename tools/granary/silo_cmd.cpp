@@ -216,13 +216,18 @@ int silo_main(int argc, char** argv) {
                    && mc.seeds[0].silo_id == cfg->silo_id;
     if (mc.provider == cluster::membership_provider::etcd) {
       cluster::etcd_membership_config ec;
-      ec.endpoint = mc.endpoints[0].to_string();
+      ec.endpoints.clear();
+      std::string listed;
+      for (auto& ep : mc.endpoints) {
+        ec.endpoints.push_back(ep.to_string());
+        listed += (listed.empty() ? "" : ", ") + ep.to_string();
+      }
       ec.cluster_id = cfg->cluster_id;
       ec.key_root = mc.prefix;
       auto opened = cluster::etcd_membership::open(ec);
       if (!opened) {
         stop_cluster();
-        return fail("membership (etcd at " + ec.endpoint
+        return fail("membership (etcd at " + listed
                     + "): " + describe(opened.error()));
       }
       members = std::move(*opened);
