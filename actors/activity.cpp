@@ -18,6 +18,24 @@ int64_t steady_ms() {
 
 } // namespace
 
+std::string activity_idempotency_key(const grain_id& owner, uint32_t run,
+                                     uint64_t seq, uint32_t format) {
+  // The sequence number follows the last ':', so any key stays readable.
+  std::string out;
+  if (format >= 1) {
+    out += owner.type;
+    out += '/';
+  }
+  out += owner.key;
+  out += ':';
+  if (run != 0) {
+    out += std::to_string(run);
+    out += '.';
+  }
+  out += std::to_string(seq);
+  return out;
+}
+
 bool activity_context::heartbeat() const {
   if (!state)
     return true;
@@ -177,11 +195,9 @@ void activity_pool::work() {
     }
     if (j.heartbeat_timeout_ms > 0)
       monitor_cv_.notify_one();
-    // Runs after the first keep the key unique: "id:run.seq".
-    auto key
-        = j.workflow.key + ":"
-          + (j.run == 0 ? std::to_string(j.seq)
-                        : std::to_string(j.run) + "." + std::to_string(j.seq));
+    auto key = j.idempotency_key.empty()
+                   ? activity_idempotency_key(j.workflow, j.run, j.seq)
+                   : j.idempotency_key;
     activity_context ctx{j.workflow.key, j.seq, j.attempt, std::move(key),
                          state};
     std::string result;

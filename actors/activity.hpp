@@ -33,13 +33,26 @@ struct attempt_state {
 
 } // namespace detail
 
+/// Format of the idempotency keys of new activities: "<type>/<key>:<seq>"
+/// in a workflow's run 0, "<type>/<key>:<run>.<seq>" after; a resource
+/// grain's is "<type>/<name>:<generation>".
+inline constexpr uint32_t activity_key_format = 1;
+
+/// The idempotency key of the activity at `seq` of run `run` of grain
+/// `owner` in key format `format`: `activity_key_format`, or 0, the format
+/// without "<type>/" that activities issued before it keep.
+std::string activity_idempotency_key(const grain_id& owner, uint32_t run,
+                                     uint64_t seq,
+                                     uint32_t format = activity_key_format);
+
 /// What an activity attempt knows about itself.
 struct activity_context {
   std::string workflow_id;
   uint64_t seq = 0;
   uint32_t attempt = 1;
-  /// Stable across attempts: workflow id + ":" + sequence number. Pass it
-  /// to the outside world so that a retried attempt is not applied twice.
+  /// Stable across attempts: grain type, workflow id and sequence number
+  /// (see `activity_idempotency_key`). Pass it to the outside world so that
+  /// a retried attempt is not applied twice.
   std::string idempotency_key;
   /// Internal: the attempt's heartbeat record.
   std::shared_ptr<detail::attempt_state> state;
@@ -91,6 +104,9 @@ public:
     uint32_t run = 0;
     /// 0: no heartbeat required.
     int64_t heartbeat_timeout_ms = 0;
+    /// Passed to the activity; empty: `activity_idempotency_key` of
+    /// `workflow`, `run` and `seq` in the current format.
+    std::string idempotency_key;
   };
 
   /// Starts `threads` workers; at most `max_queue` attempts wait.

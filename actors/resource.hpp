@@ -167,6 +167,7 @@ public:
       return info();
     }
     st.set_generation(st.generation() + 1);
+    st.set_key_format(activity_key_format);
     st.set_desired_present(!m.remove());
     st.set_desired_type(m.remove() ? std::string{} : m.spec_type());
     st.set_desired(m.remove() ? std::string{} : m.spec());
@@ -353,7 +354,9 @@ private:
                          activity_name(),
                          req.SerializeAsString(),
                          0,
-                         opts_.heartbeat_timeout.count()};
+                         opts_.heartbeat_timeout.count(),
+                         activity_idempotency_key(t.self(), 0, st.generation(),
+                                                  st.key_format())};
     auto err = pool_->submit(
         std::move(j),
         std::string{wire::ReconcileRequest::descriptor()->full_name()});

@@ -325,6 +325,7 @@ uint64_t workflow_engine::activity(const std::string& name,
       o.add_non_retryable(to_string(code));
     o.set_start_to_close_ms(opts.start_to_close.count());
     o.set_heartbeat_timeout_ms(opts.heartbeat_timeout.count());
+    o.set_key_format(activity_key_format);
     e.set_value(1);
     wire::RunActivity run;
     run.set_seq(e.seq());
@@ -403,7 +404,9 @@ workflow_engine::run_activity(const wire::RunActivity& run,
                        e->target(),
                        e->input(),
                        state_->run(),
-                       e->activity().heartbeat_timeout_ms()};
+                       e->activity().heartbeat_timeout_ms(),
+                       activity_idempotency_key(*self_, state_->run(), e->seq(),
+                                                e->activity().key_format())};
   if (auto err = pool->submit(std::move(j), e->payload_type())) {
     // A full or stopping pool is transient (a graceful shutdown stops the
     // pool first); only a wrong activity name or input type is final.

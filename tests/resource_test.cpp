@@ -72,6 +72,18 @@ public:
   }
 };
 
+// Another resource type on the same fake API, with names of its own.
+class volume : public resource<volume, DiskSpec, DiskActual> {
+public:
+  static constexpr std::string_view type_name = "test.volume";
+
+  static caf::expected<DiskActual>
+  reconcile(const activity_context& ctx,
+            const reconcile_input<DiskSpec, DiskActual>& in) {
+    return api->apply(ctx, in);
+  }
+};
+
 // Provisions a disk and waits for it: the call is answered only once the
 // disk is reconciled (or failed).
 class provision_flow : public workflow<provision_flow, Order, Receipt> {
@@ -120,6 +132,7 @@ protected:
     pool = std::make_unique<activity_pool>(4, 64);
     grain_registry reg;
     ASSERT_FALSE(register_resource<disk>(reg, *pool, opts));
+    ASSERT_FALSE(register_resource<volume>(reg, *pool, opts));
     ASSERT_FALSE(register_workflow<provision_flow>(reg, pool.get()));
     auto started = silo::start(cfg, std::move(reg),
                                std::make_unique<shared_storage>(mem), clk);
@@ -180,10 +193,10 @@ TEST_F(resource_test, reconciles_desired_state_with_retries) {
   EXPECT_EQ(actual_of(info).disk_id(), "disk-d1");
   std::lock_guard guard{fake.mtx};
   EXPECT_EQ(fake.disks["d1"], 10);
-  // Three attempts under one idempotency key (name:generation), applied
-  // once.
-  EXPECT_EQ(fake.attempts["d1:1"], 3);
-  EXPECT_EQ(fake.applied["d1:1"], 1);
+  // Three attempts under one idempotency key (type/name:generation),
+  // applied once.
+  EXPECT_EQ(fake.attempts["test.disk/d1:1"], 3);
+  EXPECT_EQ(fake.applied["test.disk/d1:1"], 1);
 }
 
 TEST_F(resource_test, operations_on_one_resource_never_overlap) {
@@ -313,5 +326,20 @@ TEST_F(resource_test, state_survives_a_restart) {
   EXPECT_EQ(info.phase(), wire::ResourceState::READY);
   EXPECT_EQ(actual_of(info).size_gb(), 8);
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.applied["d8:1"], 1);
+  EXPECT_EQ(fake.applied["test.disk/d8:1"], 1);
+}
+
+TEST_F(resource_test, two_resource_types_with_one_name_get_different_keys) {
+  start();
+  ASSERT_FALSE(s->send(id_of<disk>("x"), disk::desire(size(1))));
+  ASSERT_FALSE(s->send(id_of<volume>("x"), volume::desire(size(2))));
+  ASSERT_TRUE(until([&] {
+    auto v = grain_ref<volume>{*s, "x"}.call<wire::ResourceInfo>(
+        wire::GetResource{});
+    return get("x").phase() == wire::ResourceState::READY && v
+           && v->phase() == wire::ResourceState::READY;
+  }));
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.applied["test.disk/x:1"], 1);
+  EXPECT_EQ(fake.applied["test.volume/x:1"], 1);
 }

@@ -236,16 +236,26 @@ struct api_log {
   }
 };
 
+/// Idempotency keys of the workflows: "<type>/<id>:<seq>".
+constexpr std::string_view key_prefix = "wfcrash.provision/wf-";
+
+/// The idempotency key of the activity at `seq` of workflow `i`.
+std::string key_of(int64_t i, int64_t seq) {
+  return std::string{key_prefix} + std::to_string(i) + ":"
+         + std::to_string(seq);
+}
+
 /// The activity name and workflow index an idempotency key belongs to, or
 /// nullopt for a key no workflow of this test can produce.
 std::optional<std::pair<std::string, int64_t>>
 expected_key(const std::string& key) {
-  if (key.rfind("wf-", 0) != 0)
+  if (!key.starts_with(key_prefix))
     return std::nullopt;
   auto colon = key.find(':');
   if (colon == std::string::npos)
     return std::nullopt;
-  auto i = parse_int(std::string_view{key}.substr(3, colon - 3));
+  auto i = parse_int(std::string_view{key}.substr(key_prefix.size(),
+                                                  colon - key_prefix.size()));
   auto seq = parse_int(std::string_view{key}.substr(colon + 1));
   if (!i || *i >= n_workflows || !seq)
     return std::nullopt;
@@ -404,7 +414,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
   EXPECT_EQ(sum, n_workflows) << "seed " << seed;
 
   // Every side effect was applied once per idempotency key: exactly the
-  // keys wf-i:0 (provision) and wf-i:3 (notify), each applied once.
+  // keys of wf-i's seq 0 (provision) and 3 (notify), each applied once.
   auto log = api_log::read(api_path);
   check_api_log(log, "at the end", seed);
   EXPECT_EQ(log.applies, 2 * n_workflows) << "seed " << seed;
@@ -412,7 +422,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
       << "seed " << seed;
   for (int64_t i = 0; i < n_workflows; ++i) {
     for (auto seq : {provision_seq, notify_seq}) {
-      auto key = "wf-" + std::to_string(i) + ":" + std::to_string(seq);
+      auto key = key_of(i, seq);
       auto it = log.keys.find(key);
       if (it == log.keys.end()) {
         ADD_FAILURE() << "key " << key << " never reached the API";
