@@ -1,6 +1,7 @@
 #include "actors/activity.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "runtime/log.hpp"
 #include "runtime/silo.hpp"
@@ -36,6 +37,22 @@ std::string activity_idempotency_key(const grain_id& owner, uint32_t run,
   return out;
 }
 
+caf::error activity_options::validate() const {
+  auto bad = [](const std::string& what) {
+    return make_error(errc::invalid_argument, "activity_options: " + what);
+  };
+  if (initial_interval.count() < 0 || max_interval.count() < 0)
+    return bad("initial_interval and max_interval must not be negative");
+  if (!std::isfinite(backoff_coefficient) || backoff_coefficient < 1.0)
+    return bad("backoff_coefficient must be at least 1, not "
+               + std::to_string(backoff_coefficient));
+  if (start_to_close.count() <= 0)
+    return bad("start_to_close must be positive");
+  if (heartbeat_timeout.count() < 0)
+    return bad("heartbeat_timeout must not be negative");
+  return caf::none;
+}
+
 bool activity_context::heartbeat() const {
   if (!state)
     return true;
@@ -55,8 +72,23 @@ activity_pool::~activity_pool() {
 }
 
 void activity_pool::attach(silo& s) {
+  {
+    std::lock_guard guard{mtx_};
+    silo_ = &s;
+  }
+  // Attempts queued while the silo started may run now.
+  cv_.notify_all();
+}
+
+activity_pool_stats activity_pool::stats() const {
   std::lock_guard guard{mtx_};
-  silo_ = &s;
+  activity_pool_stats out;
+  out.queued = queue_.size();
+  out.running = running_.size();
+  out.started = started_;
+  out.abandoned = abandoned_;
+  out.dropped_results = dropped_;
+  return out;
 }
 
 caf::error activity_pool::submit(job j, const std::string& input_type) {
@@ -84,9 +116,37 @@ caf::error activity_pool::submit(job j, const std::string& input_type) {
 
 void activity_pool::abandon(const grain_id& workflow, uint32_t run) {
   std::lock_guard guard{mtx_};
+  std::erase_if(queue_, [&](const job& j) {
+    return j.workflow == workflow && j.run == run;
+  });
   for (auto& r : running_)
-    if (r.j.workflow == workflow && r.j.run == run)
-      r.state->abandoned = true;
+    if (r.j.workflow == workflow && r.j.run == run
+        && !r.state->abandoned.exchange(true))
+      ++abandoned_;
+}
+
+void activity_pool::abandon(const grain_id& owner, uint32_t run, uint64_t seq,
+                            uint32_t attempt) {
+  std::lock_guard guard{mtx_};
+  auto same = [&](const job& j) {
+    return j.workflow == owner && j.run == run && j.seq == seq
+           && j.attempt == attempt;
+  };
+  std::erase_if(queue_, same);
+  for (auto& r : running_)
+    if (same(r.j) && !r.state->abandoned.exchange(true))
+      ++abandoned_;
+}
+
+std::deque<activity_pool::job>::iterator activity_pool::runnable() {
+  // Bounded by max_queue_ times the number of workers.
+  return std::find_if(queue_.begin(), queue_.end(), [&](const job& j) {
+    return std::none_of(
+        running_.begin(), running_.end(), [&](const running& r) {
+          return r.j.workflow == j.workflow
+                 && (j.per_grain || (r.j.run == j.run && r.j.seq == j.seq));
+        });
+  });
 }
 
 void activity_pool::stop() {
@@ -97,7 +157,8 @@ void activity_pool::stop() {
     stopping_ = true;
     queue_.clear();
     for (auto& r : running_)
-      r.state->abandoned = true;
+      if (!r.state->abandoned.exchange(true))
+        ++abandoned_;
   }
   cv_.notify_all();
   monitor_cv_.notify_all();
@@ -112,6 +173,7 @@ void activity_pool::stop() {
 void activity_pool::report(const job& j, std::string result_type,
                            std::string result, const caf::error& err) {
   if (stopping_ || !silo_) {
+    ++dropped_;
     log(log_level::warning, "activity '" + j.name + "' result dropped: "
                                 + (stopping_ ? "the pool is stopping"
                                              : "the pool is not attached"));
@@ -162,6 +224,7 @@ void activity_pool::monitor() {
         continue;
       }
       i->state->abandoned = true;
+      ++abandoned_;
       log(log_level::warning,
           "activity '" + i->j.name + "' of workflow " + to_string(i->j.workflow)
               + " (seq " + std::to_string(i->j.seq) + ", attempt "
@@ -185,13 +248,24 @@ void activity_pool::work() {
     auto state = std::make_shared<detail::attempt_state>();
     {
       std::unique_lock guard{mtx_};
-      cv_.wait(guard, [this] { return stopping_ || !queue_.empty(); });
+      // Nothing starts before attach (its outcome would have nowhere to
+      // go), nor next to an earlier attempt of the same activity.
+      auto next = queue_.end();
+      cv_.wait(guard, [&] {
+        if (stopping_)
+          return true;
+        if (!silo_)
+          return false;
+        next = runnable();
+        return next != queue_.end();
+      });
       if (stopping_)
         return;
-      j = std::move(queue_.front());
-      queue_.pop_front();
+      j = std::move(*next);
+      queue_.erase(next);
       state->last_beat_ms = steady_ms();
       running_.push_back(running{j, state});
+      ++started_;
     }
     if (j.heartbeat_timeout_ms > 0)
       monitor_cv_.notify_one();
@@ -214,6 +288,8 @@ void activity_pool::work() {
     running_.erase(
         std::find_if(running_.begin(), running_.end(),
                      [&](const running& r) { return r.state == state; }));
+    // This worker looks at the queue again next, so an attempt that waited
+    // for this one starts without a notification.
     if (state->abandoned.load())
       continue; // Timed out or cancelled: its outcome is settled already.
     report(j, std::move(result_type), std::move(result), err);
