@@ -115,26 +115,23 @@ caf::error activity_pool::submit(job j, const std::string& input_type) {
 }
 
 void activity_pool::abandon(const grain_id& workflow, uint32_t run) {
-  std::lock_guard guard{mtx_};
-  std::erase_if(queue_, [&](const job& j) {
-    return j.workflow == workflow && j.run == run;
-  });
-  for (auto& r : running_)
-    if (r.j.workflow == workflow && r.j.run == run
-        && !r.state->abandoned.exchange(true))
-      ++abandoned_;
+  abandon_if(
+      [&](const job& j) { return j.workflow == workflow && j.run == run; });
 }
 
 void activity_pool::abandon(const grain_id& owner, uint32_t run, uint64_t seq,
                             uint32_t attempt) {
-  std::lock_guard guard{mtx_};
-  auto same = [&](const job& j) {
+  abandon_if([&](const job& j) {
     return j.workflow == owner && j.run == run && j.seq == seq
            && j.attempt == attempt;
-  };
-  std::erase_if(queue_, same);
+  });
+}
+
+void activity_pool::abandon_if(const std::function<bool(const job&)>& which) {
+  std::lock_guard guard{mtx_};
+  std::erase_if(queue_, which);
   for (auto& r : running_)
-    if (same(r.j) && !r.state->abandoned.exchange(true))
+    if (which(r.j) && !r.state->abandoned.exchange(true))
       ++abandoned_;
 }
 

@@ -224,6 +224,9 @@ private:
   };
 
   void work();
+  // Drops the queued attempts `which` selects and marks the running ones
+  // abandoned.
+  void abandon_if(const std::function<bool(const job&)>& which);
   // The first queued job that may start now, or `queue_.end()`.
   std::deque<job>::iterator runnable();
   // Fails attempts whose heartbeat is overdue.
