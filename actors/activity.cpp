@@ -1,6 +1,7 @@
 #include "actors/activity.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "runtime/log.hpp"
 #include "runtime/silo.hpp"
@@ -17,6 +18,40 @@ int64_t steady_ms() {
 }
 
 } // namespace
+
+std::string activity_idempotency_key(const grain_id& owner, uint32_t run,
+                                     uint64_t seq, uint32_t format) {
+  // The sequence number follows the last ':', so any key stays readable.
+  std::string out;
+  if (format >= 1) {
+    out += owner.type;
+    out += '/';
+  }
+  out += owner.key;
+  out += ':';
+  if (run != 0) {
+    out += std::to_string(run);
+    out += '.';
+  }
+  out += std::to_string(seq);
+  return out;
+}
+
+caf::error activity_options::validate() const {
+  auto bad = [](const std::string& what) {
+    return make_error(errc::invalid_argument, "activity_options: " + what);
+  };
+  if (initial_interval.count() < 0 || max_interval.count() < 0)
+    return bad("initial_interval and max_interval must not be negative");
+  if (!std::isfinite(backoff_coefficient) || backoff_coefficient < 1.0)
+    return bad("backoff_coefficient must be at least 1, not "
+               + std::to_string(backoff_coefficient));
+  if (start_to_close.count() <= 0)
+    return bad("start_to_close must be positive");
+  if (heartbeat_timeout.count() < 0)
+    return bad("heartbeat_timeout must not be negative");
+  return caf::none;
+}
 
 bool activity_context::heartbeat() const {
   if (!state)
@@ -37,8 +72,23 @@ activity_pool::~activity_pool() {
 }
 
 void activity_pool::attach(silo& s) {
+  {
+    std::lock_guard guard{mtx_};
+    silo_ = &s;
+  }
+  // Attempts queued while the silo started may run now.
+  cv_.notify_all();
+}
+
+activity_pool_stats activity_pool::stats() const {
   std::lock_guard guard{mtx_};
-  silo_ = &s;
+  activity_pool_stats out;
+  out.queued = queue_.size();
+  out.running = running_.size();
+  out.started = started_;
+  out.abandoned = abandoned_;
+  out.dropped_results = dropped_;
+  return out;
 }
 
 caf::error activity_pool::submit(job j, const std::string& input_type) {
@@ -65,10 +115,35 @@ caf::error activity_pool::submit(job j, const std::string& input_type) {
 }
 
 void activity_pool::abandon(const grain_id& workflow, uint32_t run) {
+  abandon_if(
+      [&](const job& j) { return j.workflow == workflow && j.run == run; });
+}
+
+void activity_pool::abandon(const grain_id& owner, uint32_t run, uint64_t seq,
+                            uint32_t attempt) {
+  abandon_if([&](const job& j) {
+    return j.workflow == owner && j.run == run && j.seq == seq
+           && j.attempt == attempt;
+  });
+}
+
+void activity_pool::abandon_if(const std::function<bool(const job&)>& which) {
   std::lock_guard guard{mtx_};
+  std::erase_if(queue_, which);
   for (auto& r : running_)
-    if (r.j.workflow == workflow && r.j.run == run)
-      r.state->abandoned = true;
+    if (which(r.j) && !r.state->abandoned.exchange(true))
+      ++abandoned_;
+}
+
+std::deque<activity_pool::job>::iterator activity_pool::runnable() {
+  // Bounded by max_queue_ times the number of workers.
+  return std::find_if(queue_.begin(), queue_.end(), [&](const job& j) {
+    return std::none_of(
+        running_.begin(), running_.end(), [&](const running& r) {
+          return r.j.workflow == j.workflow
+                 && (j.per_grain || (r.j.run == j.run && r.j.seq == j.seq));
+        });
+  });
 }
 
 void activity_pool::stop() {
@@ -79,7 +154,8 @@ void activity_pool::stop() {
     stopping_ = true;
     queue_.clear();
     for (auto& r : running_)
-      r.state->abandoned = true;
+      if (!r.state->abandoned.exchange(true))
+        ++abandoned_;
   }
   cv_.notify_all();
   monitor_cv_.notify_all();
@@ -94,6 +170,7 @@ void activity_pool::stop() {
 void activity_pool::report(const job& j, std::string result_type,
                            std::string result, const caf::error& err) {
   if (stopping_ || !silo_) {
+    ++dropped_;
     log(log_level::warning, "activity '" + j.name + "' result dropped: "
                                 + (stopping_ ? "the pool is stopping"
                                              : "the pool is not attached"));
@@ -144,6 +221,7 @@ void activity_pool::monitor() {
         continue;
       }
       i->state->abandoned = true;
+      ++abandoned_;
       log(log_level::warning,
           "activity '" + i->j.name + "' of workflow " + to_string(i->j.workflow)
               + " (seq " + std::to_string(i->j.seq) + ", attempt "
@@ -167,21 +245,30 @@ void activity_pool::work() {
     auto state = std::make_shared<detail::attempt_state>();
     {
       std::unique_lock guard{mtx_};
-      cv_.wait(guard, [this] { return stopping_ || !queue_.empty(); });
+      // Nothing starts before attach (its outcome would have nowhere to
+      // go), nor next to an earlier attempt of the same activity.
+      auto next = queue_.end();
+      cv_.wait(guard, [&] {
+        if (stopping_)
+          return true;
+        if (!silo_)
+          return false;
+        next = runnable();
+        return next != queue_.end();
+      });
       if (stopping_)
         return;
-      j = std::move(queue_.front());
-      queue_.pop_front();
+      j = std::move(*next);
+      queue_.erase(next);
       state->last_beat_ms = steady_ms();
       running_.push_back(running{j, state});
+      ++started_;
     }
     if (j.heartbeat_timeout_ms > 0)
       monitor_cv_.notify_one();
-    // Runs after the first keep the key unique: "id:run.seq".
-    auto key
-        = j.workflow.key + ":"
-          + (j.run == 0 ? std::to_string(j.seq)
-                        : std::to_string(j.run) + "." + std::to_string(j.seq));
+    auto key = j.idempotency_key.empty()
+                   ? activity_idempotency_key(j.workflow, j.run, j.seq)
+                   : j.idempotency_key;
     activity_context ctx{j.workflow.key, j.seq, j.attempt, std::move(key),
                          state};
     std::string result;
@@ -198,6 +285,8 @@ void activity_pool::work() {
     running_.erase(
         std::find_if(running_.begin(), running_.end(),
                      [&](const running& r) { return r.state == state; }));
+    // This worker looks at the queue again next, so an attempt that waited
+    // for this one starts without a notification.
     if (state->abandoned.load())
       continue; // Timed out or cancelled: its outcome is settled already.
     report(j, std::move(result_type), std::move(result), err);

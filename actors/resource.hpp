@@ -167,6 +167,7 @@ public:
       return info();
     }
     st.set_generation(st.generation() + 1);
+    st.set_key_format(activity_key_format);
     st.set_desired_present(!m.remove());
     st.set_desired_type(m.remove() ? std::string{} : m.spec_type());
     st.set_desired(m.remove() ? std::string{} : m.spec());
@@ -238,10 +239,25 @@ public:
   }
 
   caf::expected<done> on_timeout(turn& t, const wire::ReconcileTimeout& m) {
+    // The attempt must not go on next to the next one: its heartbeat()
+    // turns false, its result is ignored, and the pool starts no other
+    // reconcile of this resource until it returns.
+    if (pool_)
+      pool_->abandon(t.self(), 0, m.generation(), m.submission());
     auto& view = this->view();
     if (!view.in_flight() || m.submission() != view.submission())
       return done{};
     this->state().set_in_flight(false);
+    if (m.due_ms() > 0 && t.now_ms() < m.due_ms()) {
+      // The watchdog fired at recovery: the attempt was lost with its silo
+      // (or runs on the partition's old owner); retry at once.
+      fail_attempt(t,
+                   make_error(errc::timeout,
+                              "reconcile attempt was lost: its silo stopped "
+                              "or its partition moved before it reported"),
+                   true);
+      return done{};
+    }
     fail_attempt(t,
                  make_error(errc::timeout,
                             "reconcile attempt got no result within "
@@ -347,18 +363,31 @@ private:
     req.set_actual_present(st.actual_present());
     req.set_actual(st.actual());
     req.set_generation(st.generation());
-    activity_pool::job j{t.self(),
-                         st.generation(),
-                         st.submission(),
-                         activity_name(),
-                         req.SerializeAsString(),
-                         0,
-                         opts_.heartbeat_timeout.count()};
-    auto err = pool_->submit(
-        std::move(j),
-        std::string{wire::ReconcileRequest::descriptor()->full_name()});
+    activity_pool::job j{
+        t.self(),
+        st.generation(),
+        st.submission(),
+        activity_name(),
+        req.SerializeAsString(),
+        0,
+        opts_.heartbeat_timeout.count(),
+        activity_idempotency_key(t.self(), 0, st.generation(), st.key_format()),
+        true};
+    // The watchdog fires after attempt_timeout, or at once when the
+    // partition is recovered (the attempt did not survive the restart).
+    wire::ReconcileTimeout timeout;
+    timeout.set_submission(st.submission());
+    timeout.set_generation(st.generation());
+    timeout.set_due_ms(t.now_ms() + opts_.attempt_timeout.count());
+    auto err
+        = t.set_watchdog("resource-timeout", opts_.attempt_timeout, timeout);
+    if (!err)
+      err = pool_->submit(
+          std::move(j),
+          std::string{wire::ReconcileRequest::descriptor()->full_name()});
     if (err) {
       // A full or stopping pool: try again shortly, under a new number.
+      log_error(t, t.cancel_timer("resource-timeout"));
       wire::ReconcileRetry retry;
       retry.set_submission(st.submission());
       log_error(t, t.set_timer("resource-retry", std::chrono::milliseconds{100},
@@ -366,13 +395,11 @@ private:
       return;
     }
     st.set_in_flight(true);
-    wire::ReconcileTimeout timeout;
-    timeout.set_submission(st.submission());
-    log_error(t,
-              t.set_timer("resource-timeout", opts_.attempt_timeout, timeout));
   }
 
-  void fail_attempt(turn& t, const caf::error& err) {
+  // Fails the attempt in flight: retries it (at once when `now`, else after
+  // the backoff) or marks the generation FAILED.
+  void fail_attempt(turn& t, const caf::error& err, bool now = false) {
     auto& st = this->state();
     st.set_last_error(describe(err));
     auto code = code_of(err);
@@ -391,6 +418,8 @@ private:
     auto delay = static_cast<double>(opts_.initial_interval.count())
                  * std::pow(opts_.backoff_coefficient, st.attempt() - 1);
     delay = std::min(delay, static_cast<double>(opts_.max_interval.count()));
+    if (now)
+      delay = 0;
     wire::ReconcileRetry retry;
     retry.set_submission(st.submission());
     log_error(
@@ -419,6 +448,14 @@ caf::error register_resource(grain_registry& registry, activity_pool& pool,
                       "resource " + std::string{R::type_name}
                           + ": max_attempts and attempt_timeout must be "
                             "positive");
+  // A negative delay would leave a failed attempt without its retry timer.
+  if (opts.initial_interval.count() < 0 || opts.max_interval.count() < 0
+      || !(opts.backoff_coefficient >= 1.0)
+      || opts.heartbeat_timeout.count() < 0 || opts.resync_interval.count() < 0)
+    return make_error(errc::invalid_config,
+                      "resource " + std::string{R::type_name}
+                          + ": intervals and timeouts must not be negative, "
+                            "and backoff_coefficient must be at least 1");
   auto err = pool.add<wire::ReconcileRequest, wire::ReconcileResult>(
       R::activity_name(),
       [](const activity_context& ctx, const wire::ReconcileRequest& req)

@@ -525,7 +525,7 @@ public:
                                           const wire::ActivityTimeout& m) {
     engine_.bind(&this->state(), &t.self());
     engine_.set_turn(&t);
-    auto waiting = engine_.activity_timeout(m);
+    auto waiting = engine_.activity_timeout(m, pool_);
     advance(t, waiting);
     return done{};
   }

@@ -325,27 +325,43 @@ uint64_t workflow_engine::activity(const std::string& name,
       o.add_non_retryable(to_string(code));
     o.set_start_to_close_ms(opts.start_to_close.count());
     o.set_heartbeat_timeout_ms(opts.heartbeat_timeout.count());
+    o.set_key_format(activity_key_format);
     e.set_value(1);
+    if (auto err = opts.validate()) {
+      fail_activity(e, make_error(errc::invalid_argument,
+                                  "activity '" + name + "': " + describe(err)));
+      return e.seq();
+    }
     wire::RunActivity run;
     run.set_seq(e.seq());
     run.set_run(state_->run());
     run.set_attempt(1);
-    timer(tag("wf-act-", e.seq()), std::chrono::milliseconds{0}, run);
+    // Without its timer the entry would stay open for ever.
+    if (auto err
+        = timer(tag("wf-act-", e.seq()), std::chrono::milliseconds{0}, run))
+      fail_activity(e,
+                    make_error(code_of(err), "activity '" + name
+                                                 + "' could not be scheduled: "
+                                                 + describe(err)));
   }
   return e.seq();
 }
 
-void workflow_engine::timer(const std::string& name,
-                            std::chrono::milliseconds delay,
-                            const google::protobuf::Message& msg) {
+caf::error workflow_engine::timer(const std::string& name,
+                                  std::chrono::milliseconds delay,
+                                  const google::protobuf::Message& msg,
+                                  bool watchdog) {
   caf::error err;
   if (!turn_)
     err = make_error(errc::invalid_argument, "timer set outside a turn");
+  else if (watchdog)
+    err = turn_->set_watchdog(name, delay, msg);
   else
     err = turn_->set_timer(name, delay, msg);
   if (err)
     log(log_level::error, "workflow " + to_string(*self_) + ": timer " + name
                               + " not set: " + describe(err));
+  return err;
 }
 
 std::coroutine_handle<> workflow_engine::finish(wire::JournalEntry& e) {
@@ -355,8 +371,16 @@ std::coroutine_handle<> workflow_engine::finish(wire::JournalEntry& e) {
   return wake();
 }
 
-std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
+std::coroutine_handle<> workflow_engine::fail_activity(wire::JournalEntry& e,
                                                        const caf::error& err) {
+  e.set_error_code(static_cast<uint32_t>(code_of(err)));
+  e.set_error(describe(err));
+  return finish(e);
+}
+
+std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
+                                                       const caf::error& err,
+                                                       bool now) {
   auto& o = e.activity();
   auto attempt = static_cast<uint32_t>(e.value());
   auto kind = std::string{to_string(code_of(err))};
@@ -373,6 +397,8 @@ std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
   auto delay = static_cast<double>(o.initial_interval_ms())
                * std::pow(o.backoff_coefficient(), attempt - 1);
   delay = std::min(delay, static_cast<double>(o.max_interval_ms()));
+  // Journals of older versions were not validated: never a negative delay.
+  delay = now || !(delay > 0) ? 0 : delay;
   e.set_value(attempt + 1);
   if (turn_)
     static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
@@ -380,8 +406,15 @@ std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
   run.set_seq(e.seq());
   run.set_run(state_->run());
   run.set_attempt(attempt + 1);
-  timer(tag("wf-act-", e.seq()),
-        std::chrono::milliseconds{static_cast<int64_t>(delay)}, run);
+  if (auto terr
+      = timer(tag("wf-act-", e.seq()),
+              std::chrono::milliseconds{static_cast<int64_t>(delay)}, run))
+    return fail_activity(
+        e, make_error(code_of(terr), "activity '" + e.target() + "' attempt "
+                                         + std::to_string(attempt) + " failed ("
+                                         + describe(err)
+                                         + ") and no retry could be scheduled: "
+                                         + describe(terr)));
   return {};
 }
 
@@ -392,37 +425,46 @@ workflow_engine::run_activity(const wire::RunActivity& run,
   if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
       || e->value() != run.attempt())
     return {}; // Stale.
-  if (!pool) {
-    e->set_error_code(static_cast<uint32_t>(errc::invalid_config));
-    e->set_error("no activity pool: register the workflow with one");
-    return finish(*e);
-  }
+  if (!pool)
+    return fail_activity(
+        *e, make_error(errc::invalid_config,
+                       "no activity pool: register the workflow with one"));
+  if (!turn_)
+    return fail_activity(*e, make_error(errc::invalid_argument,
+                                        "activity attempt outside a turn"));
+  // The watchdog goes first: an attempt on the pool must always have one.
+  // It fires at start_to_close, or as soon as the partition is recovered
+  // (the attempt died with its silo, or runs on the partition's old owner).
+  auto start_to_close = std::max<int64_t>(e->activity().start_to_close_ms(), 1);
+  wire::ActivityTimeout timeout;
+  timeout.set_seq(e->seq());
+  timeout.set_run(state_->run());
+  timeout.set_attempt(run.attempt());
+  timeout.set_due_ms(turn_->now_ms() + start_to_close);
+  auto timeout_name = tag("wf-act-timeout-", e->seq());
+  if (auto err = timer(timeout_name, std::chrono::milliseconds{start_to_close},
+                       timeout, true))
+    return fail_activity(*e, err);
   activity_pool::job j{*self_,
                        e->seq(),
                        run.attempt(),
                        e->target(),
                        e->input(),
                        state_->run(),
-                       e->activity().heartbeat_timeout_ms()};
+                       e->activity().heartbeat_timeout_ms(),
+                       activity_idempotency_key(*self_, state_->run(), e->seq(),
+                                                e->activity().key_format())};
   if (auto err = pool->submit(std::move(j), e->payload_type())) {
+    static_cast<void>(turn_->cancel_timer(timeout_name));
     // A full or stopping pool is transient (a graceful shutdown stops the
     // pool first); only a wrong activity name or input type is final.
-    if (code_of(err) != errc::overloaded
-        && code_of(err) != errc::silo_stopped) {
-      e->set_error_code(static_cast<uint32_t>(code_of(err)));
-      e->set_error(describe(err));
-      return finish(*e);
-    }
+    if (code_of(err) != errc::overloaded && code_of(err) != errc::silo_stopped)
+      return fail_activity(*e, err);
     // The pool is full: try this attempt again shortly.
-    timer(tag("wf-act-", e->seq()), std::chrono::milliseconds{100}, run);
-    return {};
+    if (auto terr
+        = timer(tag("wf-act-", e->seq()), std::chrono::milliseconds{100}, run))
+      return fail_activity(*e, terr);
   }
-  wire::ActivityTimeout timeout;
-  timeout.set_seq(e->seq());
-  timeout.set_run(state_->run());
-  timeout.set_attempt(run.attempt());
-  timer(tag("wf-act-timeout-", e->seq()),
-        std::chrono::milliseconds{e->activity().start_to_close_ms()}, timeout);
   return {};
 }
 
@@ -442,11 +484,26 @@ workflow_engine::activity_result(const wire::ActivityResult& res) {
 }
 
 std::coroutine_handle<>
-workflow_engine::activity_timeout(const wire::ActivityTimeout& t) {
+workflow_engine::activity_timeout(const wire::ActivityTimeout& t,
+                                  activity_pool* pool) {
+  // Whatever the journal says, that attempt must not go on running next to
+  // a retry: its heartbeat() turns false and its result is ignored.
+  if (pool && t.run() == state_->run())
+    pool->abandon(*self_, t.run(), t.seq(), t.attempt());
   auto* e = t.run() == state_->run() ? entry(t.seq()) : nullptr;
   if (!e || e->kind() != wire::JournalEntry::ACTIVITY || e->completed()
       || e->value() != t.attempt())
     return {};
+  // Before its due time, the watchdog fired because the partition was
+  // recovered: the attempt was lost, and the retry need not wait.
+  if (turn_ && t.due_ms() > 0 && turn_->now_ms() < t.due_ms())
+    return retry_or_fail(
+        *e,
+        make_error(errc::timeout,
+                   "attempt " + std::to_string(t.attempt())
+                       + " was lost: its silo stopped or its partition moved "
+                         "before it reported"),
+        true);
   return retry_or_fail(
       *e, make_error(errc::timeout,
                      "attempt " + std::to_string(t.attempt())

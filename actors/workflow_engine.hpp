@@ -236,8 +236,11 @@ public:
   /// Records an attempt's outcome; retries or completes the activity.
   std::coroutine_handle<> activity_result(const wire::ActivityResult& res);
 
-  /// Handles an attempt's start-to-close timeout.
-  std::coroutine_handle<> activity_timeout(const wire::ActivityTimeout& t);
+  /// Handles an attempt's start-to-close timeout, or its watchdog firing
+  /// early because the partition was recovered (the attempt was lost with
+  /// its silo): abandons the attempt on `pool` and retries or fails.
+  std::coroutine_handle<> activity_timeout(const wire::ActivityTimeout& t,
+                                           activity_pool* pool);
 
 private:
   // Returns the entry for the next command, appending it when new. Throws
@@ -251,8 +254,13 @@ private:
                          const std::string& target,
                          const std::string& payload_type);
 
-  // Fails the attempt: schedules the next one or completes with `err`.
-  std::coroutine_handle<> retry_or_fail(wire::JournalEntry& e,
+  // Fails the attempt: schedules the next one (at once when `now`, else
+  // after the backoff) or completes with `err`.
+  std::coroutine_handle<>
+  retry_or_fail(wire::JournalEntry& e, const caf::error& err, bool now = false);
+
+  // Completes the activity `e` with `err`: nothing will retry it.
+  std::coroutine_handle<> fail_activity(wire::JournalEntry& e,
                                         const caf::error& err);
 
   // Completes `e` and returns the coroutine waiting for it, if any.
@@ -271,10 +279,12 @@ private:
   // Returns the parked coroutine if what it waits for is now complete.
   std::coroutine_handle<> wake();
 
-  // Sets a durable timer in the current turn; errors are logged, because
-  // the journal already says what to do when it fires.
-  void timer(const std::string& name, std::chrono::milliseconds delay,
-             const google::protobuf::Message& msg);
+  // Sets a durable timer in the current turn; a watchdog also fires when
+  // the partition is recovered (see `turn::set_watchdog`). An activity
+  // entry whose timer could not be set must be completed with the error:
+  // nothing else would ever retry it.
+  caf::error timer(const std::string& name, std::chrono::milliseconds delay,
+                   const google::protobuf::Message& msg, bool watchdog = false);
 
   wire::JournalEntry* entry(uint64_t seq);
   const wire::JournalEntry* entry(uint64_t seq) const;

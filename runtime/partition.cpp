@@ -846,6 +846,7 @@ void partition::apply_turn(activation& act, turn& t) {
     env->set_due_ms(tc.due_ms);
     env->set_period_ms(tc.period_ms);
     env->set_timer_name(tc.name);
+    env->set_watchdog(tc.watchdog);
     env->set_accepted_ms(now);
     batch_.put(column::timers, key, env->SerializeAsString());
     timers_[key] = timer_entry{tc.due_ms, env};
@@ -1492,7 +1493,8 @@ caf::error partition::recover() {
     }
   };
   auto err = each(column::timers, [&](std::string key, envelope_ptr env) {
-    auto due = env->due_ms();
+    // A watchdog's work did not survive the restart (or the handoff).
+    auto due = env->watchdog() ? std::min(env->due_ms(), now) : env->due_ms();
     timer_queue_.emplace(due, key);
     timers_[std::move(key)] = timer_entry{due, std::move(env)};
   });

@@ -101,6 +101,19 @@ public:
                        std::chrono::milliseconds period
                        = std::chrono::milliseconds{0});
 
+  /// Like a one-shot `set_timer`, but the timer also fires as soon as its
+  /// partition is recovered (after a restart, or on the new owner after a
+  /// handoff), however far its due time is: it watches work that lives
+  /// only in memory, such as an activity attempt on a pool, which a restart
+  /// ends. The handler tells an early firing by its own due time.
+  caf::error set_watchdog(std::string name, std::chrono::milliseconds delay,
+                          const google::protobuf::Message& msg) {
+    auto err = set_timer(std::move(name), delay, msg);
+    if (!err)
+      timers_.back().watchdog = true;
+    return err;
+  }
+
   /// Cancels the timer or reminder called `name`, if any.
   caf::error cancel_timer(std::string name);
 
@@ -128,6 +141,8 @@ public:
     int64_t period_ms = 0;
     std::string payload_type;
     std::string payload;
+    /// Set by `set_watchdog`.
+    bool watchdog = false;
   };
 
   /// Transient message recorded by `tell`.

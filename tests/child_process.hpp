@@ -86,6 +86,9 @@ public:
   /// Receives each complete output line, without its newline.
   using line_handler = std::function<void(std::string_view)>;
 
+  /// Like `line_handler`; returns true to have the child killed at once.
+  using kill_handler = std::function<bool(std::string_view)>;
+
   child_process() = default;
 
   child_process(const child_process&) = delete;
@@ -138,6 +141,19 @@ public:
   child_exit collect(std::optional<steady_clock::time_point> kill_at,
                      steady_clock::time_point deadline,
                      const line_handler& on_line) {
+    return collect_until(kill_at, deadline, [&](std::string_view line) {
+      on_line(line);
+      return false;
+    });
+  }
+
+  /// Like `collect`, and also sends SIGKILL as soon as `on_line` returns
+  /// true for a line: a crash test kills after observed progress, never
+  /// after a fixed delay that a loaded machine may not fill. Lines that
+  /// were already read are still passed on.
+  child_exit collect_until(std::optional<steady_clock::time_point> kill_at,
+                           steady_clock::time_point deadline,
+                           const kill_handler& on_line) {
     child_exit res;
     std::string buf;
     char chunk[65'536];
@@ -185,7 +201,11 @@ public:
       size_t start = 0;
       for (auto nl = buf.find('\n'); nl != std::string::npos;
            nl = buf.find('\n', start)) {
-        on_line(std::string_view{buf}.substr(start, nl - start));
+        if (on_line(std::string_view{buf}.substr(start, nl - start))
+            && !res.kill_sent) {
+          ::kill(pid_, SIGKILL);
+          res.kill_sent = true;
+        }
         start = nl + 1;
       }
       buf.erase(0, start);

@@ -32,17 +32,26 @@ struct disk_api {
   std::chrono::milliseconds latency{0};
   std::map<std::string, int> busy;
   int max_overlap = 0;
+  // Calls started, and calls that found themselves abandoned after their
+  // latency.
+  int started = 0;
+  int saw_abandoned = 0;
 
   caf::expected<DiskActual>
   apply(const activity_context& ctx,
         const reconcile_input<DiskSpec, DiskActual>& in) {
+    std::chrono::milliseconds pause;
     {
       std::lock_guard guard{mtx};
+      ++started;
       max_overlap = std::max(max_overlap, ++busy[in.name]);
+      pause = latency;
     }
-    if (latency.count() > 0)
-      std::this_thread::sleep_for(latency);
+    if (pause.count() > 0)
+      std::this_thread::sleep_for(pause);
     std::lock_guard guard{mtx};
+    if (!ctx.heartbeat())
+      ++saw_abandoned;
     --busy[in.name];
     if (++attempts[ctx.idempotency_key] <= fail_first)
       return make_error(errc::handler_failed, "disk API answered 503");
@@ -64,6 +73,18 @@ disk_api* api = nullptr;
 class disk : public resource<disk, DiskSpec, DiskActual> {
 public:
   static constexpr std::string_view type_name = "test.disk";
+
+  static caf::expected<DiskActual>
+  reconcile(const activity_context& ctx,
+            const reconcile_input<DiskSpec, DiskActual>& in) {
+    return api->apply(ctx, in);
+  }
+};
+
+// Another resource type on the same fake API, with names of its own.
+class volume : public resource<volume, DiskSpec, DiskActual> {
+public:
+  static constexpr std::string_view type_name = "test.volume";
 
   static caf::expected<DiskActual>
   reconcile(const activity_context& ctx,
@@ -120,6 +141,7 @@ protected:
     pool = std::make_unique<activity_pool>(4, 64);
     grain_registry reg;
     ASSERT_FALSE(register_resource<disk>(reg, *pool, opts));
+    ASSERT_FALSE(register_resource<volume>(reg, *pool, opts));
     ASSERT_FALSE(register_workflow<provision_flow>(reg, pool.get()));
     auto started = silo::start(cfg, std::move(reg),
                                std::make_unique<shared_storage>(mem), clk);
@@ -180,10 +202,10 @@ TEST_F(resource_test, reconciles_desired_state_with_retries) {
   EXPECT_EQ(actual_of(info).disk_id(), "disk-d1");
   std::lock_guard guard{fake.mtx};
   EXPECT_EQ(fake.disks["d1"], 10);
-  // Three attempts under one idempotency key (name:generation), applied
-  // once.
-  EXPECT_EQ(fake.attempts["d1:1"], 3);
-  EXPECT_EQ(fake.applied["d1:1"], 1);
+  // Three attempts under one idempotency key (type/name:generation),
+  // applied once.
+  EXPECT_EQ(fake.attempts["test.disk/d1:1"], 3);
+  EXPECT_EQ(fake.applied["test.disk/d1:1"], 1);
 }
 
 TEST_F(resource_test, operations_on_one_resource_never_overlap) {
@@ -313,5 +335,68 @@ TEST_F(resource_test, state_survives_a_restart) {
   EXPECT_EQ(info.phase(), wire::ResourceState::READY);
   EXPECT_EQ(actual_of(info).size_gb(), 8);
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.applied["d8:1"], 1);
+  EXPECT_EQ(fake.applied["test.disk/d8:1"], 1);
+}
+
+TEST_F(resource_test, a_reconcile_in_flight_at_a_restart_is_retried_at_once) {
+  fake.latency = 200ms;
+  start();
+  ASSERT_FALSE(s->send(id_of<disk>("d9"), disk::desire(size(9))));
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard guard{fake.mtx};
+    return fake.started == 1;
+  }));
+  // Its result is lost with the pool.
+  pool->stop();
+  s.reset();
+  {
+    std::lock_guard guard{fake.mtx};
+    fake.latency = 0ms;
+  }
+  start();
+  // The manual clock stands still: the 600 s attempt_timeout never passes.
+  ASSERT_TRUE(eventually(
+      [&] { return get("d9").phase() == wire::ResourceState::READY; }));
+  EXPECT_EQ(actual_of(get("d9")).size_gb(), 9);
+}
+
+TEST_F(resource_test, a_timed_out_reconcile_is_abandoned_before_the_next) {
+  fake.latency = 300ms;
+  opts.attempt_timeout = 100ms;
+  start();
+  ASSERT_FALSE(s->send(id_of<disk>("d10"), disk::desire(size(10))));
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard guard{fake.mtx};
+    return fake.started == 1;
+  }));
+  {
+    std::lock_guard guard{fake.mtx};
+    fake.latency = 0ms;
+  }
+  // attempt_timeout passes while the call still runs; then the retry's
+  // backoff (initial_interval) passes.
+  clk->advance(100);
+  ASSERT_TRUE(eventually([&] { return pool->stats().abandoned == 1; }));
+  clk->advance(100);
+  ASSERT_TRUE(eventually(
+      [&] { return get("d10").phase() == wire::ResourceState::READY; }));
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.started, 2);
+  EXPECT_EQ(fake.saw_abandoned, 1);
+  EXPECT_EQ(fake.max_overlap, 1);
+}
+
+TEST_F(resource_test, two_resource_types_with_one_name_get_different_keys) {
+  start();
+  ASSERT_FALSE(s->send(id_of<disk>("x"), disk::desire(size(1))));
+  ASSERT_FALSE(s->send(id_of<volume>("x"), volume::desire(size(2))));
+  ASSERT_TRUE(until([&] {
+    auto v = grain_ref<volume>{*s, "x"}.call<wire::ResourceInfo>(
+        wire::GetResource{});
+    return get("x").phase() == wire::ResourceState::READY && v
+           && v->phase() == wire::ResourceState::READY;
+  }));
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.applied["test.disk/x:1"], 1);
+  EXPECT_EQ(fake.applied["test.volume/x:1"], 1);
 }

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -40,13 +41,18 @@ constexpr int64_t n_ledgers = 8;
 /// Killed runs before the final, uninterrupted one.
 constexpr int n_killed_runs = 6;
 
-/// Kill delays after the child's start, in ms. A child needs about 70 ms
-/// to recover and an uninterrupted run about 2.2 s on two cores, so a few
-/// kills land during recovery and most land mid-way.
-constexpr int min_kill_ms = 60;
-constexpr int max_kill_ms = 650;
+/// Every `early_kill_every`-th killed run is killed as soon as all its
+/// starts are durable ("started"), while the activities its recovery
+/// resubmitted are in flight. The others are killed once the count of
+/// completed workflows grew by a random step in
+/// [min_kill_step, max_kill_step] within the run (capped at
+/// n_workflows - 1): observed progress, however slow the machine, never a
+/// fixed delay.
+constexpr int early_kill_every = 3;
+constexpr int min_kill_step = 5;
+constexpr int max_kill_step = 40;
 
-/// Default seed of the kill delays; GRANARY_WFCRASH_SEED overrides it.
+/// Default seed of the kill steps; GRANARY_WFCRASH_SEED overrides it.
 constexpr uint32_t default_seed = 20'240'917;
 
 /// Journal sequence numbers of the two activities of a workflow: provision
@@ -132,11 +138,23 @@ void parse_line(std::string_view line, child_output& out) {
   }
 }
 
-/// Runs the child once in `mode`; kills it after `kill_after` (if set) or
-/// at `timeout`.
+/// When to kill a run: asked after every line with what was seen so far.
+using kill_rule = std::function<bool(const child_output&)>;
+
+/// Kills once the child's count of completed workflows grew by `step`
+/// since its first report (or reached n_workflows - 1).
+kill_rule after_progress(int64_t step) {
+  return [step](const child_output& out) {
+    return out.first_progress >= 0
+           && out.last_progress
+                  >= std::min(out.first_progress + step, n_workflows - 1);
+  };
+}
+
+/// Runs the child once in `mode`; kills it as soon as `kill_when` (if set)
+/// holds, or at `timeout`.
 child_output run_child(const std::filesystem::path& dir,
-                       const std::string& mode,
-                       std::optional<std::chrono::milliseconds> kill_after,
+                       const std::string& mode, const kill_rule& kill_when,
                        std::chrono::milliseconds timeout) {
   child_output out;
   child_process child;
@@ -150,11 +168,11 @@ child_output run_child(const std::filesystem::path& dir,
     return out;
   }
   auto start = steady_clock::now();
-  std::optional<steady_clock::time_point> kill_at;
-  if (kill_after)
-    kill_at = start + *kill_after;
-  out.exit = child.collect(kill_at, start + timeout,
-                           [&](std::string_view l) { parse_line(l, out); });
+  out.exit = child.collect_until(std::nullopt, start + timeout,
+                                 [&](std::string_view l) {
+                                   parse_line(l, out);
+                                   return kill_when && kill_when(out);
+                                 });
   if (!out.exit.unterminated.empty())
     out.bad_lines.push_back("unterminated: " + out.exit.unterminated);
   return out;
@@ -236,16 +254,26 @@ struct api_log {
   }
 };
 
+/// Idempotency keys of the workflows: "<type>/<id>:<seq>".
+constexpr std::string_view key_prefix = "wfcrash.provision/wf-";
+
+/// The idempotency key of the activity at `seq` of workflow `i`.
+std::string key_of(int64_t i, int64_t seq) {
+  return std::string{key_prefix} + std::to_string(i) + ":"
+         + std::to_string(seq);
+}
+
 /// The activity name and workflow index an idempotency key belongs to, or
 /// nullopt for a key no workflow of this test can produce.
 std::optional<std::pair<std::string, int64_t>>
 expected_key(const std::string& key) {
-  if (key.rfind("wf-", 0) != 0)
+  if (!key.starts_with(key_prefix))
     return std::nullopt;
   auto colon = key.find(':');
   if (colon == std::string::npos)
     return std::nullopt;
-  auto i = parse_int(std::string_view{key}.substr(3, colon - 3));
+  auto i = parse_int(std::string_view{key}.substr(key_prefix.size(),
+                                                  colon - key_prefix.size()));
   auto seq = parse_int(std::string_view{key}.substr(colon + 1));
   if (!i || *i >= n_workflows || !seq)
     return std::nullopt;
@@ -293,7 +321,8 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
             << " (set GRANARY_WFCRASH_SEED to reproduce or vary)\n";
   RecordProperty("seed", std::to_string(seed));
   std::mt19937 rng{seed};
-  std::uniform_int_distribution<int> kill_delay_ms{min_kill_ms, max_kill_ms};
+  std::uniform_int_distribution<int64_t> kill_step{min_kill_step,
+                                                   max_kill_step};
 
   temp_dir dir;
   {
@@ -305,13 +334,22 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
   auto started = steady_clock::now();
   int64_t completed_before = 0; // Last completed count any run reported.
   int killed_mid_way = 0;
+  int progress_kills = 0;
   for (int run = 0; run < n_killed_runs; ++run) {
-    auto delay = std::chrono::milliseconds{kill_delay_ms(rng)};
-    auto when = "run " + std::to_string(run) + " (kill after "
-                + std::to_string(delay.count()) + " ms)";
+    bool early = run % early_kill_every == early_kill_every - 1;
+    auto step = kill_step(rng);
+    auto when
+        = "run " + std::to_string(run)
+          + (early ? std::string{" (kill once started)"}
+                   : " (kill after " + std::to_string(step) + " completions)");
+    progress_kills += early ? 0 : 1;
     auto lines_before = api_log::read(api_path).lines();
     auto t0 = steady_clock::now();
-    auto out = run_child(dir.path, "run", delay, 60s);
+    auto out = run_child(
+        dir.path, "run",
+        early ? kill_rule{[](const child_output& o) { return o.started; }}
+              : after_progress(step),
+        60s);
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                   steady_clock::now() - t0)
                   .count();
@@ -348,7 +386,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
   }
 
   auto t0 = steady_clock::now();
-  auto final_out = run_child(dir.path, "run", std::nullopt, 60s);
+  auto final_out = run_child(dir.path, "run", nullptr, 60s);
   auto final_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       steady_clock::now() - t0)
                       .count();
@@ -357,7 +395,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
     // and as a fresh process sees them, for the diagnosis.
     for (auto& line : final_out.stuck)
       std::cout << "    final run: " << line << "\n";
-    auto diag = run_child(dir.path, "verify", std::nullopt, 60s);
+    auto diag = run_child(dir.path, "verify", nullptr, 60s);
     int shown = 0;
     for (auto& [i, status] : diag.status) {
       if (status != "COMPLETED" && shown++ < 20)
@@ -380,7 +418,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
             << final_out.first_progress << " -> " << final_out.last_progress
             << "\n";
 
-  auto verified = run_child(dir.path, "verify", std::nullopt, 60s);
+  auto verified = run_child(dir.path, "verify", nullptr, 60s);
   ASSERT_TRUE(verified.exit.clean_exit())
       << "verify child ended with " << verified.exit.describe_status();
   EXPECT_TRUE(verified.bad_lines.empty())
@@ -404,7 +442,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
   EXPECT_EQ(sum, n_workflows) << "seed " << seed;
 
   // Every side effect was applied once per idempotency key: exactly the
-  // keys wf-i:0 (provision) and wf-i:3 (notify), each applied once.
+  // keys of wf-i's seq 0 (provision) and 3 (notify), each applied once.
   auto log = api_log::read(api_path);
   check_api_log(log, "at the end", seed);
   EXPECT_EQ(log.applies, 2 * n_workflows) << "seed " << seed;
@@ -412,7 +450,7 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
       << "seed " << seed;
   for (int64_t i = 0; i < n_workflows; ++i) {
     for (auto seq : {provision_seq, notify_seq}) {
-      auto key = "wf-" + std::to_string(i) + ":" + std::to_string(seq);
+      auto key = key_of(i, seq);
       auto it = log.keys.find(key);
       if (it == log.keys.end()) {
         ADD_FAILURE() << "key " << key << " never reached the API";
@@ -442,32 +480,30 @@ TEST(workflow_crash, sigkill_loop_completes_every_workflow_effectively_once) {
   RecordProperty("repeats_after_restart",
                  std::to_string(log.repeats_after_restart));
   // Mid-way: some workflows had completed, not all, and the run had
-  // reached the API. A kill before that proves little about recovery.
-  EXPECT_GE(killed_mid_way, 2)
-      << "too few runs were killed mid-way: lower the kill delays if runs "
-         "finished, raise them if they completed nothing";
+  // reached the API. Runs killed after observed progress land there.
+  EXPECT_GE(killed_mid_way, progress_kills - 1)
+      << "runs killed after observed progress were not killed mid-way";
 }
 
 // A graceful stop (the activity pool first, then the silo, as
-// register_workflow asks) while activities are due must fail no workflow.
-// Disabled because it fails today: a RunActivity timer that fires after
-// activity_pool::stop() gets `silo_stopped` from activity_pool::submit,
-// which workflow_engine::run_activity records as the activity's final
-// error, so the workflow ends FAILED with "the activity pool is stopped".
+// register_workflow asks) while activities are due must fail no workflow:
+// a RunActivity timer that fires after activity_pool::stop() gets
+// `silo_stopped`, which is transient.
 TEST(workflow_crash, graceful_stops_mid_way_fail_no_workflow) {
   temp_dir dir;
   {
     auto err = dir.create("granary-wfcrash");
     ASSERT_TRUE(err.empty()) << err;
   }
-  auto first = run_child(dir.path, "run", 600ms, 60s);
+  // Killed once some workflows completed, so that others are mid-way.
+  auto first = run_child(dir.path, "run", after_progress(1), 60s);
   ASSERT_TRUE(first.exit.killed()) << first.exit.describe_status();
   ASSERT_GT(first.last_progress, 0) << "the kill landed too early";
   ASSERT_LT(first.last_progress, n_workflows) << "the kill landed too late";
   // Each verify child recovers, lets due activities run for a moment and
   // stops gracefully while others are due.
   for (int round = 0; round < 3; ++round) {
-    auto out = run_child(dir.path, "verify", std::nullopt, 60s);
+    auto out = run_child(dir.path, "verify", nullptr, 60s);
     ASSERT_TRUE(out.exit.clean_exit()) << out.exit.describe_status();
     int64_t failed = 0;
     std::string first_error;
@@ -480,6 +516,6 @@ TEST(workflow_crash, graceful_stops_mid_way_fail_no_workflow) {
     ASSERT_EQ(failed, 0) << "after graceful stop " << round << ": "
                          << first_error;
   }
-  auto final_out = run_child(dir.path, "run", std::nullopt, 60s);
+  auto final_out = run_child(dir.path, "run", nullptr, 60s);
   EXPECT_TRUE(final_out.done) << final_out.exit.describe_status();
 }

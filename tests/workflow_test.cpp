@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -11,6 +12,7 @@
 
 #include "actors/saga.hpp"
 #include "actors/workflow.hpp"
+#include "runtime/keys.hpp"
 #include "test_grains.hpp"
 #include "workflow_test.pb.h"
 
@@ -312,15 +314,30 @@ struct fake_api {
   int fail_first = 0;
   errc fail_with = errc::handler_failed;
   std::chrono::milliseconds first_attempt_delay{0};
+  // Attempts running at once, per key, and the most there ever were.
+  std::map<std::string, int> busy;
+  int max_overlap = 0;
+  // First attempts that found themselves abandoned after their delay.
+  int saw_abandoned = 0;
 
   caf::expected<Number> charge(const activity_context& ctx, const Number& in) {
     int n;
     {
       std::lock_guard guard{mtx};
       n = ++attempts[ctx.idempotency_key];
+      max_overlap = std::max(max_overlap, ++busy[ctx.idempotency_key]);
     }
-    if (n == 1 && first_attempt_delay.count() > 0)
+    if (n == 1 && first_attempt_delay.count() > 0) {
       std::this_thread::sleep_for(first_attempt_delay);
+      if (!ctx.heartbeat()) {
+        std::lock_guard guard{mtx};
+        ++saw_abandoned;
+      }
+    }
+    {
+      std::lock_guard guard{mtx};
+      --busy[ctx.idempotency_key];
+    }
     if (n <= fail_first)
       return make_error(fail_with, "cloud API answered 503 (attempt "
                                        + std::to_string(n) + ")");
@@ -340,20 +357,48 @@ struct fake_api {
 fake_api* api = nullptr;
 activity_options pay_options;
 
+task<Receipt> pay_body(workflow_context& ctx) {
+  Number amount;
+  amount.set_value(7);
+  std::string name = "charge";
+  auto charged = co_await ctx.activity<Number>(name, amount, pay_options);
+  if (!charged)
+    co_return charged.error();
+  Receipt r;
+  r.set_total(charged->value());
+  co_return r;
+}
+
 class pay_flow : public workflow<pay_flow, Order, Receipt> {
 public:
   static constexpr std::string_view type_name = "wf.pay";
 
   task<Receipt> run(workflow_context& ctx, const Order&) {
-    Number amount;
-    amount.set_value(7);
-    std::string name = "charge";
-    auto charged = co_await ctx.activity<Number>(name, amount, pay_options);
-    if (!charged)
-      co_return charged.error();
-    Receipt r;
-    r.set_total(charged->value());
-    co_return r;
+    return pay_body(ctx);
+  }
+};
+
+// The same code under another type name: its activities must not share
+// idempotency keys with wf.pay's.
+class refund_flow : public workflow<refund_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.refund";
+
+  task<Receipt> run(workflow_context& ctx, const Order&) {
+    return pay_body(ctx);
+  }
+};
+
+// Fills its first turn with timers (sleeps it never awaits) up to the
+// turn's limit, so that its activity's first attempt cannot be scheduled.
+class crowded_flow : public workflow<crowded_flow, Order, Receipt> {
+public:
+  static constexpr std::string_view type_name = "wf.crowded";
+
+  task<Receipt> run(workflow_context& ctx, const Order&) {
+    for (size_t i = 0; i < turn::max_effects; ++i)
+      static_cast<void>(ctx.sleep(std::chrono::hours{1}));
+    return pay_body(ctx);
   }
 };
 
@@ -381,14 +426,65 @@ protected:
     api = nullptr;
   }
 
-  void start_pay() {
+  void start_pay(bool attach = true) {
     grain_registry reg;
     ASSERT_FALSE(register_workflow<pay_flow>(reg, pool.get()));
+    ASSERT_FALSE(register_workflow<refund_flow>(reg, pool.get()));
+    ASSERT_FALSE(register_workflow<crowded_flow>(reg, pool.get()));
     auto started = silo::start(cfg, std::move(reg),
                                std::make_unique<shared_storage>(mem), clk);
     ASSERT_TRUE(started) << describe(started.error());
     s = std::move(*started);
-    pool->attach(*s);
+    if (attach)
+      pool->attach(*s);
+  }
+
+  // Stops the pool (first, as it reports to the silo) and the silo, and
+  // builds a fresh pool for the next start.
+  void stop_pay() {
+    pool->stop();
+    s.reset();
+    pool = std::make_unique<activity_pool>(2, 64);
+    ASSERT_FALSE((pool->add<Number, Number>(
+        "charge", [](const activity_context& ctx, const Number& in) {
+          return api->charge(ctx, in);
+        })));
+  }
+
+  // The committed journal entry of the activity of pay flow `id`.
+  wire::JournalEntry stored_activity(const std::string& id) {
+    auto raw = s->read_state(grain_id{"wf.pay", id});
+    wire::WorkflowState st;
+    if (!raw || !*raw || !st.ParseFromString(**raw) || st.journal_size() == 0)
+      return {};
+    return st.journal(0);
+  }
+
+  // Rewrites the stored state of pay flow `id` while no silo runs.
+  void edit_stored(const std::string& id,
+                   const std::function<void(wire::WorkflowState&)>& edit) {
+    grain_id g{"wf.pay", id};
+    auto key = keys::grain_prefix(partition_of(g, cfg.partitions), g);
+    auto raw = mem->get(column::state, key);
+    ASSERT_TRUE(raw && *raw);
+    wire::WorkflowState st;
+    ASSERT_TRUE(st.ParseFromString(**raw));
+    edit(st);
+    write_batch wb;
+    wb.put(column::state, key, st.SerializeAsString());
+    const write_batch* views[] = {&wb};
+    ASSERT_FALSE(mem->commit(views));
+  }
+
+  // Waits, without moving the clock, until the run leaves RUNNING.
+  wire::WorkflowInfo settled(const std::string& id,
+                             const std::string& type = "wf.pay") {
+    wire::WorkflowInfo info;
+    eventually([&] {
+      info = describe_flow(*s, id, type);
+      return info.status() != wire::WorkflowState::RUNNING;
+    });
+    return info;
   }
 
   // Moves the manual clock forward until the run leaves RUNNING.
@@ -419,8 +515,8 @@ TEST_F(activity_test, retries_with_backoff_until_success_and_applies_once) {
   ASSERT_TRUE(r.ParseFromString(info.output()));
   EXPECT_EQ(r.total(), 70);
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.attempts["p-1:0"], 3);
-  EXPECT_EQ(fake.applied["p-1:0"], 1);
+  EXPECT_EQ(fake.attempts["wf.pay/p-1:0"], 3);
+  EXPECT_EQ(fake.applied["wf.pay/p-1:0"], 1);
 }
 
 TEST_F(activity_test, non_retryable_errors_fail_at_once) {
@@ -434,7 +530,7 @@ TEST_F(activity_test, non_retryable_errors_fail_at_once) {
   EXPECT_NE(info.error().find("non-retryable"), std::string::npos)
       << info.error();
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.attempts["p-2:0"], 1);
+  EXPECT_EQ(fake.attempts["wf.pay/p-2:0"], 1);
 }
 
 TEST_F(activity_test, gives_up_after_max_attempts) {
@@ -448,26 +544,34 @@ TEST_F(activity_test, gives_up_after_max_attempts) {
       << info.error();
   EXPECT_NE(info.error().find("503"), std::string::npos) << info.error();
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.attempts["p-3:0"], 3);
+  EXPECT_EQ(fake.attempts["wf.pay/p-3:0"], 3);
 }
 
 TEST_F(activity_test,
-       a_timed_out_attempt_is_retried_and_its_late_result_ignored) {
+       a_timed_out_attempt_is_abandoned_and_its_retry_waits_for_it) {
   fake.first_attempt_delay = 300ms;
+  pay_options.initial_interval = 0ms;
   pay_options.start_to_close = 100ms;
   start_pay();
   ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-4"}, order(0)));
-  auto info = run_to_end("p-4");
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard guard{fake.mtx};
+    return fake.attempts["wf.pay/p-4:0"] == 1;
+  }));
+  // start_to_close passes while the first attempt still runs.
+  clk->advance(100);
+  auto info = settled("p-4");
   ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
-  std::this_thread::sleep_for(400ms); // Let the slow first attempt report.
-  EXPECT_EQ(describe_flow(*s, "p-4", "wf.pay").status(),
-            wire::WorkflowState::COMPLETED);
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.attempts["p-4:0"], 2);
+  EXPECT_EQ(fake.attempts["wf.pay/p-4:0"], 2);
+  // The first attempt learnt that it was abandoned; the retry started only
+  // once it had returned.
+  EXPECT_EQ(fake.saw_abandoned, 1);
+  EXPECT_EQ(fake.max_overlap, 1);
   // Both attempts reached the API; the idempotency key made the second a
   // repeat instead of a second mutation.
-  EXPECT_EQ(fake.applied["p-4:0"], 1);
-  EXPECT_EQ(fake.repeats["p-4:0"], 1);
+  EXPECT_EQ(fake.applied["wf.pay/p-4:0"], 1);
+  EXPECT_EQ(fake.repeats["wf.pay/p-4:0"], 1);
 }
 
 TEST_F(activity_test, an_attempt_lost_in_a_crash_is_retried_after_restart) {
@@ -477,21 +581,131 @@ TEST_F(activity_test, an_attempt_lost_in_a_crash_is_retried_after_restart) {
   ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-5"}, order(0)));
   ASSERT_TRUE(eventually([&] {
     std::lock_guard guard{fake.mtx};
-    return fake.attempts["p-5:0"] == 1;
+    return fake.attempts["wf.pay/p-5:0"] == 1;
   }));
   // Stop while the first attempt runs: its result cannot be recorded.
-  pool->stop();
-  s.reset();
-  pool = std::make_unique<activity_pool>(2, 64);
-  ASSERT_FALSE((pool->add<Number, Number>(
-      "charge", [](const activity_context& ctx, const Number& in) {
-        return api->charge(ctx, in);
-      })));
+  stop_pay();
   start_pay();
   auto info = run_to_end("p-5");
   ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
   std::lock_guard guard{fake.mtx};
-  EXPECT_EQ(fake.attempts["p-5:0"], 2);
+  EXPECT_EQ(fake.attempts["wf.pay/p-5:0"], 2);
+}
+
+TEST_F(activity_test, a_restart_retries_an_attempt_in_flight_at_once) {
+  fake.first_attempt_delay = 200ms;
+  pay_options.start_to_close = 60s;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-6"}, order(0)));
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard guard{fake.mtx};
+    return fake.attempts["wf.pay/p-6:0"] == 1;
+  }));
+  stop_pay();
+  // The manual clock stands still: the 60 s start_to_close never passes,
+  // so only the recovery of the partition can retry the lost attempt.
+  start_pay();
+  auto info = settled("p-6");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["wf.pay/p-6:0"], 2);
+}
+
+TEST_F(activity_test, attempts_submitted_while_the_silo_starts_are_recorded) {
+  fake.fail_first = 1;
+  pay_options.initial_interval = 10s;
+  pay_options.start_to_close = 60s;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-7"}, order(0)));
+  // The first attempt failed and its retry, due in 10 s, is committed.
+  ASSERT_TRUE(eventually([&] { return stored_activity("p-7").value() == 2; }));
+  stop_pay();
+  clk->advance(10'000);
+  // Recovery fires the due retry and submits the attempt before the pool
+  // is attached (as every host does, after silo::start returns).
+  start_pay(false);
+  ASSERT_TRUE(eventually([&] { return pool->stats().queued == 1; }));
+  pool->attach(*s);
+  auto info = settled("p-7");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  EXPECT_EQ(pool->stats().dropped_results, 0u);
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["wf.pay/p-7:0"], 2);
+}
+
+TEST_F(activity_test, an_activity_that_cannot_be_scheduled_fails_the_run) {
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.crowded", "c-1"}, order(0)));
+  wire::WorkflowInfo info;
+  ASSERT_TRUE(eventually(
+      [&] {
+        info = describe_flow(*s, "c-1", "wf.crowded");
+        return info.status() == wire::WorkflowState::FAILED;
+      },
+      30s))
+      << "the activity's entry stayed open: status " << info.status();
+  EXPECT_NE(info.error().find("could not be scheduled"), std::string::npos)
+      << info.error();
+  std::lock_guard guard{fake.mtx};
+  EXPECT_TRUE(fake.attempts.empty());
+}
+
+TEST_F(activity_test, invalid_activity_options_fail_the_activity_at_once) {
+  fake.fail_first = 1;
+  pay_options.initial_interval = -5ms;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-8"}, order(0)));
+  auto info = settled("p-8");
+  ASSERT_EQ(info.status(), wire::WorkflowState::FAILED);
+  EXPECT_NE(info.error().find("initial_interval"), std::string::npos)
+      << info.error();
+}
+
+TEST_F(activity_test, two_grain_types_with_one_id_get_different_keys) {
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "same"}, order(0)));
+  ASSERT_FALSE(s->send(grain_id{"wf.refund", "same"}, order(0)));
+  ASSERT_EQ(run_to_end("same").status(), wire::WorkflowState::COMPLETED);
+  wire::WorkflowInfo refund;
+  ASSERT_TRUE(eventually([&] {
+    refund = describe_flow(*s, "same", "wf.refund");
+    return refund.status() == wire::WorkflowState::COMPLETED;
+  }));
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.applied["wf.pay/same:0"], 1);
+  EXPECT_EQ(fake.applied["wf.refund/same:0"], 1);
+  EXPECT_EQ(fake.repeats.size(), 0u);
+}
+
+TEST_F(activity_test, an_activity_journaled_before_typed_keys_keeps_its_key) {
+  fake.fail_first = 1;
+  pay_options.initial_interval = 10s;
+  start_pay();
+  ASSERT_FALSE(s->send(grain_id{"wf.pay", "p-9"}, order(0)));
+  // The first attempt failed and its retry, due in 10 s, is committed.
+  ASSERT_TRUE(eventually([&] { return stored_activity("p-9").value() == 2; }));
+  stop_pay();
+  // As an older version journaled it.
+  edit_stored("p-9", [](wire::WorkflowState& st) {
+    st.mutable_journal(0)->mutable_activity()->clear_key_format();
+  });
+  fake.fail_first = 0;
+  clk->advance(10'000);
+  start_pay();
+  auto info = run_to_end("p-9");
+  ASSERT_EQ(info.status(), wire::WorkflowState::COMPLETED) << info.error();
+  std::lock_guard guard{fake.mtx};
+  EXPECT_EQ(fake.attempts["wf.pay/p-9:0"], 1);
+  EXPECT_EQ(fake.attempts["p-9:0"], 1);
+}
+
+TEST(activity_key_test, keys_name_the_grain_type_and_the_run) {
+  grain_id w{"wf.pay", "order:7"};
+  EXPECT_EQ(activity_idempotency_key(w, 0, 3), "wf.pay/order:7:3");
+  EXPECT_EQ(activity_idempotency_key(w, 2, 3), "wf.pay/order:7:2.3");
+  // Activities journaled before the type was part of the key keep theirs.
+  EXPECT_EQ(activity_idempotency_key(w, 0, 3, 0), "order:7:3");
+  EXPECT_EQ(activity_idempotency_key(w, 2, 3, 0), "order:7:2.3");
 }
 
 namespace {

@@ -137,8 +137,10 @@ caf::expected<CloudActual> cloud_resource<Kind>::reconcile(
     const activity_context& ctx,
     const reconcile_input<CloudSpec, CloudActual>& in) {
   auto kind = std::string{Kind::api};
-  // Keys are global at the provider: the kind keeps a namespace's db shard
-  // and certificate (same name, same generation) apart.
+  // Keys are global at the provider. The key names the grain type, which
+  // keeps a namespace's db shard and certificate (same name, same
+  // generation) apart; the kind prefix still does for generations set
+  // before the type was part of the key (key format 0).
   auto key = kind + ":" + ctx.idempotency_key;
   if (kind == "quota" && !in.remove) {
     auto cfg = current_config();
