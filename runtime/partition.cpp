@@ -665,11 +665,13 @@ void partition::finish_source(work_item& item) {
     batch_.erase(item.source_col, item.source_key);
     return;
   }
-  if (timers_.count(item.source_key) > 0)
-    return; // Re-set after this firing; the new schedule owns the key.
   auto& env = *item.env;
+  auto i = timers_.find(item.source_key);
+  if (i == timers_.end() || !i->second.firing
+      || i->second.env->due_ms() != env.due_ms())
+    return; // Cancelled or re-set since it fired: the new schedule rules.
   if (env.period_ms() <= 0) {
-    batch_.erase(column::timers, item.source_key);
+    put_timer(item.source_key, nullptr);
     return;
   }
   auto now = core_.clk->now_ms();
@@ -680,10 +682,7 @@ void partition::finish_source(work_item& item) {
   next->set_due_ms(due);
   next->set_attempts(0);
   next->set_msg_id("t:" + env.timer_name() + ":" + std::to_string(due));
-  batch_.put(column::timers, item.source_key, next->SerializeAsString());
-  timers_[item.source_key] = timer_entry{due, next};
-  timer_queue_.emplace(due, item.source_key);
-  arm(due);
+  put_timer(item.source_key, std::move(next));
 }
 
 void partition::apply_turn(activation& act, turn& t) {
@@ -713,9 +712,9 @@ void partition::apply_turn(activation& act, turn& t) {
   }
   for (auto& tc : t.timers_) {
     auto key = keys::with_suffix(prefix, tc.name);
+    drop_queued_firing(act, key);
     if (tc.cancel) {
-      batch_.erase(column::timers, key);
-      timers_.erase(key);
+      put_timer(key, nullptr);
       continue;
     }
     auto env = std::make_shared<wire::Envelope>();
@@ -728,10 +727,7 @@ void partition::apply_turn(activation& act, turn& t) {
     env->set_period_ms(tc.period_ms);
     env->set_timer_name(tc.name);
     env->set_accepted_ms(now);
-    batch_.put(column::timers, key, env->SerializeAsString());
-    timers_[key] = timer_entry{tc.due_ms, env};
-    timer_queue_.emplace(tc.due_ms, key);
-    arm(tc.due_ms);
+    put_timer(key, std::move(env));
   }
   for (auto& out : t.tells_)
     defer([this, out = std::move(out)](const caf::error& err) {
@@ -957,6 +953,7 @@ void partition::reset_state() {
   outbox_count_.clear();
   timers_.clear();
   timer_queue_.clear();
+  sync_timer_gauge();
   blocked_.clear();
   dedup_cursor_.clear();
   next_dedup_sweep_ = 0;
@@ -1116,15 +1113,25 @@ void partition::on_tick() {
 
 void partition::fire_timers(int64_t now) {
   size_t fired = 0;
+  // Puts a timer that cannot fire now back into the queue, due at `at`;
+  // its record keeps its due time, so a restart fires it at once.
+  auto retry = [&](const std::string& key, int64_t at) {
+    auto i = timers_.find(key);
+    if (i == timers_.end())
+      return;
+    i->second.firing = false;
+    i->second.due_ms = at;
+    timer_queue_.emplace(at, key);
+  };
   while (!timer_queue_.empty() && timer_queue_.begin()->first <= now
          && fired < max_timers_per_tick) {
-    auto [due, key] = *timer_queue_.begin();
-    timer_queue_.erase(timer_queue_.begin());
+    auto key
+        = std::move(timer_queue_.extract(timer_queue_.begin()).value().second);
     auto i = timers_.find(key);
-    if (i == timers_.end() || i->second.due_ms != due)
-      continue; // Cancelled or re-set.
+    if (i == timers_.end())
+      continue; // Cannot happen: the queue only holds entries of timers_.
+    i->second.firing = true;
     auto env = i->second.env;
-    timers_.erase(i);
     ++fired;
     bump(core_.stats.timers_fired);
     work_item item;
@@ -1135,28 +1142,69 @@ void partition::fire_timers(int64_t now) {
     grain_id target{env->target().type(), env->target().key()};
     auto act = activate(target);
     if (!act) {
-      if (code_of(act.error()) == errc::unknown_grain_type) {
+      if (code_of(act.error()) == errc::unknown_grain_type)
         dead_letter(nullptr, item, errc::unknown_grain_type,
                     describe(act.error()));
-      } else {
-        // Keep the timer and try again later; it is still stored.
-        auto retry = now + 1'000;
-        timers_[key] = timer_entry{retry, env};
-        timer_queue_.emplace(retry, key);
-      }
+      else
+        retry(key, now + 1'000); // It is still stored; try again later.
       continue;
     }
     auto& a = **act;
     if (a.blocked && a.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
-      auto retry = a.blocked->retry_at_ms + 1;
-      timers_[key] = timer_entry{retry, env};
-      timer_queue_.emplace(retry, key);
+      retry(key, a.blocked->retry_at_ms + 1);
       continue;
     }
     accept_durable(a, std::move(item));
   }
+  sync_timer_gauge();
   if (!timer_queue_.empty() && timer_queue_.begin()->first <= now)
     arm(now); // More are due; continue after the mailbox had a turn.
+}
+
+void partition::put_timer(const std::string& key, envelope_ptr env) {
+  if (auto i = timers_.find(key); i != timers_.end()) {
+    if (!i->second.firing)
+      timer_queue_.erase({i->second.due_ms, key});
+    timers_.erase(i);
+  }
+  if (!env) {
+    batch_.erase(column::timers, key);
+  } else {
+    batch_.put(column::timers, key, env->SerializeAsString());
+    auto due = env->due_ms();
+    load_timer(key, std::move(env), due);
+  }
+  sync_timer_gauge();
+}
+
+void partition::load_timer(const std::string& key, envelope_ptr env,
+                           int64_t due_ms) {
+  auto [i, added] = timers_.try_emplace(key);
+  if (!added && !i->second.firing)
+    timer_queue_.erase({i->second.due_ms, key});
+  i->second = timer_entry{due_ms, std::move(env)};
+  timer_queue_.emplace(due_ms, key);
+  arm(due_ms);
+}
+
+void partition::drop_queued_firing(activation& act, const std::string& key) {
+  auto i = timers_.find(key);
+  if (i == timers_.end() || !i->second.firing || !act.blocked)
+    return;
+  auto& items = act.blocked->items;
+  // Bounded by max_inbox_per_grain; a timer has at most one firing.
+  auto j = std::find_if(items.begin(), items.end(), [&](const work_item& w) {
+    return w.source_col == column::timers && w.source_key == key;
+  });
+  if (j != items.end())
+    items.erase(j);
+}
+
+void partition::sync_timer_gauge() {
+  auto n = static_cast<int64_t>(timer_queue_.size());
+  core_.stats.timers_in_memory.fetch_add(n - reported_timers_,
+                                         std::memory_order_relaxed);
+  reported_timers_ = n;
 }
 
 void partition::retry_blocked(int64_t now) {
@@ -1332,9 +1380,9 @@ caf::error partition::recover() {
   };
   auto err = each(column::timers, [&](std::string key, envelope_ptr env) {
     auto due = env->due_ms();
-    timer_queue_.emplace(due, key);
-    timers_[std::move(key)] = timer_entry{due, std::move(env)};
+    load_timer(key, std::move(env), due);
   });
+  sync_timer_gauge();
   if (err)
     return err;
   err = each(column::outbox, [&](std::string key, envelope_ptr env) {

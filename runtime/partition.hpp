@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -190,8 +191,14 @@ private:
   };
 
   struct timer_entry {
+    // When it fires next; a retry may come later than the stored due time.
     int64_t due_ms = 0;
+    // The stored record; its `due_ms` is the due time it was stored with.
     detail::envelope_ptr env;
+    // Fired, and its firing is queued or running (so it is not in
+    // `timer_queue_`). Only while this holds may the firing's turn delete
+    // or reschedule the record: a cancel or re-set clears it.
+    bool firing = false;
   };
 
   static constexpr uint32_t no_partition = 0xffffffffu;
@@ -262,6 +269,17 @@ private:
   // -- timers and housekeeping -----------------------------------------------
   void arm(int64_t at_ms);
   void fire_timers(int64_t now);
+  // Stores timer `key` with record `env` in the current batch, or deletes
+  // it when `env` is null, replacing any schedule it had in memory.
+  void put_timer(const std::string& key, detail::envelope_ptr env);
+  // Puts a stored timer into memory, due at `due_ms`.
+  void load_timer(const std::string& key, detail::envelope_ptr env,
+                  int64_t due_ms);
+  // Drops the queued firing of timer `key` from `act`'s blocked queue: a
+  // cancel or re-set supersedes a firing that has not run yet.
+  void drop_queued_firing(activation& act, const std::string& key);
+  // Publishes the size of `timer_queue_` in the silo's gauge.
+  void sync_timer_gauge();
   void retry_outbox(int64_t now);
   void retry_blocked(int64_t now);
   void sweep_idle(int64_t now);
@@ -313,9 +331,12 @@ private:
   std::map<std::string, pending_out> outbox_;
   std::unordered_map<grain_id, size_t, grain_id_hash> outbox_count_;
 
-  // Timers by key, and a queue ordered by due time (stale entries skipped).
+  // Timers by key, and the armed ones ordered by due time: every entry of
+  // the queue is (due_ms, key) of an entry of `timers_` that is not firing.
   std::unordered_map<std::string, timer_entry> timers_;
-  std::multimap<int64_t, std::string> timer_queue_;
+  std::set<std::pair<int64_t, std::string>> timer_queue_;
+  // The queue size last added to the silo's gauge.
+  int64_t reported_timers_ = 0;
 
   // Grains with a blocked queue waiting for a retry.
   std::unordered_set<const grain_id*> blocked_;

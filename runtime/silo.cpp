@@ -568,6 +568,8 @@ silo_stats silo::stats() const {
   out.timers_fired = s.timers_fired.load();
   out.quarantined = s.quarantined.load();
   out.ticks = s.ticks.load();
+  out.timers_in_memory
+      = static_cast<uint64_t>(std::max<int64_t>(s.timers_in_memory.load(), 0));
   if (core_->commits)
     out.commits = core_->commits->stats();
   return out;

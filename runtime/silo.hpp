@@ -119,6 +119,9 @@ struct silo_stats {
   uint64_t quarantined = 0;
   /// Housekeeping wake-ups of all partitions (timers, retries, sweeps).
   uint64_t ticks = 0;
+  /// Timers held in memory by all partitions, waiting for their due time
+  /// (only those due within `timer_window`; the others wait in storage).
+  uint64_t timers_in_memory = 0;
   commit_stats commits;
 };
 

@@ -390,6 +390,63 @@ TEST_F(runtime_test, reminders_repeat_until_cancelled) {
   EXPECT_EQ(mem->count(column::timers), 0u);
 }
 
+TEST_F(runtime_test,
+       a_cancelled_reminder_stays_cancelled_after_a_blocked_firing) {
+  cfg.max_attempts = 1'000;
+  cfg.retry_initial = 20ms;
+  cfg.retry_max = 20ms;
+  auto s = start();
+  // A failing message blocks the grain; later durable work queues behind it.
+  flaky_fails = true;
+  Flaky f;
+  f.set_delta(100);
+  ASSERT_FALSE(s->send(pid("a"), f, "stuck"));
+  // Transient calls still run at once: arm a reminder, let it fire (its
+  // firing queues behind the stuck message), then cancel it.
+  auto arm = std::make_shared<Arm>();
+  arm->set_name("r");
+  arm->set_delay_ms(10);
+  arm->set_period_ms(20);
+  ASSERT_TRUE(s->call(pid("a"), arm));
+  EXPECT_TRUE(eventually([&] { return s->stats().timers_fired >= 1; }));
+  auto disarm = std::make_shared<Disarm>();
+  disarm->set_name("r");
+  ASSERT_TRUE(s->call(pid("a"), disarm));
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  // Unblock: the stuck message goes through. The cancel dropped the queued
+  // firing, and nothing may bring the reminder back.
+  flaky_fails = false;
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->value() == 100; }));
+  std::this_thread::sleep_for(200ms); // Ten periods.
+  EXPECT_EQ(get(*s, "a")->fired(), 0);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  // Nor after a restart on the same storage.
+  s.reset();
+  s = start();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(get(*s, "a")->fired(), 0);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+}
+
+TEST_F(runtime_test, re_arming_a_timer_keeps_one_entry_in_memory) {
+  // Pushing an expiry forward on every request: one timer, re-set often.
+  auto s = start();
+  auto arm = std::make_shared<Arm>();
+  arm->set_name("expiry");
+  arm->set_delay_ms(30'000);
+  for (int i = 0; i < 2'000; ++i)
+    ASSERT_TRUE(s->call(pid("a"), arm));
+  EXPECT_EQ(s->stats().timers_in_memory, 1u);
+  EXPECT_EQ(mem->count(column::timers), 1u);
+  auto disarm = std::make_shared<Disarm>();
+  disarm->set_name("expiry");
+  ASSERT_TRUE(s->call(pid("a"), disarm));
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+}
+
 TEST_F(runtime_test, poison_message_becomes_dead_letter_and_grain_continues) {
   cfg.max_attempts = 3;
   cfg.retry_initial = 5ms;
