@@ -332,6 +332,7 @@ caf::error read_limits(reader& r, silo_config& cfg) {
   r.millis("redelivery_timeout_ms", cfg.redelivery_timeout, 1);
   r.millis("remote_call_timeout_ms", cfg.remote_call_timeout, 1);
   r.millis("timer_poll_ms", cfg.timer_poll, 1);
+  r.millis("timer_window_ms", cfg.timer_window, 1);
   r.millis("dedup_retention_ms", cfg.dedup_retention, 1);
   r.millis("dedup_sweep_interval_ms", cfg.dedup_sweep_interval, 1);
   r.reject_unknown();

@@ -908,6 +908,7 @@ void partition::on_committed(committed_msg& m) {
   auto done = std::move(inflight_.front());
   inflight_.pop_front();
   committed_through_ = done.ticket;
+  timers_committed();
   uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
   // A batch refused because the silo is shutting down is not a storage
   // failure: its writes are simply not made, and are redone after restart.
@@ -953,6 +954,11 @@ void partition::reset_state() {
   outbox_count_.clear();
   timers_.clear();
   timer_queue_.clear();
+  timer_overlay_.clear();
+  timer_overlay_log_.clear();
+  timers_loaded_below_.clear();
+  timers_loaded_ms_ = std::numeric_limits<int64_t>::min();
+  timer_pages_left_ = false;
   sync_timer_gauge();
   blocked_.clear();
   dedup_cursor_.clear();
@@ -1096,6 +1102,13 @@ void partition::on_tick() {
   if (failed_ || stopping_ || !serving_)
     return;
   auto now = core_.clk->now_ms();
+  if (auto err = page_timers(now)) {
+    log(log_level::error,
+        "partition " + std::to_string(id_)
+            + ": reading the timer index failed: " + describe(err));
+    fail_stop(err);
+    return;
+  }
   fire_timers(now);
   retry_blocked(now);
   retry_outbox(now);
@@ -1107,6 +1120,12 @@ void partition::on_tick() {
   // retry_outbox re-armed theirs while they walked their entries).
   if (!timer_queue_.empty())
     arm(timer_queue_.begin()->first);
+  // The next page is due when less than half a window is loaded ahead
+  // (while memory is full of timers, their due times wake us instead).
+  if (timers_loaded_ms_ != std::numeric_limits<int64_t>::min()
+      && timer_queue_.size() < max_paged_timers)
+    arm(timers_loaded_ms_
+        - std::max<int64_t>(core_.cfg.timer_window.count() / 2, 1));
   if (!catalog_.empty())
     arm(now + std::max<int64_t>(core_.cfg.idle_age.count() / 2, 1));
 }
@@ -1162,19 +1181,172 @@ void partition::fire_timers(int64_t now) {
 }
 
 void partition::put_timer(const std::string& key, envelope_ptr env) {
+  // The index entry of the schedule being replaced goes in the same batch.
+  if (auto old = stored_due(key))
+    batch_.erase(column::timer_index, keys::timer_index_key(key, *old));
   if (auto i = timers_.find(key); i != timers_.end()) {
     if (!i->second.firing)
       timer_queue_.erase({i->second.due_ms, key});
     timers_.erase(i);
   }
-  if (!env) {
-    batch_.erase(column::timers, key);
-  } else {
-    batch_.put(column::timers, key, env->SerializeAsString());
+  if (env) {
     auto due = env->due_ms();
-    load_timer(key, std::move(env), due);
+    batch_.put(column::timers, key, env->SerializeAsString());
+    batch_.put(column::timer_index, keys::timer_index_key(key, due), {});
+    if (in_window(key, due)) {
+      timer_overlay_.erase(key);
+      load_timer(key, std::move(env), due);
+      sync_timer_gauge();
+      return;
+    }
+  } else {
+    batch_.erase(column::timers, key);
+  }
+  // Not in memory: paging must see this change until it is committed.
+  timer_overlay_[key] = unloaded_timer{next_ticket_, std::move(env)};
+  timer_overlay_log_.emplace_back(next_ticket_, key);
+  sync_timer_gauge();
+}
+
+std::optional<int64_t> partition::stored_due(const std::string& key) {
+  if (auto i = timers_.find(key); i != timers_.end())
+    return i->second.env->due_ms();
+  if (auto o = timer_overlay_.find(key); o != timer_overlay_.end()) {
+    if (!o->second.env)
+      return std::nullopt;
+    return o->second.env->due_ms();
+  }
+  // Neither loaded nor changed by a pending batch: the committed record is
+  // the current one.
+  auto raw = core_.store->get(column::timers, key);
+  if (!raw) {
+    fail_stop(raw.error());
+    return std::nullopt;
+  }
+  if (!*raw)
+    return std::nullopt;
+  wire::Envelope env;
+  if (!env.ParseFromString(**raw))
+    return std::nullopt; // Its index entry, if any, is stale: paging drops it.
+  return env.due_ms();
+}
+
+bool partition::in_window(const std::string& key, int64_t due_ms) const {
+  if (due_ms < timers_loaded_ms_)
+    return true;
+  auto index_key = keys::timer_index_key(key, due_ms);
+  return std::string_view{index_key}.substr(2)
+         < std::string_view{timers_loaded_below_};
+}
+
+caf::error partition::page_timers(int64_t now) {
+  auto window = core_.cfg.timer_window.count();
+  auto target = now < never - window ? now + window : never - 1;
+  if (!timer_pages_left_
+      && now + std::max<int64_t>(window / 2, 1) < timers_loaded_ms_)
+    return caf::none; // More than half a window is loaded ahead.
+  if (timer_queue_.size() >= max_paged_timers)
+    return caf::none; // Those fire first; the tick after them pages on.
+  auto prefix = keys::partition_prefix(id_);
+  size_t seen = 0;
+  std::string last;
+  std::vector<keys::timer_index_entry> found;
+  std::vector<std::string> malformed;
+  auto err = core_.store->scan(
+      column::timer_index, prefix, prefix + timers_loaded_below_, timer_page,
+      [&](std::string_view k, std::string_view) {
+        auto entry = keys::decode_timer_index(k);
+        if (entry && entry->due_ms > target)
+          return false; // Beyond the window: stays in storage.
+        ++seen;
+        last.assign(k);
+        if (entry)
+          found.push_back(std::move(*entry));
+        else
+          malformed.emplace_back(k);
+        return true;
+      });
+  if (err)
+    return err;
+  for (auto& k : malformed)
+    batch_.erase(column::timer_index, std::move(k));
+  for (auto& e : found) {
+    // Memory and pending changes are newer than the committed index.
+    if (timers_.count(e.timers_key) > 0
+        || timer_overlay_.count(e.timers_key) > 0)
+      continue;
+    auto index_key = keys::timer_index_key(e.timers_key, e.due_ms);
+    auto raw = core_.store->get(column::timers, e.timers_key);
+    if (!raw)
+      return std::move(raw.error());
+    if (!*raw) {
+      batch_.erase(column::timer_index, std::move(index_key));
+      continue;
+    }
+    auto env = std::make_shared<wire::Envelope>();
+    if (!env->ParseFromString(**raw) || !keys::decode(e.timers_key)) {
+      quarantine(column::timers, e.timers_key, **raw,
+                 "record does not decode as an envelope");
+      batch_.erase(column::timer_index, std::move(index_key));
+      continue;
+    }
+    if (keys::timer_index_key(e.timers_key, env->due_ms()) != index_key) {
+      // Left by a schedule that was replaced: the record's own entry is
+      // elsewhere in the index.
+      batch_.erase(column::timer_index, std::move(index_key));
+      continue;
+    }
+    auto due = env->due_ms();
+    load_timer(e.timers_key, std::move(env), due);
+  }
+  if (!batch_.empty())
+    schedule_flush();
+  // Everything below the new bound is loaded now. The bound only grows.
+  std::string bound;
+  int64_t loaded_ms = 0;
+  if (seen >= timer_page) {
+    bound = last.substr(2);
+    bound.push_back('\0');
+    loaded_ms = static_cast<int64_t>(keys::read_u64(bound).value_or(0));
+    timer_pages_left_ = true;
+  } else {
+    keys::append_u64(bound,
+                     static_cast<uint64_t>(std::max<int64_t>(target + 1, 0)));
+    loaded_ms = target + 1;
+    timer_pages_left_ = false;
+  }
+  if (bound > timers_loaded_below_) {
+    timers_loaded_below_ = std::move(bound);
+    timers_loaded_ms_ = std::max(timers_loaded_ms_, loaded_ms);
+  }
+  // Changes not committed yet that now fall below the bound: the scan
+  // could not see them.
+  for (auto o = timer_overlay_.begin(); o != timer_overlay_.end();) {
+    auto& env = o->second.env;
+    if (env && timers_.count(o->first) == 0
+        && in_window(o->first, env->due_ms())) {
+      load_timer(o->first, env, env->due_ms());
+      o = timer_overlay_.erase(o);
+    } else {
+      ++o;
+    }
   }
   sync_timer_gauge();
+  if (timer_pages_left_ && timer_queue_.size() < max_paged_timers)
+    arm(now); // The next page after the mailbox had a turn.
+  return caf::none;
+}
+
+void partition::timers_committed() {
+  // Bounded by the changes of the committed batches.
+  while (!timer_overlay_log_.empty()
+         && timer_overlay_log_.front().first <= committed_through_) {
+    auto& [ticket, key] = timer_overlay_log_.front();
+    if (auto o = timer_overlay_.find(key);
+        o != timer_overlay_.end() && o->second.ticket == ticket)
+      timer_overlay_.erase(o);
+    timer_overlay_log_.pop_front();
+  }
 }
 
 void partition::load_timer(const std::string& key, envelope_ptr env,
@@ -1320,20 +1492,26 @@ void partition::lru_unlink(activation& act) {
 
 // -- recovery -----------------------------------------------------------------
 
-void partition::quarantine(column col, std::string_view key,
-                           std::string_view value, const std::string& why) {
+void detail::add_quarantine(write_batch& batch, uint32_t partition, column col,
+                            std::string_view key, std::string_view value,
+                            const std::string& why, int64_t now_ms) {
   wire::DeadLetter dl;
   dl.set_error(why);
-  dl.set_dead_ms(core_.clk->now_ms());
+  dl.set_dead_ms(now_ms);
   dl.set_origin_column(to_string(col));
   dl.set_origin_key(std::string{key});
   dl.set_raw_value(std::string{value});
   // 0xff cannot start a valid grain prefix's type length, so quarantined
   // records never collide with dead letters of real grains.
-  auto qkey = keys::partition_prefix(id_) + "\xff" + to_string(col) + ":"
+  auto qkey = keys::partition_prefix(partition) + "\xff" + to_string(col) + ":"
               + std::string{key};
-  batch_.put(column::dead_letters, std::move(qkey), dl.SerializeAsString());
-  batch_.erase(col, std::string{key});
+  batch.put(column::dead_letters, std::move(qkey), dl.SerializeAsString());
+  batch.erase(col, std::string{key});
+}
+
+void partition::quarantine(column col, std::string_view key,
+                           std::string_view value, const std::string& why) {
+  add_quarantine(batch_, id_, col, key, value, why, core_.clk->now_ms());
   ++batch_turns_;
   ++uncommitted_turns_;
   schedule_flush();
@@ -1378,11 +1556,12 @@ caf::error partition::recover() {
       start.push_back('\0');
     }
   };
-  auto err = each(column::timers, [&](std::string key, envelope_ptr env) {
-    auto due = env->due_ms();
-    load_timer(key, std::move(env), due);
-  });
-  sync_timer_gauge();
+  // Only the timers due within the window come into memory; the index
+  // pages in the later ones as their time approaches.
+  timers_loaded_below_.clear();
+  timers_loaded_ms_ = std::numeric_limits<int64_t>::min();
+  timer_pages_left_ = false;
+  auto err = page_timers(now);
   if (err)
     return err;
   err = each(column::outbox, [&](std::string key, envelope_ptr env) {
@@ -1434,7 +1613,8 @@ caf::error partition::recover() {
   }
   next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
   arm(next_dedup_sweep_);
-  if (!timers_.empty() || !outbox_.empty() || !blocked_.empty())
+  if (!timers_.empty() || timer_pages_left_ || !outbox_.empty()
+      || !blocked_.empty())
     arm(now);
   return caf::none;
 }

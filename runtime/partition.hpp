@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -92,6 +93,13 @@ struct committed_msg {
   uint64_t ticket;
   caf::error err;
 };
+
+/// Adds to `batch` the move of the corrupt record `key` of `col` in
+/// `partition` to `dead_letters`, as a quarantined record with its raw
+/// bytes.
+void add_quarantine(write_batch& batch, uint32_t partition, column col,
+                    std::string_view key, std::string_view value,
+                    const std::string& why, int64_t now_ms);
 
 /// Runs an administrative function inside the partition.
 struct admin_msg {
@@ -201,8 +209,22 @@ private:
     bool firing = false;
   };
 
+  // A change to a timer that is not in memory, made by batch `ticket`
+  // whose commit is pending: paging sees only committed records, so until
+  // then it must apply this change instead.
+  struct unloaded_timer {
+    uint64_t ticket = 0;
+    // The new record; null when the timer was deleted.
+    detail::envelope_ptr env;
+  };
+
   static constexpr uint32_t no_partition = 0xffffffffu;
   static constexpr size_t recovery_page = 1'024;
+  // Index entries read by one paging step.
+  static constexpr size_t timer_page = 1'024;
+  // Paging pauses while this many timers wait in memory; those are due
+  // before any timer still in storage, so they fire first.
+  static constexpr size_t max_paged_timers = 16 * timer_page;
 
   // -- admission -------------------------------------------------------------
   void on_call(detail::call_msg& m);
@@ -278,6 +300,18 @@ private:
   // Drops the queued firing of timer `key` from `act`'s blocked queue: a
   // cancel or re-set supersedes a firing that has not run yet.
   void drop_queued_firing(activation& act, const std::string& key);
+  // The due time timer `key` is stored with, counting uncommitted changes;
+  // nullopt when it has no record. Reads storage only for a timer that is
+  // neither in memory nor changed by a pending batch.
+  std::optional<int64_t> stored_due(const std::string& key);
+  // Whether a timer stored with (`due_ms`, `key`) lies in the loaded part
+  // of the index, so that memory holds it.
+  bool in_window(const std::string& key, int64_t due_ms) const;
+  // Loads the next page of timers due within `timer_window` from the
+  // index, when the loaded part ends less than half a window ahead.
+  caf::error page_timers(int64_t now);
+  // Forgets the changes of `timer_overlay_` whose commit has landed.
+  void timers_committed();
   // Publishes the size of `timer_queue_` in the silo's gauge.
   void sync_timer_gauge();
   void retry_outbox(int64_t now);
@@ -337,6 +371,18 @@ private:
   std::set<std::pair<int64_t, std::string>> timer_queue_;
   // The queue size last added to the silo's gauge.
   int64_t reported_timers_ = 0;
+  // Memory holds exactly the timers whose index entry sorts below
+  // `timers_loaded_below_` (the index key after the partition: due time,
+  // then the rest of the timers key), plus firings and retries. Every timer
+  // due before `timers_loaded_ms_` is loaded; `timer_pages_left_` says that
+  // the last page was full, so more may be due within the window.
+  std::string timers_loaded_below_;
+  int64_t timers_loaded_ms_ = std::numeric_limits<int64_t>::min();
+  bool timer_pages_left_ = false;
+  // Changes to timers not in memory whose commit is pending, and their
+  // (ticket, key) in ticket order, to forget them once committed.
+  std::unordered_map<std::string, unloaded_timer> timer_overlay_;
+  std::deque<std::pair<uint64_t, std::string>> timer_overlay_log_;
 
   // Grains with a blocked queue waiting for a retry.
   std::unordered_set<const grain_id*> blocked_;
