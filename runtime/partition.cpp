@@ -1182,8 +1182,9 @@ void partition::fire_timers(int64_t now) {
 
 void partition::put_timer(const std::string& key, envelope_ptr env) {
   // The index entry of the schedule being replaced goes in the same batch.
-  if (auto old = stored_due(key))
-    batch_.erase(column::timer_index, keys::timer_index_key(key, *old));
+  auto old = stored_of(key);
+  if (old.due_ms)
+    batch_.erase(column::timer_index, keys::timer_index_key(key, *old.due_ms));
   if (auto i = timers_.find(key); i != timers_.end()) {
     if (!i->second.firing)
       timer_queue_.erase({i->second.due_ms, key});
@@ -1200,6 +1201,8 @@ void partition::put_timer(const std::string& key, envelope_ptr env) {
       return;
     }
   } else {
+    if (!old.exists)
+      return; // Nothing stored, nothing to delete.
     batch_.erase(column::timers, key);
   }
   // Not in memory: paging must see this change until it is committed.
@@ -1208,27 +1211,29 @@ void partition::put_timer(const std::string& key, envelope_ptr env) {
   sync_timer_gauge();
 }
 
-std::optional<int64_t> partition::stored_due(const std::string& key) {
+partition::stored_timer partition::stored_of(const std::string& key) {
   if (auto i = timers_.find(key); i != timers_.end())
-    return i->second.env->due_ms();
+    return {true, i->second.env->due_ms()};
   if (auto o = timer_overlay_.find(key); o != timer_overlay_.end()) {
     if (!o->second.env)
-      return std::nullopt;
-    return o->second.env->due_ms();
+      return {};
+    return {true, o->second.env->due_ms()};
   }
   // Neither loaded nor changed by a pending batch: the committed record is
   // the current one.
   auto raw = core_.store->get(column::timers, key);
   if (!raw) {
     fail_stop(raw.error());
-    return std::nullopt;
+    return {true, std::nullopt};
   }
   if (!*raw)
-    return std::nullopt;
+    return {};
+  // A record that does not decode is replaced; its index entry, if any,
+  // is left stale, and paging drops it.
   wire::Envelope env;
   if (!env.ParseFromString(**raw))
-    return std::nullopt; // Its index entry, if any, is stale: paging drops it.
-  return env.due_ms();
+    return {true, std::nullopt};
+  return {true, env.due_ms()};
 }
 
 bool partition::in_window(const std::string& key, int64_t due_ms) const {

@@ -300,10 +300,15 @@ private:
   // Drops the queued firing of timer `key` from `act`'s blocked queue: a
   // cancel or re-set supersedes a firing that has not run yet.
   void drop_queued_firing(activation& act, const std::string& key);
-  // The due time timer `key` is stored with, counting uncommitted changes;
-  // nullopt when it has no record. Reads storage only for a timer that is
-  // neither in memory nor changed by a pending batch.
-  std::optional<int64_t> stored_due(const std::string& key);
+  // The record of timer `key`, counting uncommitted changes: whether it
+  // exists, and its due time (nullopt if it does not decode). Reads
+  // storage only for a timer neither in memory nor changed by a pending
+  // batch.
+  struct stored_timer {
+    bool exists = false;
+    std::optional<int64_t> due_ms;
+  };
+  stored_timer stored_of(const std::string& key);
   // Whether a timer stored with (`due_ms`, `key`) lies in the loaded part
   // of the index, so that memory holds it.
   bool in_window(const std::string& key, int64_t due_ms) const;

@@ -486,6 +486,17 @@ TEST_F(runtime_test, re_arming_a_timer_keeps_one_entry_in_memory) {
   EXPECT_EQ(mem->count(column::timers), 0u);
 }
 
+TEST_F(runtime_test, cancelling_a_timer_that_does_not_exist_writes_nothing) {
+  auto s = start();
+  ASSERT_TRUE(get(*s, "a"));
+  auto commits = mem->commits();
+  auto disarm = std::make_shared<Disarm>();
+  disarm->set_name("never-set");
+  ASSERT_TRUE(s->call(pid("a"), disarm));
+  EXPECT_EQ(mem->commits(), commits);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+}
+
 TEST_F(runtime_test, a_timer_beyond_the_window_waits_in_storage) {
   auto clk = std::make_shared<manual_clock>();
   cfg.timer_poll = 5ms;
