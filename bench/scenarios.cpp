@@ -77,6 +77,14 @@ constexpr size_t fanout_queue_bound = 1'024;
 constexpr double durable_prerun_s = 2;
 // Workflows of fanout-100 in flight (each with 100 activities).
 constexpr size_t fanout_100_concurrency = 8;
+// sleeping-workflows: workflows created by default, starts in flight, and
+// how long each one sleeps.
+constexpr size_t sleeping_workflows_default = 100'000;
+constexpr size_t sleeping_concurrency = 256;
+constexpr int64_t sleep_days = 30;
+// Creating workflows keeps their activations for this long only, so that
+// a million of them do not all stay in memory while they are created.
+constexpr auto sleeping_idle_age = 2s;
 
 // Sequential durable calls in one bench workflow.
 constexpr uint64_t workflow_steps = 10;
@@ -88,6 +96,7 @@ constexpr double durable_target = 0.3;
 constexpr double durable_p99_target_ms = 5;
 constexpr double fanout_target = 0.3;
 constexpr double memory_target_bytes = 2'048;
+constexpr double sleeping_target_bytes = 200;
 // "A 10-step workflow costs at most about 2x the durable messages of 10
 // plain durable calls": workflows/s >= 0.5 x (durable msgs/s / 20).
 constexpr double workflow_target = 0.5;
@@ -448,6 +457,21 @@ public:
   }
 };
 
+/// The workflow of sleeping-workflows: one durable sleep of `sleep_days`,
+/// what a control plane waiting on long timers holds by the million.
+class sleeper_flow
+    : public workflow<sleeper_flow, WorkflowInput, WorkflowOutput> {
+public:
+  static constexpr std::string_view type_name = "bench.sleeper";
+
+  task<WorkflowOutput> run(workflow_context& ctx, const WorkflowInput&) {
+    std::chrono::milliseconds nap{sleep_days * 24 * 3'600'000};
+    if (auto slept = co_await ctx.sleep(nap); !slept)
+      co_return slept.error();
+    co_return WorkflowOutput{};
+  }
+};
+
 /// The hand-written equivalent of `steps_flow`, measured next to it: the
 /// same sequential durable calls with the same replies, driven by a grain
 /// whose state is its input and the step it waits for (no journal).
@@ -615,7 +639,8 @@ caf::expected<std::unique_ptr<silo>> start_silo(silo_config cfg,
         register_grain<sink>(registry), register_grain<driver>(registry),
         register_grain<steps_flow>(registry), register_grain<chain>(registry),
         register_grain<relay>(registry),
-        register_workflow<fanout_flow>(registry, pool)})
+        register_workflow<fanout_flow>(registry, pool),
+        register_workflow<sleeper_flow>(registry, pool)})
     if (err)
       return err;
   return silo::start(std::move(cfg), std::move(registry), std::move(st));
@@ -1529,6 +1554,224 @@ caf::expected<caf_memory_figures> caf_actor_memory(size_t n,
   return out;
 }
 
+// -- sleeping workflows -------------------------------------------------------
+
+/// Starts sleeper workflows "z0", "z1", ... with one durable send each.
+struct sleeper_load : load_state {
+  silo* target_silo = nullptr;
+  uint64_t total = 0;
+  std::atomic<uint64_t> next{0};
+};
+
+std::string sleeper_key(uint64_t i) {
+  return "z" + std::to_string(i);
+}
+
+void issue_sleeper(const std::shared_ptr<sleeper_load>& st) {
+  auto i = st->next.fetch_add(1);
+  if (i >= st->total) {
+    st->outstanding.fetch_sub(1);
+    return;
+  }
+  WorkflowInput in;
+  in.set_seq(i);
+  auto start = now_ns();
+  // Acknowledged once the workflow's first turn, which journals the sleep
+  // and stores its timer, is durable.
+  st->target_silo->send_async(
+      grain_id{std::string{sleeper_flow::type_name}, sleeper_key(i)}, in, {},
+      [st, start](const caf::error& err) {
+        if (err) {
+          st->fail(err);
+          return;
+        }
+        if (st->complete(start, now_ns()))
+          issue_sleeper(st);
+      });
+}
+
+/// Bytes of all files under `dir`.
+uint64_t dir_bytes(const std::string& dir) {
+  uint64_t total = 0;
+  std::error_code ec;
+  for (auto& e : std::filesystem::recursive_directory_iterator(dir, ec))
+    if (e.is_regular_file(ec))
+      total += e.file_size(ec);
+  return total;
+}
+
+/// Counts the records of `col` in `st`, a page at a time.
+caf::expected<uint64_t> count_records(storage& st, column col) {
+  constexpr size_t page = 4'096;
+  uint64_t total = 0;
+  std::string start;
+  // Bounded by the records of the column: every pass moves past a page.
+  for (;;) {
+    size_t seen = 0;
+    std::string last;
+    auto err = st.scan(col, {}, start, page,
+                       [&](std::string_view k, std::string_view) {
+                         ++seen;
+                         last.assign(k);
+                         return true;
+                       });
+    if (err)
+      return err;
+    total += seen;
+    if (seen < page)
+      return total;
+    start = std::move(last);
+    start.push_back('\0');
+  }
+}
+
+/// Figures of one sleeping-workflows run.
+struct sleeping_figures {
+  load_figures create;
+  double create_s = 0;
+  double recovery_s = 0;
+  double empty_start_s = 0;
+  uint64_t rss_empty = 0;
+  uint64_t rss_empty_after_create = 0;
+  uint64_t rss_restarted = 0;
+  uint64_t timers_in_memory = 0;
+  uint64_t active = 0;
+  uint64_t timers_stored = 0;
+  uint64_t disk_bytes = 0;
+};
+
+/// Starts an empty silo for the baseline RSS, creates `n` sleeping
+/// workflows on a RocksDB silo and stops it, then starts a silo on that
+/// directory again and measures it once recovery is done.
+caf::expected<sleeping_figures>
+measure_sleeping(const std::string& data_dir, uint64_t n, size_t concurrency,
+                 const std::function<void(const std::string&)>& progress) {
+  auto cfg = base_config(concurrency);
+  cfg.idle_age = sleeping_idle_age;
+  auto dir = make_temp_dir(data_dir, "sleeping");
+  if (!dir)
+    return std::move(dir.error());
+  temp_dir guard{*dir};
+  sleeping_figures out;
+  // An empty silo on a fresh directory, started the same way: what the
+  // restarted silo is compared with. Returns its start time and RSS.
+  auto empty_silo = [&]() -> caf::expected<std::pair<double, uint64_t>> {
+    auto empty = make_temp_dir(data_dir, "sleeping-empty");
+    if (!empty)
+      return std::move(empty.error());
+    temp_dir empty_guard{*empty};
+    auto t0 = now_ns();
+    auto store = rocksdb_storage::open({.data_dir = *empty});
+    if (!store)
+      return std::move(store.error());
+    auto s = start_silo(cfg, std::move(*store));
+    if (!s)
+      return std::move(s.error());
+    auto start_s = to_s(now_ns() - t0);
+    auto rss = settled_rss_bytes();
+    if (auto err = (*s)->stop())
+      return err;
+    return std::make_pair(start_s, rss);
+  };
+  if (progress)
+    progress("[sleeping-workflows] baseline: an empty silo");
+  auto pristine = empty_silo();
+  if (!pristine)
+    return std::move(pristine.error());
+  out.empty_start_s = pristine->first;
+  out.rss_empty = pristine->second;
+  {
+    auto store = rocksdb_storage::open({.data_dir = *dir});
+    if (!store)
+      return std::move(store.error());
+    auto s = start_silo(cfg, std::move(*store));
+    if (!s)
+      return std::move(s.error());
+    auto st = std::make_shared<sleeper_load>();
+    st->target_silo = s->get();
+    st->total = n;
+    auto slots = std::min<uint64_t>(concurrency, n);
+    st->outstanding = static_cast<int64_t>(slots);
+    // Every creation counts: the window spans the whole (bounded) run.
+    auto timeout_ns = to_ns(120) + static_cast<int64_t>(n) * 200'000;
+    st->t0_ns = now_ns();
+    st->window_start_ns = st->t0_ns;
+    st->window_end_ns = st->t0_ns + timeout_ns;
+    st->cpu.start();
+    for (uint64_t i = 0; i < slots; ++i)
+      issue_sleeper(st);
+    auto next_report = st->t0_ns + to_ns(1);
+    // Bounded by the window's end.
+    while (st->outstanding.load() > 0 && now_ns() < st->window_end_ns) {
+      if (progress && now_ns() >= next_report) {
+        char buf[160];
+        std::snprintf(buf, sizeof(buf),
+                      "[sleeping-workflows] %.0f s: created %llu/%llu",
+                      to_s(now_ns() - st->t0_ns),
+                      static_cast<unsigned long long>(st->completed.load()),
+                      static_cast<unsigned long long>(n));
+        progress(buf);
+        next_report += to_ns(1);
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    out.create_s = to_s(now_ns() - st->t0_ns);
+    st->cpu.stop();
+    st->stop = true;
+    auto stop_err = (*s)->stop();
+    if (auto err = st->error())
+      return err;
+    if (st->completed.load() < n)
+      return make_error(errc::timeout,
+                        "sleeping-workflows: only "
+                            + std::to_string(st->completed.load()) + " of "
+                            + std::to_string(n) + " workflows created in time");
+    if (stop_err)
+      return stop_err;
+    out.create.ops_per_s = static_cast<double>(n) / out.create_s;
+    out.create.p50_ms = st->hist.quantile_ms(0.5);
+    out.create.p99_ms = st->hist.quantile_ms(0.99);
+    out.create.p999_ms = st->hist.quantile_ms(0.999);
+    out.create.cpu = st->cpu;
+  }
+  // The same again with the heap the creation left behind, to tell what
+  // of the growth that history explains.
+  auto after = empty_silo();
+  if (!after)
+    return std::move(after.error());
+  out.rss_empty_after_create = after->second;
+  if (progress)
+    progress("[sleeping-workflows] restarting on " + std::to_string(n)
+             + " sleeping workflows");
+  {
+    auto t0 = now_ns();
+    auto store = rocksdb_storage::open({.data_dir = *dir});
+    if (!store)
+      return std::move(store.error());
+    auto s = start_silo(cfg, std::move(*store));
+    if (!s)
+      return std::move(s.error());
+    out.recovery_s = to_s(now_ns() - t0);
+    out.rss_restarted = settled_rss_bytes();
+    auto stats = (*s)->stats();
+    out.timers_in_memory = stats.timers_in_memory;
+    out.active = stats.active;
+    if (auto err = (*s)->stop())
+      return err;
+  }
+  // Counted after the measurement: a full scan fills the block cache.
+  auto store = rocksdb_storage::open({.data_dir = *dir});
+  if (!store)
+    return std::move(store.error());
+  auto stored = count_records(**store, column::timer_index);
+  if (!stored)
+    return std::move(stored.error());
+  out.timers_stored = *stored;
+  store->reset();
+  out.disk_bytes = dir_bytes(*dir);
+  return out;
+}
+
 // -- fan-out ------------------------------------------------------------------
 
 struct fanout_run {
@@ -1659,7 +1902,8 @@ const std::vector<std::string>& scenario_names() {
                                               "fanout-100",
                                               "fanout",
                                               "memory",
-                                              "retry-storm"};
+                                              "retry-storm",
+                                              "sleeping-workflows"};
   return names;
 }
 
@@ -1716,6 +1960,8 @@ caf::expected<result> runner::run(std::string_view name) {
     return cross_silo_durable();
   if (name == "retry-storm")
     return retry_storm();
+  if (name == "sleeping-workflows")
+    return sleeping_workflows();
   return make_error(errc::invalid_argument,
                     "unknown scenario '" + std::string{name} + "'");
 }
@@ -2296,6 +2542,57 @@ caf::expected<result> runner::memory() {
                 {"cpu_cores", ours.cpu.own_cores},
                 {"other_cpu_cores", ours.cpu.other_cores},
                 {"baseline_rss_bytes_per_actor", base->bytes_per_actor}};
+  return res;
+}
+
+caf::expected<result> runner::sleeping_workflows() {
+  auto n = static_cast<uint64_t>(
+      opts_.grains.value_or(sleeping_workflows_default));
+  auto concurrency = opts_.concurrency.value_or(sleeping_concurrency);
+  if (auto err = ensure_durable_baseline())
+    return err;
+  auto ours
+      = measure_sleeping(opts_.data_dir, n, concurrency,
+                         [this](const std::string& line) { progress(line); });
+  if (!ours)
+    return std::move(ours.error());
+  auto per_workflow
+      = [n](double bytes) { return bytes / static_cast<double>(n); };
+  auto rss_per_workflow = per_workflow(static_cast<double>(ours->rss_restarted)
+                                       - static_cast<double>(ours->rss_empty));
+  result res;
+  res.scenario = "sleeping-workflows";
+  // Creations per second, with the latency of each start's durable send
+  // (acknowledged once the workflow's first turn is durable).
+  res.ops_per_s = ours->create.ops_per_s;
+  res.p50_ms = ours->create.p50_ms;
+  res.p99_ms = ours->create.p99_ms;
+  res.p999_ms = ours->create.p999_ms;
+  res.baseline = "durable-ping";
+  res.baseline_ops_per_s = durable_->msgs_per_s;
+  res.ratio = ratio_of(res.ops_per_s, res.baseline_ops_per_s);
+  res.target = "rss_bytes_per_sleeping_workflow <= 200";
+  res.met
+      = rss_per_workflow <= sleeping_target_bytes && ours->timers_stored == n;
+  res.extras
+      = {{"rss_bytes_per_sleeping_workflow", rss_per_workflow},
+         {"workflows", static_cast<double>(n)},
+         {"sleep_days", static_cast<double>(sleep_days)},
+         {"concurrency", static_cast<double>(concurrency)},
+         {"create_s", ours->create_s},
+         {"recovery_s", ours->recovery_s},
+         {"empty_start_s", ours->empty_start_s},
+         {"rss_after_restart_bytes", static_cast<double>(ours->rss_restarted)},
+         {"rss_empty_silo_bytes", static_cast<double>(ours->rss_empty)},
+         {"rss_empty_silo_after_create_bytes",
+          static_cast<double>(ours->rss_empty_after_create)},
+         {"timers_in_memory", static_cast<double>(ours->timers_in_memory)},
+         {"timers_stored", static_cast<double>(ours->timers_stored)},
+         {"active_after_restart", static_cast<double>(ours->active)},
+         {"disk_bytes_per_workflow",
+          per_workflow(static_cast<double>(ours->disk_bytes))},
+         {"cpu_cores", ours->create.cpu.own_cores},
+         {"other_cpu_cores", ours->create.cpu.other_cores}};
   return res;
 }
 

@@ -22,10 +22,12 @@ struct options {
   /// Seconds per timed scenario, warm-up (the first 10%) included.
   std::optional<double> duration_s;
   /// Requests in flight (transient-ping: 64, durable-ping: 256,
-  /// memory: 256); workflows in flight for workflow-10-steps (64).
+  /// memory: 256); workflows in flight for workflow-10-steps (64);
+  /// workflow starts in flight for sleeping-workflows (256).
   std::optional<size_t> concurrency;
   /// Distinct grain keys (transient-ping, durable-ping and the counters
-  /// of workflow-10-steps: 1,000; fanout and memory: 1,000,000).
+  /// of workflow-10-steps: 1,000; fanout and memory: 1,000,000); the
+  /// workflows of sleeping-workflows (100,000).
   std::optional<size_t> grains;
   /// Bytes of payload in each ping (default 32).
   std::optional<size_t> payload;
@@ -76,8 +78,8 @@ caf::error validate(const options& opts);
 
 /// Runs scenarios one after another in one process, keeping what a later
 /// scenario needs from an earlier one (fanout compares itself with the
-/// transient-ping throughput of the same run, workflow-10-steps with the
-/// durable-ping one).
+/// transient-ping throughput of the same run, workflow-10-steps and
+/// sleeping-workflows with the durable-ping one).
 class runner {
 public:
   /// Creates a runner; call `validate(opts)` first.
@@ -95,6 +97,7 @@ private:
   caf::expected<result> fanout_100();
   caf::expected<result> retry_storm();
   caf::expected<result> cross_silo_durable();
+  caf::expected<result> sleeping_workflows();
   // Measures durable-ping once per process, for the workflow scenarios.
   caf::error ensure_durable_baseline();
 

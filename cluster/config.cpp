@@ -333,6 +333,7 @@ caf::error read_limits(reader& r, silo_config& cfg) {
   r.millis("parked_retry_ms", cfg.parked_retry, 1);
   r.millis("remote_call_timeout_ms", cfg.remote_call_timeout, 1);
   r.millis("timer_poll_ms", cfg.timer_poll, 1);
+  r.millis("timer_window_ms", cfg.timer_window, 1);
   r.millis("dedup_retention_ms", cfg.dedup_retention, 1);
   r.millis("dedup_sweep_interval_ms", cfg.dedup_sweep_interval, 1);
   r.reject_unknown();

@@ -32,8 +32,9 @@ namespace granary {
 namespace {
 
 constexpr std::array<column, column_count> all_columns = {
-    column::meta,   column::state, column::inbox,        column::outbox,
-    column::timers, column::dedup, column::dead_letters, column::journal,
+    column::meta,         column::state,   column::inbox,
+    column::outbox,       column::timers,  column::dedup,
+    column::dead_letters, column::journal, column::timer_index,
 };
 
 rocksdb::Slice to_slice(std::string_view x) {
@@ -71,6 +72,7 @@ bool is_short_lived(column col) {
     case column::inbox:
     case column::outbox:
     case column::timers:
+    case column::timer_index:
     case column::dedup:
       return true;
     default:

@@ -1,5 +1,8 @@
 #include "runtime/keys.hpp"
 
+#include <algorithm>
+#include <limits>
+
 #include "runtime/error.hpp"
 
 namespace granary {
@@ -22,6 +25,8 @@ const char* to_string(column c) {
       return "dead_letters";
     case column::journal:
       return "journal";
+    case column::timer_index:
+      return "timer_index";
   }
   return "unknown";
 }
@@ -146,6 +151,30 @@ std::optional<decoded> decode(std::string_view key) {
   out.id.type = std::string{*type};
   out.id.key = std::string{*grain_key};
   out.suffix = key;
+  return out;
+}
+
+std::string timer_index_key(std::string_view timers_key, int64_t due_ms) {
+  std::string out;
+  out.reserve(timers_key.size() + 8);
+  out.append(timers_key.substr(0, 2));
+  append_u64(out, static_cast<uint64_t>(std::max<int64_t>(due_ms, 0)));
+  if (timers_key.size() > 2)
+    out.append(timers_key.substr(2));
+  return out;
+}
+
+std::optional<timer_index_entry> decode_timer_index(std::string_view key) {
+  if (key.size() < 10)
+    return std::nullopt;
+  auto due = read_u64(key.substr(2));
+  if (!due || *due > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    return std::nullopt;
+  timer_index_entry out;
+  out.due_ms = static_cast<int64_t>(*due);
+  out.timers_key.reserve(key.size() - 8);
+  out.timers_key.append(key.substr(0, 2));
+  out.timers_key.append(key.substr(10));
   return out;
 }
 

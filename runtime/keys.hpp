@@ -21,10 +21,11 @@ enum class column : uint8_t {
   dedup,
   dead_letters,
   journal,
+  timer_index,
 };
 
 /// Number of distinct columns.
-inline constexpr size_t column_count = 8;
+inline constexpr size_t column_count = 9;
 
 /// Column family name of `c`.
 const char* to_string(column c);
@@ -87,6 +88,23 @@ struct decoded {
 
 /// Decodes a key that starts with a grain prefix; nullopt if malformed.
 std::optional<decoded> decode(std::string_view key);
+
+/// Returns the `timer_index` key of the timer stored under `timers_key`
+/// (partition, grain prefix, timer name) and due at `due_ms`:
+///   partition(2) | due_ms (8, BE) | the rest of `timers_key`
+/// so that a partition's timers sort by due time. A negative due time is
+/// stored as 0. `timers_key` must hold at least the partition.
+std::string timer_index_key(std::string_view timers_key, int64_t due_ms);
+
+/// A `timer_index` key decoded into the timer's due time and its `timers`
+/// key.
+struct timer_index_entry {
+  int64_t due_ms = 0;
+  std::string timers_key;
+};
+
+/// Decodes a `timer_index` key; nullopt if it is too short.
+std::optional<timer_index_entry> decode_timer_index(std::string_view key);
 
 /// Hex rendering of a key for log lines.
 std::string printable(std::string_view key);

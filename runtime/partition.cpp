@@ -784,11 +784,13 @@ void partition::finish_source(work_item& item) {
     batch_.erase(item.source_col, item.source_key);
     return;
   }
-  if (timers_.count(item.source_key) > 0)
-    return; // Re-set after this firing; the new schedule owns the key.
   auto& env = *item.env;
+  auto i = timers_.find(item.source_key);
+  if (i == timers_.end() || !i->second.firing
+      || i->second.env->due_ms() != env.due_ms())
+    return; // Cancelled or re-set since it fired: the new schedule rules.
   if (env.period_ms() <= 0) {
-    batch_.erase(column::timers, item.source_key);
+    put_timer(item.source_key, nullptr);
     return;
   }
   auto now = core_.clk->now_ms();
@@ -799,10 +801,7 @@ void partition::finish_source(work_item& item) {
   next->set_due_ms(due);
   next->set_attempts(0);
   next->set_msg_id("t:" + env.timer_name() + ":" + std::to_string(due));
-  batch_.put(column::timers, item.source_key, next->SerializeAsString());
-  timers_[item.source_key] = timer_entry{due, next};
-  timer_queue_.emplace(due, item.source_key);
-  arm(due);
+  put_timer(item.source_key, std::move(next));
 }
 
 void partition::apply_turn(activation& act, turn& t) {
@@ -832,9 +831,9 @@ void partition::apply_turn(activation& act, turn& t) {
   }
   for (auto& tc : t.timers_) {
     auto key = keys::with_suffix(prefix, tc.name);
+    drop_queued_firing(act, key);
     if (tc.cancel) {
-      batch_.erase(column::timers, key);
-      timers_.erase(key);
+      put_timer(key, nullptr);
       continue;
     }
     auto env = std::make_shared<wire::Envelope>();
@@ -848,10 +847,7 @@ void partition::apply_turn(activation& act, turn& t) {
     env->set_timer_name(tc.name);
     env->set_watchdog(tc.watchdog);
     env->set_accepted_ms(now);
-    batch_.put(column::timers, key, env->SerializeAsString());
-    timers_[key] = timer_entry{tc.due_ms, env};
-    timer_queue_.emplace(tc.due_ms, key);
-    arm(tc.due_ms);
+    put_timer(key, std::move(env));
   }
   for (auto& out : t.tells_)
     defer([this, out = std::move(out)](const caf::error& err) {
@@ -1032,6 +1028,7 @@ void partition::on_committed(committed_msg& m) {
   auto done = std::move(inflight_.front());
   inflight_.pop_front();
   committed_through_ = done.ticket;
+  timers_committed();
   uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
   // A batch refused because the silo is shutting down is not a storage
   // failure: its writes are simply not made, and are redone after restart.
@@ -1107,6 +1104,12 @@ void partition::reset_state() {
   parked_.clear();
   timers_.clear();
   timer_queue_.clear();
+  timer_overlay_.clear();
+  timer_overlay_log_.clear();
+  timers_loaded_below_.clear();
+  timers_loaded_ms_ = std::numeric_limits<int64_t>::min();
+  timer_pages_left_ = false;
+  sync_timer_gauge();
   blocked_.clear();
   dedup_cursor_.clear();
   next_dedup_sweep_ = 0;
@@ -1251,6 +1254,13 @@ void partition::on_tick() {
   if (failed_ || stopping_ || !serving_)
     return;
   auto now = core_.clk->now_ms();
+  if (auto err = page_timers(now)) {
+    log(log_level::error,
+        "partition " + std::to_string(id_)
+            + ": reading the timer index failed: " + describe(err));
+    fail_stop(err);
+    return;
+  }
   fire_timers(now);
   retry_blocked(now);
   retry_outbox(now);
@@ -1262,21 +1272,37 @@ void partition::on_tick() {
   // retry_outbox re-armed theirs while they walked their entries).
   if (!timer_queue_.empty())
     arm(timer_queue_.begin()->first);
+  // The next page is due when less than half a window is loaded ahead
+  // (while memory is full of timers, their due times wake us instead).
+  if (timers_loaded_ms_ != std::numeric_limits<int64_t>::min()
+      && timer_queue_.size() < max_paged_timers)
+    arm(timers_loaded_ms_
+        - std::max<int64_t>(core_.cfg.timer_window.count() / 2, 1));
   if (!catalog_.empty())
     arm(now + std::max<int64_t>(core_.cfg.idle_age.count() / 2, 1));
 }
 
 void partition::fire_timers(int64_t now) {
   size_t fired = 0;
+  // Puts a timer that cannot fire now back into the queue, due at `at`;
+  // its record keeps its due time, so a restart fires it at once.
+  auto retry = [&](const std::string& key, int64_t at) {
+    auto i = timers_.find(key);
+    if (i == timers_.end())
+      return;
+    i->second.firing = false;
+    i->second.due_ms = at;
+    timer_queue_.emplace(at, key);
+  };
   while (!timer_queue_.empty() && timer_queue_.begin()->first <= now
          && fired < max_timers_per_tick) {
-    auto [due, key] = *timer_queue_.begin();
-    timer_queue_.erase(timer_queue_.begin());
+    auto key
+        = std::move(timer_queue_.extract(timer_queue_.begin()).value().second);
     auto i = timers_.find(key);
-    if (i == timers_.end() || i->second.due_ms != due)
-      continue; // Cancelled or re-set.
+    if (i == timers_.end())
+      continue; // Cannot happen: the queue only holds entries of timers_.
+    i->second.firing = true;
     auto env = i->second.env;
-    timers_.erase(i);
     ++fired;
     bump(core_.stats.timers_fired);
     work_item item;
@@ -1287,28 +1313,230 @@ void partition::fire_timers(int64_t now) {
     grain_id target{env->target().type(), env->target().key()};
     auto act = activate(target);
     if (!act) {
-      if (code_of(act.error()) == errc::unknown_grain_type) {
+      if (code_of(act.error()) == errc::unknown_grain_type)
         dead_letter(nullptr, item, errc::unknown_grain_type,
                     describe(act.error()));
-      } else {
-        // Keep the timer and try again later; it is still stored.
-        auto retry = now + 1'000;
-        timers_[key] = timer_entry{retry, env};
-        timer_queue_.emplace(retry, key);
-      }
+      else
+        retry(key, now + 1'000); // It is still stored; try again later.
       continue;
     }
     auto& a = **act;
     if (a.blocked && a.blocked->items.size() >= core_.cfg.max_inbox_per_grain) {
-      auto retry = a.blocked->retry_at_ms + 1;
-      timers_[key] = timer_entry{retry, env};
-      timer_queue_.emplace(retry, key);
+      retry(key, a.blocked->retry_at_ms + 1);
       continue;
     }
     accept_durable(a, std::move(item));
   }
+  sync_timer_gauge();
   if (!timer_queue_.empty() && timer_queue_.begin()->first <= now)
     arm(now); // More are due; continue after the mailbox had a turn.
+}
+
+void partition::put_timer(const std::string& key, envelope_ptr env) {
+  // The index entry of the schedule being replaced goes in the same batch.
+  auto old = stored_of(key);
+  if (old.due_ms)
+    batch_.erase(column::timer_index, keys::timer_index_key(key, *old.due_ms));
+  if (auto i = timers_.find(key); i != timers_.end()) {
+    if (!i->second.firing)
+      timer_queue_.erase({i->second.due_ms, key});
+    timers_.erase(i);
+  }
+  if (env) {
+    auto due = env->due_ms();
+    auto indexed = index_due_of(*env);
+    batch_.put(column::timers, key, env->SerializeAsString());
+    batch_.put(column::timer_index, keys::timer_index_key(key, indexed), {});
+    if (in_window(key, indexed)) {
+      timer_overlay_.erase(key);
+      load_timer(key, std::move(env), due);
+      sync_timer_gauge();
+      return;
+    }
+  } else {
+    if (!old.exists)
+      return; // Nothing stored, nothing to delete.
+    batch_.erase(column::timers, key);
+  }
+  // Not in memory: paging must see this change until it is committed.
+  timer_overlay_[key] = unloaded_timer{next_ticket_, std::move(env)};
+  timer_overlay_log_.emplace_back(next_ticket_, key);
+  sync_timer_gauge();
+}
+
+partition::stored_timer partition::stored_of(const std::string& key) {
+  if (auto i = timers_.find(key); i != timers_.end())
+    return {true, index_due_of(*i->second.env)};
+  if (auto o = timer_overlay_.find(key); o != timer_overlay_.end()) {
+    if (!o->second.env)
+      return {};
+    return {true, index_due_of(*o->second.env)};
+  }
+  // Neither loaded nor changed by a pending batch: the committed record is
+  // the current one.
+  auto raw = core_.store->get(column::timers, key);
+  if (!raw) {
+    fail_stop(raw.error());
+    return {true, std::nullopt};
+  }
+  if (!*raw)
+    return {};
+  // A record that does not decode is replaced; its index entry, if any,
+  // is left stale, and paging drops it.
+  wire::Envelope env;
+  if (!env.ParseFromString(**raw))
+    return {true, std::nullopt};
+  return {true, index_due_of(env)};
+}
+
+bool partition::in_window(const std::string& key, int64_t due_ms) const {
+  if (due_ms < timers_loaded_ms_)
+    return true;
+  auto index_key = keys::timer_index_key(key, due_ms);
+  return std::string_view{index_key}.substr(2)
+         < std::string_view{timers_loaded_below_};
+}
+
+caf::error partition::page_timers(int64_t now) {
+  auto window = core_.cfg.timer_window.count();
+  auto target = now < never - window ? now + window : never - 1;
+  if (!timer_pages_left_
+      && now + std::max<int64_t>(window / 2, 1) < timers_loaded_ms_)
+    return caf::none; // More than half a window is loaded ahead.
+  if (timer_queue_.size() >= max_paged_timers)
+    return caf::none; // Those fire first; the tick after them pages on.
+  auto prefix = keys::partition_prefix(id_);
+  size_t seen = 0;
+  std::string last;
+  std::vector<keys::timer_index_entry> found;
+  std::vector<std::string> malformed;
+  auto err = core_.store->scan(
+      column::timer_index, prefix, prefix + timers_loaded_below_, timer_page,
+      [&](std::string_view k, std::string_view) {
+        auto entry = keys::decode_timer_index(k);
+        if (entry && entry->due_ms > target)
+          return false; // Beyond the window: stays in storage.
+        ++seen;
+        last.assign(k);
+        if (entry)
+          found.push_back(std::move(*entry));
+        else
+          malformed.emplace_back(k);
+        return true;
+      });
+  if (err)
+    return err;
+  for (auto& k : malformed)
+    batch_.erase(column::timer_index, std::move(k));
+  for (auto& e : found) {
+    // Memory and pending changes are newer than the committed index.
+    if (timers_.count(e.timers_key) > 0
+        || timer_overlay_.count(e.timers_key) > 0)
+      continue;
+    auto index_key = keys::timer_index_key(e.timers_key, e.due_ms);
+    auto raw = core_.store->get(column::timers, e.timers_key);
+    if (!raw)
+      return std::move(raw.error());
+    if (!*raw) {
+      batch_.erase(column::timer_index, std::move(index_key));
+      continue;
+    }
+    auto env = std::make_shared<wire::Envelope>();
+    if (!env->ParseFromString(**raw) || !keys::decode(e.timers_key)) {
+      quarantine(column::timers, e.timers_key, **raw,
+                 "record does not decode as an envelope");
+      batch_.erase(column::timer_index, std::move(index_key));
+      continue;
+    }
+    if (keys::timer_index_key(e.timers_key, index_due_of(*env)) != index_key) {
+      // Left by a schedule that was replaced: the record's own entry is
+      // elsewhere in the index.
+      batch_.erase(column::timer_index, std::move(index_key));
+      continue;
+    }
+    // A watchdog (indexed at 0) is paged in only by a recovery: its work
+    // did not survive the restart or the handoff, so it is due at once.
+    auto due = env->watchdog() ? std::min(env->due_ms(), now) : env->due_ms();
+    load_timer(e.timers_key, std::move(env), due);
+  }
+  if (!batch_.empty())
+    schedule_flush();
+  // Everything below the new bound is loaded now. The bound only grows.
+  std::string bound;
+  int64_t loaded_ms = 0;
+  if (seen >= timer_page) {
+    bound = last.substr(2);
+    bound.push_back('\0');
+    loaded_ms = static_cast<int64_t>(keys::read_u64(bound).value_or(0));
+    timer_pages_left_ = true;
+  } else {
+    keys::append_u64(bound,
+                     static_cast<uint64_t>(std::max<int64_t>(target + 1, 0)));
+    loaded_ms = target + 1;
+    timer_pages_left_ = false;
+  }
+  if (bound > timers_loaded_below_) {
+    timers_loaded_below_ = std::move(bound);
+    timers_loaded_ms_ = std::max(timers_loaded_ms_, loaded_ms);
+  }
+  // Changes not committed yet that now fall below the bound: the scan
+  // could not see them.
+  for (auto o = timer_overlay_.begin(); o != timer_overlay_.end();) {
+    auto& env = o->second.env;
+    if (env && timers_.count(o->first) == 0
+        && in_window(o->first, index_due_of(*env))) {
+      load_timer(o->first, env, env->due_ms());
+      o = timer_overlay_.erase(o);
+    } else {
+      ++o;
+    }
+  }
+  sync_timer_gauge();
+  if (timer_pages_left_ && timer_queue_.size() < max_paged_timers)
+    arm(now); // The next page after the mailbox had a turn.
+  return caf::none;
+}
+
+void partition::timers_committed() {
+  // Bounded by the changes of the committed batches.
+  while (!timer_overlay_log_.empty()
+         && timer_overlay_log_.front().first <= committed_through_) {
+    auto& [ticket, key] = timer_overlay_log_.front();
+    if (auto o = timer_overlay_.find(key);
+        o != timer_overlay_.end() && o->second.ticket == ticket)
+      timer_overlay_.erase(o);
+    timer_overlay_log_.pop_front();
+  }
+}
+
+void partition::load_timer(const std::string& key, envelope_ptr env,
+                           int64_t due_ms) {
+  auto [i, added] = timers_.try_emplace(key);
+  if (!added && !i->second.firing)
+    timer_queue_.erase({i->second.due_ms, key});
+  i->second = timer_entry{due_ms, std::move(env)};
+  timer_queue_.emplace(due_ms, key);
+  arm(due_ms);
+}
+
+void partition::drop_queued_firing(activation& act, const std::string& key) {
+  auto i = timers_.find(key);
+  if (i == timers_.end() || !i->second.firing || !act.blocked)
+    return;
+  auto& items = act.blocked->items;
+  // Bounded by max_inbox_per_grain; a timer has at most one firing.
+  auto j = std::find_if(items.begin(), items.end(), [&](const work_item& w) {
+    return w.source_col == column::timers && w.source_key == key;
+  });
+  if (j != items.end())
+    items.erase(j);
+}
+
+void partition::sync_timer_gauge() {
+  auto n = static_cast<int64_t>(timer_queue_.size());
+  core_.stats.timers_in_memory.fetch_add(n - reported_timers_,
+                                         std::memory_order_relaxed);
+  reported_timers_ = n;
 }
 
 void partition::retry_blocked(int64_t now) {
@@ -1434,20 +1662,26 @@ void partition::lru_unlink(activation& act) {
 
 // -- recovery -----------------------------------------------------------------
 
-void partition::quarantine(column col, std::string_view key,
-                           std::string_view value, const std::string& why) {
+void detail::add_quarantine(write_batch& batch, uint32_t partition, column col,
+                            std::string_view key, std::string_view value,
+                            const std::string& why, int64_t now_ms) {
   wire::DeadLetter dl;
   dl.set_error(why);
-  dl.set_dead_ms(core_.clk->now_ms());
+  dl.set_dead_ms(now_ms);
   dl.set_origin_column(to_string(col));
   dl.set_origin_key(std::string{key});
   dl.set_raw_value(std::string{value});
   // 0xff cannot start a valid grain prefix's type length, so quarantined
   // records never collide with dead letters of real grains.
-  auto qkey = keys::partition_prefix(id_) + "\xff" + to_string(col) + ":"
+  auto qkey = keys::partition_prefix(partition) + "\xff" + to_string(col) + ":"
               + std::string{key};
-  batch_.put(column::dead_letters, std::move(qkey), dl.SerializeAsString());
-  batch_.erase(col, std::string{key});
+  batch.put(column::dead_letters, std::move(qkey), dl.SerializeAsString());
+  batch.erase(col, std::string{key});
+}
+
+void partition::quarantine(column col, std::string_view key,
+                           std::string_view value, const std::string& why) {
+  add_quarantine(batch_, id_, col, key, value, why, core_.clk->now_ms());
   ++batch_turns_;
   ++uncommitted_turns_;
   schedule_flush();
@@ -1492,12 +1726,12 @@ caf::error partition::recover() {
       start.push_back('\0');
     }
   };
-  auto err = each(column::timers, [&](std::string key, envelope_ptr env) {
-    // A watchdog's work did not survive the restart (or the handoff).
-    auto due = env->watchdog() ? std::min(env->due_ms(), now) : env->due_ms();
-    timer_queue_.emplace(due, key);
-    timers_[std::move(key)] = timer_entry{due, std::move(env)};
-  });
+  // Only the timers due within the window come into memory; the index
+  // pages in the later ones as their time approaches.
+  timers_loaded_below_.clear();
+  timers_loaded_ms_ = std::numeric_limits<int64_t>::min();
+  timer_pages_left_ = false;
+  auto err = page_timers(now);
   if (err)
     return err;
   err = each(column::outbox, [&](std::string key, envelope_ptr env) {
@@ -1547,7 +1781,8 @@ caf::error partition::recover() {
   }
   next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
   arm(next_dedup_sweep_);
-  if (!timers_.empty() || !outbox_.empty() || !blocked_.empty())
+  if (!timers_.empty() || timer_pages_left_ || !outbox_.empty()
+      || !blocked_.empty())
     arm(now);
   return caf::none;
 }

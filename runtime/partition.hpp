@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -97,6 +98,21 @@ struct committed_msg {
 struct route_msg {
   uint32_t partition;
 };
+
+/// Adds to `batch` the move of the corrupt record `key` of `col` in
+/// `partition` to `dead_letters`, as a quarantined record with its raw
+/// bytes.
+void add_quarantine(write_batch& batch, uint32_t partition, column col,
+                    std::string_view key, std::string_view value,
+                    const std::string& why, int64_t now_ms);
+
+/// The due time under which timer `env` is kept in the `timer_index`: its
+/// own, except for a watchdog, which is indexed at 0 so that a recovery
+/// always pages it in (its work did not survive the restart) and a set
+/// always keeps it in memory.
+inline int64_t index_due_of(const wire::Envelope& env) {
+  return env.watchdog() ? 0 : env.due_ms();
+}
 
 /// Runs an administrative function inside the partition.
 struct admin_msg {
@@ -200,12 +216,32 @@ private:
   };
 
   struct timer_entry {
+    // When it fires next; a retry may come later than the stored due time.
     int64_t due_ms = 0;
+    // The stored record; its `due_ms` is the due time it was stored with.
+    detail::envelope_ptr env;
+    // Fired, and its firing is queued or running (so it is not in
+    // `timer_queue_`). Only while this holds may the firing's turn delete
+    // or reschedule the record: a cancel or re-set clears it.
+    bool firing = false;
+  };
+
+  // A change to a timer that is not in memory, made by batch `ticket`
+  // whose commit is pending: paging sees only committed records, so until
+  // then it must apply this change instead.
+  struct unloaded_timer {
+    uint64_t ticket = 0;
+    // The new record; null when the timer was deleted.
     detail::envelope_ptr env;
   };
 
   static constexpr uint32_t no_partition = 0xffffffffu;
   static constexpr size_t recovery_page = 1'024;
+  // Index entries read by one paging step.
+  static constexpr size_t timer_page = 1'024;
+  // Paging pauses while this many timers wait in memory; those are due
+  // before any timer still in storage, so they fire first.
+  static constexpr size_t max_paged_timers = 16 * timer_page;
 
   // -- admission -------------------------------------------------------------
   void on_call(detail::call_msg& m);
@@ -284,6 +320,34 @@ private:
   // -- timers and housekeeping -----------------------------------------------
   void arm(int64_t at_ms);
   void fire_timers(int64_t now);
+  // Stores timer `key` with record `env` in the current batch, or deletes
+  // it when `env` is null, replacing any schedule it had in memory.
+  void put_timer(const std::string& key, detail::envelope_ptr env);
+  // Puts a stored timer into memory, due at `due_ms`.
+  void load_timer(const std::string& key, detail::envelope_ptr env,
+                  int64_t due_ms);
+  // Drops the queued firing of timer `key` from `act`'s blocked queue: a
+  // cancel or re-set supersedes a firing that has not run yet.
+  void drop_queued_firing(activation& act, const std::string& key);
+  // The record of timer `key`, counting uncommitted changes: whether it
+  // exists, and its due time (nullopt if it does not decode). Reads
+  // storage only for a timer neither in memory nor changed by a pending
+  // batch.
+  struct stored_timer {
+    bool exists = false;
+    std::optional<int64_t> due_ms;
+  };
+  stored_timer stored_of(const std::string& key);
+  // Whether a timer stored with (`due_ms`, `key`) lies in the loaded part
+  // of the index, so that memory holds it.
+  bool in_window(const std::string& key, int64_t due_ms) const;
+  // Loads the next page of timers due within `timer_window` from the
+  // index, when the loaded part ends less than half a window ahead.
+  caf::error page_timers(int64_t now);
+  // Forgets the changes of `timer_overlay_` whose commit has landed.
+  void timers_committed();
+  // Publishes the size of `timer_queue_` in the silo's gauge.
+  void sync_timer_gauge();
   void retry_outbox(int64_t now);
   void retry_blocked(int64_t now);
   void sweep_idle(int64_t now);
@@ -340,9 +404,24 @@ private:
   // Parked entries by target partition, retried when its route changes.
   std::unordered_map<uint32_t, std::set<std::string>> parked_;
 
-  // Timers by key, and a queue ordered by due time (stale entries skipped).
+  // Timers by key, and the armed ones ordered by due time: every entry of
+  // the queue is (due_ms, key) of an entry of `timers_` that is not firing.
   std::unordered_map<std::string, timer_entry> timers_;
-  std::multimap<int64_t, std::string> timer_queue_;
+  std::set<std::pair<int64_t, std::string>> timer_queue_;
+  // The queue size last added to the silo's gauge.
+  int64_t reported_timers_ = 0;
+  // Memory holds exactly the timers whose index entry sorts below
+  // `timers_loaded_below_` (the index key after the partition: due time,
+  // then the rest of the timers key), plus firings and retries. Every timer
+  // due before `timers_loaded_ms_` is loaded; `timer_pages_left_` says that
+  // the last page was full, so more may be due within the window.
+  std::string timers_loaded_below_;
+  int64_t timers_loaded_ms_ = std::numeric_limits<int64_t>::min();
+  bool timer_pages_left_ = false;
+  // Changes to timers not in memory whose commit is pending, and their
+  // (ticket, key) in ticket order, to forget them once committed.
+  std::unordered_map<std::string, unloaded_timer> timer_overlay_;
+  std::deque<std::pair<uint64_t, std::string>> timer_overlay_log_;
 
   // Grains with a blocked queue waiting for a retry.
   std::unordered_set<const grain_id*> blocked_;

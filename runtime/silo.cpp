@@ -26,8 +26,68 @@ using namespace detail;
 
 namespace {
 
-constexpr uint32_t format_version = 1;
+// 2: timers are also indexed by due time in the `timer_index` column.
+constexpr uint32_t format_version = 2;
 constexpr const char* meta_key = "silo";
+
+// Timer records indexed per write when an old directory is upgraded.
+constexpr size_t index_build_page = 1'024;
+
+// Format 1 had no timer index: builds it from the `timers` records, one
+// bounded page per durable write, before any partition runs. Rebuilding
+// writes the same entries, so a crash midway only repeats the work; the
+// format version changes once it is done.
+caf::error build_timer_index(storage& store, int64_t now_ms) {
+  std::string start;
+  uint64_t built = 0;
+  // Bounded by the records of the column: every pass moves past a page.
+  for (;;) {
+    write_batch wb;
+    size_t seen = 0;
+    std::string last;
+    auto err = store.scan(
+        column::timers, "", start, index_build_page,
+        [&](std::string_view k, std::string_view v) {
+          ++seen;
+          last.assign(k);
+          wire::Envelope env;
+          if (!keys::decode(k)
+              || !env.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
+            uint32_t p
+                = k.size() >= 2
+                      ? (static_cast<uint32_t>(static_cast<unsigned char>(k[0]))
+                         << 8)
+                            | static_cast<unsigned char>(k[1])
+                      : 0;
+            add_quarantine(wb, p, column::timers, k, v,
+                           "record does not decode as an envelope", now_ms);
+            log(log_level::error, "quarantined corrupt timers record "
+                                      + keys::printable(k)
+                                      + " while building the timer index");
+            return true;
+          }
+          wb.put(column::timer_index,
+                 keys::timer_index_key(k, index_due_of(env)), {});
+          ++built;
+          return true;
+        });
+    if (err)
+      return err;
+    if (!wb.empty()) {
+      const write_batch* views[] = {&wb};
+      if (auto err = store.commit(views))
+        return err;
+    }
+    if (seen < index_build_page)
+      break;
+    start = std::move(last);
+    start.push_back('\0');
+  }
+  log(log_level::info, "upgraded the data directory to format version "
+                           + std::to_string(format_version) + ": indexed "
+                           + std::to_string(built) + " timers by due time");
+  return caf::none;
+}
 
 std::string hex(uint64_t x) {
   char buf[16];
@@ -82,6 +142,10 @@ caf::error silo_config::validate() const {
     return bad("remote_call_timeout", "must be positive");
   if (timer_poll.count() <= 0)
     return bad("timer_poll", "must be positive");
+  if (timer_window.count() <= 0 || timer_window > std::chrono::hours{24 * 365})
+    return bad("timer_window", "must be positive and at most a year, got "
+                                   + std::to_string(timer_window.count())
+                                   + " ms");
   if (dedup_retention.count() <= 0)
     return bad("dedup_retention", "must be positive");
   if (dedup_sweep_interval.count() <= 0)
@@ -232,6 +296,10 @@ silo::start(silo_config cfg, grain_registry registry,
                             + " partitions but the config asks for "
                             + std::to_string(cfg.partitions)
                             + "; the partition count is fixed at creation");
+    if (meta.format_version() < 2)
+      if (auto err = build_timer_index(*store, clk->now_ms()))
+        return err;
+    meta.set_format_version(format_version);
   } else {
     meta.set_format_version(format_version);
     meta.set_partitions(cfg.partitions);
@@ -622,6 +690,8 @@ silo_stats silo::stats() const {
   out.timers_fired = s.timers_fired.load();
   out.quarantined = s.quarantined.load();
   out.ticks = s.ticks.load();
+  out.timers_in_memory
+      = static_cast<uint64_t>(std::max<int64_t>(s.timers_in_memory.load(), 0));
   if (core_->commits)
     out.commits = core_->commits->stats();
   return out;

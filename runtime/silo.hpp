@@ -81,6 +81,10 @@ struct silo_config {
   /// Longest sleep of a partition with pending deadlines; bounds how late
   /// a timer fires after the silo's clock jumps forward.
   std::chrono::milliseconds timer_poll{std::chrono::seconds{1}};
+  /// Durable timers due within this window are held in memory; later ones
+  /// wait in storage and are paged in by due time as the window reaches
+  /// them. A larger window costs memory per timer it covers.
+  std::chrono::milliseconds timer_window{std::chrono::seconds{60}};
   /// How long dedup records are kept (effectively-once window).
   std::chrono::milliseconds dedup_retention{std::chrono::hours{24 * 7}};
   /// How often each partition sweeps expired dedup records (a bounded page
@@ -123,6 +127,9 @@ struct silo_stats {
   uint64_t quarantined = 0;
   /// Housekeeping wake-ups of all partitions (timers, retries, sweeps).
   uint64_t ticks = 0;
+  /// Timers held in memory by all partitions, waiting for their due time
+  /// (only those due within `timer_window`; the others wait in storage).
+  uint64_t timers_in_memory = 0;
   commit_stats commits;
 };
 

@@ -40,6 +40,8 @@ struct counters {
   std::atomic<uint64_t> timers_fired{0};
   std::atomic<uint64_t> quarantined{0};
   std::atomic<uint64_t> ticks{0};
+  // Gauge: entries in the partitions' due-ordered timer queues.
+  std::atomic<int64_t> timers_in_memory{0};
 };
 
 inline void bump(std::atomic<uint64_t>& x, uint64_t n = 1) {

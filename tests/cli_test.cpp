@@ -173,6 +173,20 @@ TEST(cli, bench_runs_the_workflow_scenarios) {
   EXPECT_EQ(cross.out.find("\"ops_per_s\":0,"), std::string::npos) << cross.out;
 }
 
+TEST(cli, bench_runs_the_sleeping_workflows_scenario) {
+  auto res = granary_cmd(
+      "bench sleeping-workflows --grains 2000 --duration 0.5 --json");
+  ASSERT_EQ(res.status, 0) << res.out;
+  for (auto* field :
+       {"\"scenario\":\"sleeping-workflows\"", "\"baseline\":\"durable-ping\"",
+        "\"rss_bytes_per_sleeping_workflow\":", "\"create_s\":",
+        "\"recovery_s\":", "\"timers_stored\":2000,",
+        "\"timers_in_memory\":0,"})
+    EXPECT_NE(res.out.find(field), std::string::npos) << field << "\n"
+                                                      << res.out;
+  EXPECT_EQ(res.out.find("\"ops_per_s\":0,"), std::string::npos) << res.out;
+}
+
 namespace {
 
 // Sleeps an hour, then answers: a run to inspect while it waits.

@@ -11,6 +11,9 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <tuple>
+
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -38,11 +41,13 @@ protected:
     flaky_fails = false;
   }
 
-  std::unique_ptr<silo> start() {
+  std::unique_ptr<silo> start(std::shared_ptr<granary::clock> clk = nullptr,
+                              std::shared_ptr<memory_storage> store = nullptr) {
     grain_registry reg;
     EXPECT_FALSE(register_grain<probe>(reg));
     auto s = silo::start(cfg, std::move(reg),
-                         std::make_unique<shared_storage>(mem));
+                         std::make_unique<shared_storage>(store ? store : mem),
+                         clk ? clk : make_system_clock());
     if (!s) {
       ADD_FAILURE() << describe(s.error());
       return nullptr;
@@ -139,9 +144,42 @@ protected:
     expect_single_answer(*s, correlation, value);
   }
 
+  // Arms timer `name` of probe `key` with a transient call.
+  static void arm_timer(silo& s, const std::string& key,
+                        const std::string& name, int64_t delay_ms) {
+    auto arm = std::make_shared<Arm>();
+    arm->set_name(name);
+    arm->set_delay_ms(delay_ms);
+    auto res = s.call(pid(key), arm);
+    EXPECT_TRUE(res) << describe(res.error());
+  }
+
+  // The stored record of timer `name` of probe `key`, as the runtime
+  // writes it (without its index entry).
+  std::pair<std::string, std::string> timer_record(const std::string& key,
+                                                   const std::string& name,
+                                                   int64_t due_ms) const {
+    auto id = pid(key);
+    Fired f;
+    f.set_name(name);
+    wire::Envelope env;
+    env.set_msg_id("t:" + name + ":" + std::to_string(due_ms));
+    env.mutable_target()->set_type(id.type);
+    env.mutable_target()->set_key(id.key);
+    env.set_payload_type(f.GetDescriptor()->full_name());
+    f.SerializeToString(env.mutable_payload());
+    env.set_due_ms(due_ms);
+    env.set_timer_name(name);
+    return {keys::with_suffix(
+                keys::grain_prefix(partition_of(id, cfg.partitions), id), name),
+            env.SerializeAsString()};
+  }
+
   std::shared_ptr<memory_storage> mem;
   silo_config cfg;
 };
+
+constexpr int64_t day_ms = int64_t{24} * 3'600'000;
 
 } // namespace
 
@@ -394,6 +432,272 @@ TEST_F(runtime_test, reminders_repeat_until_cancelled) {
   std::this_thread::sleep_for(150ms);
   EXPECT_LE(get(*s, "a")->fired(), after + 1);
   EXPECT_EQ(mem->count(column::timers), 0u);
+}
+
+TEST_F(runtime_test,
+       a_cancelled_reminder_stays_cancelled_after_a_blocked_firing) {
+  cfg.max_attempts = 1'000;
+  cfg.retry_initial = 20ms;
+  cfg.retry_max = 20ms;
+  auto s = start();
+  // A failing message blocks the grain; later durable work queues behind it.
+  flaky_fails = true;
+  Flaky f;
+  f.set_delta(100);
+  ASSERT_FALSE(s->send(pid("a"), f, "stuck"));
+  // Transient calls still run at once: arm a reminder, let it fire (its
+  // firing queues behind the stuck message), then cancel it.
+  auto arm = std::make_shared<Arm>();
+  arm->set_name("r");
+  arm->set_delay_ms(10);
+  arm->set_period_ms(20);
+  ASSERT_TRUE(s->call(pid("a"), arm));
+  EXPECT_TRUE(eventually([&] { return s->stats().timers_fired >= 1; }));
+  auto disarm = std::make_shared<Disarm>();
+  disarm->set_name("r");
+  ASSERT_TRUE(s->call(pid("a"), disarm));
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  // Unblock: the stuck message goes through. The cancel dropped the queued
+  // firing, and nothing may bring the reminder back.
+  flaky_fails = false;
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->value() == 100; }));
+  std::this_thread::sleep_for(200ms); // Ten periods.
+  EXPECT_EQ(get(*s, "a")->fired(), 0);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  // Nor after a restart on the same storage.
+  s.reset();
+  s = start();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(get(*s, "a")->fired(), 0);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+}
+
+TEST_F(runtime_test, re_arming_a_timer_keeps_one_entry_in_memory) {
+  // Pushing an expiry forward on every request: one timer, re-set often.
+  auto s = start();
+  auto arm = std::make_shared<Arm>();
+  arm->set_name("expiry");
+  arm->set_delay_ms(30'000);
+  for (int i = 0; i < 2'000; ++i)
+    ASSERT_TRUE(s->call(pid("a"), arm));
+  EXPECT_EQ(s->stats().timers_in_memory, 1u);
+  EXPECT_EQ(mem->count(column::timers), 1u);
+  auto disarm = std::make_shared<Disarm>();
+  disarm->set_name("expiry");
+  ASSERT_TRUE(s->call(pid("a"), disarm));
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+}
+
+TEST_F(runtime_test, cancelling_a_timer_that_does_not_exist_writes_nothing) {
+  auto s = start();
+  ASSERT_TRUE(get(*s, "a"));
+  auto commits = mem->commits();
+  auto disarm = std::make_shared<Disarm>();
+  disarm->set_name("never-set");
+  ASSERT_TRUE(s->call(pid("a"), disarm));
+  EXPECT_EQ(mem->commits(), commits);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+}
+
+TEST_F(runtime_test, a_timer_beyond_the_window_waits_in_storage) {
+  auto clk = std::make_shared<manual_clock>();
+  cfg.timer_poll = 5ms;
+  cfg.timer_window = 1s;
+  auto s = start(clk);
+  arm_timer(*s, "a", "month", 30 * day_ms);
+  arm_timer(*s, "a", "soon", 500);
+  // Only the one due within the window is in memory.
+  EXPECT_EQ(s->stats().timers_in_memory, 1u);
+  EXPECT_EQ(mem->count(column::timers), 2u);
+  EXPECT_EQ(mem->count(column::timer_index), 2u);
+  clk->advance(500);
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() == 1; }));
+  EXPECT_EQ(mem->count(column::timer_index), 1u);
+  // A restart loads nothing either.
+  s.reset();
+  s = start(clk);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  // Half a window before it is due, paging brings it into memory.
+  clk->advance(30 * day_ms - 500 - 400);
+  EXPECT_TRUE(eventually([&] { return s->stats().timers_in_memory == 1; }));
+  EXPECT_EQ(get(*s, "a")->fired(), 1);
+  clk->advance(400);
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() == 2; }));
+  EXPECT_TRUE(eventually([&] {
+    return mem->count(column::timers) == 0
+           && mem->count(column::timer_index) == 0;
+  }));
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+}
+
+TEST_F(runtime_test, timers_due_at_one_instant_page_in_across_full_pages) {
+  // More timers with one due time than a page holds: the paging cursor
+  // continues by key within that due time.
+  auto clk = std::make_shared<manual_clock>();
+  cfg.partitions = 1;
+  cfg.timer_poll = 5ms;
+  cfg.timer_window = 1s;
+  auto s = start(clk);
+  constexpr int n = 2'500;
+  for (int i = 0; i < n; ++i)
+    arm_timer(*s, "a", "t" + std::to_string(i), 60'000);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  EXPECT_EQ(mem->count(column::timer_index), static_cast<size_t>(n));
+  clk->advance(60'000);
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() == n; }, 10s))
+      << get(*s, "a")->fired();
+  EXPECT_TRUE(eventually([&] { return mem->count(column::timers) == 0; }));
+  EXPECT_EQ(mem->count(column::timer_index), 0u);
+}
+
+TEST_F(runtime_test, a_cancel_in_flight_is_not_undone_by_paging) {
+  auto clk = std::make_shared<manual_clock>();
+  cfg.timer_poll = 5ms;
+  cfg.timer_window = 1s;
+  auto s = start(clk);
+  arm_timer(*s, "a", "t", 10'000);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  // The cancel's commit is slow; meanwhile the clock passes the due time
+  // and paging reads the index, which still holds the timer.
+  mem->set_commit_delay(1'000ms);
+  auto turns = s->stats().transient_turns;
+  std::atomic<bool> replied{false};
+  s->call_async(pid("a"), std::make_shared<Disarm>([] {
+                  Disarm d;
+                  d.set_name("t");
+                  return d;
+                }()),
+                [&](caf::expected<message_ptr>) { replied = true; });
+  ASSERT_TRUE(eventually([&] { return s->stats().transient_turns > turns; }));
+  clk->advance(11'000);
+  auto ticks = s->stats().ticks;
+  ASSERT_TRUE(eventually([&] { return s->stats().ticks >= ticks + 3; }));
+  EXPECT_FALSE(replied.load()); // Still in flight while paging ran.
+  ASSERT_TRUE(eventually([&] { return replied.load(); }));
+  mem->set_commit_delay(0ms);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(s->stats().timers_fired, 0u);
+  EXPECT_EQ(get(*s, "a")->fired(), 0);
+  EXPECT_EQ(mem->count(column::timers), 0u);
+  EXPECT_EQ(mem->count(column::timer_index), 0u);
+}
+
+TEST_F(runtime_test, a_set_in_flight_is_not_missed_by_paging) {
+  auto clk = std::make_shared<manual_clock>();
+  cfg.timer_poll = 5ms;
+  cfg.timer_window = 1s;
+  auto s = start(clk);
+  // The set's commit is slow; meanwhile the clock passes its due time and
+  // paging moves past it in the index, which does not hold it yet.
+  mem->set_commit_delay(1'000ms);
+  auto turns = s->stats().transient_turns;
+  std::atomic<bool> replied{false};
+  auto arm = std::make_shared<Arm>();
+  arm->set_name("t");
+  arm->set_delay_ms(10'000);
+  s->call_async(pid("a"), arm,
+                [&](caf::expected<message_ptr>) { replied = true; });
+  ASSERT_TRUE(eventually([&] { return s->stats().transient_turns > turns; }));
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  clk->advance(11'000);
+  auto ticks = s->stats().ticks;
+  ASSERT_TRUE(eventually([&] { return s->stats().ticks >= ticks + 3; }));
+  EXPECT_FALSE(replied.load()); // Still in flight while paging ran.
+  mem->set_commit_delay(0ms);
+  ASSERT_TRUE(eventually([&] { return replied.load(); }));
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() == 1; }));
+  EXPECT_TRUE(eventually([&] {
+    return mem->count(column::timers) == 0
+           && mem->count(column::timer_index) == 0;
+  }));
+}
+
+TEST_F(runtime_test, an_old_format_directory_gets_its_timer_index_and_fires) {
+  // Format 1 stored timers without the index: write that layout by hand.
+  auto clk = std::make_shared<manual_clock>();
+  cfg.timer_poll = 5ms;
+  cfg.timer_window = 1s;
+  wire::SiloMeta meta;
+  meta.set_format_version(1);
+  meta.set_partitions(cfg.partitions);
+  meta.set_incarnation(3);
+  meta.set_node_id(0x1234);
+  mem->poke(column::meta, "silo", meta.SerializeAsString());
+  auto now = clk->now_ms();
+  for (auto& [key, name, due] :
+       std::vector<std::tuple<std::string, std::string, int64_t>>{
+           {"a", "due", now - 10}, {"b", "later", now + 5 * day_ms}}) {
+    auto [k, v] = timer_record(key, name, due);
+    mem->poke(column::timers, k, v);
+  }
+  auto corrupt = timer_record("c", "bad", now).first;
+  mem->poke(column::timers, corrupt, "\xff\xff not an envelope");
+  auto s = start(clk);
+  EXPECT_TRUE(eventually([&] { return get(*s, "a")->fired() == 1; }));
+  EXPECT_EQ(s->stats().timers_in_memory, 0u); // "later" waits in storage.
+  EXPECT_EQ(mem->count(column::timer_index), 1u);
+  auto dl = s->dead_letters();
+  ASSERT_TRUE(dl);
+  ASSERT_EQ(dl->size(), 1u); // The corrupt record, quarantined.
+  EXPECT_EQ(mem->count(column::timers), 1u);
+  auto raw = mem->get(column::meta, "silo");
+  ASSERT_TRUE(raw && *raw);
+  ASSERT_TRUE(meta.ParseFromString(**raw));
+  EXPECT_EQ(meta.format_version(), 2u);
+  EXPECT_EQ(meta.incarnation(), 4u);
+  clk->advance(5 * day_ms + 10);
+  EXPECT_TRUE(eventually([&] { return get(*s, "b")->fired() == 1; }));
+  EXPECT_TRUE(eventually([&] { return mem->count(column::timers) == 0; }));
+  EXPECT_EQ(mem->count(column::timer_index), 0u);
+}
+
+TEST_F(runtime_test, a_newer_format_directory_is_refused) {
+  wire::SiloMeta meta;
+  meta.set_format_version(3);
+  meta.set_partitions(cfg.partitions);
+  mem->poke(column::meta, "silo", meta.SerializeAsString());
+  grain_registry reg;
+  ASSERT_FALSE(register_grain<probe>(reg));
+  auto s
+      = silo::start(cfg, std::move(reg), std::make_unique<shared_storage>(mem));
+  ASSERT_FALSE(s);
+  EXPECT_EQ(code_of(s.error()), errc::invalid_config);
+  EXPECT_NE(describe(s.error()).find("format version 3"), std::string::npos)
+      << describe(s.error());
+}
+
+TEST_F(runtime_test, a_handed_off_partition_keeps_its_sleeping_timers) {
+  auto clk = std::make_shared<manual_clock>();
+  cfg.timer_poll = 5ms;
+  cfg.timer_window = 1s;
+  auto id = pid("a");
+  auto p = partition_of(id, cfg.partitions);
+  auto dir = std::filesystem::temp_directory_path()
+             / ("granary-timer-handoff-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto other = std::make_shared<memory_storage>();
+  {
+    auto s = start(clk);
+    arm_timer(*s, "a", "week", 7 * day_ms);
+    ASSERT_FALSE(s->release_partition(p));
+    auto files = mem->export_partition(p, dir.string());
+    ASSERT_TRUE(files) << describe(files.error());
+    ASSERT_FALSE(other->import_partition(p, *files));
+  }
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(other->count(column::timer_index), 1u);
+  auto s = start(clk, other);
+  EXPECT_EQ(s->stats().timers_in_memory, 0u);
+  clk->advance(7 * day_ms);
+  EXPECT_TRUE(eventually([&] {
+    auto v = grain_ref<probe>{*s, "a"}.call<Value>(Get{});
+    return v && v->fired() == 1;
+  }));
+  EXPECT_TRUE(eventually([&] { return other->count(column::timers) == 0; }));
+  EXPECT_EQ(other->count(column::timer_index), 0u);
 }
 
 TEST_F(runtime_test, poison_message_becomes_dead_letter_and_grain_continues) {
