@@ -214,6 +214,5 @@ TEST(gateway_cli, empty_ids_are_usage_errors_that_name_the_empty_part) {
   EXPECT_TRUE(contains(call.out, "the grain key is empty")) << call.out;
   auto requeue = granary_cmd("dead-letters requeue" + gw + "cp.cell k ''");
   EXPECT_EQ(requeue.status, 2) << requeue.out;
-  EXPECT_TRUE(contains(requeue.out, "the message id is empty"))
-      << requeue.out;
+  EXPECT_TRUE(contains(requeue.out, "the message id is empty")) << requeue.out;
 }
