@@ -1272,7 +1272,11 @@ private:
               + "&limit=" + std::to_string(*limit - found)
               + "&cursor=" + hex_encode(cursor.empty() ? start_of(p) : cursor)
               + "&local=1&until=" + std::to_string(end);
-        auto r = forward(gw, target);
+        // A gateway that did not answer is not asked again in this request
+        // (its other runs of partitions would each wait for a timeout).
+        auto r = unreachable.count(gw) > 0
+                     ? reply{503, {}, 0}
+                     : forward(gw, target);
         if (r.status >= 500) {
           // That silo is down (or its gateway busy): list what the others
           // have and name what is missing, so that a partial list is never

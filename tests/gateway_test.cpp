@@ -746,3 +746,49 @@ TEST_F(gateway_test, lists_what_reachable_silos_have_and_names_the_rest) {
   auto full = http("GET", "/v1/workflows?type=gw.gate&limit=100");
   EXPECT_TRUE(contains(full.body, "\"unreachable\":[]")) << full.body;
 }
+
+TEST_F(gateway_test, a_hung_silo_is_asked_once_per_list) {
+  // A "gateway" that accepts connections and never answers owns the odd
+  // partitions: four runs of partitions, one silo.
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  auto hung = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  std::atomic<bool> done{false};
+  std::atomic<int> accepted{0};
+  std::thread acceptor{[&] {
+    std::vector<int> open;
+    while (!done) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 10) > 0) {
+        int c = ::accept(fd, nullptr, nullptr);
+        if (c >= 0) {
+          open.push_back(c);
+          ++accepted;
+        }
+      }
+    }
+    for (int c : open)
+      ::close(c);
+  }};
+  start_gate("h-1");
+  gateway_config cfg;
+  cfg.call_timeout = 300ms;
+  cfg.remote_gateway
+      = [hung](uint32_t p) { return p % 2 == 1 ? hung : std::string{}; };
+  start_other(cfg);
+  auto list = other_http("GET", "/v1/workflows?type=gw.gate&limit=100");
+  done = true;
+  acceptor.join();
+  ::close(fd);
+  ASSERT_EQ(list.status, 200u) << list.body;
+  EXPECT_TRUE(contains(list.body, "\"unreachable\":[{\"gateway\":\"" + hung
+                                      + "\",\"partitions\":[1,3,5,7]}]"))
+      << list.body;
+  EXPECT_EQ(accepted.load(), 1);
+}
