@@ -268,6 +268,23 @@ size_t skip_string(std::string_view s, size_t i) {
   return s.size();
 }
 
+// Index of the bracket that closes the one at `open` in the JSON `s`
+// (brackets inside strings do not count); npos when there is none.
+size_t matching(std::string_view s, size_t open) {
+  size_t depth = 0;
+  for (size_t i = open; i < s.size(); ++i) {
+    auto c = s[i];
+    if (c == '"') {
+      i = skip_string(s, i) - 1;
+    } else if (c == '[' || c == '{') {
+      ++depth;
+    } else if ((c == ']' || c == '}') && --depth == 0) {
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
 /// The fields of a JSON request body: each value's raw text (so that a
 /// nested message keeps its exact numbers) plus its parsed form.
 class body_fields {
@@ -1274,9 +1291,8 @@ private:
               + "&local=1&until=" + std::to_string(end);
         // A gateway that did not answer is not asked again in this request
         // (its other runs of partitions would each wait for a timeout).
-        auto r = unreachable.count(gw) > 0
-                     ? reply{503, {}, 0}
-                     : forward(gw, target);
+        auto r = unreachable.count(gw) > 0 ? reply{503, {}, 0}
+                                           : forward(gw, target);
         if (r.status >= 500) {
           // That silo is down (or its gateway busy): list what the others
           // have and name what is missing, so that a partial list is never
@@ -1300,9 +1316,11 @@ private:
         auto wi = f.find("workflows");
         auto ci = f.find("next_cursor");
         size_t n = wi == f.end() ? 0 : wi->second.list_value().values_size();
+        // The items' text as the other gateway wrote it: from the list's
+        // '[' to its matching ']' (other arrays follow it).
         auto open = r.body.find('[');
-        auto close = r.body.rfind(']');
-        if (n > 0 && open != std::string::npos && close != std::string::npos) {
+        auto close = open == std::string::npos ? open : matching(r.body, open);
+        if (n > 0 && close != std::string::npos) {
           items += (found == 0 ? "" : ",");
           items += r.body.substr(open + 1, close - open - 1);
         }

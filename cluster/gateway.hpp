@@ -104,9 +104,11 @@ struct gateway_stats {
 /// Path segments are percent-decoded. In a cluster, history, requeue and
 /// drop go to the gateway of the silo that owns the grain's partition; the
 /// workflow list and the dead-letter list gather every silo's (`local=1`
-/// asks for this silo's only). The dead-letter list names the gateways
-/// that did not answer in `unreachable`. Every member function is
-/// thread-safe; the silo must outlive the gateway.
+/// asks for this silo's only). While a silo is down both lists answer with
+/// what the others have and name the gateways that did not answer in
+/// `unreachable` (with their partitions, for workflows). docs/HTTP_API.md
+/// is the reference. Every member function is thread-safe; the silo must
+/// outlive the gateway.
 class gateway {
 public:
   /// Binds, listens and starts serving `s`.

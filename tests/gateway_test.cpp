@@ -792,3 +792,40 @@ TEST_F(gateway_test, a_hung_silo_is_asked_once_per_list) {
       << list.body;
   EXPECT_EQ(accepted.load(), 1);
 }
+
+TEST_F(gateway_test, a_list_relayed_to_another_gateway_pages_through_all) {
+  // Gateway `other` relays partitions 4..7 to the fixture's gateway (the
+  // same silo, so it has them all): pages mix relayed and local runs.
+  std::set<std::string> ids;
+  for (int i = 0; i < 12; ++i) {
+    ids.insert("r-" + std::to_string(i));
+    start_gate("r-" + std::to_string(i));
+  }
+  gateway_config cfg;
+  auto peer = gw->address();
+  cfg.remote_gateway
+      = [peer](uint32_t p) { return p >= 4 ? peer : std::string{}; };
+  start_other(cfg);
+  std::set<std::string> seen;
+  std::string cursor;
+  for (int page = 0; page < 20; ++page) {
+    auto res
+        = other_http("GET", "/v1/workflows?type=gw.gate&limit=3"
+                                + (cursor.empty() ? "" : "&cursor=" + cursor));
+    ASSERT_EQ(res.status, 200u) << res.body;
+    // One answer: a single cursor and a single list of what is missing.
+    auto at = res.body.find("\"next_cursor\":\"");
+    ASSERT_NE(at, std::string::npos) << res.body;
+    EXPECT_EQ(res.body.find("\"next_cursor\"", at + 1), std::string::npos)
+        << res.body;
+    EXPECT_TRUE(contains(res.body, "\"unreachable\":[]}")) << res.body;
+    for (auto& id : ids)
+      if (contains(res.body, "\"id\":\"" + id + "\""))
+        EXPECT_TRUE(seen.insert(id).second) << id << " listed twice";
+    at += 15;
+    cursor = res.body.substr(at, res.body.find('"', at) - at);
+    if (cursor.empty())
+      break;
+  }
+  EXPECT_EQ(seen, ids);
+}

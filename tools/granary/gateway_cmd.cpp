@@ -56,7 +56,9 @@ constexpr const char* workflow_usage
       "Messages are JSON in protobuf's JSON mapping, typed by their full\n"
       "protobuf name (e.g. --input-type granary.cp.CreateNamespace). Output\n"
       "is the gateway's JSON answer. 'result' exits 1 unless the run\n"
-      "COMPLETED. --timeout MS bounds each request (30000 + --wait).\n"
+      "COMPLETED; 'list' exits 1 when a silo did not answer (its workflows\n"
+      "are missing; stderr names it). --timeout MS bounds each request\n"
+      "(30000 + --wait).\n"
       "Exit codes: 0 ok, 1 the operation failed, 2 bad usage.\n";
 
 constexpr const char* dead_letters_usage
