@@ -1894,16 +1894,37 @@ double ratio_of(double ours, double base) {
 
 // -- public API ---------------------------------------------------------------
 
+const std::vector<scenario_info>& scenarios() {
+  static const std::vector<scenario_info> list{
+      {"transient-ping", "transient calls/s against raw CAF request/response"},
+      {"durable-ping", "durable messages/s against raw RocksDB group commit"},
+      {"cross-silo-durable",
+       "durable messages/s between two silos over loopback TCP against "
+       "durable-ping"},
+      {"workflow-10-steps",
+       "10-step workflows/s against durable-ping msgs/s / 20"},
+      {"fanout-100",
+       "workflows of 100 parallel activities against durable-ping msgs/s / "
+       "200"},
+      {"fanout", "one grain tells N grains; against transient-ping"},
+      {"memory", "RSS per idle activation; against one CAF actor each"},
+      {"retry-storm",
+       "CPU while --grains messages (100k) wait for a dead partition; "
+       "against the same silo idle"},
+      {"sleeping-workflows",
+       "RSS per workflow asleep on a long timer after a restart; against "
+       "an empty silo"},
+  };
+  return list;
+}
+
 const std::vector<std::string>& scenario_names() {
-  static const std::vector<std::string> names{"transient-ping",
-                                              "durable-ping",
-                                              "cross-silo-durable",
-                                              "workflow-10-steps",
-                                              "fanout-100",
-                                              "fanout",
-                                              "memory",
-                                              "retry-storm",
-                                              "sleeping-workflows"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (auto& s : scenarios())
+      out.push_back(s.name);
+    return out;
+  }();
   return names;
 }
 

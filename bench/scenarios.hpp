@@ -67,6 +67,16 @@ struct result {
   std::vector<std::pair<std::string, double>> extras;
 };
 
+/// A runnable scenario: its name and, in a few words, what it measures
+/// against which baseline (the help text of `granary bench`).
+struct scenario_info {
+  std::string name;
+  std::string summary;
+};
+
+/// The runnable scenarios, in the order `all` runs them.
+const std::vector<scenario_info>& scenarios();
+
 /// Names of the runnable scenarios, in the order `all` runs them.
 const std::vector<std::string>& scenario_names();
 

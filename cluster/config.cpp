@@ -6,6 +6,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <stdexcept>
 
 #include <toml++/toml.h>
 
@@ -113,10 +114,23 @@ const char* type_name(const toml::node& n) {
 /// first error.
 class reader {
 public:
-  reader(std::string_view source, const toml::table& tbl, std::string path)
+  /// Reads `tbl` at `path`; appends every key it asks for (with its path)
+  /// to `keys`, when set, as it goes out of scope.
+  reader(std::string_view source, const toml::table& tbl, std::string path,
+         std::vector<std::string>* keys = nullptr)
       : source_(source)
       , tbl_(tbl)
-      , path_(std::move(path)) {}
+      , path_(std::move(path))
+      , keys_(keys) {}
+
+  ~reader() {
+    if (keys_)
+      for (auto& k : known_)
+        keys_->push_back(key_name(k));
+  }
+
+  reader(const reader&) = delete;
+  reader& operator=(const reader&) = delete;
 
   const std::string& path() const {
     return path_;
@@ -140,6 +154,11 @@ public:
     err_ = make_error(errc::invalid_config,
                       where + ": key '" + key_name(key) + "': " + problem);
     return err_;
+  }
+
+  /// Looks `key` up without counting it as known.
+  const toml::node* peek(std::string_view key) const {
+    return tbl_.get(key);
   }
 
   const toml::node* find(std::string_view key, bool required) {
@@ -308,6 +327,7 @@ private:
   const toml::table& tbl_;
   std::string path_;
   std::vector<std::string> known_;
+  std::vector<std::string>* keys_;
   caf::error err_;
 };
 
@@ -347,6 +367,7 @@ caf::error read_gateway(reader& r, gateway_file_config& cfg) {
   r.size("max_header_bytes", cfg.max_header_bytes, 512, 1 << 20);
   r.size("max_body_bytes", cfg.max_body_bytes, 1, 64 << 20);
   r.millis("idle_timeout_ms", cfg.idle_timeout, 1, 3'600'000);
+  r.millis("header_timeout_ms", cfg.header_timeout, 1, 3'600'000);
   r.millis("call_timeout_ms", cfg.call_timeout, 1, 3'600'000);
   r.millis("max_wait_ms", cfg.max_wait, 0, 3'600'000);
   r.reject_unknown();
@@ -374,7 +395,8 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
       return r.fail(key, n,
                     std::string{"only applies to provider \""}
                         + (embedded ? "etcd" : "embedded") + "\"");
-  if (auto* n = r.find("silos", false))
+  // Rejected with a hint, so not one of the keys that `find` records.
+  if (auto* n = r.peek("silos"))
     return r.fail("silos", n,
                   "was replaced by 'seeds': silos now join through one "
                   "seed silo, e.g. seeds = [\"silo-1@10.0.0.1:7100\"], and "
@@ -440,8 +462,9 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
 
 } // namespace
 
-caf::expected<silo_file_config> parse_config(std::string_view text,
-                                             std::string_view source) {
+caf::expected<silo_file_config>
+parse_config_impl(std::string_view text, std::string_view source,
+                  std::vector<std::string>* keys) {
   toml::table root;
   try {
     root = toml::parse(text, source);
@@ -452,7 +475,7 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
             + ": not valid TOML: " + std::string{e.description()});
   }
   silo_file_config out;
-  reader top{source, root, {}};
+  reader top{source, root, {}, keys};
   auto ids = [&](std::string_view key, std::string& field) {
     if (auto v = top.string(key, true)) {
       if (!valid_id(*v))
@@ -470,7 +493,7 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
   }
   top.size("partitions", out.limits.partitions, 1, 65'535);
   if (auto* listen = top.table("listen")) {
-    reader r{source, *listen, "listen"};
+    reader r{source, *listen, "listen", keys};
     if (auto ep = r.address("silo", true, true))
       out.silo_listen = *ep;
     if (auto ep = r.address("gateway", true, true))
@@ -483,7 +506,7 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
              "missing (required): a [listen] table with silo and gateway");
   }
   if (auto* m = top.table("membership")) {
-    reader r{source, *m, "membership"};
+    reader r{source, *m, "membership", keys};
     if (auto err = read_membership(r, out.membership))
       return err;
     auto& seeds = out.membership.seeds;
@@ -495,17 +518,17 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
                         + out.silo_listen.to_string());
   }
   if (auto* l = top.table("limits")) {
-    reader r{source, *l, "limits"};
+    reader r{source, *l, "limits", keys};
     if (auto err = read_limits(r, out.limits))
       return err;
   }
   if (auto* g = top.table("gateway")) {
-    reader r{source, *g, "gateway"};
+    reader r{source, *g, "gateway", keys};
     if (auto err = read_gateway(r, out.gateway))
       return err;
   }
   if (auto* f = top.table("faults")) {
-    reader r{source, *f, "faults"};
+    reader r{source, *f, "faults", keys};
     auto& fc = out.faults;
     fc.enabled = true;
     if (auto v = r.integer("seed", 0, std::numeric_limits<int64_t>::max()))
@@ -526,6 +549,34 @@ caf::expected<silo_file_config> parse_config(std::string_view text,
     return make_error(errc::invalid_config,
                       std::string{source} + ": [limits]: " + describe(err));
   return out;
+}
+
+caf::expected<silo_file_config> parse_config(std::string_view text,
+                                             std::string_view source) {
+  return parse_config_impl(text, source, nullptr);
+}
+
+std::vector<std::string> config_keys() {
+  // Every reader records each key it looks for, present or not: parse
+  // documents with every table, once per membership provider.
+  std::vector<std::string> keys;
+  std::string_view common = "cluster_id = \"k\"\nsilo_id = \"k\"\n"
+                            "data_dir = \"/k\"\n[listen]\n"
+                            "silo = \"127.0.0.1:0\"\n"
+                            "gateway = \"127.0.0.1:0\"\n"
+                            "[limits]\n[gateway]\n[faults]\n";
+  for (std::string_view membership :
+       {"[membership]\n", "[membership]\nprovider = \"etcd\"\n"
+                          "endpoints = [\"127.0.0.1:2379\"]\n"}) {
+    auto doc = std::string{common} + std::string{membership};
+    auto parsed = parse_config_impl(doc, "keys", &keys);
+    // The documents are fixed; a failure is a bug in this function.
+    if (!parsed)
+      throw std::logic_error("config_keys: " + describe(parsed.error()));
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  return keys;
 }
 
 caf::expected<silo_file_config> load_config(const std::string& path) {

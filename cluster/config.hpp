@@ -73,6 +73,7 @@ struct gateway_file_config {
   size_t max_header_bytes = 16 * 1024;
   size_t max_body_bytes = 1 << 20;
   std::chrono::milliseconds idle_timeout{30'000};
+  std::chrono::milliseconds header_timeout{10'000};
   std::chrono::milliseconds call_timeout{10'000};
   std::chrono::milliseconds max_wait{60'000};
 };
@@ -128,6 +129,10 @@ caf::expected<endpoint> parse_endpoint(std::string_view text,
 /// wrong type, a bad address, an unknown provider or an unknown key.
 caf::expected<silo_file_config>
 parse_config(std::string_view text, std::string_view source = "config");
+
+/// Every key that `parse_config` accepts, as dotted paths ("limits.threads",
+/// "membership.seeds", "partitions"), tables included, sorted.
+std::vector<std::string> config_keys();
 
 /// Reads and parses the config file at `path`.
 caf::expected<silo_file_config> load_config(const std::string& path);

@@ -66,6 +66,8 @@ caf::error gateway_config::validate() const {
     return bad("max_body_bytes must be in [1, 67108864]");
   if (idle_timeout.count() < 1)
     return bad("idle_timeout must be positive");
+  if (header_timeout.count() < 1)
+    return bad("header_timeout must be positive");
   if (call_timeout.count() < 1)
     return bad("call_timeout must be positive");
   if (max_wait.count() < 0)
@@ -266,6 +268,23 @@ size_t skip_string(std::string_view s, size_t i) {
   return s.size();
 }
 
+// Index of the bracket that closes the one at `open` in the JSON `s`
+// (brackets inside strings do not count); npos when there is none.
+size_t matching(std::string_view s, size_t open) {
+  size_t depth = 0;
+  for (size_t i = open; i < s.size(); ++i) {
+    auto c = s[i];
+    if (c == '"') {
+      i = skip_string(s, i) - 1;
+    } else if (c == '[' || c == '{') {
+      ++depth;
+    } else if ((c == ']' || c == '}') && --depth == 0) {
+      return i;
+    }
+  }
+  return std::string_view::npos;
+}
+
 /// The fields of a JSON request body: each value's raw text (so that a
 /// nested message keeps its exact numbers) plus its parsed form.
 class body_fields {
@@ -276,6 +295,13 @@ public:
     auto first = skip_ws(body, 0);
     if (first == body.size())
       return caf::none;
+    // Checked before any parsing: the JSON parser's cost grows much faster
+    // than the depth, so a small deep body would tie up a worker.
+    if (json_nesting(body, max_json_depth) > max_json_depth)
+      return make_error(errc::invalid_argument,
+                        "the request body nests objects and arrays deeper "
+                        "than "
+                            + std::to_string(max_json_depth) + " levels");
     auto st = pb::util::JsonStringToMessage(
         pb::StringPiece{body.data(), body.size()}, &obj_);
     if (!st.ok())
@@ -426,6 +452,33 @@ std::optional<std::string> hex_decode(std::string_view in) {
   return out;
 }
 
+// Checks text that names a grain or a message (a type, a key, an id): it
+// must be non-empty UTF-8 without control characters, since it ends up in
+// storage keys and in every JSON answer that lists it. The error names
+// `what` and never echoes the bytes.
+std::optional<reply> bad_name(const std::string& text, const char* what) {
+  auto bad = [&](const std::string& why) {
+    return error_reply(400, errc::invalid_argument,
+                       std::string{"the "} + what + " " + why);
+  };
+  if (text.empty())
+    return bad("is empty");
+  if (!is_valid_utf8(text))
+    return bad("is not valid UTF-8");
+  for (unsigned char c : text)
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "0x%02x", c);
+      return bad(std::string{"holds a control character ("} + buf + ")");
+    }
+  return std::nullopt;
+}
+
+// An optional message id of a request body (empty: none given).
+std::optional<reply> bad_id(const std::string& text) {
+  return text.empty() ? std::nullopt : bad_name(text, "message id");
+}
+
 bool finished(wire::WorkflowState::Status s) {
   return s == wire::WorkflowState::COMPLETED
          || s == wire::WorkflowState::FAILED;
@@ -499,15 +552,42 @@ public:
     return out;
   }
 
-  bool add_session(const std::shared_ptr<session>& s) {
+  /// What becomes of a new connection.
+  enum class admission {
+    /// Served.
+    serve,
+    /// Answered 503 (too many connections open) and closed.
+    reject,
+    /// Closed at once (stopping, or too many rejections in progress).
+    close,
+  };
+
+  admission add_session(const std::shared_ptr<session>& s) {
     std::lock_guard guard{mtx_};
-    if (stats_.open_connections >= cfg_.max_connections || stopping_) {
+    if (stopping_)
+      return admission::close;
+    if (stats_.open_connections >= cfg_.max_connections) {
       ++stats_.rejected_connections;
-      return false;
+      // Rejections are short (one small write, then at most 500 ms of
+      // lingering), but bound them too.
+      if (rejecting_ >= std::max<size_t>(64, cfg_.max_connections))
+        return admission::close;
+      ++rejecting_;
+      return admission::reject;
     }
     ++stats_.open_connections;
     sessions_.emplace(s.get(), s);
-    return true;
+    return admission::serve;
+  }
+
+  void end_rejection() {
+    std::lock_guard guard{mtx_};
+    --rejecting_;
+  }
+
+  void count_header_timeout() {
+    std::lock_guard guard{mtx_};
+    ++stats_.header_timeouts;
   }
 
   void remove_session(const session* s) {
@@ -623,8 +703,16 @@ private:
           return *r;
         return list_workflows(rq);
       }
-      if (seg.size() < 4 || seg.size() > 5 || seg[2].empty() || seg[3].empty())
+      if (seg.size() > 5)
         return not_found(rq.path);
+      if (auto r = bad_name(seg[2], "workflow type"))
+        return *r;
+      if (seg.size() < 4)
+        return error_reply(400, errc::invalid_argument,
+                           "the workflow id is empty (paths are "
+                           "/v1/workflows/TYPE/ID...)");
+      if (auto r = bad_name(seg[3], "workflow id"))
+        return *r;
       grain_id id{seg[2], seg[3]};
       if (seg.size() == 4) {
         if (auto r = only(http::verb::get))
@@ -653,9 +741,12 @@ private:
       return update(id, rq.body);
     }
     if (area == "grains") {
-      if (seg.size() != 5 || seg[2].empty() || seg[3].empty()
-          || (seg[4] != "call" && seg[4] != "send"))
+      if (seg.size() != 5 || (seg[4] != "call" && seg[4] != "send"))
         return not_found(rq.path);
+      if (auto r = bad_name(seg[2], "grain type"))
+        return *r;
+      if (auto r = bad_name(seg[3], "grain key"))
+        return *r;
       if (auto r = only(http::verb::post))
         return *r;
       return grain_op(grain_id{seg[2], seg[3]}, seg[4] == "call", rq.body);
@@ -668,6 +759,12 @@ private:
       }
       if (seg.size() == 5 || (seg.size() == 6 && seg[5] == "requeue")) {
         auto requeue = seg.size() == 6;
+        if (auto r = bad_name(seg[2], "grain type"))
+          return *r;
+        if (auto r = bad_name(seg[3], "grain key"))
+          return *r;
+        if (auto r = bad_name(seg[4], "message id"))
+          return *r;
         if (auto r = only(requeue ? http::verb::post : http::verb::delete_))
           return *r;
         grain_id id{seg[2], seg[3]};
@@ -831,6 +928,16 @@ private:
     (*input)->SerializeToString(m->mutable_input());
     m->set_reject_if_exists(*reject);
     auto res = silo_.call(id, std::move(m), cfg_.call_timeout);
+    if (!res && code_of(res.error()) == errc::timeout)
+      // The start message may have been delivered and committed even so.
+      return error_reply(
+          504, errc::timeout,
+          "workflow " + to_string(id) + " did not answer the start within "
+              + std::to_string(cfg_.call_timeout.count())
+              + " ms, but it may have started anyway. A retry with the same "
+                "id is safe: a workflow id starts at most one run (without "
+                "reject_if_exists the retry answers the existing run; with "
+                "it, 409 already_exists means that this start took effect)");
     if (!res)
       return error_reply(res.error());
     auto* info = dynamic_cast<const wire::WorkflowInfo*>(res->get());
@@ -883,6 +990,8 @@ private:
     auto msg_id = body.text("id", false);
     if (!name || !msg_id)
       return error_reply(!name ? name.error() : msg_id.error());
+    if (auto r = bad_id(*msg_id))
+      return *r;
     wire::Signal sig;
     sig.set_name(*name);
     if (auto err = payload_into(body, *sig.mutable_payload_type(),
@@ -946,6 +1055,8 @@ private:
     auto msg_id = body.text("id", false);
     if (!reason || !msg_id)
       return error_reply(!reason ? reason.error() : msg_id.error());
+    if (auto r = bad_id(*msg_id))
+      return *r;
     auto info = describe_existing(id);
     if (!info)
       return error_reply(info.error());
@@ -973,6 +1084,8 @@ private:
     auto update_id = body.text("id", false);
     if (!name || !update_id)
       return error_reply(!name ? name.error() : update_id.error());
+    if (auto r = bad_id(*update_id))
+      return *r;
     if (update_id->empty())
       *update_id = fresh_id();
     wire::Update u;
@@ -1103,6 +1216,8 @@ private:
       return error_reply(400, errc::invalid_argument,
                          "list needs ?type=WORKFLOW_TYPE");
     auto& type = ti->second;
+    if (auto r = bad_name(type, "workflow type"))
+      return *r;
     std::optional<wire::WorkflowState::Status> want;
     if (auto si = rq.query.find("status"); si != rq.query.end()) {
       wire::WorkflowState::Status s;
@@ -1151,6 +1266,8 @@ private:
     std::string items;
     size_t found = 0;
     size_t scanned = 0;
+    // Gateways that did not answer, with the partitions they own.
+    std::map<std::string, std::set<uint32_t>> unreachable;
     auto page_size = std::max<size_t>(*limit, 64);
     bool done = false;
     // Bounded: every pass moves the cursor to a later partition or fills
@@ -1172,7 +1289,22 @@ private:
               + "&limit=" + std::to_string(*limit - found)
               + "&cursor=" + hex_encode(cursor.empty() ? start_of(p) : cursor)
               + "&local=1&until=" + std::to_string(end);
-        auto r = forward(gw, target);
+        // A gateway that did not answer is not asked again in this request
+        // (its other runs of partitions would each wait for a timeout).
+        auto r = unreachable.count(gw) > 0 ? reply{503, {}, 0}
+                                           : forward(gw, target);
+        if (r.status >= 500) {
+          // That silo is down (or its gateway busy): list what the others
+          // have and name what is missing, so that a partial list is never
+          // mistaken for all.
+          auto& run = unreachable[gw];
+          for (auto q = p; q < end; ++q)
+            run.insert(q);
+          cursor = after(end);
+          if (cursor.empty())
+            break;
+          continue;
+        }
         if (r.status != 200)
           return r;
         google::protobuf::Struct obj;
@@ -1184,9 +1316,11 @@ private:
         auto wi = f.find("workflows");
         auto ci = f.find("next_cursor");
         size_t n = wi == f.end() ? 0 : wi->second.list_value().values_size();
+        // The items' text as the other gateway wrote it: from the list's
+        // '[' to its matching ']' (other arrays follow it).
         auto open = r.body.find('[');
-        auto close = r.body.rfind(']');
-        if (n > 0 && open != std::string::npos && close != std::string::npos) {
+        auto close = open == std::string::npos ? open : matching(r.body, open);
+        if (n > 0 && close != std::string::npos) {
           items += (found == 0 ? "" : ",");
           items += r.body.substr(open + 1, close - open - 1);
         }
@@ -1241,8 +1375,18 @@ private:
     }
     if (local_only && !cursor.empty() && partition_at(cursor) >= until)
       cursor.clear();
+    std::string missing;
+    for (auto& [gw, parts] : unreachable) {
+      std::string list;
+      for (auto q : parts)
+        list += (list.empty() ? "" : ",") + std::to_string(q);
+      missing += (missing.empty() ? "" : ",");
+      missing += "{\"gateway\":" + json_quote(gw) + ",\"partitions\":[" + list
+                 + "]}";
+    }
     return json_reply(200, "{\"workflows\":[" + items + "],\"next_cursor\":"
-                               + json_quote(hex_encode(cursor)) + "}");
+                               + json_quote(hex_encode(cursor))
+                               + ",\"unreachable\":[" + missing + "]}");
   }
 
   reply grain_op(const grain_id& id, bool call, const std::string& text) {
@@ -1265,6 +1409,8 @@ private:
       auto msg_id = body.text("id", false);
       if (!msg_id)
         return error_reply(msg_id.error());
+      if (auto r = bad_id(*msg_id))
+        return *r;
       if (auto err = silo_.send(id, **msg, *msg_id, cfg_.call_timeout))
         return error_reply(err);
       return accepted(*msg_id);
@@ -1349,6 +1495,7 @@ private:
   gateway_stats stats_;
   std::map<const session*, std::weak_ptr<session>> sessions_;
   bool stopping_ = false;
+  size_t rejecting_ = 0;
   std::mt19937_64 rng_{std::random_device{}()};
 
   std::mutex jobs_mtx_;
@@ -1368,15 +1515,25 @@ private:
 };
 
 /// One connection: reads a request, hands it to a worker, writes the
-/// answer, and reads the next (no pipelining).
+/// answer, and reads the next (no pipelining). The header of each request
+/// must arrive within `header_timeout` (counted from the connection's
+/// opening for the first request, from the first byte for the others), so
+/// that slow clients cannot hold connection slots for long.
 class session : public std::enable_shared_from_this<session> {
 public:
   session(gateway_state& st, tcp::socket sock)
       : st_(st)
-      , stream_(std::move(sock)) {}
+      , stream_(std::move(sock))
+      , header_timer_(stream_.get_executor())
+      // Room for the largest header and then some, so that the parser's
+      // header limit (not the buffer) decides, with the configured bytes.
+      , buf_(st.config().max_header_bytes + 4096) {}
 
   ~session() {
-    st_.remove_session(this);
+    if (rejected_)
+      st_.end_rejection();
+    else
+      st_.remove_session(this);
   }
 
   void start() {
@@ -1384,10 +1541,27 @@ public:
                    [self = shared_from_this()] { self->read(); });
   }
 
+  /// Answers 503 at once (the gateway has `max_connections` open) and
+  /// closes the connection.
+  void reject() {
+    rejected_ = true;
+    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      auto& cfg = self->st_.config();
+      self->answer(
+          error_reply(503, errc::overloaded,
+                      "the gateway has " + std::to_string(cfg.max_connections)
+                          + " connections open (max_connections); retry "
+                            "after 1000 ms",
+                      1'000),
+          false);
+    });
+  }
+
   /// Closes the connection; pending operations end aborted.
   void abort() {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] {
       self->closing_ = true;
+      self->header_timer_.cancel();
       beast::error_code ec;
       self->stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
       self->stream_.close();
@@ -1407,9 +1581,73 @@ private:
   void read() {
     if (closing_)
       return;
+    if (served_ == 0 || buf_.size() > 0) {
+      read_header();
+      return;
+    }
+    // Between requests: the next one may take up to idle_timeout to begin;
+    // its header deadline runs from its first byte.
+    stream_.expires_after(st_.config().idle_timeout);
+    stream_.async_read_some(
+        buf_.prepare(1024),
+        [self = shared_from_this()](beast::error_code ec, size_t n) {
+          if (self->closing_ || ec == asio::error::operation_aborted)
+            return;
+          if (ec) {
+            self->drop();
+            return;
+          }
+          self->buf_.commit(n);
+          self->read_header();
+        });
+  }
+
+  void read_header() {
+    auto& cfg = st_.config();
     parser_.emplace();
-    parser_->header_limit(static_cast<uint32_t>(st_.config().max_header_bytes));
-    parser_->body_limit(st_.config().max_body_bytes);
+    parser_->header_limit(static_cast<uint32_t>(cfg.max_header_bytes));
+    parser_->body_limit(cfg.max_body_bytes);
+    in_header_ = true;
+    header_timed_out_ = false;
+    // A backstop only: the header timer below ends the read first.
+    stream_.expires_after(cfg.header_timeout + cfg.idle_timeout);
+    header_timer_.expires_after(cfg.header_timeout);
+    header_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || !self->in_header_ || self->closing_)
+        return;
+      self->header_timed_out_ = true;
+      self->stream_.cancel();
+    });
+    http::async_read_header(
+        stream_, buf_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) {
+          self->on_header(ec);
+        });
+  }
+
+  void on_header(beast::error_code ec) {
+    in_header_ = false;
+    header_timer_.cancel();
+    if (closing_)
+      return;
+    if (ec && header_timed_out_) {
+      st_.count_header_timeout();
+      answer(
+          error_reply(408, errc::timeout,
+                      "the request header did not arrive within "
+                          + std::to_string(st_.config().header_timeout.count())
+                          + " ms"),
+          false);
+      return;
+    }
+    if (ec) {
+      on_read(ec);
+      return;
+    }
+    if (parser_->is_done()) {
+      on_read({});
+      return;
+    }
     stream_.expires_after(st_.config().idle_timeout);
     http::async_read(stream_, buf_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -1496,6 +1734,7 @@ private:
   }
 
   void answer(reply r, bool keep_alive) {
+    ++served_;
     res_ = {};
     res_.version(11);
     res_.result(r.status);
@@ -1554,11 +1793,16 @@ private:
 
   gateway_state& st_;
   beast::tcp_stream stream_;
-  beast::flat_buffer buf_{8192};
+  asio::steady_timer header_timer_;
+  beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> res_;
   bool keep_alive_ = false;
   bool closing_ = false;
+  bool rejected_ = false;
+  bool in_header_ = false;
+  bool header_timed_out_ = false;
+  uint64_t served_ = 0;
   size_t drained_ = 0;
   std::array<char, 4096> scratch_;
 };
@@ -1578,10 +1822,17 @@ void gateway_state::accept() {
           return;
         }
         auto s = std::make_shared<session>(*this, std::move(sock));
-        if (add_session(s))
-          s->start();
-        else
-          s->abort();
+        switch (add_session(s)) {
+          case admission::serve:
+            s->start();
+            break;
+          case admission::reject:
+            s->reject();
+            break;
+          case admission::close:
+            s->abort();
+            break;
+        }
         accept();
       });
 }

@@ -20,6 +20,10 @@ namespace detail {
 class gateway_state;
 } // namespace detail
 
+/// Deepest nesting of objects and arrays that a request body may have
+/// (the body itself is level 1); deeper bodies get a 400 before parsing.
+inline constexpr size_t max_json_depth = 64;
+
 /// Where the gateway listens and its bounds.
 struct gateway_config {
   /// Address to bind (an IP literal or "localhost"); port 0 picks a free one.
@@ -30,14 +34,21 @@ struct gateway_config {
   size_t workers = 8;
   /// Requests accepted but not yet handled; beyond that, 429.
   size_t max_queued = 1'024;
-  /// Connections beyond this many are closed at once.
+  /// Connections beyond this many are answered 503 (with `Retry-After`)
+  /// and closed.
   size_t max_connections = 256;
   /// Largest request header (431 beyond).
   size_t max_header_bytes = 16 * 1024;
   /// Largest request body (413 beyond).
   size_t max_body_bytes = 1 << 20;
-  /// A connection idle (or slow to send its request) this long is closed.
+  /// A connection idle between requests this long is closed; also bounds
+  /// the receipt of each request body and the sending of each answer.
   std::chrono::milliseconds idle_timeout{30'000};
+  /// A request's header must arrive within this long (from the opening of
+  /// the connection for its first request, from the first byte for later
+  /// ones); beyond that, 408 and the connection is closed. This keeps slow
+  /// clients from holding connection slots.
+  std::chrono::milliseconds header_timeout{10'000};
   /// Deadline of each silo call and durable send.
   std::chrono::milliseconds call_timeout{10'000};
   /// Upper bound of `wait_ms` (results and updates).
@@ -65,8 +76,10 @@ struct gateway_config {
 struct gateway_stats {
   /// Connections open now.
   size_t open_connections = 0;
-  /// Connections closed at once because `max_connections` were open.
+  /// Connections answered 503 because `max_connections` were open.
   uint64_t rejected_connections = 0;
+  /// Connections closed because a request header did not arrive in time.
+  uint64_t header_timeouts = 0;
   /// Requests answered, errors included.
   uint64_t requests = 0;
 };
@@ -91,9 +104,11 @@ struct gateway_stats {
 /// Path segments are percent-decoded. In a cluster, history, requeue and
 /// drop go to the gateway of the silo that owns the grain's partition; the
 /// workflow list and the dead-letter list gather every silo's (`local=1`
-/// asks for this silo's only). The dead-letter list names the gateways
-/// that did not answer in `unreachable`. Every member function is
-/// thread-safe; the silo must outlive the gateway.
+/// asks for this silo's only). While a silo is down both lists answer with
+/// what the others have and name the gateways that did not answer in
+/// `unreachable` (with their partitions, for workflows). docs/HTTP_API.md
+/// is the reference. Every member function is thread-safe; the silo must
+/// outlive the gateway.
 class gateway {
 public:
   /// Binds, listens and starts serving `s`.

@@ -8,7 +8,9 @@
 
 #include <set>
 
+#include <fcntl.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <rocksdb/cache.h>
 #include <rocksdb/convenience.h>
@@ -119,6 +121,27 @@ make_cf_options(const std::shared_ptr<rocksdb::Cache>& cache,
   return opts;
 }
 
+// Fails with `data_dir_locked` when another process holds the RocksDB
+// LOCK file of `dir` (RocksDB locks it with fcntl).
+caf::error check_unlocked(const std::string& dir) {
+  auto path = dir + "/LOCK";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return caf::none; // No LOCK file: no writer ever opened it.
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  auto rc = ::fcntl(fd, F_GETLK, &lk);
+  ::close(fd);
+  if (rc == 0 && lk.l_type != F_UNLCK)
+    return make_error(errc::data_dir_locked,
+                      "data directory '" + dir
+                          + "' is in use by another silo (its RocksDB LOCK "
+                            "is held by process "
+                          + std::to_string(lk.l_pid) + ")");
+  return caf::none;
+}
+
 caf::error corrupt_file(const std::string& path, const std::string& why) {
   return make_error(errc::corrupt_record,
                     "partition file '" + path + "' is unusable: " + why);
@@ -136,7 +159,25 @@ rocksdb_storage::open(const rocksdb_config& cfg) {
   if (cfg.data_dir.empty())
     return make_error(errc::invalid_config,
                       "rocksdb storage: data_dir must not be empty");
-  if (cfg.create_if_missing) {
+  // RocksDB creates a missing directory (and writes its log into it) even
+  // when asked not to create the database: check first.
+  if (!cfg.create_if_missing || cfg.read_only) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(cfg.data_dir, ec))
+      return make_error(errc::not_found,
+                        "no data directory at " + cfg.data_dir);
+    if (!std::filesystem::exists(
+            std::filesystem::path{cfg.data_dir} / "CURRENT", ec))
+      return make_error(errc::not_found,
+                        "no silo data in " + cfg.data_dir
+                            + " (the directory holds no RocksDB database)");
+  }
+  if (cfg.read_only) {
+    // A read-only open takes no lock; refuse a directory that a silo holds
+    // (its files may change under the reader) as a writer would.
+    if (auto err = check_unlocked(cfg.data_dir))
+      return err;
+  } else if (cfg.create_if_missing) {
     // RocksDB creates only the last path component itself.
     std::error_code ec;
     std::filesystem::create_directories(cfg.data_dir, ec);
@@ -178,8 +219,10 @@ rocksdb_storage::open(const rocksdb_config& cfg) {
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  auto st
-      = rocksdb::DB::Open(db_opts, cfg.data_dir, descriptors, &handles, &raw);
+  auto st = cfg.read_only ? rocksdb::DB::OpenForReadOnly(
+                db_opts, cfg.data_dir, descriptors, &handles, &raw)
+                          : rocksdb::DB::Open(db_opts, cfg.data_dir,
+                                              descriptors, &handles, &raw);
   if (!st.ok()) {
     if (is_lock_error(st))
       return make_error(errc::data_dir_locked,
@@ -192,6 +235,7 @@ rocksdb_storage::open(const rocksdb_config& cfg) {
                           + "': " + st.ToString());
   }
   std::unique_ptr<rocksdb_storage> result{new rocksdb_storage(cfg.data_dir)};
+  result->read_only_ = cfg.read_only;
   result->db_.reset(raw);
   result->handles_ = std::move(handles);
   result->columns_.resize(column_count);
@@ -233,6 +277,8 @@ rocksdb_storage::get(column col, std::string_view key) {
 
 caf::error
 rocksdb_storage::commit(std::span<const write_batch* const> batches) {
+  if (read_only_)
+    return read_only_error();
   if (failed())
     return fail_stopped_error();
   rocksdb::WriteBatch wb;
@@ -376,6 +422,8 @@ rocksdb_storage::export_partition(uint32_t p, const std::string& dir) {
 caf::error
 rocksdb_storage::import_partition(uint32_t p,
                                   std::span<const partition_file> files) {
+  if (read_only_)
+    return read_only_error();
   if (failed())
     return fail_stopped_error();
   if (p > keys::max_partition)
@@ -436,11 +484,18 @@ rocksdb_storage::import_partition(uint32_t p,
 }
 
 caf::error rocksdb_storage::drop_partition(uint32_t p) {
+  if (read_only_)
+    return read_only_error();
   if (failed())
     return fail_stopped_error();
   if (p > keys::max_partition)
     return keys::invalid_partition(p);
   return erase_partition(p, "drop");
+}
+
+caf::error rocksdb_storage::read_only_error() const {
+  return make_error(errc::invalid_argument,
+                    "the storage in '" + data_dir_ + "' is opened read-only");
 }
 
 caf::error rocksdb_storage::fail_stopped_error() {

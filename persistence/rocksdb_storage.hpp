@@ -26,7 +26,14 @@ struct rocksdb_config {
   /// Directory of the RocksDB instance; must not be empty.
   std::string data_dir;
   /// Creates the directory and the database when they do not exist yet.
+  /// When false, a missing directory or database is `errc::not_found` and
+  /// nothing is created.
   bool create_if_missing = true;
+  /// Opens for reading only: nothing in the directory is created or
+  /// changed (no log, manifest or WAL is written), every write fails with
+  /// `errc::invalid_argument`, and `create_if_missing` is ignored. A
+  /// directory that a running silo holds is still `errc::data_dir_locked`.
+  bool read_only = false;
   /// Size of the LRU block cache shared by all column families.
   size_t block_cache_bytes = 64 << 20;
   /// Environment for all file I/O; nullptr selects RocksDB's default. Tests
@@ -50,8 +57,9 @@ struct rocksdb_config {
 class rocksdb_storage : public storage {
 public:
   /// Opens (or creates) the database in `cfg.data_dir`. Fails with
-  /// `errc::invalid_config` for an empty directory, `errc::data_dir_locked`
-  /// when another process or instance holds the directory, and
+  /// `errc::invalid_config` for an empty directory, `errc::not_found` for
+  /// a missing one that it may not create, `errc::data_dir_locked` when
+  /// another process or instance holds the directory, and
   /// `errc::storage_failure` otherwise.
   static caf::expected<std::unique_ptr<rocksdb_storage>>
   open(const rocksdb_config& cfg);
@@ -117,6 +125,9 @@ private:
   // Returns the error for any write after the store is fail-stopped.
   caf::error fail_stopped_error();
 
+  // Returns the error for any write to a store opened read-only.
+  caf::error read_only_error() const;
+
   // Fail-stops the store after the failed write `what` and returns its
   // storage failure.
   caf::error fail_stop(const std::string& what, const std::string& status);
@@ -138,6 +149,7 @@ private:
   std::vector<rocksdb::ColumnFamilyHandle*> columns_;
   std::atomic<bool> failed_{false};
   std::atomic<uint64_t> wal_syncs_{0};
+  bool read_only_ = false;
   // Guards first_error_, which is written once when failed_ is set.
   std::mutex error_mtx_;
   std::string first_error_;

@@ -83,8 +83,15 @@ std::string describe(const caf::error& err) {
   std::string out = to_string(static_cast<errc>(err.code()));
   auto& ctx = err.context();
   if (ctx.size() == 1 && ctx.match_element<std::string>(0)) {
+    auto& msg = ctx.get_as<std::string>(0);
+    // An error rebuilt from a stored description (a journal entry, an
+    // activity result, a remote reply: code and describe() text) already
+    // starts with its code; do not say it twice.
+    if (msg.size() > out.size() + 1 && msg.compare(0, out.size(), out) == 0
+        && msg.compare(out.size(), 2, ": ") == 0)
+      return msg;
     out += ": ";
-    out += ctx.get_as<std::string>(0);
+    out += msg;
   }
   return out;
 }

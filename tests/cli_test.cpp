@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -14,6 +15,7 @@
 #include <sys/wait.h>
 
 #include "actors/workflow.hpp"
+#include "bench/scenarios.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "test_grains.hpp"
 
@@ -251,4 +253,112 @@ TEST_F(cli_test, workflow_history_shows_and_exports_the_journal) {
   EXPECT_NE(missing.out.find("no workflow test.wait/nope"), std::string::npos)
       << missing.out;
   EXPECT_EQ(granary_cmd("workflow frob").status, 2);
+}
+
+namespace {
+
+// Every file under `dir` with its bytes.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (auto& e : std::filesystem::recursive_directory_iterator{dir}) {
+    if (!e.is_regular_file())
+      continue;
+    std::ifstream in{e.path(), std::ios::binary};
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    out[e.path().string()] = bytes.str();
+  }
+  return out;
+}
+
+} // namespace
+
+TEST_F(cli_test,
+       read_only_commands_neither_create_nor_change_a_data_directory) {
+  auto absent = dir + "/absent";
+  for (auto* cmd : {"workflow history --data %s test.wait w-1",
+                    "dead-letters --data %s", "dead-letters --data %s list",
+                    "dead-letters --data %s requeue test.probe a m-1"}) {
+    char line[512];
+    std::snprintf(line, sizeof(line), cmd, absent.c_str());
+    auto res = granary_cmd(line);
+    EXPECT_EQ(res.status, 1) << line << "\n" << res.out;
+    EXPECT_NE(res.out.find("no data directory at " + absent), std::string::npos)
+        << line << "\n"
+        << res.out;
+    EXPECT_FALSE(std::filesystem::exists(absent)) << line;
+  }
+  // A directory without a silo's data in it stays empty.
+  auto empty = dir + "/empty";
+  std::filesystem::create_directory(empty);
+  auto none = granary_cmd("workflow history --data " + empty + " test.wait w");
+  EXPECT_EQ(none.status, 1) << none.out;
+  EXPECT_NE(none.out.find("no silo data in " + empty), std::string::npos)
+      << none.out;
+  EXPECT_TRUE(std::filesystem::is_empty(empty));
+  // A real data directory: reading it changes no file.
+  auto data = dir + "/data";
+  {
+    auto store = rocksdb_storage::open({.data_dir = data});
+    ASSERT_TRUE(store);
+    grain_registry reg;
+    ASSERT_FALSE(register_grain<wait_flow>(reg));
+    auto s = silo::start(silo_config{}, std::move(reg), std::move(*store));
+    ASSERT_TRUE(s);
+    Add start;
+    start.set_delta(3);
+    ASSERT_FALSE((*s)->send(grain_id{"test.wait", "w-1"}, start));
+    ASSERT_TRUE(eventually([&] {
+      auto r = (*s)->call(grain_id{"test.wait", "w-1"},
+                          std::make_shared<wire::DescribeWorkflow>());
+      return r
+             && static_cast<const wire::WorkflowInfo&>(**r).journal_size() == 1;
+    }));
+  }
+  auto before = snapshot(data);
+  auto shown
+      = granary_cmd("workflow history --data " + data + " test.wait w-1");
+  EXPECT_EQ(shown.status, 0) << shown.out;
+  EXPECT_NE(shown.out.find("SLEEP"), std::string::npos) << shown.out;
+  auto listed = granary_cmd("dead-letters --data " + data + " list --json");
+  EXPECT_EQ(listed.status, 0) << listed.out;
+  auto after = snapshot(data);
+  EXPECT_EQ(before.size(), after.size());
+  for (auto& [path, bytes] : after) {
+    auto i = before.find(path);
+    EXPECT_TRUE(i != before.end()) << path << " was created";
+    if (i != before.end())
+      EXPECT_TRUE(i->second == bytes) << path << " was changed";
+  }
+}
+
+TEST_F(cli_test, empty_arguments_are_usage_errors) {
+  auto history
+      = granary_cmd("workflow history --data " + dir + " test.wait ''");
+  EXPECT_EQ(history.status, 2) << history.out;
+  EXPECT_NE(history.out.find("the workflow id is empty"), std::string::npos)
+      << history.out;
+  auto drop
+      = granary_cmd("dead-letters --data " + dir + " drop test.probe '' m");
+  EXPECT_EQ(drop.status, 2) << drop.out;
+  EXPECT_NE(drop.out.find("the grain key is empty"), std::string::npos)
+      << drop.out;
+}
+
+TEST(cli, help_lists_every_bench_scenario) {
+  auto res = granary_cmd("--help");
+  ASSERT_EQ(res.status, 0) << res.out;
+  auto at = res.out.find("scenarios:\n");
+  ASSERT_NE(at, std::string::npos) << res.out;
+  auto section = res.out.substr(at, res.out.find("\noptions:", at) - at);
+  ASSERT_FALSE(granary::bench::scenarios().empty());
+  for (auto& s : granary::bench::scenarios()) {
+    // The name starts a line, alone or before its summary.
+    auto listed = section.find("\n  " + s.name + " ") != std::string::npos
+                  || section.find("\n  " + s.name + "\n") != std::string::npos;
+    EXPECT_TRUE(listed) << s.name << " is missing from:\n" << section;
+    auto first_word = s.summary.substr(0, s.summary.find(' '));
+    EXPECT_NE(section.find(first_word), std::string::npos) << s.summary;
+  }
+  EXPECT_NE(section.find("\n  all "), std::string::npos) << section;
 }

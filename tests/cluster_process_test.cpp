@@ -413,6 +413,14 @@ TEST_F(cluster_process_test, dead_letters_are_handled_through_any_gateway) {
   EXPECT_TRUE(contains(*r, "\"unreachable\":[\"127.0.0.1:"
                                + std::to_string(gateway_ports[2]) + "\"]"))
       << *r;
+  // So does the workflow list, with that silo's partitions, instead of
+  // failing as a whole.
+  auto w = gw[0]->list_workflows("cp.create_namespace", "", 100);
+  ASSERT_TRUE(w) << granary::describe(w.error());
+  EXPECT_TRUE(contains(*w, "\"unreachable\":[{\"gateway\":\"127.0.0.1:"
+                               + std::to_string(gateway_ports[2])
+                               + "\",\"partitions\":["))
+      << *w;
 }
 
 void cluster_process_test::run_namespaces(bool kill_one) {

@@ -198,3 +198,21 @@ TEST_F(gateway_cli_test, a_bad_config_is_a_usage_error_naming_the_key) {
   EXPECT_EQ(granary_cmd("silo").status, 2);
   EXPECT_EQ(granary_cmd("silo --config " + dir + "/none.toml").status, 2);
 }
+
+TEST(gateway_cli, empty_ids_are_usage_errors_that_name_the_empty_part) {
+  // Refused before any request: nothing listens on port 1.
+  auto gw = std::string{" --gateway 127.0.0.1:1 "};
+  auto describe = granary_cmd("workflow describe" + gw + "gw.gate ''");
+  EXPECT_EQ(describe.status, 2) << describe.out;
+  EXPECT_TRUE(contains(describe.out, "the workflow id is empty"))
+      << describe.out;
+  auto type = granary_cmd("workflow start" + gw + "'' w --input-type T");
+  EXPECT_EQ(type.status, 2) << type.out;
+  EXPECT_TRUE(contains(type.out, "the workflow type is empty")) << type.out;
+  auto call = granary_cmd("grain call" + gw + "cp.cell '' --type T");
+  EXPECT_EQ(call.status, 2) << call.out;
+  EXPECT_TRUE(contains(call.out, "the grain key is empty")) << call.out;
+  auto requeue = granary_cmd("dead-letters requeue" + gw + "cp.cell k ''");
+  EXPECT_EQ(requeue.status, 2) << requeue.out;
+  EXPECT_TRUE(contains(requeue.out, "the message id is empty")) << requeue.out;
+}

@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -274,4 +277,101 @@ TEST(silo_config_file, reports_bad_toml_and_missing_files) {
   std::filesystem::remove(path);
   ASSERT_TRUE(loaded) << describe(loaded.error());
   EXPECT_EQ(loaded->silo_id, "silo-1");
+}
+
+TEST(silo_config_file, the_deploy_example_documents_every_key) {
+  auto shipped = load_config(GRANARY_SILO_TOML);
+  ASSERT_TRUE(shipped) << describe(shipped.error());
+  // Keys set or shown commented out ("# key = default"), by table.
+  std::ifstream in{GRANARY_SILO_TOML};
+  std::set<std::string> documented;
+  std::string table;
+  std::regex header{R"(^\s*#?\s*\[([a-z_]+)\]\s*$)"};
+  std::regex key{R"(^\s*#?\s*([a-z_]+)\s*=)"};
+  std::string line;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, header)) {
+      table = m[1];
+      documented.insert(table);
+    } else if (std::regex_search(line, m, key)) {
+      documented.insert(table.empty() ? std::string{m[1]}
+                                      : table + "." + std::string{m[1]});
+    }
+  }
+  auto keys = config_keys();
+  EXPECT_GT(keys.size(), 40u);
+  EXPECT_TRUE(std::count(keys.begin(), keys.end(), "limits.threads"));
+  EXPECT_TRUE(std::count(keys.begin(), keys.end(), "membership.endpoints"));
+  EXPECT_FALSE(std::count(keys.begin(), keys.end(), "membership.silos"));
+  for (auto& k : keys)
+    EXPECT_TRUE(documented.count(k) > 0)
+        << "deploy/silo.toml does not document '" << k << "'";
+}
+
+TEST(silo_config_file, the_deploy_example_shows_the_defaults) {
+  // Uncommented, the "# key = value" lines must parse and give the
+  // defaults (etcd's keys aside: they exclude the embedded provider's).
+  std::ifstream in{GRANARY_SILO_TOML};
+  std::regex shown{R"(^# (\[faults\]|[a-z_]+ = .*)$)"};
+  std::string text;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, shown) && !line.starts_with("# endpoints")
+        && !line.starts_with("# prefix"))
+      line = m[1];
+    text += line + "\n";
+  }
+  auto all = parse_config(text, "silo.toml (uncommented)");
+  ASSERT_TRUE(all) << describe(all.error());
+  silo_config limits;
+  auto& l = all->limits;
+  EXPECT_EQ(l.scheduler_policy, limits.scheduler_policy);
+  EXPECT_EQ(l.max_throughput, limits.max_throughput);
+  EXPECT_EQ(l.idle_age, limits.idle_age);
+  EXPECT_EQ(l.max_queued_per_partition, limits.max_queued_per_partition);
+  EXPECT_EQ(l.max_inbox_per_grain, limits.max_inbox_per_grain);
+  EXPECT_EQ(l.max_outbox_per_grain, limits.max_outbox_per_grain);
+  EXPECT_EQ(l.max_uncommitted_per_partition,
+            limits.max_uncommitted_per_partition);
+  EXPECT_EQ(l.max_group_ops, limits.max_group_ops);
+  EXPECT_EQ(l.redelivery_timeout, limits.redelivery_timeout);
+  EXPECT_EQ(l.remote_call_timeout, limits.remote_call_timeout);
+  EXPECT_EQ(l.timer_poll, limits.timer_poll);
+  EXPECT_EQ(l.dedup_retention, limits.dedup_retention);
+  EXPECT_EQ(l.dedup_sweep_interval, limits.dedup_sweep_interval);
+  // The keys that are set show their defaults too.
+  EXPECT_EQ(l.partitions, limits.partitions);
+  EXPECT_EQ(l.threads, limits.threads);
+  EXPECT_EQ(l.max_attempts, limits.max_attempts);
+  EXPECT_EQ(l.retry_initial, limits.retry_initial);
+  EXPECT_EQ(l.retry_max, limits.retry_max);
+  EXPECT_EQ(l.max_payload_bytes, limits.max_payload_bytes);
+  EXPECT_EQ(l.min_free_bytes, limits.min_free_bytes);
+  detector_file_config detector;
+  auto& d = all->membership.detector;
+  EXPECT_EQ(d.probe_interval, detector.probe_interval);
+  EXPECT_EQ(d.missed_probes, detector.missed_probes);
+  EXPECT_EQ(d.votes_needed, detector.votes_needed);
+  EXPECT_EQ(d.vote_expiry, detector.vote_expiry);
+  EXPECT_EQ(d.i_am_alive_interval, detector.i_am_alive_interval);
+  EXPECT_EQ(d.join_timeout, detector.join_timeout);
+  EXPECT_EQ(d.leave_timeout, detector.leave_timeout);
+  EXPECT_EQ(d.rebalance, detector.rebalance);
+  gateway_file_config gateway;
+  auto& g = all->gateway;
+  EXPECT_EQ(g.threads, gateway.threads);
+  EXPECT_EQ(g.workers, gateway.workers);
+  EXPECT_EQ(g.max_connections, gateway.max_connections);
+  EXPECT_EQ(g.max_header_bytes, gateway.max_header_bytes);
+  EXPECT_EQ(g.max_body_bytes, gateway.max_body_bytes);
+  EXPECT_EQ(g.idle_timeout, gateway.idle_timeout);
+  EXPECT_EQ(g.header_timeout, gateway.header_timeout);
+  EXPECT_EQ(g.call_timeout, gateway.call_timeout);
+  EXPECT_EQ(g.max_wait, gateway.max_wait);
+  EXPECT_TRUE(all->faults.enabled);
+  EXPECT_EQ(all->faults.seed, 1u);
+  EXPECT_EQ(all->faults.drop_rate, 0.0);
+  EXPECT_EQ(all->faults.max_delay, std::chrono::milliseconds{20});
 }

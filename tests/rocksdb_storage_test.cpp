@@ -520,10 +520,39 @@ TEST_F(rocksdb_storage_test, missing_dir_without_create_fails) {
   cfg_.create_if_missing = false;
   auto res = rocksdb_storage::open(cfg_);
   ASSERT_FALSE(res);
-  EXPECT_EQ(code_of(res.error()), errc::storage_failure)
-      << describe(res.error());
+  EXPECT_EQ(code_of(res.error()), errc::not_found) << describe(res.error());
   auto text = describe(res.error());
-  EXPECT_NE(text.find(cfg_.data_dir), std::string::npos) << text;
+  EXPECT_NE(text.find("no data directory at " + cfg_.data_dir),
+            std::string::npos)
+      << text;
+  // Nothing was created on the way.
+  EXPECT_FALSE(std::filesystem::exists(cfg_.data_dir));
+  cfg_.read_only = true;
+  auto read_only = rocksdb_storage::open(cfg_);
+  ASSERT_FALSE(read_only);
+  EXPECT_EQ(code_of(read_only.error()), errc::not_found);
+  EXPECT_FALSE(std::filesystem::exists(cfg_.data_dir));
+}
+
+TEST_F(rocksdb_storage_test, a_read_only_store_reads_and_refuses_writes) {
+  {
+    auto st = open_store();
+    ASSERT_TRUE(st);
+    write_batch wb;
+    wb.put(column::state, "k", "v");
+    ASSERT_FALSE(commit(*st, wb));
+  }
+  cfg_.read_only = true;
+  auto ro = rocksdb_storage::open(cfg_);
+  ASSERT_TRUE(ro) << describe(ro.error());
+  auto v = (*ro)->get(column::state, "k");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value_or(""), "v");
+  write_batch wb;
+  wb.put(column::state, "k", "w");
+  auto err = commit(**ro, wb);
+  EXPECT_EQ(code_of(err), errc::invalid_argument) << describe(err);
+  EXPECT_FALSE((*ro)->failed());
 }
 
 TEST_F(rocksdb_storage_test, creates_nested_data_dir) {

@@ -200,6 +200,20 @@ TEST(grain_id, partitions_spread_evenly) {
   }
 }
 
+TEST(error_text, an_error_rebuilt_from_its_description_names_its_code_once) {
+  auto first = make_error(errc::invalid_argument, "quota 5000 exceeds 1000");
+  EXPECT_EQ(describe(first), "invalid_argument: quota 5000 exceeds 1000");
+  // What a journal entry or an activity result keeps: code and describe().
+  auto rebuilt = make_error(code_of(first), describe(first));
+  EXPECT_EQ(describe(rebuilt), "invalid_argument: quota 5000 exceeds 1000");
+  EXPECT_EQ(code_of(rebuilt), errc::invalid_argument);
+  // Another code's prefix is kept: it is part of the message.
+  auto wrapped = make_error(errc::handler_failed, describe(first));
+  EXPECT_EQ(describe(wrapped),
+            "handler_failed: invalid_argument: quota 5000 exceeds 1000");
+  EXPECT_EQ(describe(make_error(errc::timeout, "timeout")), "timeout: timeout");
+}
+
 TEST(keys, grain_prefix_round_trips_and_sorts_by_sequence) {
   grain_id id{"type", std::string{"k\0ey", 4}};
   auto prefix = keys::grain_prefix(513, id);

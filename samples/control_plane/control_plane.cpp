@@ -347,16 +347,24 @@ task<RolloutResult> ring_rollout::run(workflow_context& ctx,
   std::string health = "cp.health_check";
   std::string halt_name = "halt";
   std::string resume_name = "resume";
+  // Cells [first, last) as "cell-2..cell-4", "cell-2" or "no cells".
+  auto span = [](uint32_t first, uint32_t last) {
+    if (first >= last)
+      return std::string{"no cells"};
+    if (last - first == 1)
+      return cell_name(first);
+    return cell_name(first) + ".." + cell_name(last - 1);
+  };
   for (uint32_t ring = 0; ring < rings; ++ring) {
     // Ring r holds cells [first, last): the first ring is the smallest.
     auto first = in.cells() * ring / rings;
     auto last = in.cells() * (ring + 1) / rings;
+    // Every stage of a ring starts alike: "ring 2/3 (cell-2..cell-4): ".
+    auto label = "ring " + std::to_string(ring + 1) + "/"
+                 + std::to_string(rings) + " (" + span(first, last) + "): ";
     for (auto begin = first; begin < last; begin += parallelism) {
       auto end = std::min(last, begin + parallelism);
-      publish_stage(ctx, "ring " + std::to_string(ring + 1) + "/"
-                             + std::to_string(rings) + ": deploying cells "
-                             + std::to_string(begin) + ".."
-                             + std::to_string(end - 1));
+      publish_stage(ctx, label + "deploying " + span(begin, end));
       std::vector<workflow_context::awaiter<Deployed>> window;
       for (auto c = begin; c < end; ++c) {
         DeployCell d;
@@ -391,8 +399,8 @@ task<RolloutResult> ring_rollout::run(workflow_context& ctx,
         out.set_cells_done(out.cells_done() + 1);
       }
       if (!healthy) {
-        publish_stage(ctx, "unhealthy in ring " + std::to_string(ring + 1)
-                               + " (" + why + "); waiting for resume");
+        publish_stage(ctx,
+                      label + "unhealthy (" + why + "); waiting for resume");
         auto resumed = co_await ctx.wait_signal<Resume>(resume_name);
         if (!resumed)
           co_return resumed.error();
@@ -402,13 +410,14 @@ task<RolloutResult> ring_rollout::run(workflow_context& ctx,
     }
     if (ring + 1 == rings)
       break;
-    publish_stage(ctx, "baking ring " + std::to_string(ring + 1));
+    publish_stage(ctx,
+                  label + "baking for " + std::to_string(in.bake_ms()) + " ms");
     std::chrono::milliseconds bake{in.bake_ms()};
     auto halt = co_await ctx.wait_signal<Halt>(halt_name, bake);
     if (halt) {
       out.set_halted(true);
-      publish_stage(ctx, "halted after ring " + std::to_string(ring + 1) + ": "
-                             + halt->reason());
+      publish_stage(ctx, label + "halted: " + halt->reason()
+                             + "; waiting for resume");
       auto resumed = co_await ctx.wait_signal<Resume>(resume_name);
       if (!resumed)
         co_return resumed.error();
@@ -416,7 +425,10 @@ task<RolloutResult> ring_rollout::run(workflow_context& ctx,
       co_return halt.error();
     }
   }
-  publish_stage(ctx, "rolled out " + in.version());
+  publish_stage(ctx, "rolled out " + in.version() + " to "
+                         + std::to_string(out.cells_done()) + " cells in "
+                         + std::to_string(rings) + "/" + std::to_string(rings)
+                         + " rings");
   co_return out;
 }
 

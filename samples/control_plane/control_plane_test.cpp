@@ -194,14 +194,18 @@ TEST_F(control_plane_test, a_rollout_halts_on_signal_and_resumes) {
   auto id = id_of<cp::ring_rollout>("r1");
   ASSERT_FALSE(s->send(id, in));
   // The bake after ring 1 is a durable one-minute timer: halt during it.
-  ASSERT_TRUE(until([&] { return stage(id) == "baking ring 1"; }));
+  // Every stage of a ring names it the same way.
+  ASSERT_TRUE(until([&] {
+    return stage(id) == "ring 1/3 (cell-0..cell-1): baking for 60000 ms";
+  })) << stage(id);
   cp::Halt halt;
   halt.set_reason("error budget burned");
   ASSERT_FALSE(s->send(id, make_signal("halt", halt), "halt-1"));
   ASSERT_TRUE(until([&] {
-    return stage(id).find("halted after ring 1: error budget burned")
-           != std::string::npos;
-  }));
+    return stage(id)
+           == "ring 1/3 (cell-0..cell-1): halted: error budget burned; "
+              "waiting for resume";
+  })) << stage(id);
   // Halted: nothing more is deployed, however much time passes.
   clk->advance(10 * 60'000);
   std::this_thread::sleep_for(50ms);
@@ -223,6 +227,7 @@ TEST_F(control_plane_test, a_rollout_halts_on_signal_and_resumes) {
   ASSERT_TRUE(out.ParseFromString(describe_run(id).output()));
   EXPECT_EQ(out.cells_done(), 6u);
   EXPECT_TRUE(out.halted());
+  EXPECT_EQ(stage(id), "rolled out v7 to 6 cells in 3/3 rings");
 }
 
 TEST_F(control_plane_test,

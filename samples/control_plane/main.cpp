@@ -6,6 +6,7 @@
 // data directory: it resumes and duplicates nothing.
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -20,14 +21,17 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "cluster/gateway_client.hpp"
 #include "persistence/rocksdb_storage.hpp"
+#include "runtime/log.hpp"
 #include "samples/control_plane/control_plane.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
 
@@ -126,7 +130,8 @@ struct api_process {
 // sets `pid`. The pipe is closed then: these children only print when they
 // start and stop.
 std::string spawn_until(std::vector<std::string> args, std::string_view marker,
-                        std::chrono::milliseconds limit, pid_t& pid) {
+                        std::chrono::milliseconds limit, pid_t& pid,
+                        const std::string& stderr_log = {}) {
   int fds[2];
   if (::pipe(fds) != 0)
     return {};
@@ -138,6 +143,13 @@ std::string spawn_until(std::vector<std::string> args, std::string_view marker,
   }
   if (pid == 0) {
     ::dup2(fds[1], STDOUT_FILENO);
+    if (!stderr_log.empty()) {
+      // Its warnings go to a log file, not across the progress line.
+      int log = ::open(stderr_log.c_str(),
+                       O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (log >= 0)
+        ::dup2(log, STDERR_FILENO);
+    }
     ::close(fds[0]);
     ::close(fds[1]);
     std::vector<char*> argv;
@@ -238,6 +250,66 @@ caf::expected<bool> start(silo& s, const grain_id& id, const In& input) {
   return static_cast<const wire::WorkflowInfo&>(**r).started();
 }
 
+// The live progress line on stdout, and log lines that must not break
+// it: a log line clears the progress line, goes on a line of its own (to
+// stderr), and the progress line is drawn again below it.
+class console {
+public:
+  /// Replaces the progress line with `text`.
+  void progress(const std::string& text) {
+    std::lock_guard guard{mtx_};
+    draw(text);
+    line_ = text;
+  }
+
+  /// Ends the progress line: it stays, and output goes on below it.
+  void end_progress() {
+    std::lock_guard guard{mtx_};
+    if (!line_.empty())
+      std::fputc('\n', stdout);
+    std::fflush(stdout);
+    line_.clear();
+    shown_ = 0;
+  }
+
+  /// Prints `text` on a line of its own.
+  void note(std::string_view text) {
+    std::lock_guard guard{mtx_};
+    auto line = line_;
+    if (!line.empty())
+      draw({});
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(text.size()), text.data());
+    std::fflush(stderr);
+    if (!line.empty())
+      draw(line);
+  }
+
+private:
+  // Overwrites what is shown with `text` (padding over a longer line).
+  void draw(const std::string& text) {
+    std::string out = "\r" + text;
+    if (shown_ > text.size())
+      out.append(shown_ - text.size(), ' ').append("\r" + text);
+    std::fputs(out.c_str(), stdout);
+    std::fflush(stdout);
+    shown_ = text.size();
+  }
+
+  std::mutex mtx_;
+  std::string line_;
+  size_t shown_ = 0;
+};
+
+console screen;
+
+// What `id` published as its stage, or its status when it publishes none.
+std::string stage_or_status(silo& s, const grain_id& id,
+                            const wire::WorkflowInfo& info) {
+  auto stage = stage_of(s, id);
+  return stage.empty() ? wire::WorkflowState::Status_Name(info.status())
+                       : stage;
+}
+
 // Waits until `id` finishes, printing `label` with its stage.
 wire::WorkflowInfo wait_run(silo& s, const grain_id& id,
                             const std::string& label,
@@ -248,12 +320,13 @@ wire::WorkflowInfo wait_run(silo& s, const grain_id& id,
     info = describe_run(s, id);
     if (finished(info))
       break;
-    std::printf("\r%s: %-60s", label.c_str(), stage_of(s, id).c_str());
-    std::fflush(stdout);
+    screen.progress(label + ": " + stage_or_status(s, id, info));
     std::this_thread::sleep_for(200ms);
   }
-  std::printf("\r%s: %-60s\n", label.c_str(),
-              finished(info) ? stage_of(s, id).c_str() : "still running");
+  screen.progress(
+      label + ": "
+      + (finished(info) ? stage_or_status(s, id, info) : "still running"));
+  screen.end_progress();
   return info;
 }
 
@@ -281,11 +354,12 @@ struct silo_child {
   }
 
   // Starts it and waits (up to 30 s) for its "ready" line.
-  caf::error start(const std::string& config, uint16_t api_port) {
+  caf::error start(const std::string& config, uint16_t api_port,
+                   const std::string& log) {
     auto out
         = spawn_until({GRANARY_BIN, "silo", "--config", config, "--cloud-api",
                        "127.0.0.1:" + std::to_string(api_port)},
-                      "ready ", 30s, pid);
+                      "ready ", 30s, pid, log);
     if (out.find("ready ") == std::string::npos)
       return make_error(errc::unspecified,
                         "granary silo (" + config + ") did not start: " + out);
@@ -348,8 +422,11 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
     configs.push_back(path);
   }
   std::vector<silo_child> silos(static_cast<size_t>(n));
+  std::vector<std::string> logs;
+  for (int i = 0; i < n; ++i)
+    logs.push_back((dir / ("silo-" + std::to_string(i) + ".log")).string());
   for (int i = 0; i < n; ++i) {
-    if (auto err = silos[i].start(configs[i], api_port)) {
+    if (auto err = silos[i].start(configs[i], api_port, logs[i])) {
       std::fprintf(stderr, "control_plane_sample: %s\n", describe(err).c_str());
       return 1;
     }
@@ -357,7 +434,7 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
   std::printf("cluster: %d granary silo processes on 127.0.0.1, gateways ", n);
   for (int i = 0; i < n; ++i)
     std::printf("%s%u", i ? ", " : "", gw_ports[i]);
-  std::printf("\n");
+  std::printf("; their logs are %s/silo-N.log\n", dir.string().c_str());
   cluster::gateway_client gw{cluster::endpoint{"127.0.0.1", gw_ports[0]}, 15s};
   int fresh = 0;
   for (int i = 0; i < o.namespaces; ++i) {
@@ -405,21 +482,24 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
         ++unreachable;
     }
     auto done = static_cast<int>(ready.size() + failed.size());
-    std::printf("\rnamespaces: %d/%d done (%zu ready, %zu failed or "
-                "compensated), %d on a silo that is down  ",
-                done, o.namespaces, ready.size(), failed.size(), unreachable);
-    std::fflush(stdout);
+    char line[200];
+    std::snprintf(line, sizeof(line),
+                  "namespaces: %d/%d done (%zu ready, %zu failed or "
+                  "compensated), %d on a silo that is down",
+                  done, o.namespaces, ready.size(), failed.size(), unreachable);
+    screen.progress(line);
     if (done == o.namespaces)
       break;
     if (!killed && done >= o.namespaces / 2) {
       killed = true;
       killed_now = true;
-      std::printf("\nkilling silo-1 with SIGKILL at %d/%d namespaces\n", done,
+      screen.end_progress();
+      std::printf("killing silo-1 with SIGKILL at %d/%d namespaces\n", done,
                   o.namespaces);
       silos[1].stop(SIGKILL);
       std::this_thread::sleep_for(1s);
       std::printf("restarting silo-1 on its data directory\n");
-      if (auto err = silos[1].start(configs[1], api_port)) {
+      if (auto err = silos[1].start(configs[1], api_port, logs[1])) {
         std::fprintf(stderr, "control_plane_sample: %s\n",
                      describe(err).c_str());
         return 1;
@@ -427,7 +507,7 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
     }
     std::this_thread::sleep_for(300ms);
   }
-  std::printf("\n");
+  screen.end_progress();
   fake_cloud::client probe{"127.0.0.1", api_port, 2s};
   auto audit = probe.audit();
   // The whole cluster stops: signal every silo at once, so that none
@@ -499,6 +579,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "control_plane_sample: %s\n", describe(err).c_str());
     return 1;
   }
+  // The silo's warnings (retried calls, refused quotas) go on lines of
+  // their own, not into the middle of the progress line.
+  set_log_sink([](log_level level, std::string_view line) {
+    const char* name = level == log_level::error     ? "error"
+                       : level == log_level::warning ? "warning"
+                                                     : "info";
+    screen.note("granary " + std::string{name} + ": " + std::string{line});
+  });
   auto started = silo::start(silo_config{}, std::move(reg), std::move(*store));
   if (!started) {
     std::fprintf(stderr, "control_plane_sample: %s\n",
@@ -550,9 +638,11 @@ int main(int argc, char** argv) {
     }
     auto audit = probe.audit();
     auto done = ready.size() + compensated.size() + failed.size();
-    std::printf(
-        "\rnamespaces: %zu/%d done (%zu ready, %zu compensated, %zu "
-        "failed) | API: %llu applied, %llu faults, %llu throttled  ",
+    char line[200];
+    std::snprintf(
+        line, sizeof(line),
+        "namespaces: %zu/%d done (%zu ready, %zu compensated, %zu "
+        "failed) | API: %llu applied, %llu faults, %llu throttled",
         done, o.namespaces, ready.size(), compensated.size(), failed.size(),
         audit ? static_cast<unsigned long long>(audit->applied) : 0ull,
         audit ? static_cast<unsigned long long>(
@@ -561,12 +651,12 @@ int main(int argc, char** argv) {
               : 0ull,
         audit ? static_cast<unsigned long long>(audit->faults.rate_limited)
               : 0ull);
-    std::fflush(stdout);
+    screen.progress(line);
     if (static_cast<int>(done) == o.namespaces)
       break;
     std::this_thread::sleep_for(500ms);
   }
-  std::printf("\n");
+  screen.end_progress();
 
   // 2. A ring rollout over the cells, with a bake timer between rings.
   cp::RingRollout rollout;
@@ -581,7 +671,7 @@ int main(int argc, char** argv) {
                  describe(r.error()).c_str());
     return 1;
   }
-  auto rolled = wait_run(s, rollout_id, "rollout v2", 120s);
+  auto rolled = wait_run(s, rollout_id, "rollout", 120s);
 
   // 3. Certificate rotation, driven by a durable reminder, and 4. one
   // migration.

@@ -87,8 +87,16 @@ int dead_letters_main(int argc, char** argv) {
     return usage("list takes no arguments");
   if (action != "list" && positional.size() != 3)
     return usage(action + " takes TYPE KEY MSG_ID");
-  auto store = rocksdb_storage::open(
-      rocksdb_config{.data_dir = data_dir, .create_if_missing = false});
+  if (auto empty
+      = empty_argument(positional, {"grain type", "grain key", "message id"}))
+    return usage(*empty);
+  // A list only reads; requeue and drop write, but never create a
+  // directory.
+  auto store = rocksdb_storage::open(rocksdb_config{
+      .data_dir = data_dir,
+      .create_if_missing = false,
+      .read_only = action == "list",
+  });
   if (!store)
     return fail(store.error());
   if (action == "list") {

@@ -56,7 +56,9 @@ constexpr const char* workflow_usage
       "Messages are JSON in protobuf's JSON mapping, typed by their full\n"
       "protobuf name (e.g. --input-type granary.cp.CreateNamespace). Output\n"
       "is the gateway's JSON answer. 'result' exits 1 unless the run\n"
-      "COMPLETED. --timeout MS bounds each request (30000 + --wait).\n"
+      "COMPLETED; 'list' exits 1 when a silo did not answer (its workflows\n"
+      "are missing; stderr names it). --timeout MS bounds each request\n"
+      "(30000 + --wait).\n"
       "Exit codes: 0 ok, 1 the operation failed, 2 bad usage.\n";
 
 constexpr const char* dead_letters_usage
@@ -205,6 +207,18 @@ std::string iso_time(int64_t ms) {
 
 } // namespace
 
+std::optional<std::string>
+empty_argument(const std::vector<std::string>& args,
+               std::initializer_list<const char*> names) {
+  size_t i = 0;
+  for (auto* name : names) {
+    if (i < args.size() && args[i].empty())
+      return std::string{"the "} + name + " is empty";
+    ++i;
+  }
+  return std::nullopt;
+}
+
 bool has_gateway_flag(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     std::string_view arg = argv[i];
@@ -245,6 +259,9 @@ int workflow_gateway_main(int argc, char** argv) {
                         : it->second == 3 ? std::string{"TYPE ID"}
                                           : std::string{"TYPE ID NAME"}),
                  workflow_usage);
+  if (auto empty = empty_argument({pos.begin() + 1, pos.end()},
+                                  {"workflow type", "workflow id"}))
+    return usage(cmd, *empty, workflow_usage);
   // Options that belong to other subcommands are usage errors, so that a
   // typo does not silently do something else.
   static const std::map<std::string, std::set<std::string>> allowed{
@@ -333,6 +350,31 @@ int workflow_gateway_main(int argc, char** argv) {
   } else if (sub == "list") {
     res = client.list_workflows(type, value_or(a, "--status"), limit,
                                 value_or(a, "--cursor"));
+    if (res) {
+      print_body(*res);
+      // A silo that did not answer: the list is partial, which is a failure.
+      google::protobuf::Struct obj;
+      size_t missing = 0;
+      if (google::protobuf::util::JsonStringToMessage(*res, &obj).ok())
+        if (auto i = obj.fields().find("unreachable"); i != obj.fields().end())
+          for (auto& v : i->second.list_value().values()) {
+            auto& f = v.struct_value().fields();
+            std::string parts;
+            if (auto p = f.find("partitions"); p != f.end())
+              for (auto& n : p->second.list_value().values())
+                parts += (parts.empty() ? "" : ",")
+                         + std::to_string(
+                             static_cast<long long>(n.number_value()));
+            auto gw = f.count("gateway") ? f.at("gateway").string_value()
+                                         : std::string{"?"};
+            std::fprintf(stderr,
+                         "granary workflow: the gateway at %s did not answer; "
+                         "the workflows of partitions %s are missing\n",
+                         gw.c_str(), parts.c_str());
+            ++missing;
+          }
+      return missing == 0 ? exit_ok : exit_failed;
+    }
   } else {
     res = client.workflow_history(type, pos[2]);
     if (res && !a.flags.count("--json")) {
@@ -374,6 +416,9 @@ int dead_letters_gateway_main(int argc, char** argv) {
     return usage(cmd, "list takes no arguments", dead_letters_usage);
   if (action != "list" && pos.size() != 3)
     return usage(cmd, action + " takes TYPE KEY MSG_ID", dead_letters_usage);
+  if (auto empty
+      = empty_argument(pos, {"grain type", "grain key", "message id"}))
+    return usage(cmd, *empty, dead_letters_usage);
   size_t limit = 1'000;
   if (auto l = a.values.find("--limit"); l != a.values.end()) {
     auto n = parse_u64(l->second);
@@ -453,6 +498,9 @@ int grain_main(int argc, char** argv) {
     return usage(cmd, "the subcommands are 'call' and 'send'", grain_usage);
   if (pos.size() != 3)
     return usage(cmd, pos[0] + " takes TYPE KEY", grain_usage);
+  if (auto empty = empty_argument({pos.begin() + 1, pos.end()},
+                                  {"grain type", "grain key"}))
+    return usage(cmd, *empty, grain_usage);
   if (!a.values.count("--type"))
     return usage(cmd, "--type MESSAGE_TYPE is required", grain_usage);
   if (pos[0] == "call" && a.values.count("--id"))

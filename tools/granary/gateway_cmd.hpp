@@ -1,6 +1,9 @@
 #pragma once
 
 #include <cstddef>
+#include <initializer_list>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "runtime/admin.hpp"
@@ -26,6 +29,12 @@ int cluster_main(int argc, char** argv);
 /// was reached).
 void print_dead_letters(const std::vector<dead_letter_info>& letters,
                         size_t limit, bool json);
+
+/// Names the first empty argument, as "the NAME is empty": `args[i]` is
+/// named `names[i]` (extra arguments are not checked).
+std::optional<std::string>
+empty_argument(const std::vector<std::string>& args,
+               std::initializer_list<const char*> names);
 
 /// True when `--gateway` is among the arguments.
 bool has_gateway_flag(int argc, char** argv);

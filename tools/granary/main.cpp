@@ -32,7 +32,7 @@ constexpr int exit_ok = 0;
 constexpr int exit_failed = 1;
 constexpr int exit_usage = 2;
 
-constexpr const char* usage_text
+constexpr const char* usage_head
     = "usage: granary bench SCENARIO [--duration SECONDS] [--concurrency N]\n"
       "                     [--grains N] [--payload BYTES] [--data DIR] "
       "[--json]\n"
@@ -49,15 +49,10 @@ constexpr const char* usage_text
       "\n"
       "'granary COMMAND --help' explains each command.\n"
       "\n"
-      "scenarios:\n"
-      "  transient-ping  transient calls/s against raw CAF request/response\n"
-      "  durable-ping    durable messages/s against raw RocksDB group commit\n"
-      "  workflow-10-steps\n"
-      "                  10-step workflows/s against durable-ping msgs/s / 10\n"
-      "  fanout          one grain tells N grains; against transient-ping\n"
-      "  memory          RSS per idle activation; against one CAF actor each\n"
-      "  all             all of the above, one after another\n"
-      "\n"
+      "scenarios:\n";
+
+constexpr const char* usage_options
+    = "\n"
       "options:\n"
       "  --duration SECONDS  length of each timed run, warm-up included "
       "(5)\n"
@@ -68,6 +63,51 @@ constexpr const char* usage_text
       "  --data DIR          parent of the temporary RocksDB directories "
       "(/tmp)\n"
       "  --json              one JSON object per scenario and line\n";
+
+// One scenario of the help text: the name in a column of 18, the summary
+// wrapped to 78 columns beside it (below it for a long name).
+void add_scenario(std::string& out, const std::string& name,
+                  const std::string& summary) {
+  constexpr size_t indent = 18;
+  constexpr size_t width = 78;
+  out += "  " + name;
+  size_t col = 2 + name.size();
+  if (col + 2 > indent) {
+    out += "\n";
+    col = 0;
+  }
+  out.append(indent - col, ' ');
+  col = indent;
+  size_t i = 0;
+  // Bounded: every pass consumes one word.
+  while (i < summary.size()) {
+    auto end = summary.find(' ', i);
+    if (end == std::string::npos)
+      end = summary.size();
+    auto word = summary.substr(i, end - i);
+    if (col > indent && col + 1 + word.size() > width) {
+      out += "\n" + std::string(indent, ' ');
+      col = indent;
+    } else if (col > indent) {
+      out += ' ';
+      ++col;
+    }
+    out += word;
+    col += word.size();
+    i = end + 1;
+  }
+  out += "\n";
+}
+
+// The help text; the scenarios come from the list that `bench` runs.
+std::string usage_text() {
+  std::string out = usage_head;
+  for (auto& s : granary::bench::scenarios())
+    add_scenario(out, s.name, s.summary);
+  add_scenario(out, "all", "all of the above, one after another");
+  out += usage_options;
+  return out;
+}
 
 int usage_error(const std::string& what) {
   std::fprintf(stderr,
@@ -110,7 +150,7 @@ std::optional<int> parse_bench(const std::vector<std::string>& args,
   for (size_t i = 0; i < args.size(); ++i) {
     const auto& arg = args[i];
     if (arg == "-h" || arg == "--help") {
-      std::fputs(usage_text, stdout);
+      std::fputs(usage_text().c_str(), stdout);
       return exit_ok;
     }
     if (arg.rfind("--", 0) != 0) {
@@ -221,7 +261,7 @@ int main(int argc, char** argv) {
     return usage_error("no command given");
   auto& cmd = args.front();
   if (cmd == "help" || cmd == "-h" || cmd == "--help") {
-    std::fputs(usage_text, stdout);
+    std::fputs(usage_text().c_str(), stdout);
     return exit_ok;
   }
   if (cmd == "bench")

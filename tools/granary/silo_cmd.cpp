@@ -329,6 +329,7 @@ int silo_main(int argc, char** argv) {
   gcfg.max_header_bytes = cfg->gateway.max_header_bytes;
   gcfg.max_body_bytes = cfg->gateway.max_body_bytes;
   gcfg.idle_timeout = cfg->gateway.idle_timeout;
+  gcfg.header_timeout = cfg->gateway.header_timeout;
   gcfg.call_timeout = cfg->gateway.call_timeout;
   gcfg.max_wait = cfg->gateway.max_wait;
   gcfg.cluster_id = cfg->cluster_id;

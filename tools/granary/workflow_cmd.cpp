@@ -74,10 +74,20 @@ int workflow_main(int argc, char** argv) {
     return usage("history takes TYPE ID");
   if (data_dir.empty())
     return usage("--data DIR is required");
+  if (positional[1].empty())
+    return usage("the workflow type is empty");
+  if (positional[2].empty())
+    return usage("the workflow id is empty");
+  // Only reads: the directory is neither created nor changed.
   auto store = rocksdb_storage::open(
-      rocksdb_config{.data_dir = data_dir, .create_if_missing = false});
-  if (!store)
+      rocksdb_config{.data_dir = data_dir, .read_only = true});
+  if (!store) {
+    if (code_of(store.error()) == errc::data_dir_locked)
+      return fail(describe(store.error())
+                  + "; stop the silo that uses this directory first, or ask "
+                    "it with --gateway HOST:PORT");
     return fail(describe(store.error()));
+  }
   grain_id id{positional[1], positional[2]};
   auto raw = read_grain_state(**store, id);
   if (!raw)
