@@ -1685,3 +1685,68 @@ TEST_F(parked_outbox_test, parked_messages_are_retried_after_the_backstop) {
   EXPECT_TRUE(eventually([&] { return mem->count(column::outbox) == 0; }));
   s->stop();
 }
+
+namespace {
+
+/// Owns every partition, but holds the one thread named `stalled` inside
+/// `owns` until `go`: a caller admitted by the silo that is slow to reach
+/// its partition.
+class stalling_router : public remote_router {
+public:
+  bool owns(uint32_t) const override {
+    if (std::this_thread::get_id() == stalled.load()) {
+      inside = true;
+      // Bounded, so that a broken test fails instead of hanging.
+      for (int i = 0; !go.load() && i < 30'000; ++i)
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+  }
+
+  void deliver(uint32_t, std::shared_ptr<const wire::Envelope>,
+               ack_fn ack) override {
+    ack(make_error(errc::partition_unavailable, "unused"), 0);
+  }
+
+  void call(uint32_t, const grain_id&, message_ptr, std::chrono::milliseconds,
+            reply_fn reply) override {
+    reply(make_error(errc::partition_unavailable, "unused"));
+  }
+
+  mutable std::atomic<std::thread::id> stalled{};
+  mutable std::atomic<bool> inside{false};
+  std::atomic<bool> go{false};
+};
+
+} // namespace
+
+TEST_F(runtime_test,
+       a_call_admitted_before_a_stop_is_done_before_the_teardown) {
+  // A transport thread is admitted by deliver_remote and then stalls before
+  // it reaches the partition; meanwhile the silo stops. The stop must wait
+  // for it, so that it never indexes a torn-down partition table (before,
+  // the stop cleared the table under it and it crashed).
+  stalling_router router;
+  cfg.router = &router;
+  auto s = start();
+  ASSERT_TRUE(s);
+  std::atomic<int> answered{0};
+  std::thread caller{[&] {
+    router.stalled = std::this_thread::get_id();
+    s->deliver_remote(std::make_shared<wire::Envelope>(
+                          envelope("m", pid("a"), pid("k"), Get{})),
+                      true, [&](const caf::error&) { ++answered; });
+  }};
+  ASSERT_TRUE(eventually([&] { return router.inside.load(); }));
+  std::thread stopper{[&] { EXPECT_FALSE(s->stop()); }};
+  // The stop has begun once new calls are refused; give a stop that does
+  // not wait time to tear everything down before the caller goes on.
+  ASSERT_TRUE(eventually([&] {
+    return code_of(s->send(pid("probe"), Get{}, {}, 1s)) == errc::silo_stopped;
+  }));
+  std::this_thread::sleep_for(200ms);
+  router.go = true;
+  caller.join();
+  stopper.join();
+  EXPECT_LE(answered.load(), 1);
+}
