@@ -244,12 +244,15 @@ api_guard::~api_guard() {
 }
 
 caf::error silo_core::check_running() const {
+  // `stopping` first: it is set before `stop` tears anything down, and a
+  // caller that sees it unset holds an `api_guard` that the teardown waits
+  // for, so `commits` is still there.
+  if (stopping)
+    return make_error(errc::silo_stopped, "the silo is stopped");
   if (commits && commits->failed())
     return make_error(errc::storage_failure,
                       "silo fail-stopped after a storage error: "
                           + describe(commits->failure()));
-  if (stopping)
-    return make_error(errc::silo_stopped, "the silo is stopped");
   return caf::none;
 }
 
