@@ -1258,10 +1258,8 @@ private:
     // Where the listing goes on after partition `q - 1`; empty at the end.
     auto after
         = [&](uint32_t q) { return q < until ? start_of(q) : std::string{}; };
-    auto partition_at = [&](const std::string& key) -> uint32_t {
-      return key.size() < 2 ? 0
-                            : (static_cast<uint8_t>(key[0]) << 8)
-                                  | static_cast<uint8_t>(key[1]);
+    auto partition_at = [](const std::string& key) {
+      return keys::read_partition(key).value_or(0);
     };
     std::string items;
     size_t found = 0;

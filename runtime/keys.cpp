@@ -134,13 +134,19 @@ std::string with_suffix(std::string prefix, std::string_view suffix) {
   return prefix;
 }
 
-std::optional<decoded> decode(std::string_view key) {
+std::optional<uint32_t> read_partition(std::string_view key) {
   if (key.size() < 2)
     return std::nullopt;
+  return (static_cast<uint32_t>(static_cast<unsigned char>(key[0])) << 8)
+         | static_cast<unsigned char>(key[1]);
+}
+
+std::optional<decoded> decode(std::string_view key) {
+  auto partition = read_partition(key);
+  if (!partition)
+    return std::nullopt;
   decoded out;
-  out.partition
-      = (static_cast<uint32_t>(static_cast<unsigned char>(key[0])) << 8)
-        | static_cast<unsigned char>(key[1]);
+  out.partition = *partition;
   key.remove_prefix(2);
   auto type = read_chunk(key);
   if (!type)

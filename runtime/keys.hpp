@@ -86,6 +86,10 @@ struct decoded {
   std::string_view suffix;
 };
 
+/// The partition a key starts with (its first 2 bytes, big-endian);
+/// nullopt for a key shorter than that.
+std::optional<uint32_t> read_partition(std::string_view key);
+
 /// Decodes a key that starts with a grain prefix; nullopt if malformed.
 std::optional<decoded> decode(std::string_view key);
 

@@ -53,13 +53,8 @@ caf::error build_timer_index(storage& store, int64_t now_ms) {
           wire::Envelope env;
           if (!keys::decode(k)
               || !env.ParseFromArray(v.data(), static_cast<int>(v.size()))) {
-            uint32_t p
-                = k.size() >= 2
-                      ? (static_cast<uint32_t>(static_cast<unsigned char>(k[0]))
-                         << 8)
-                            | static_cast<unsigned char>(k[1])
-                      : 0;
-            add_quarantine(wb, p, column::timers, k, v,
+            add_quarantine(wb, keys::read_partition(k).value_or(0),
+                           column::timers, k, v,
                            "record does not decode as an envelope", now_ms);
             log(log_level::error, "quarantined corrupt timers record "
                                       + keys::printable(k)
