@@ -206,26 +206,29 @@ public:
   }
 };
 
+// Leaves in `data_dir` a silo's data holding workflow test.wait/w-1, which
+// journaled one entry and waits.
+void write_waiting_workflow(const std::string& data_dir) {
+  auto store = rocksdb_storage::open({.data_dir = data_dir});
+  ASSERT_TRUE(store);
+  grain_registry reg;
+  ASSERT_FALSE(register_grain<wait_flow>(reg));
+  auto s = silo::start(silo_config{}, std::move(reg), std::move(*store));
+  ASSERT_TRUE(s);
+  Add start;
+  start.set_delta(3);
+  ASSERT_FALSE((*s)->send(grain_id{"test.wait", "w-1"}, start));
+  ASSERT_TRUE(eventually([&] {
+    auto r = (*s)->call(grain_id{"test.wait", "w-1"},
+                        std::make_shared<wire::DescribeWorkflow>());
+    return r && static_cast<const wire::WorkflowInfo&>(**r).journal_size() == 1;
+  }));
+}
+
 } // namespace
 
 TEST_F(cli_test, workflow_history_shows_and_exports_the_journal) {
-  {
-    auto store = rocksdb_storage::open({.data_dir = dir});
-    ASSERT_TRUE(store);
-    grain_registry reg;
-    ASSERT_FALSE(register_grain<wait_flow>(reg));
-    auto s = silo::start(silo_config{}, std::move(reg), std::move(*store));
-    ASSERT_TRUE(s);
-    Add start;
-    start.set_delta(3);
-    ASSERT_FALSE((*s)->send(grain_id{"test.wait", "w-1"}, start));
-    ASSERT_TRUE(eventually([&] {
-      auto r = (*s)->call(grain_id{"test.wait", "w-1"},
-                          std::make_shared<wire::DescribeWorkflow>());
-      return r
-             && static_cast<const wire::WorkflowInfo&>(**r).journal_size() == 1;
-    }));
-  }
+  ASSERT_NO_FATAL_FAILURE(write_waiting_workflow(dir));
   auto shown = granary_cmd("workflow history --data " + dir + " test.wait w-1");
   ASSERT_EQ(shown.status, 0) << shown.out;
   EXPECT_NE(shown.out.find("RUNNING"), std::string::npos) << shown.out;
@@ -298,23 +301,7 @@ TEST_F(cli_test,
   EXPECT_TRUE(std::filesystem::is_empty(empty));
   // A real data directory: reading it changes no file.
   auto data = dir + "/data";
-  {
-    auto store = rocksdb_storage::open({.data_dir = data});
-    ASSERT_TRUE(store);
-    grain_registry reg;
-    ASSERT_FALSE(register_grain<wait_flow>(reg));
-    auto s = silo::start(silo_config{}, std::move(reg), std::move(*store));
-    ASSERT_TRUE(s);
-    Add start;
-    start.set_delta(3);
-    ASSERT_FALSE((*s)->send(grain_id{"test.wait", "w-1"}, start));
-    ASSERT_TRUE(eventually([&] {
-      auto r = (*s)->call(grain_id{"test.wait", "w-1"},
-                          std::make_shared<wire::DescribeWorkflow>());
-      return r
-             && static_cast<const wire::WorkflowInfo&>(**r).journal_size() == 1;
-    }));
-  }
+  ASSERT_NO_FATAL_FAILURE(write_waiting_workflow(data));
   auto before = snapshot(data);
   auto shown
       = granary_cmd("workflow history --data " + data + " test.wait w-1");
