@@ -1284,9 +1284,8 @@ TEST(commit_loop_test, a_group_writes_only_the_last_operation_per_key) {
 
 namespace {
 
-/// Released by the test: a `latch` grain's `Get` blocks its partition's
-/// thread until then, so that messages queue behind it.
-std::promise<void>* latch_open = nullptr;
+/// Set by the test: a `latch` grain's `Get` blocks its partition's thread
+/// until then, so that messages queue behind it.
 std::shared_future<void> latch_wait;
 
 class latch : public grain<latch, ProbeState> {
@@ -1451,7 +1450,6 @@ int64_t hand_off_sender_mid_delivery(silo_config cfg, hold_back how) {
 
   // Y's thread waits in the latch; the delivery queues behind it.
   std::promise<void> open;
-  latch_open = &open;
   latch_wait = open.get_future().share();
   std::atomic<bool> held{false};
   (*a)->call_async(id_of<latch>(latch_key), std::make_shared<Get>(),
@@ -1511,7 +1509,6 @@ int64_t hand_off_sender_mid_delivery(silo_config cfg, hold_back how) {
            && mem_b->count(column::outbox) == 0;
   }));
   auto v = grain_ref<probe>{**a, dst_key}.call<Value>(Get{});
-  latch_open = nullptr;
   route_a.other = nullptr;
   route_b.other = nullptr;
   (*b)->stop();
