@@ -53,6 +53,11 @@ caf::error activity_options::validate() const {
   return caf::none;
 }
 
+const service_registry& activity_context::services() const {
+  static const service_registry none;
+  return host ? host->services() : none;
+}
+
 bool activity_context::heartbeat() const {
   if (!state)
     return true;
@@ -242,6 +247,7 @@ void activity_pool::monitor() {
 void activity_pool::work() {
   for (;;) {
     job j;
+    silo* host = nullptr;
     auto state = std::make_shared<detail::attempt_state>();
     {
       std::unique_lock guard{mtx_};
@@ -260,6 +266,7 @@ void activity_pool::work() {
         return;
       j = std::move(*next);
       queue_.erase(next);
+      host = silo_;
       state->last_beat_ms = steady_ms();
       running_.push_back(running{j, state});
       ++started_;
@@ -269,8 +276,8 @@ void activity_pool::work() {
     auto key = j.idempotency_key.empty()
                    ? activity_idempotency_key(j.workflow, j.run, j.seq)
                    : j.idempotency_key;
-    activity_context ctx{j.workflow.key, j.seq, j.attempt, std::move(key),
-                         state};
+    activity_context ctx{j.workflow.key, j.seq, j.attempt,
+                         std::move(key), state, host};
     std::string result;
     std::string result_type;
     caf::error err;

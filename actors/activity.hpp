@@ -18,6 +18,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/grain_id.hpp"
+#include "runtime/services.hpp"
 
 namespace granary {
 
@@ -56,6 +57,13 @@ struct activity_context {
   std::string idempotency_key;
   /// Internal: the attempt's heartbeat record.
   std::shared_ptr<detail::attempt_state> state;
+  /// The silo the pool is attached to: activities may call grains through
+  /// it (transient calls, durable sends). Null only in unit tests that
+  /// build a context by hand.
+  silo* host = nullptr;
+
+  /// The services of the silo (see `service_registry`); empty without one.
+  const service_registry& services() const;
 
   /// Tells the pool that the attempt makes progress; call it more often
   /// than the activity's `heartbeat_timeout`. Returns false once the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a local Granary cluster on 127.0.0.1: a fake cloud API process
-# (the one the control-plane sample's resource grains call) and N silo
-# processes; waits until every gateway serves, runs a demo workflow to its
+# (the one the control-plane sample's resource grains call) and N
+# control-plane silo processes (control_plane_silo, the sample's grains on
+# the Granary host; set GRANARY_SILO_BIN to run your own silo binary); waits until every gateway serves, runs a demo workflow to its
 # end, and stops everything it started on Ctrl-C (or at once with --once).
 #
 #   deploy/run-local.sh [--etcd] [--silos N] [--gateway-port P]
@@ -18,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 granary="${GRANARY_BIN:-build/tools/granary/granary}"
+silo_bin="${GRANARY_SILO_BIN:-build/samples/control_plane/control_plane_silo}"
 fake_cloud="${FAKE_CLOUD_BIN:-build/samples/control_plane/fake_cloud/fake_cloud_api}"
 use_etcd=0
 silos=3
@@ -50,10 +52,10 @@ done
 for n in "$silos" "$gateway_port" "$silo_port" "$api_port" "$etcd_port"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "run-local: '$n' is not a number" >&2; exit 2; }
 done
-for bin in "$granary" "$fake_cloud"; do
+for bin in "$granary" "$silo_bin" "$fake_cloud"; do
   if [[ ! -x "$bin" ]]; then
     echo "run-local: $bin not found; build first" \
-      "(ninja -C build granary fake_cloud_api)" >&2
+      "(ninja -C build granary control_plane_silo fake_cloud_api)" >&2
     exit 2
   fi
 done
@@ -109,7 +111,7 @@ gateway = "127.0.0.1:$((gateway_port + i - 1))"
 [membership]
 $membership
 TOML
-  "$granary" silo --config "$data/silo-$i.toml" --cloud-api "$api" \
+  "$silo_bin" --config "$data/silo-$i.toml" --cloud-api "$api" \
     >"$data/silo-$i.log" 2>&1 &
   pids+=($!)
 done

@@ -26,6 +26,9 @@ using namespace detail;
 
 namespace {
 
+// What `services()` answers when the host gave none.
+const service_registry no_services;
+
 // 2: timers are also indexed by due time in the `timer_index` column.
 constexpr uint32_t format_version = 2;
 constexpr const char* meta_key = "silo";
@@ -703,6 +706,15 @@ caf::error silo::failure() const {
 
 const silo_config& silo::config() const {
   return core_->cfg;
+}
+
+const service_registry& silo::services() const {
+  return core_->cfg.services ? *core_->cfg.services : no_services;
+}
+
+const service_registry& turn::services() const {
+  auto& svc = owner_->core_.cfg.services;
+  return svc ? *svc : no_services;
 }
 
 caf::actor_system& silo::system() {

@@ -18,6 +18,7 @@
 #include "runtime/grain_base.hpp"
 #include "runtime/grain_id.hpp"
 #include "runtime/remote.hpp"
+#include "runtime/services.hpp"
 #include "runtime/storage.hpp"
 
 namespace granary::wire {
@@ -90,6 +91,9 @@ struct silo_config {
   /// How often each partition sweeps expired dedup records (a bounded page
   /// per sweep).
   std::chrono::milliseconds dedup_sweep_interval{std::chrono::minutes{1}};
+  /// Services handed to grains (`turn::services`) and activities
+  /// (`activity_context::services`); null: none.
+  std::shared_ptr<const service_registry> services;
 
   /// Checks every value; the error names the field and the problem.
   caf::error validate() const;
@@ -244,6 +248,9 @@ public:
 
   /// The silo's configuration.
   const silo_config& config() const;
+
+  /// The services of `silo_config::services` (empty when none were given).
+  const service_registry& services() const;
 
   /// The underlying actor system (for benchmarks and tooling).
   caf::actor_system& system();

@@ -10,6 +10,7 @@
 
 #include "runtime/grain_base.hpp"
 #include "runtime/grain_id.hpp"
+#include "runtime/services.hpp"
 
 namespace granary {
 
@@ -48,6 +49,9 @@ public:
   uint32_t attempt() const noexcept {
     return attempt_;
   }
+
+  /// The services the silo's host added (see `service_registry`).
+  const service_registry& services() const;
 
   /// Wall-clock milliseconds since the epoch, from the silo's clock.
   int64_t now_ms() const noexcept {

@@ -17,10 +17,10 @@
 #include "actors/workflow.hpp"
 #include "bench/scenarios.hpp"
 #include "persistence/rocksdb_storage.hpp"
-#include "test_grains.hpp"
+#include "testing/test_grains.hpp"
 
 using namespace granary;
-using namespace granary::test;
+using namespace granary::testing;
 using namespace std::chrono_literals;
 
 namespace {

@@ -1,4 +1,4 @@
-// Three `granary silo` processes on loopback TCP form a cluster through
+// Three `control_plane_silo` processes on loopback TCP form a cluster through
 // the membership table (kept by the seed silo, or by a real etcd) and run
 // the control-plane sample's namespaces against a fake cloud API process.
 // The first silo creates the partition map and hands partitions, with
@@ -24,16 +24,17 @@
 
 #include <gtest/gtest.h>
 
-#include "child_process.hpp"
-#include "cluster/etcd_test_server.hpp"
-#include "cluster/gateway_client.hpp"
+#include "gateway/gateway_client.hpp"
 #include "runtime/grain_id.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
+#include "testing/child_process.hpp"
+#include "testing/etcd_test_server.hpp"
+#include "testing/eventually.hpp"
 
 using namespace std::chrono_literals;
-using granary::test::output_process;
-using granary::test::steady_clock;
-using granary::test::temp_dir;
+using granary::testing::output_process;
+using granary::testing::steady_clock;
+using granary::testing::temp_dir;
 
 namespace {
 
@@ -57,13 +58,7 @@ uint16_t free_port() {
 // Polls `pred` every 100 ms until it holds or `limit` passed.
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds limit) {
-  auto deadline = steady_clock::now() + limit;
-  while (steady_clock::now() < deadline) {
-    if (pred())
-      return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return pred();
+  return granary::testing::eventually(pred, limit, 100ms);
 }
 
 bool contains(const std::string& text, const std::string& part) {
@@ -129,7 +124,7 @@ protected:
   void start_silo(int i) {
     nodes[i] = std::make_unique<output_process>();
     ASSERT_TRUE(nodes[i]->spawn(
-        {GRANARY_BIN, "silo", "--config", configs[i], "--cloud-api",
+        {GRANARY_CP_SILO, "--config", configs[i], "--cloud-api",
          "127.0.0.1:" + std::to_string(api_port), "--activity-threads", "8"}));
     auto ready = nodes[i]->wait_line("ready ", steady_clock::now() + 20s);
     ASSERT_FALSE(ready.empty()) << nodes[i]->log();
@@ -206,14 +201,14 @@ TEST_F(cluster_process_test,
 }
 
 TEST_F(cluster_process_test, an_etcd_backed_cluster_completes_every_namespace) {
-  auto etcd = granary::cluster::etcd_test_server::start();
+  auto etcd = granary::testing::etcd_test_server::start();
   ASSERT_TRUE(etcd) << granary::describe(etcd.error());
   write_configs({}, (*etcd)->endpoint());
   run_namespaces(true);
 }
 
 TEST_F(cluster_process_test, an_etcd_member_down_does_not_stop_the_cluster) {
-  auto etcd = granary::cluster::etcd_test_server::start();
+  auto etcd = granary::testing::etcd_test_server::start();
   ASSERT_TRUE(etcd) << granary::describe(etcd.error());
   // The first endpoint is an etcd member that is not running.
   auto down = "127.0.0.1:" + std::to_string(free_port());

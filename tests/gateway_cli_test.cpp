@@ -18,7 +18,7 @@
 
 #include <gtest/gtest.h>
 
-#include "child_process.hpp"
+#include "testing/child_process.hpp"
 
 namespace {
 
@@ -30,10 +30,10 @@ struct run_result {
   std::string out;
 };
 
-// Runs the granary binary with `args`; captures stdout and stderr.
-run_result granary_cmd(const std::string& args) {
+// Runs `bin` with `args`; captures stdout and stderr.
+run_result run_cmd(const char* bin, const std::string& args) {
   run_result res;
-  auto cmd = std::string{GRANARY_BIN} + " " + args + " 2>&1";
+  auto cmd = std::string{bin} + " " + args + " 2>&1";
   auto* pipe = popen(cmd.c_str(), "r");
   if (!pipe)
     return res;
@@ -46,15 +46,25 @@ run_result granary_cmd(const std::string& args) {
   return res;
 }
 
+// Runs the granary binary with `args`.
+run_result granary_cmd(const std::string& args) {
+  return run_cmd(GRANARY_BIN, args);
+}
+
+// Runs the control-plane sample's silo binary with `args`.
+run_result silo_cmd(const std::string& args) {
+  return run_cmd(GRANARY_CP_SILO, args);
+}
+
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-/// `granary silo --config FILE` as a child process.
-class silo_process : public granary::test::output_process {
+/// `control_plane_silo --config FILE` as a child process.
+class silo_process : public granary::testing::output_process {
 public:
   bool spawn(const std::string& config) {
-    return output_process::spawn({GRANARY_BIN, "silo", "--config", config});
+    return output_process::spawn({GRANARY_CP_SILO, "--config", config});
   }
 };
 
@@ -192,11 +202,22 @@ TEST_F(gateway_cli_test, a_bad_config_is_a_usage_error_naming_the_key) {
                                          "[listen]\n"
                                          "silo = \"127.0.0.1:0\"\n"
                                          "gateway = \"127.0.0.1:0\"\n");
-  auto res = granary_cmd("silo --config " + config);
+  auto res = silo_cmd("--config " + config);
   EXPECT_EQ(res.status, 2) << res.out;
   EXPECT_TRUE(contains(res.out, "did you mean 'partitions'?")) << res.out;
-  EXPECT_EQ(granary_cmd("silo").status, 2);
-  EXPECT_EQ(granary_cmd("silo --config " + dir + "/none.toml").status, 2);
+  auto no_config = silo_cmd("");
+  EXPECT_EQ(no_config.status, 2) << no_config.out;
+  EXPECT_TRUE(contains(no_config.out, "--config is required")) << no_config.out;
+  EXPECT_EQ(silo_cmd("--config " + dir + "/none.toml").status, 2);
+  auto bad_flag = silo_cmd("--config " + config + " --activity-threads 0");
+  EXPECT_EQ(bad_flag.status, 2) << bad_flag.out;
+}
+
+TEST(gateway_cli, granary_silo_points_to_the_host) {
+  auto res = granary_cmd("silo --config x.toml");
+  EXPECT_EQ(res.status, 2) << res.out;
+  EXPECT_TRUE(contains(res.out, "run_silo_main")) << res.out;
+  EXPECT_TRUE(contains(res.out, "control_plane_silo")) << res.out;
 }
 
 TEST(gateway_cli, empty_ids_are_usage_errors_that_name_the_empty_part) {

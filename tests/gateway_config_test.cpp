@@ -11,11 +11,12 @@
 
 #include <gtest/gtest.h>
 
-#include "cluster/config.hpp"
+#include "host/config.hpp"
 #include "runtime/error.hpp"
 
 using namespace granary;
 using namespace granary::cluster;
+using namespace granary::host;
 
 namespace {
 
@@ -349,7 +350,8 @@ TEST(silo_config_file, the_deploy_example_shows_the_defaults) {
   EXPECT_EQ(l.retry_max, limits.retry_max);
   EXPECT_EQ(l.max_payload_bytes, limits.max_payload_bytes);
   EXPECT_EQ(l.min_free_bytes, limits.min_free_bytes);
-  detector_file_config detector;
+  // One set of defaults: the file's are the components' own.
+  cluster::agent_config detector;
   auto& d = all->membership.detector;
   EXPECT_EQ(d.probe_interval, detector.probe_interval);
   EXPECT_EQ(d.missed_probes, detector.missed_probes);
@@ -357,9 +359,10 @@ TEST(silo_config_file, the_deploy_example_shows_the_defaults) {
   EXPECT_EQ(d.vote_expiry, detector.vote_expiry);
   EXPECT_EQ(d.i_am_alive_interval, detector.i_am_alive_interval);
   EXPECT_EQ(d.join_timeout, detector.join_timeout);
-  EXPECT_EQ(d.leave_timeout, detector.leave_timeout);
+  EXPECT_EQ(all->membership.leave_timeout,
+            silo_file_config{}.membership.leave_timeout);
   EXPECT_EQ(d.rebalance, detector.rebalance);
-  gateway_file_config gateway;
+  cluster::gateway_config gateway;
   auto& g = all->gateway;
   EXPECT_EQ(g.threads, gateway.threads);
   EXPECT_EQ(g.workers, gateway.workers);
@@ -370,8 +373,9 @@ TEST(silo_config_file, the_deploy_example_shows_the_defaults) {
   EXPECT_EQ(g.header_timeout, gateway.header_timeout);
   EXPECT_EQ(g.call_timeout, gateway.call_timeout);
   EXPECT_EQ(g.max_wait, gateway.max_wait);
-  EXPECT_TRUE(all->faults.enabled);
-  EXPECT_EQ(all->faults.seed, 1u);
-  EXPECT_EQ(all->faults.drop_rate, 0.0);
-  EXPECT_EQ(all->faults.max_delay, std::chrono::milliseconds{20});
+  EXPECT_TRUE(all->faults_enabled);
+  cluster::fault_config faults;
+  EXPECT_EQ(all->faults.seed, faults.seed);
+  EXPECT_EQ(all->faults.drop_rate, faults.drop_rate);
+  EXPECT_EQ(all->faults.max_delay, faults.max_delay);
 }

@@ -16,17 +16,17 @@
 #include <gtest/gtest.h>
 
 #include "actors/workflow.hpp"
-#include "cluster/gateway.hpp"
-#include "cluster/gateway_client.hpp"
-#include "cluster/gateway_history.hpp"
+#include "gateway/gateway.hpp"
+#include "gateway/gateway_client.hpp"
+#include "gateway/gateway_history.hpp"
 #include "runtime/json.hpp"
 #include "runtime/keys.hpp"
-#include "test_grains.hpp"
+#include "testing/test_grains.hpp"
 #include "workflow_test.pb.h"
 
 using namespace granary;
 using namespace granary::cluster;
-using namespace granary::test;
+using namespace granary::testing;
 using namespace granary::wftest;
 using namespace std::chrono_literals;
 
@@ -418,19 +418,22 @@ TEST_F(gateway_test, lists_workflows_in_pages) {
 }
 
 TEST_F(gateway_test, calls_and_sends_to_grains) {
-  auto called = client->call_grain("test.probe", "k 1/x", "granary.test.Add",
+  auto called = client->call_grain("test.probe", "k 1/x", "granary.testing.Add",
                                    R"({"delta":"4"})");
   ASSERT_TRUE(called) << describe(called.error());
-  EXPECT_TRUE(contains(*called, "\"type\":\"granary.test.Value\"")) << *called;
+  EXPECT_TRUE(contains(*called, "\"type\":\"granary.testing.Value\""))
+      << *called;
   EXPECT_TRUE(contains(*called, "\"value\":\"4\"")) << *called;
-  auto sent = client->send_grain("test.probe", "k 1/x", "granary.test.Add",
+  auto sent = client->send_grain("test.probe", "k 1/x", "granary.testing.Add",
                                  R"({"delta":"3"})", "send-1");
   ASSERT_TRUE(sent) << describe(sent.error());
   EXPECT_TRUE(contains(*sent, "\"id\":\"send-1\"")) << *sent;
-  auto got = client->call_grain("test.probe", "k 1/x", "granary.test.Get", "");
+  auto got
+      = client->call_grain("test.probe", "k 1/x", "granary.testing.Get", "");
   ASSERT_TRUE(got) << describe(got.error());
   EXPECT_TRUE(contains(*got, "\"value\":\"7\"")) << *got;
-  auto unknown = client->call_grain("no.such", "k", "granary.test.Get", "{}");
+  auto unknown
+      = client->call_grain("no.such", "k", "granary.testing.Get", "{}");
   ASSERT_FALSE(unknown);
   EXPECT_EQ(code_of(unknown.error()), errc::unknown_grain_type);
   auto unhandled
@@ -438,15 +441,15 @@ TEST_F(gateway_test, calls_and_sends_to_grains) {
   ASSERT_FALSE(unhandled);
   EXPECT_EQ(code_of(unhandled.error()), errc::unhandled_message);
   auto not_object = http("POST", "/v1/grains/test.probe/k/call",
-                         R"({"type":"granary.test.Get","message":[1]})");
+                         R"({"type":"granary.testing.Get","message":[1]})");
   EXPECT_EQ(not_object.status, 400u) << not_object.body;
 }
 
 TEST_F(gateway_test, lists_requeues_and_drops_dead_letters) {
   flaky_fails = true;
-  ASSERT_TRUE(client->send_grain("test.probe", "a", "granary.test.Flaky",
+  ASSERT_TRUE(client->send_grain("test.probe", "a", "granary.testing.Flaky",
                                  R"({"delta":"5"})", "poison-a"));
-  ASSERT_TRUE(client->send_grain("test.probe", "b", "granary.test.Flaky",
+  ASSERT_TRUE(client->send_grain("test.probe", "b", "granary.testing.Flaky",
                                  R"({"delta":"5"})", "poison-b"));
   ASSERT_TRUE(eventually([&] {
     auto l = client->dead_letters(10);
@@ -464,7 +467,7 @@ TEST_F(gateway_test, lists_requeues_and_drops_dead_letters) {
   ASSERT_FALSE(again);
   EXPECT_EQ(code_of(again.error()), errc::not_found);
   ASSERT_TRUE(eventually([&] {
-    auto v = client->call_grain("test.probe", "a", "granary.test.Get", "{}");
+    auto v = client->call_grain("test.probe", "a", "granary.testing.Get", "{}");
     return v && contains(*v, "\"value\":\"5\"");
   }));
   auto empty = client->dead_letters(10);
@@ -560,12 +563,12 @@ TEST_F(gateway_test,
   EXPECT_EQ(start("gw.gate", "tab%09").status, 400u);
   EXPECT_EQ(start("gw%FF", "x").status, 400u);
   auto key = http("POST", "/v1/grains/test.probe/k%FF/call",
-                  R"({"type":"granary.test.Get"})");
+                  R"({"type":"granary.testing.Get"})");
   EXPECT_EQ(key.status, 400u) << key.body;
   EXPECT_TRUE(contains(key.body, "the grain key is not valid UTF-8"))
       << key.body;
   auto msg_id = http("POST", "/v1/grains/test.probe/k/send",
-                     R"({"type":"granary.test.Get","id":"m\u0001"})");
+                     R"({"type":"granary.testing.Get","id":"m\u0001"})");
   EXPECT_EQ(msg_id.status, 400u) << msg_id.body;
   EXPECT_TRUE(contains(msg_id.body, "the message id holds a control"))
       << msg_id.body;
@@ -609,7 +612,7 @@ TEST_F(gateway_test, empty_ids_get_a_400_that_names_the_empty_part) {
   EXPECT_TRUE(contains(no_type.body, "the workflow type is empty"))
       << no_type.body;
   auto key = http("POST", "/v1/grains/test.probe//call",
-                  R"({"type":"granary.test.Get"})");
+                  R"({"type":"granary.testing.Get"})");
   EXPECT_EQ(key.status, 400u) << key.body;
   EXPECT_TRUE(contains(key.body, "the grain key is empty")) << key.body;
   auto msg = http("DELETE", "/v1/dead-letters/test.probe/k/");

@@ -42,10 +42,10 @@
 
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
-#include "test_grains.hpp"
+#include "testing/test_grains.hpp"
 
 using namespace granary;
-using namespace granary::test;
+using namespace granary::testing;
 using namespace std::chrono_literals;
 
 namespace fs = std::filesystem;

@@ -21,10 +21,10 @@
 #include "runtime/commit_loop.hpp"
 #include "runtime/keys.hpp"
 #include "runtime/remote.hpp"
-#include "test_grains.hpp"
+#include "testing/test_grains.hpp"
 
 using namespace granary;
-using namespace granary::test;
+using namespace granary::testing;
 using namespace std::chrono_literals;
 
 namespace {
@@ -247,7 +247,7 @@ TEST_F(runtime_test, unknown_grain_type_and_unhandled_message_are_clear) {
   auto u = s->call(pid("a"), std::make_shared<Unhandled>());
   ASSERT_FALSE(u);
   EXPECT_EQ(code_of(u.error()), errc::unhandled_message);
-  EXPECT_NE(describe(u.error()).find("granary.test.Unhandled"),
+  EXPECT_NE(describe(u.error()).find("granary.testing.Unhandled"),
             std::string::npos);
   auto d = s->send(pid("a"), Unhandled{});
   EXPECT_EQ(code_of(d), errc::unhandled_message);
@@ -882,7 +882,7 @@ TEST_F(runtime_test, undecodable_payload_in_inbox_is_dead_lettered) {
   env.set_msg_id("bad-payload");
   env.mutable_target()->set_type(id.type);
   env.mutable_target()->set_key(id.key);
-  env.set_payload_type("granary.test.Add");
+  env.set_payload_type("granary.testing.Add");
   env.set_payload("\xff\xff\xff");
   auto key = keys::with_seq(
       keys::grain_prefix(partition_of(id, cfg.partitions), id), 1);
@@ -1161,14 +1161,15 @@ TEST_F(runtime_test, a_dead_lettered_call_is_answered_with_its_error) {
   auto& unhandled = by_corr["c-unhandled"];
   EXPECT_EQ(unhandled.error_code(),
             static_cast<uint32_t>(errc::unhandled_message));
-  EXPECT_NE(unhandled.error().find("granary.test.Unhandled"), std::string::npos)
+  EXPECT_NE(unhandled.error().find("granary.testing.Unhandled"),
+            std::string::npos)
       << unhandled.error();
   EXPECT_EQ(s->dead_letters()->size(), 3u);
   // A requeued call is not answered twice: its caller has its reply.
   flaky_fails = false;
   auto dl = s->dead_letters();
   auto failed = std::find_if(dl->begin(), dl->end(), [](auto& d) {
-    return d.payload_type == "granary.test.Flaky";
+    return d.payload_type == "granary.testing.Flaky";
   });
   ASSERT_NE(failed, dl->end());
   ASSERT_FALSE(s->requeue_dead_letter(pid("dst"), failed->msg_id));

@@ -52,7 +52,7 @@
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
 #include "runtime/silo.hpp"
-#include "test_grains.hpp"
+#include "testing/test_grains.hpp"
 #include "workflow_crash.pb.h"
 
 using namespace std::chrono_literals;
@@ -258,11 +258,12 @@ public:
     std::chrono::milliseconds pause{job.sleep_ms()};
     if (auto slept = co_await ctx.sleep(pause); !slept)
       co_return slept.error();
-    granary::test::Add add;
+    granary::testing::Add add;
     add.set_delta(1);
     std::string ledger = job.ledger();
-    auto booked = co_await ctx.call<granary::test::Value, granary::test::probe>(
-        ledger, add);
+    auto booked
+        = co_await ctx.call<granary::testing::Value, granary::testing::probe>(
+            ledger, add);
     if (!booked)
       co_return booked.error();
     std::string notify = "notify";
@@ -456,8 +457,8 @@ int verify_mode(granary::silo& s, const options& opts) {
          + one_line(info->error()));
   }
   for (int64_t k = 0; k < opts.ledgers; ++k) {
-    granary::grain_ref<granary::test::probe> ref{s, ledger_key(k)};
-    auto val = ref.call<granary::test::Value>(granary::test::Get{});
+    granary::grain_ref<granary::testing::probe> ref{s, ledger_key(k)};
+    auto val = ref.call<granary::testing::Value>(granary::testing::Get{});
     if (!val) {
       std::fprintf(stderr, "workflow_crash_child: Get on %s failed: %s\n",
                    ledger_key(k).c_str(),
@@ -498,7 +499,7 @@ int main(int argc, char** argv) {
     }
   }
   granary::grain_registry registry;
-  if (auto err = granary::register_grain<granary::test::probe>(registry)) {
+  if (auto err = granary::register_grain<granary::testing::probe>(registry)) {
     std::fprintf(stderr, "workflow_crash_child: %s\n",
                  granary::describe(err).c_str());
     return 1;

@@ -21,14 +21,14 @@
 
 #include <gtest/gtest.h>
 
-#include "child_process.hpp"
+#include "testing/child_process.hpp"
 
 using namespace std::chrono_literals;
-using granary::test::child_exit;
-using granary::test::child_process;
-using granary::test::parse_int;
-using granary::test::steady_clock;
-using granary::test::temp_dir;
+using granary::testing::child_exit;
+using granary::testing::child_process;
+using granary::testing::parse_int;
+using granary::testing::steady_clock;
+using granary::testing::temp_dir;
 
 namespace {
 

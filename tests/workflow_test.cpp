@@ -13,11 +13,11 @@
 #include "actors/saga.hpp"
 #include "actors/workflow.hpp"
 #include "runtime/keys.hpp"
-#include "test_grains.hpp"
+#include "testing/test_grains.hpp"
 #include "workflow_test.pb.h"
 
 using namespace granary;
-using namespace granary::test;
+using namespace granary::testing;
 using namespace granary::wftest;
 using namespace std::chrono_literals;
 

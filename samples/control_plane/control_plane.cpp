@@ -15,36 +15,28 @@ namespace granary::cp {
 
 namespace {
 
-std::mutex config_mtx;
-cloud_config config;
-silo* limiter_silo = nullptr;
-
-cloud_config current_config() {
-  std::lock_guard guard{config_mtx};
-  return config;
+// The API settings of this silo (a service the host added); without one,
+// activities reach no API and fail, which their retries absorb.
+const cloud_config& settings(const service_registry& services) {
+  static const cloud_config none;
+  auto* cfg = services.find<cloud_config>();
+  return cfg ? *cfg : none;
 }
 
 // Waits for the limiter's grant; a limiter that cannot be reached does not
 // stop the call (the API's own 429s still protect it).
-void wait_for_token() {
-  silo* s;
-  {
-    std::lock_guard guard{config_mtx};
-    if (config.rate_per_s <= 0)
-      return;
-    s = limiter_silo;
-  }
-  if (!s)
+void wait_for_token(const activity_context& ctx) {
+  if (settings(ctx.services()).rate_per_s <= 0 || !ctx.host)
     return;
-  auto grant = grain_ref<cloud_api_limiter>{*s, "provider"}.call<Grant>(
+  auto grant = grain_ref<cloud_api_limiter>{*ctx.host, "provider"}.call<Grant>(
       Acquire{}, std::chrono::seconds{2});
   if (grant && grant->wait_ms() > 0)
     std::this_thread::sleep_for(
         std::chrono::milliseconds{std::min<int64_t>(grant->wait_ms(), 5'000)});
 }
 
-fake_cloud::client make_client() {
-  auto cfg = current_config();
+fake_cloud::client make_client(const activity_context& ctx) {
+  auto& cfg = settings(ctx.services());
   return fake_cloud::client{cfg.host, cfg.port, cfg.timeout};
 }
 
@@ -124,12 +116,6 @@ void publish_stage(workflow_context& ctx, std::string stage) {
 
 } // namespace
 
-void configure(const cloud_config& cfg, silo* s) {
-  std::lock_guard guard{config_mtx};
-  config = cfg;
-  limiter_silo = s;
-}
-
 // -- resource grains ----------------------------------------------------------
 
 template <class Kind>
@@ -143,15 +129,15 @@ caf::expected<CloudActual> cloud_resource<Kind>::reconcile(
   // before the type was part of the key (key format 0).
   auto key = kind + ":" + ctx.idempotency_key;
   if (kind == "quota" && !in.remove) {
-    auto cfg = current_config();
+    auto& cfg = settings(ctx.services());
     auto i = in.desired.fields().find("limit");
     if (i != in.desired.fields().end() && std::stoll(i->second) > cfg.max_quota)
       return make_error(errc::invalid_argument,
                         "quota limit " + i->second + " exceeds the cell's "
                             + std::to_string(cfg.max_quota));
   }
-  wait_for_token();
-  auto api = make_client();
+  wait_for_token(ctx);
+  auto api = make_client(ctx);
   if (in.remove) {
     auto res = api.del(kind, in.name, key);
     if (!res && code_of(res.error()) != errc::not_found)
@@ -217,7 +203,7 @@ void cloud_api_limiter::define(handlers<cloud_api_limiter>& h) {
 }
 
 caf::expected<Grant> cloud_api_limiter::acquire(turn& t, const Acquire&) {
-  auto cfg = current_config();
+  auto& cfg = settings(t.services());
   Grant out;
   if (cfg.rate_per_s <= 0)
     return out;
@@ -550,8 +536,8 @@ namespace {
 
 caf::expected<Deployed> deploy_cell(const activity_context& ctx,
                                     const DeployCell& in) {
-  wait_for_token();
-  auto api = make_client();
+  wait_for_token(ctx);
+  auto api = make_client(ctx);
   std::map<std::string, std::string> fields{{"version", in.version()}};
   auto json = fake_cloud::spec_to_json(fields);
   auto key = "cell:" + ctx.idempotency_key;
@@ -564,10 +550,10 @@ caf::expected<Deployed> deploy_cell(const activity_context& ctx,
   return out;
 }
 
-caf::expected<Deployed> health_check(const activity_context&,
+caf::expected<Deployed> health_check(const activity_context& ctx,
                                      const DeployCell& in) {
-  wait_for_token();
-  auto api = make_client();
+  wait_for_token(ctx);
+  auto api = make_client(ctx);
   auto res = api.get("cell", in.cell());
   if (!res)
     return std::move(res.error());
@@ -585,8 +571,8 @@ caf::expected<Deployed> health_check(const activity_context&,
 
 caf::expected<MigrationResult> replicate(const activity_context& ctx,
                                          const MigrateNamespace& in) {
-  wait_for_token();
-  auto api = make_client();
+  wait_for_token(ctx);
+  auto api = make_client(ctx);
   std::map<std::string, std::string> fields{{"source", in.from_cell()},
                                             {"target", in.to_cell()}};
   auto key = "replica:" + ctx.idempotency_key;

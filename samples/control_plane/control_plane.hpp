@@ -18,7 +18,10 @@
 
 namespace granary::cp {
 
-/// Where activities reach the provider API, and how hard they push it.
+/// Where activities reach the provider API, and how hard they push it. A
+/// silo hands it to the sample's grains and activities as a service:
+/// `services.add(std::make_shared<cp::cloud_config>(cfg))` (see
+/// `granary::service_registry`); without it, API calls fail and retry.
 struct cloud_config {
   std::string host = "127.0.0.1";
   uint16_t port = 0;
@@ -32,11 +35,6 @@ struct cloud_config {
   /// the quota reconcile for good, which makes its workflow compensate.
   int64_t max_quota = 1'000;
 };
-
-/// Sets the API endpoint and limits for every activity of this process,
-/// and the silo that activities use to reach the limiter grain. Call once
-/// the silo is started and before any workflow runs.
-void configure(const cloud_config& cfg, silo* s);
 
 // -- resource grains ----------------------------------------------------------
 

@@ -52,16 +52,18 @@ protected:
     silo_config cfg;
     cfg.partitions = 8;
     cfg.timer_poll = 5ms;
+    auto cloud = std::make_shared<cp::cloud_config>();
+    cloud->port = api->port();
+    cloud->timeout = 50ms; // Shorter than the fault's hold: a real timeout.
+    cloud->rate_per_s = 500;
+    cloud->burst = 50;
+    auto services = std::make_shared<service_registry>();
+    ASSERT_FALSE(services->add(std::move(cloud)));
+    cfg.services = services;
     auto started = silo::start(cfg, std::move(reg),
                                std::make_unique<shared_storage>(mem), clk);
     ASSERT_TRUE(started) << describe(started.error());
     s = std::move(*started);
-    cp::cloud_config cloud;
-    cloud.port = api->port();
-    cloud.timeout = 50ms; // Shorter than the fault's hold: a real timeout.
-    cloud.rate_per_s = 500;
-    cloud.burst = 50;
-    cp::configure(cloud, s.get());
     pool->attach(*s);
   }
 

@@ -29,8 +29,8 @@
 #include <thread>
 #include <vector>
 
-#include "cluster/gateway_client.hpp"
-#include "persistence/rocksdb_storage.hpp"
+#include "gateway/gateway_client.hpp"
+#include "host/silo_host.hpp"
 #include "runtime/log.hpp"
 #include "samples/control_plane/control_plane.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
@@ -50,7 +50,7 @@ struct options {
   uint64_t seed = 42;
   int threads = 32;
   std::string fake_cloud = GRANARY_FAKE_CLOUD_API;
-  // 0: one embedded silo; n: n `granary silo` processes, one killed.
+  // 0: one embedded silo; n: n `control_plane_silo` processes, one killed.
   int cluster = 0;
 };
 
@@ -345,7 +345,7 @@ uint16_t free_port() {
   return ntohs(addr.sin_port);
 }
 
-/// One `granary silo` child process.
+/// One `control_plane_silo` child process.
 struct silo_child {
   pid_t pid = -1;
 
@@ -356,13 +356,12 @@ struct silo_child {
   // Starts it and waits (up to 30 s) for its "ready" line.
   caf::error start(const std::string& config, uint16_t api_port,
                    const std::string& log) {
-    auto out
-        = spawn_until({GRANARY_BIN, "silo", "--config", config, "--cloud-api",
-                       "127.0.0.1:" + std::to_string(api_port)},
-                      "ready ", 30s, pid, log);
+    auto out = spawn_until({GRANARY_CP_SILO, "--config", config, "--cloud-api",
+                            "127.0.0.1:" + std::to_string(api_port)},
+                           "ready ", 30s, pid, log);
     if (out.find("ready ") == std::string::npos)
-      return make_error(errc::unspecified,
-                        "granary silo (" + config + ") did not start: " + out);
+      return make_error(errc::unspecified, "control_plane_silo (" + config
+                                               + ") did not start: " + out);
     return caf::none;
   }
 
@@ -431,7 +430,8 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
       return 1;
     }
   }
-  std::printf("cluster: %d granary silo processes on 127.0.0.1, gateways ", n);
+  std::printf(
+      "cluster: %d control_plane_silo processes on 127.0.0.1, gateways ", n);
   for (int i = 0; i < n; ++i)
     std::printf("%s%u", i ? ", " : "", gw_ports[i]);
   std::printf("; their logs are %s/silo-N.log\n", dir.string().c_str());
@@ -567,18 +567,6 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(o.seed));
   if (o.cluster > 0)
     return run_cluster(o, api.port, o.cluster);
-  auto store = rocksdb_storage::open({.data_dir = o.data_dir});
-  if (!store) {
-    std::fprintf(stderr, "control_plane_sample: %s\n",
-                 describe(store.error()).c_str());
-    return 1;
-  }
-  activity_pool pool{static_cast<size_t>(o.threads), 4'096};
-  grain_registry reg;
-  if (auto err = cp::register_all(reg, pool)) {
-    std::fprintf(stderr, "control_plane_sample: %s\n", describe(err).c_str());
-    return 1;
-  }
   // The silo's warnings (retried calls, refused quotas) go on lines of
   // their own, not into the middle of the progress line.
   set_log_sink([](log_level level, std::string_view line) {
@@ -587,19 +575,32 @@ int main(int argc, char** argv) {
                                                      : "info";
     screen.note("granary " + std::string{name} + ": " + std::string{line});
   });
-  auto started = silo::start(silo_config{}, std::move(reg), std::move(*store));
+  // One embedded silo on RocksDB, built by the host without a gateway: the
+  // sample drives it in process.
+  host::silo_file_config sc;
+  sc.cluster_id = "local";
+  sc.silo_id = "silo-0";
+  sc.data_dir = o.data_dir;
+  host::silo_builder builder;
+  builder.config(sc)
+      .gateway(false)
+      .activity_pool_size(static_cast<size_t>(o.threads))
+      .grains([&](host::registration& r) -> caf::error {
+        auto cloud = std::make_shared<cp::cloud_config>();
+        cloud->port = api.port;
+        cloud->rate_per_s = o.rate_limit;
+        cloud->burst = static_cast<uint32_t>(std::max(1.0, o.rate_limit / 4));
+        if (auto err = r.services.add(std::move(cloud)))
+          return err;
+        return cp::register_all(r.grains, r.activities);
+      });
+  auto started = builder.start();
   if (!started) {
     std::fprintf(stderr, "control_plane_sample: %s\n",
                  describe(started.error()).c_str());
     return 1;
   }
-  auto& s = **started;
-  cp::cloud_config cloud;
-  cloud.port = api.port;
-  cloud.rate_per_s = o.rate_limit;
-  cloud.burst = static_cast<uint32_t>(std::max(1.0, o.rate_limit / 4));
-  cp::configure(cloud, &s);
-  pool.attach(s);
+  auto& s = (*started)->runtime();
   fake_cloud::client probe{"127.0.0.1", api.port, 2s};
 
   // 1. Namespaces.
@@ -710,8 +711,7 @@ int main(int argc, char** argv) {
 
   // 5. The API's record.
   auto audit = probe.audit();
-  pool.stop();
-  s.stop();
+  static_cast<void>((*started)->stop());
   auto secs
       = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
             .count();

@@ -14,9 +14,9 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
-#include "cluster/config.hpp"
-#include "cluster/gateway_client.hpp"
-#include "cluster/gateway_history.hpp"
+#include "cluster/transport/transport.hpp"
+#include "gateway/gateway_client.hpp"
+#include "gateway/gateway_history.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
 

@@ -1,10 +1,10 @@
-// The `granary` command-line tool: benchmarks, the silo process, and
-// workflow, grain and dead-letter administration (offline on a data
-// directory, or online through a silo's gateway).
+// The `granary` command-line tool: benchmarks, and workflow, grain and
+// dead-letter administration (offline on a data directory, or online
+// through a silo's gateway). A silo is the user's own binary, built on
+// `granary::host::run_silo_main`; this tool runs none.
 //
 //   granary bench SCENARIO [--duration SECONDS] [--concurrency N]
 //                 [--grains N] [--payload BYTES] [--data DIR] [--json]
-//   granary silo --config FILE
 //   granary workflow|grain|dead-letters|cluster ... --gateway HOST:PORT
 //
 // Exit codes: 0 success, 1 a scenario failed, 2 bad usage.
@@ -23,7 +23,6 @@
 #include "runtime/error.hpp"
 #include "tools/granary/dead_letters_cmd.hpp"
 #include "tools/granary/gateway_cmd.hpp"
-#include "tools/granary/silo_cmd.hpp"
 #include "tools/granary/workflow_cmd.hpp"
 
 namespace {
@@ -36,7 +35,6 @@ constexpr const char* usage_head
     = "usage: granary bench SCENARIO [--duration SECONDS] [--concurrency N]\n"
       "                     [--grains N] [--payload BYTES] [--data DIR] "
       "[--json]\n"
-      "       granary silo --config FILE [--cloud-api HOST:PORT]\n"
       "       granary dead-letters (--data DIR | --gateway HOST:PORT)\n"
       "                            [list|requeue|drop] ...\n"
       "       granary workflow history --data DIR TYPE ID [--json] "
@@ -270,8 +268,17 @@ int main(int argc, char** argv) {
     return granary::cli::dead_letters_main(argc - 2, argv + 2);
   if (cmd == "workflow")
     return granary::cli::workflow_main(argc - 2, argv + 2);
-  if (cmd == "silo")
-    return granary::cli::silo_main(argc - 2, argv + 2);
+  if (cmd == "silo") {
+    // Removed: a silo runs the user's grains, so it is the user's binary.
+    std::fputs(
+        "granary: 'granary silo' was removed. A silo runs your grains, so it "
+        "is\nyour own program: a main() that calls "
+        "granary::host::run_silo_main\n(README, \"Build your own silo\"). "
+        "The control-plane sample's silo is\ncontrol_plane_silo "
+        "(build/samples/control_plane/control_plane_silo).\n",
+        stderr);
+    return exit_usage;
+  }
   if (cmd == "grain")
     return granary::cli::grain_main(argc - 2, argv + 2);
   if (cmd == "cluster")

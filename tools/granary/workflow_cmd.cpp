@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "cluster/gateway_history.hpp"
+#include "gateway/gateway_history.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/admin.hpp"
 #include "runtime/error.hpp"

@@ -1,0 +1,1100 @@
+// Silos in one process that form a cluster through a shared membership
+// store and real loopback TCP: joining spreads the partitions with their
+// data, a graceful leave hands them back, a crashed silo is detected and
+// declared dead, and a silo declared dead stops itself.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cluster.pb.h"
+#include "cluster/agent/cluster_agent.hpp"
+#include "cluster/membership/embedded_membership.hpp"
+#include "cluster/routing/transport_router.hpp"
+#include "cluster/transport/asio_transport.hpp"
+#include "runtime/keys.hpp"
+#include "runtime/log.hpp"
+#include "testing/test_grains.hpp"
+
+using namespace granary;
+using namespace granary::cluster;
+using namespace granary::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr uint32_t partitions = 12;
+
+// -- plan_moves ---------------------------------------------------------------
+
+membership_entry row(std::string id, silo_status status) {
+  membership_entry e;
+  e.silo_id = std::move(id);
+  e.address = "127.0.0.1:1";
+  e.status = status;
+  return e;
+}
+
+partition_map map_of(std::vector<std::string> owners) {
+  partition_map m;
+  m.partition_count = static_cast<uint32_t>(owners.size());
+  for (uint32_t p = 0; p < owners.size(); ++p)
+    m.partitions.push_back(partition_assignment{
+        p, 1, {partition_owner{owners[p], replica_role::primary}}});
+  return m;
+}
+
+// Applies `moves` to `owners` and counts partitions per silo.
+std::map<std::string, int> after(std::vector<std::string> owners,
+                                 const std::vector<partition_move>& moves) {
+  for (auto& m : moves) {
+    EXPECT_EQ(owners[m.partition], m.from);
+    owners[m.partition] = m.to;
+  }
+  std::map<std::string, int> counts;
+  for (auto& o : owners)
+    ++counts[o];
+  return counts;
+}
+
+TEST(plan_moves, spreads_partitions_over_a_new_silo) {
+  std::vector<std::string> owners(12, "a");
+  membership_table t;
+  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
+            row("c", silo_status::joining)};
+  auto moves = plan_moves(map_of(owners), t);
+  auto counts = after(owners, moves);
+  EXPECT_EQ(counts["a"], 6);
+  EXPECT_EQ(counts["b"], 6);
+  EXPECT_EQ(counts.count("c"), 0u) << "joining silos receive nothing yet";
+  EXPECT_EQ(moves.size(), 6u) << "no partition moves twice";
+}
+
+TEST(plan_moves, empties_a_shutting_down_silo_and_keeps_balance) {
+  std::vector<std::string> owners;
+  for (int i = 0; i < 12; ++i)
+    owners.push_back(std::string(1, static_cast<char>('a' + i % 3)));
+  membership_table t;
+  t.rows = {row("a", silo_status::active), row("b", silo_status::shutting_down),
+            row("c", silo_status::active)};
+  auto counts = after(owners, plan_moves(map_of(owners), t));
+  EXPECT_EQ(counts.count("b"), 0u);
+  EXPECT_EQ(counts["a"], 6);
+  EXPECT_EQ(counts["c"], 6);
+}
+
+TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
+  std::vector<std::string> owners = {"a", "a", "d", "d", "d", "d"};
+  membership_table t;
+  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
+            row("d", silo_status::dead)};
+  auto moves = plan_moves(map_of(owners), t);
+  ASSERT_EQ(moves.size(), 1u);
+  EXPECT_EQ(moves[0].from, "a");
+  EXPECT_EQ(moves[0].to, "b");
+  // A balanced map needs nothing.
+  EXPECT_TRUE(plan_moves(map_of({"a", "b", "a", "b"}), t).empty());
+}
+
+// -- release and recovery of one partition -----------------------------------
+
+// Holds every commit at the door while `hold` is set: a slow disk under a
+// release. Counts the commits that came and that finished.
+struct commit_gate {
+  std::mutex mtx;
+  std::condition_variable cv;
+  bool held = false;
+  uint64_t entered = 0;
+  uint64_t finished = 0;
+
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx};
+      held = value;
+    }
+    cv.notify_all();
+  }
+
+  // Waits until more than `n` commits came to the door.
+  bool wait_entered(uint64_t n, std::chrono::milliseconds limit = 5s) {
+    std::unique_lock guard{mtx};
+    return cv.wait_for(guard, limit, [&] { return entered > n; });
+  }
+
+  uint64_t finished_now() {
+    std::lock_guard guard{mtx};
+    return finished;
+  }
+};
+
+class gated_storage : public shared_memory_storage {
+public:
+  gated_storage(std::shared_ptr<memory_storage> mem,
+                std::shared_ptr<commit_gate> gate)
+      : shared_memory_storage(std::move(mem))
+      , gate_(std::move(gate)) {}
+
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    {
+      std::unique_lock guard{gate_->mtx};
+      ++gate_->entered;
+      gate_->cv.notify_all();
+      // Bounded: a test that forgets to open the gate fails, not hangs.
+      gate_->cv.wait_for(guard, 30s, [&] { return !gate_->held; });
+    }
+    auto err = shared_memory_storage::commit(batches);
+    {
+      std::lock_guard guard{gate_->mtx};
+      ++gate_->finished;
+    }
+    gate_->cv.notify_all();
+    return err;
+  }
+
+private:
+  std::shared_ptr<commit_gate> gate_;
+};
+
+struct gated_silo {
+  static constexpr uint32_t parts = 4;
+  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  std::shared_ptr<commit_gate> gate = std::make_shared<commit_gate>();
+  std::unique_ptr<silo> s;
+
+  gated_silo() {
+    silo_config sc;
+    sc.partitions = parts;
+    sc.timer_poll = 10ms;
+    grain_registry reg;
+    EXPECT_FALSE(register_grain<probe>(reg));
+    auto started = silo::start(sc, std::move(reg),
+                               std::make_unique<gated_storage>(mem, gate));
+    EXPECT_TRUE(started) << describe(started.error());
+    if (started)
+      s = std::move(*started);
+  }
+
+  // Starts an Add{delta} to `key` whose commit the gate holds; returns once
+  // the commit is at the door. Join the thread after opening the gate.
+  std::thread add_held(const std::string& key, int delta) {
+    uint64_t before = 0;
+    {
+      std::lock_guard guard{gate->mtx};
+      before = gate->entered;
+    }
+    gate->hold(true);
+    std::thread t{[this, key, delta] {
+      Add a;
+      a.set_delta(delta);
+      auto r = grain_ref<probe>{*s, key}.call<Value>(a, 20s);
+      EXPECT_TRUE(r) << describe(r.error());
+    }};
+    EXPECT_TRUE(gate->wait_entered(before));
+    return t;
+  }
+};
+
+TEST(partition_release, a_recovery_during_a_slow_release_waits_and_serves) {
+  gated_silo g;
+  ASSERT_TRUE(g.s);
+  std::string key = "slow";
+  auto p = partition_of(id_of<probe>(key), gated_silo::parts);
+  auto adding = g.add_held(key, 2);
+  // The release cannot finish while its commit is held: the ask times out.
+  auto released = g.s->release_partition(p, 100ms);
+  ASSERT_TRUE(released);
+  EXPECT_EQ(code_of(released), errc::timeout) << describe(released);
+  // A recovery now must not be undone when the release finishes.
+  caf::error acquired = make_error(errc::unspecified, "not yet");
+  std::thread acquiring{[&] { acquired = g.s->acquire_partition(p); }};
+  std::this_thread::sleep_for(50ms);
+  g.gate->hold(false);
+  acquiring.join();
+  adding.join();
+  EXPECT_FALSE(acquired) << describe(acquired);
+  auto v = grain_ref<probe>{*g.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << "the partition refuses work after the release finished: "
+                 << describe(v.error());
+  EXPECT_EQ(v->value(), 2);
+}
+
+TEST(partition_release, a_second_release_waits_for_the_first) {
+  gated_silo g;
+  ASSERT_TRUE(g.s);
+  std::string key = "slow";
+  auto p = partition_of(id_of<probe>(key), gated_silo::parts);
+  auto adding = g.add_held(key, 3);
+  auto finished = g.gate->finished_now();
+  ASSERT_EQ(code_of(g.s->release_partition(p, 100ms)), errc::timeout);
+  // Asked again, the release answers only once the pending commit is
+  // durable (a handoff exports right after it).
+  uint64_t finished_at_answer = 0;
+  caf::error again;
+  std::thread releasing{[&] {
+    again = g.s->release_partition(p, 20s);
+    finished_at_answer = g.gate->finished_now();
+  }};
+  std::this_thread::sleep_for(50ms);
+  g.gate->hold(false);
+  releasing.join();
+  adding.join();
+  EXPECT_FALSE(again) << describe(again);
+  EXPECT_GT(finished_at_answer, finished)
+      << "the second release answered while the first was still committing";
+  auto state
+      = g.mem->get(column::state, keys::grain_prefix(p, id_of<probe>(key)));
+  ASSERT_TRUE(state && state->has_value());
+}
+
+// -- in-process cluster -------------------------------------------------------
+
+struct node {
+  std::string id;
+  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  std::unique_ptr<shared_memory_storage> data;
+  std::shared_ptr<asio_transport> net;
+  std::unique_ptr<transport_router> router;
+  std::atomic<transport_router*> router_ptr{nullptr};
+  std::unique_ptr<cluster_agent> agent;
+  std::unique_ptr<silo> s;
+  std::atomic<bool> declared_dead{false};
+  fs::path handoff_dir;
+  uint64_t incarnation = 0;
+  // Set before `start`: holds the silo's commits (not the agent's).
+  std::shared_ptr<commit_gate> gate;
+  // While set, every frame from another silo is lost (a network cut).
+  std::atomic<bool> isolated{false};
+  // Set before `start`: adjusts the agent's settings.
+  std::function<void(agent_config&)> configure;
+  // Set before `start`: the store the agent uses instead of the shared one.
+  std::shared_ptr<membership_store> store;
+  // Set before `start`: runs between the silo's start and `activate`.
+  std::function<void()> before_activate;
+  // Whether `activate` is expected to fail.
+  bool expect_activate_error = false;
+};
+
+// Forwards everything to another store; tests override what they disturb.
+class forwarding_store : public membership_store {
+public:
+  explicit forwarding_store(membership_store& inner)
+      : inner_(inner) {}
+
+  caf::expected<membership_table> read_all() override {
+    return inner_.read_all();
+  }
+
+  caf::expected<membership_table> read(const std::string& id) override {
+    return inner_.read(id);
+  }
+
+  caf::expected<write_result> insert(const membership_entry& e,
+                                     uint64_t v) override {
+    return inner_.insert(e, v);
+  }
+
+  caf::expected<write_result> update(const membership_entry& e, uint64_t rv,
+                                     uint64_t tv) override {
+    return inner_.update(e, rv, tv);
+  }
+
+  caf::error update_i_am_alive(const std::string& id, int64_t now) override {
+    return inner_.update_i_am_alive(id, now);
+  }
+
+  caf::expected<size_t> delete_dead(int64_t older_than_ms) override {
+    return inner_.delete_dead(older_than_ms);
+  }
+
+  caf::expected<watch_token> watch(membership_watcher w) override {
+    return inner_.watch(std::move(w));
+  }
+
+  caf::expected<partition_map> read_partition_map() override {
+    return inner_.read_partition_map();
+  }
+
+  caf::expected<write_result> write_partition_map(const partition_map& m,
+                                                  uint64_t v) override {
+    return inner_.write_partition_map(m, v);
+  }
+
+protected:
+  membership_store& inner_;
+};
+
+// Holds votes against `suspect` (updates of its row that carry votes) at
+// the door while `holding`, so that they reach the store late.
+class vote_gate_store final : public forwarding_store {
+public:
+  vote_gate_store(membership_store& inner, std::string suspect)
+      : forwarding_store(inner)
+      , suspect_(std::move(suspect)) {}
+
+  caf::expected<write_result> update(const membership_entry& e, uint64_t rv,
+                                     uint64_t tv) override {
+    if (e.silo_id == suspect_ && !e.suspicions.empty()) {
+      std::unique_lock guard{mtx_};
+      ++waiting_;
+      cv_.notify_all();
+      // Bounded: a test that forgets to let go fails, not hangs.
+      cv_.wait_for(guard, 30s, [&] { return !holding_; });
+      --waiting_;
+      passed_.emplace(std::this_thread::get_id(), 0);
+    }
+    return inner_.update(e, rv, tv);
+  }
+
+  caf::expected<membership_table> read_all() override {
+    {
+      std::lock_guard guard{mtx_};
+      if (auto i = passed_.find(std::this_thread::get_id()); i != passed_.end())
+        ++i->second;
+    }
+    cv_.notify_all();
+    return inner_.read_all();
+  }
+
+  // Waits until `voters` threads passed the door and each read the table
+  // `n` times since: by then each has finished what followed its vote.
+  bool wait_reads_after_door(size_t voters, int n,
+                             std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] {
+      return passed_.size() >= voters
+             && std::all_of(passed_.begin(), passed_.end(),
+                            [&](auto& x) { return x.second >= n; });
+    });
+  }
+
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx_};
+      holding_ = value;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits until `n` votes wait at the door.
+  bool wait_waiting(int n, std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] { return waiting_ >= n; });
+  }
+
+private:
+  std::string suspect_;
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  int waiting_ = 0;
+  // Threads whose vote passed the door, and their table reads since.
+  std::map<std::thread::id, int> passed_;
+};
+
+// Forwards to a store. Once `armed`, a partition-map write is applied and
+// then answered with a timeout (its answer lost), and from then on reads of
+// the map time out too, until `blind` is cleared.
+class lossy_map_store final : public forwarding_store {
+public:
+  explicit lossy_map_store(membership_store& inner)
+      : forwarding_store(inner) {}
+
+  std::atomic<bool> armed{false};
+  std::atomic<bool> blind{false};
+  std::atomic<int> lost_writes{0};
+  // Blind reads by the thread whose write was lost (the handoff sender).
+  std::atomic<int> writer_blind_reads{0};
+
+  caf::expected<partition_map> read_partition_map() override {
+    if (blind.load()) {
+      std::lock_guard guard{mtx_};
+      if (std::this_thread::get_id() == writer_)
+        ++writer_blind_reads;
+      return make_error(errc::timeout, "test: the store's answer was lost");
+    }
+    return inner_.read_partition_map();
+  }
+
+  caf::expected<write_result> write_partition_map(const partition_map& m,
+                                                  uint64_t v) override {
+    {
+      // Bounded: a test that forgets to let go fails, not hangs.
+      std::unique_lock guard{mtx_};
+      ++writes_seen;
+      cv_.notify_all();
+      cv_.wait_for(guard, 30s, [&] { return !holding_; });
+    }
+    if (!armed.load())
+      return inner_.write_partition_map(m, v);
+    auto res = inner_.write_partition_map(m, v);
+    if (res && res->applied()) {
+      std::lock_guard guard{mtx_};
+      writer_ = std::this_thread::get_id();
+      ++lost_writes;
+      blind = true;
+    }
+    return make_error(errc::timeout, "test: the store's answer was lost");
+  }
+
+  // Holds every map write at the door while set.
+  void hold(bool value) {
+    {
+      std::lock_guard guard{mtx_};
+      holding_ = value;
+    }
+    cv_.notify_all();
+  }
+
+  int writes() {
+    std::lock_guard guard{mtx_};
+    return writes_seen;
+  }
+
+  // Waits until more than `n` map writes came to the door.
+  bool wait_writes(int n, std::chrono::milliseconds limit = 10s) {
+    std::unique_lock guard{mtx_};
+    return cv_.wait_for(guard, limit, [&] { return writes_seen > n; });
+  }
+
+private:
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  int writes_seen = 0;
+  std::thread::id writer_;
+};
+
+bool contains(const std::vector<uint32_t>& xs, uint32_t x) {
+  return std::find(xs.begin(), xs.end(), x) != xs.end();
+}
+
+// Collects the log lines (and still prints them) while it lives.
+class log_capture {
+public:
+  log_capture() {
+    set_log_sink([this](log_level, std::string_view line) {
+      std::fprintf(stderr, "log: %.*s\n", static_cast<int>(line.size()),
+                   line.data());
+      std::lock_guard guard{mtx_};
+      lines_.emplace_back(line);
+    });
+  }
+
+  ~log_capture() {
+    set_log_sink(nullptr);
+  }
+
+  log_capture(const log_capture&) = delete;
+  log_capture& operator=(const log_capture&) = delete;
+
+  bool has(const std::string& part) const {
+    std::lock_guard guard{mtx_};
+    return std::any_of(lines_.begin(), lines_.end(), [&](auto& l) {
+      return l.find(part) != std::string::npos;
+    });
+  }
+
+private:
+  mutable std::mutex mtx_;
+  std::vector<std::string> lines_;
+};
+
+// A probe key whose grain lives in partition `p`.
+std::string key_on(uint32_t p, const std::string& prefix) {
+  for (int i = 0;; ++i) {
+    auto key = prefix + std::to_string(i);
+    if (partition_of(id_of<probe>(key), partitions) == p)
+      return key;
+  }
+}
+
+class agent_test : public ::testing::Test {
+protected:
+  void SetUp() override {
+    dir = fs::temp_directory_path()
+          / ("granary-agent-test-" + std::to_string(::getpid()) + "-"
+             + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto opened = embedded_membership::open({(dir / "membership").string()});
+    ASSERT_TRUE(opened) << describe(opened.error());
+    store = std::move(*opened);
+  }
+
+  void TearDown() override {
+    for (auto& n : nodes)
+      crash(*n);
+    nodes.clear();
+    store.reset();
+    fs::remove_all(dir);
+  }
+
+  agent_config config_of(node& n) {
+    agent_config cfg;
+    cfg.self = peer_address{n.id, endpoint{"127.0.0.1", 0}};
+    cfg.partitions = partitions;
+    cfg.probe_interval = 100ms;
+    cfg.missed_probes = 3;
+    cfg.vote_expiry = 3s;
+    cfg.i_am_alive_interval = 500ms;
+    cfg.join_timeout = 1s;
+    cfg.refresh_interval = 200ms;
+    cfg.handoff_timeout = 2s;
+    cfg.handoff_dir = n.handoff_dir.string();
+    if (n.configure)
+      n.configure(cfg);
+    return cfg;
+  }
+
+  // Starts (or restarts) a silo on `n`'s data.
+  void start(node& n) {
+    n.handoff_dir = dir / (n.id + "-handoff");
+    n.declared_dead = false;
+    n.data = std::make_unique<shared_memory_storage>(n.mem);
+    asio_transport_config tc;
+    tc.cluster_id = "agent-test";
+    tc.silo_id = n.id;
+    tc.incarnation = ++n.incarnation;
+    n.net = std::make_shared<asio_transport>(tc);
+    n.net->set_handler([&n](const peer_info& from, Frame&& f) {
+      if (n.isolated.load())
+        return;
+      if (auto* r = n.router_ptr.load())
+        r->handler()(from, std::move(f));
+    });
+    auto port = n.net->start(endpoint{"127.0.0.1", 0});
+    ASSERT_TRUE(port) << describe(port.error());
+    auto cfg = config_of(n);
+    cfg.self.address.port = *port;
+    n.router = std::make_unique<transport_router>(*n.net, cfg.self, partitions);
+    n.agent = std::make_unique<cluster_agent>(cfg, n.store ? *n.store : *store,
+                                              *n.net, *n.router);
+    n.agent->on_declared_dead(
+        [&n](const std::string&) { n.declared_dead = true; });
+    auto* agent = n.agent.get();
+    n.router->on_other_frame([agent](const peer_info& from, Frame&& f) {
+      agent->on_frame(from, std::move(f));
+    });
+    n.router->on_stale_route([agent] { agent->refresh_soon(); });
+    n.router_ptr = n.router.get();
+    ASSERT_FALSE(n.agent->join(*n.data, n.incarnation));
+    silo_config sc;
+    sc.partitions = partitions;
+    sc.redelivery_timeout = 300ms;
+    sc.timer_poll = 10ms;
+    sc.router = n.router.get();
+    sc.remote_call_timeout = 500ms;
+    grain_registry reg;
+    ASSERT_FALSE(register_grain<probe>(reg));
+    std::unique_ptr<storage> st;
+    if (n.gate)
+      st = std::make_unique<gated_storage>(n.mem, n.gate);
+    else
+      st = std::make_unique<shared_memory_storage>(n.mem);
+    auto started = silo::start(sc, std::move(reg), std::move(st));
+    ASSERT_TRUE(started) << describe(started.error());
+    n.s = std::move(*started);
+    n.router->attach(*n.s);
+    if (n.before_activate)
+      n.before_activate();
+    auto activated = n.agent->activate(*n.s);
+    if (n.expect_activate_error)
+      ASSERT_TRUE(activated);
+    else
+      ASSERT_FALSE(activated) << describe(activated);
+  }
+
+  node& add(std::string id) {
+    nodes.push_back(std::make_unique<node>());
+    nodes.back()->id = std::move(id);
+    return *nodes.back();
+  }
+
+  // Stops `n` without leaving: what a crash looks like to the others.
+  static void crash(node& n) {
+    if (n.agent)
+      n.agent->stop();
+    n.router_ptr = nullptr;
+    if (n.router)
+      n.router->stop();
+    if (n.net)
+      n.net->stop();
+    n.s.reset();
+    n.agent.reset();
+    n.router.reset();
+    n.net.reset();
+  }
+
+  static silo_status status_in(const node& viewer, const std::string& id) {
+    auto v = viewer.agent->view();
+    auto* r = v.table.find(id);
+    return r ? r->status : silo_status::dead;
+  }
+
+  static bool balanced(const std::vector<node*>& ns) {
+    size_t total = 0;
+    for (auto* n : ns) {
+      auto k = n->agent->served().size();
+      if (k < partitions / ns.size() || k > partitions / ns.size() + 1)
+        return false;
+      total += k;
+    }
+    return total == partitions;
+  }
+
+  fs::path dir;
+  std::unique_ptr<embedded_membership> store;
+  std::vector<std::unique_ptr<node>> nodes;
+};
+
+// Sends Add{1} messages to `grains` probe grains through `s`, each with its
+// own message id, retrying every one until it is accepted, until `stop` is
+// set (at least `min` messages). Returns how many were accepted.
+int send_load(silo& s, const std::string& tag, std::atomic<bool>& stop, int min,
+              int grains) {
+  int accepted = 0;
+  for (int i = 0; i < min || (!stop.load() && i < 100'000); ++i) {
+    Add add;
+    add.set_delta(1);
+    auto key = "g" + std::to_string(i % grains);
+    auto id = tag + "-" + std::to_string(i);
+    // A handoff makes a partition unavailable for a moment: retry.
+    for (int attempt = 0; attempt < 400; ++attempt) {
+      if (!s.send(id_of<probe>(key), add, id, 2s)) {
+        ++accepted;
+        break;
+      }
+      std::this_thread::sleep_for(25ms);
+    }
+  }
+  return accepted;
+}
+
+int64_t total(silo& s, int grains) {
+  int64_t sum = 0;
+  for (int g = 0; g < grains; ++g) {
+    caf::expected<Value> v{caf::error{}};
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      v = grain_ref<probe>{s, "g" + std::to_string(g)}.call<Value>(Get{}, 2s);
+      if (v)
+        break;
+      std::this_thread::sleep_for(50ms);
+    }
+    if (!v)
+      return -1;
+    sum += v->value();
+  }
+  return sum;
+}
+
+} // namespace
+
+TEST_F(agent_test, silos_join_and_spread_the_partitions) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  EXPECT_EQ(a.agent->served().size(), partitions) << "the first silo owns all";
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  for (auto* n : {&a, &b, &c})
+    EXPECT_EQ(status_in(a, n->id), silo_status::active);
+  // Every grain answers through every silo.
+  for (int g = 0; g < 30; ++g) {
+    auto key = "k" + std::to_string(g);
+    auto& via = *nodes[g % 3];
+    auto r = grain_ref<probe>{*via.s, key}.call<Value>(Add{}, 2s);
+    EXPECT_TRUE(r) << key << ": " << describe(r.error());
+  }
+  auto map = store->read_partition_map();
+  ASSERT_TRUE(map);
+  for (auto& asg : map->partitions)
+    EXPECT_GE(asg.epoch, 1u);
+}
+
+TEST_F(agent_test, handoff_under_load_loses_and_repeats_nothing) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  constexpr int grains = 40;
+  std::atomic<int> accepted{0};
+  std::atomic<bool> stop_a{false};
+  std::atomic<bool> stop_b{false};
+  std::thread load_a{
+      [&] { accepted += send_load(*a.s, "via-a", stop_a, 200, grains); }};
+  start(b);
+  std::thread load_b{
+      [&] { accepted += send_load(*b.s, "via-b", stop_b, 200, grains); }};
+  start(c);
+  std::this_thread::sleep_for(300ms);
+  stop_a = true;
+  load_a.join();
+  // a leaves while b keeps sending: its partitions move to b and c.
+  auto left = a.agent->leave(20s);
+  EXPECT_FALSE(left) << describe(left);
+  EXPECT_TRUE(a.agent->served().empty());
+  crash(a);
+  std::this_thread::sleep_for(300ms);
+  stop_b = true;
+  load_b.join();
+  ASSERT_TRUE(eventually([&] { return balanced({&b, &c}); }, 20s));
+  std::printf("accepted %d messages\n", accepted.load());
+  EXPECT_EQ(total(*c.s, grains), accepted.load())
+      << "every accepted message applied exactly once";
+}
+
+TEST_F(agent_test,
+       a_crashed_silo_is_declared_dead_and_gets_its_partitions_back) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // Some state on c's partitions.
+  auto c_parts = c.agent->served();
+  ASSERT_FALSE(c_parts.empty());
+  std::string key;
+  for (int i = 0; key.empty(); ++i)
+    if (partition_of(id_of<probe>("x" + std::to_string(i)), partitions)
+        == c_parts[0])
+      key = "x" + std::to_string(i);
+  Add add5;
+  add5.set_delta(5);
+  auto sent5 = grain_ref<probe>{*a.s, key}.send(add5, "before-crash");
+  ASSERT_FALSE(sent5) << describe(sent5);
+  crash(c);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(
+      eventually([&] { return status_in(a, "c") == silo_status::dead; }, 15s));
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - t0);
+  std::printf("detection time: %lld ms (probe 100 ms, 3 missed probes)\n",
+              static_cast<long long>(took.count()));
+  EXPECT_EQ(status_in(b, "c"), silo_status::dead);
+  // Its partitions are unavailable, not moved: their data is on c.
+  auto r = grain_ref<probe>{*a.s, key}.call<Value>(Get{}, 1s);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(code_of(r.error()), errc::partition_unavailable)
+      << describe(r.error());
+  // A durable message between grains waits in the sender's outbox.
+  auto a_parts = a.agent->served();
+  ASSERT_FALSE(a_parts.empty());
+  std::string sender;
+  for (int i = 0; sender.empty(); ++i)
+    if (partition_of(id_of<probe>("s" + std::to_string(i)), partitions)
+        == a_parts[0])
+      sender = "s" + std::to_string(i);
+  Forward fwd;
+  fwd.set_to(key);
+  fwd.set_delta(1);
+  auto sent_fwd = grain_ref<probe>{*a.s, sender}.send(fwd, "while-down");
+  ASSERT_FALSE(sent_fwd) << describe(sent_fwd);
+  // c restarts on its data and serves its partitions again.
+  start(c);
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 1s);
+        return v && v->value() == 6;
+      },
+      20s));
+  EXPECT_EQ(status_in(a, "c"), silo_status::active);
+}
+
+TEST_F(agent_test, a_silo_declared_dead_stops_itself) {
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  start(b);
+  auto snap = store->read("b");
+  ASSERT_TRUE(snap);
+  auto entry = *snap->find("b");
+  entry.status = silo_status::dead;
+  auto res = store->update(entry, entry.version, snap->version);
+  ASSERT_TRUE(res && res->applied());
+  EXPECT_TRUE(eventually([&] { return b.declared_dead.load(); }, 5s));
+  EXPECT_FALSE(a.declared_dead.load());
+}
+
+TEST_F(agent_test, join_refuses_a_data_directory_without_its_partitions) {
+  auto& a = add("a");
+  start(a);
+  crash(a);
+  a.mem = std::make_shared<memory_storage>(); // Wiped.
+  a.data = std::make_unique<shared_memory_storage>(a.mem);
+  asio_transport_config tc;
+  tc.cluster_id = "agent-test";
+  tc.silo_id = "a";
+  asio_transport net{tc};
+  transport_router router{net, peer_address{"a", {"127.0.0.1", 1}}, partitions};
+  cluster_agent agent{config_of(a), *store, net, router};
+  auto err = agent.join(*a.data, 7);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), errc::invalid_config);
+  EXPECT_NE(describe(err).find("does not hold"), std::string::npos)
+      << describe(err);
+}
+
+TEST_F(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {
+  log_capture logs;
+  auto& a = add("a");
+  a.gate = std::make_shared<commit_gate>();
+  a.configure = [](agent_config& c) { c.release_timeout = 300ms; };
+  auto& b = add("b");
+  start(a);
+  // The highest partition moves first; one of its turns is committing
+  // (slowly) when its handoff starts.
+  auto key = key_on(partitions - 1, "slow");
+  Add add5;
+  add5.set_delta(5);
+  auto first = grain_ref<probe>{*a.s, key}.call<Value>(add5, 2s);
+  ASSERT_TRUE(first) << describe(first.error());
+  std::thread adding;
+  {
+    uint64_t before = 0;
+    {
+      std::lock_guard guard{a.gate->mtx};
+      before = a.gate->entered;
+    }
+    a.gate->hold(true);
+    adding = std::thread{[&] {
+      Add add2;
+      add2.set_delta(2);
+      auto r = grain_ref<probe>{*a.s, key}.call<Value>(add2, 20s);
+      EXPECT_TRUE(r) << describe(r.error());
+    }};
+    ASSERT_TRUE(a.gate->wait_entered(before));
+  }
+  start(b);
+  auto slow = "releasing partition " + std::to_string(partitions - 1)
+              + " takes longer";
+  EXPECT_TRUE(eventually([&] { return logs.has(slow); }, 10s))
+      << "the agent gave up on the slow release";
+  a.gate->hold(false);
+  adding.join();
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  EXPECT_FALSE(logs.has("handoff of partition " + std::to_string(partitions - 1)
+                        + " to silo 'b' failed"));
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 7);
+}
+
+TEST_F(agent_test, a_map_write_with_a_lost_answer_never_makes_two_owners) {
+  auto& a = add("a");
+  auto lossy_ptr = std::make_shared<lossy_map_store>(*store);
+  auto& lossy = *lossy_ptr;
+  a.store = lossy_ptr;
+  auto& b = add("b");
+  start(a);
+  // The highest partition moves first.
+  uint32_t p = partitions - 1;
+  auto key = key_on(p, "lost");
+  Add add5;
+  add5.set_delta(5);
+  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  lossy.armed = true;
+  start(b);
+  // The write that gives p to b is applied, its answer is lost, and a
+  // cannot read the map for a while.
+  ASSERT_TRUE(eventually([&] { return lossy.lost_writes.load() > 0; }, 10s));
+  auto map = store->read_partition_map();
+  ASSERT_TRUE(map);
+  ASSERT_EQ(*map->partitions[p].primary(), "b");
+  ASSERT_EQ(map->partitions[p].epoch, 2u);
+  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  // Longer than the handoff once waited before it served p again.
+  ASSERT_TRUE(
+      eventually([&] { return lossy.writer_blind_reads.load() > 20; }, 20s))
+      << "the handoff stopped asking the map";
+  EXPECT_FALSE(contains(a.agent->served(), p))
+      << "a serves p at epoch 1 while b serves it at epoch 2";
+  // Durable sends to p through both silos.
+  int accepted = 0;
+  for (int i = 0; i < 4; ++i) {
+    Add add1;
+    add1.set_delta(1);
+    for (auto* n : {&a, &b})
+      if (!n->s->send(id_of<probe>(key), add1, n->id + "-" + std::to_string(i),
+                      300ms))
+        ++accepted;
+  }
+  EXPECT_GE(accepted, 4) << "b accepts what it owns";
+  // The map answers again: a finishes the handoff.
+  lossy.blind = false;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = a.router->route_of(p);
+        return r.available && r.owner.silo_id == "b" && r.epoch == 2;
+      },
+      20s));
+  EXPECT_FALSE(contains(a.agent->served(), p));
+  auto held = a.mem->get(column::meta, "partition/" + std::to_string(p));
+  ASSERT_TRUE(held);
+  EXPECT_FALSE(held->has_value()) << "a dropped its copy";
+  // Every accepted send applied exactly once, at the one owner.
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5 + accepted);
+}
+
+TEST_F(agent_test, a_receiver_restarted_before_the_map_write_keeps_the_data) {
+  auto& a = add("a");
+  auto lossy = std::make_shared<lossy_map_store>(*store);
+  a.store = lossy;
+  auto& b = add("b");
+  // b's quick restart must not make a vote it dead.
+  for (auto* n : {&a, &b})
+    n->configure = [](agent_config& c) { c.missed_probes = 100; };
+  start(a);
+  uint32_t p = partitions - 1;
+  auto key = key_on(p, "kept");
+  Add add5;
+  add5.set_delta(5);
+  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  // b receives p; the map write that gives it to b waits at the door.
+  auto seen = lossy->writes();
+  lossy->hold(true);
+  start(b);
+  ASSERT_TRUE(lossy->wait_writes(seen));
+  // b restarts meanwhile: the map it reads at join still gives p to a.
+  crash(b);
+  start(b);
+  lossy->hold(false);
+  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(v) << describe(v.error());
+  EXPECT_EQ(v->value(), 5) << "b serves p without its data";
+}
+
+TEST_F(agent_test,
+       a_quickly_restarted_silo_survives_the_death_of_its_last_run) {
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  auto votes = std::make_shared<vote_gate_store>(*store, "c");
+  a.store = votes;
+  b.store = votes;
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // c dies; a and b vote against its run, but their votes reach the store
+  // only after c came back.
+  votes->hold(true);
+  crash(c);
+  ASSERT_TRUE(votes->wait_waiting(2));
+  start(c);
+  {
+    // `activate` wrote the row before it returned.
+    auto row = store->read("c");
+    ASSERT_TRUE(row && row->find("c"));
+    ASSERT_EQ(row->find("c")->status, silo_status::active);
+  }
+  votes->hold(false);
+  // Both voters went on after their late votes.
+  ASSERT_TRUE(votes->wait_reads_after_door(2, 2));
+  auto snap = store->read("c");
+  ASSERT_TRUE(snap && snap->find("c"));
+  EXPECT_EQ(snap->find("c")->status, silo_status::active);
+  EXPECT_EQ(snap->find("c")->incarnation, c.incarnation);
+  EXPECT_TRUE(snap->find("c")->suspicions.empty())
+      << "votes against the previous run stick to the new one";
+  EXPECT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 10s));
+  EXPECT_FALSE(c.declared_dead.load());
+}
+
+TEST_F(agent_test, a_silo_declared_dead_while_joining_says_so) {
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  // Between join and activate, b's run is declared dead.
+  b.before_activate = [&] {
+    auto snap = store->read("b");
+    ASSERT_TRUE(snap && snap->find("b"));
+    auto entry = *snap->find("b");
+    entry.status = silo_status::dead;
+    auto res = store->update(entry, entry.version, snap->version);
+    ASSERT_TRUE(res && res->applied());
+  };
+  b.expect_activate_error = true;
+  start(b);
+  EXPECT_TRUE(b.declared_dead.load())
+      << "the join path must report the death like any other";
+}
+
+TEST_F(agent_test, two_silos_cut_apart_declare_no_one_dead) {
+  log_capture logs;
+  auto& a = add("a");
+  auto& b = add("b");
+  start(a);
+  start(b);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  // Neither hears the other: each suspects the other, and neither reaches a
+  // majority of the two live silos.
+  a.isolated = true;
+  b.isolated = true;
+  ASSERT_TRUE(eventually(
+      [&] {
+        return (logs.has("silo 'a' reaches 1 of 2 live silos")
+                && logs.has("silo 'b' reaches 1 of 2 live silos"))
+               || a.declared_dead || b.declared_dead;
+      },
+      10s));
+  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_FALSE(b.declared_dead.load());
+  auto table = store->read_all();
+  ASSERT_TRUE(table);
+  for (auto* id : {"a", "b"}) {
+    ASSERT_TRUE(table->find(id));
+    EXPECT_EQ(table->find(id)->status, silo_status::active) << id;
+    EXPECT_TRUE(table->find(id)->suspicions.empty()) << id;
+  }
+  // Healed, both serve on.
+  a.isolated = false;
+  b.isolated = false;
+  for (int g = 0; g < 10; ++g) {
+    auto r = grain_ref<probe>{*a.s, "cut-" + std::to_string(g)}.call<Value>(
+        Add{}, 5s);
+    EXPECT_TRUE(r) << describe(r.error());
+  }
+}
+
+TEST_F(agent_test, a_silo_cut_off_from_the_majority_is_declared_dead_alone) {
+  log_capture logs;
+  auto& a = add("a");
+  auto& b = add("b");
+  auto& c = add("c");
+  start(a);
+  start(b);
+  start(c);
+  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+  // c hears no one; a and b still hear each other (c's frames to them
+  // still arrive, but c hears none of their answers).
+  c.isolated = true;
+  ASSERT_TRUE(eventually([&] { return c.declared_dead.load(); }, 15s));
+  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_FALSE(b.declared_dead.load());
+  auto table = store->read_all();
+  ASSERT_TRUE(table);
+  EXPECT_EQ(table->find("a")->status, silo_status::active);
+  EXPECT_EQ(table->find("b")->status, silo_status::active);
+  EXPECT_EQ(table->find("c")->status, silo_status::dead);
+}
