@@ -135,9 +135,32 @@ private:
   State state_;
 };
 
-/// Registers grain class `G` under `G::type_name`.
+/// True for workflow classes (`workflow<...>` defines the marker).
+template <class G>
+inline constexpr bool is_workflow_v = requires {
+  typename G::workflow_marker;
+};
+
+/// True for resource grain classes (`resource<...>` defines the marker).
+template <class G>
+inline constexpr bool is_resource_v = requires {
+  typename G::resource_marker;
+};
+
+/// Registers grain class `G` under `G::type_name`. Workflows and resource
+/// grains need their activity pool: register them with `register_workflow`
+/// and `register_resource` (or a host's `registration`), which this checks
+/// at compile time.
 template <class G>
 caf::error register_grain(grain_registry& registry) {
+  static_assert(!is_workflow_v<G>,
+                "G is a workflow: register it with register_workflow<G>("
+                "registry, &pool), or host::registration::workflow<G>(), so "
+                "that its activities have a pool");
+  static_assert(!is_resource_v<G>,
+                "G is a resource grain: register it with register_resource<G>("
+                "registry, pool), or host::registration::resource<G>(), so "
+                "that its reconcile activity has a pool");
   return registry.add(std::string{G::type_name},
                       [] { return std::make_unique<G>(); });
 }

@@ -65,6 +65,8 @@ template <class Derived, class Spec, class Actual>
 class resource : public grain<Derived, wire::ResourceState> {
 public:
   using state_type = wire::ResourceState;
+  /// Marks resource grain classes (see `is_resource_v`).
+  using resource_marker = void;
 
   static void define(handlers<Derived>& h) {
     using info = caf::expected<wire::ResourceInfo>;

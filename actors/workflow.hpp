@@ -287,6 +287,8 @@ template <class Derived, class Input, class Output>
 class workflow : public grain<Derived, wire::WorkflowState> {
 public:
   using super = grain<Derived, wire::WorkflowState>;
+  /// Marks workflow classes (see `is_workflow_v`).
+  using workflow_marker = void;
 
   static void define(handlers<Derived>& h) {
     using info = caf::expected<wire::WorkflowInfo>;
@@ -758,7 +760,10 @@ inline wire::Signal make_signal(std::string name,
 }
 
 /// Registers workflow class `W`, whose activities run on `pool` (which
-/// must outlive the silo's use of it: stop the pool before the silo).
+/// must outlive the silo's use of it: stop the pool before the silo, and
+/// `attach` it to the silo once started). A null `pool` is for workflows
+/// that run no activity: an activity then fails its run with "no activity
+/// pool". A host's `registration::workflow<W>()` passes the host's pool.
 template <class W>
 caf::error register_workflow(grain_registry& registry, activity_pool* pool,
                              workflow_options opts = {}) {

@@ -637,8 +637,8 @@ caf::expected<std::unique_ptr<silo>> start_silo(silo_config cfg,
   for (auto err :
        {register_grain<echo>(registry), register_grain<counter>(registry),
         register_grain<sink>(registry), register_grain<driver>(registry),
-        register_grain<steps_flow>(registry), register_grain<chain>(registry),
-        register_grain<relay>(registry),
+        register_workflow<steps_flow>(registry, nullptr),
+        register_grain<chain>(registry), register_grain<relay>(registry),
         register_workflow<fanout_flow>(registry, pool),
         register_workflow<sleeper_flow>(registry, pool)})
     if (err)

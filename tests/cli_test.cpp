@@ -212,7 +212,7 @@ void write_waiting_workflow(const std::string& data_dir) {
   auto store = rocksdb_storage::open({.data_dir = data_dir});
   ASSERT_TRUE(store);
   grain_registry reg;
-  ASSERT_FALSE(register_grain<wait_flow>(reg));
+  ASSERT_FALSE(register_workflow<wait_flow>(reg, nullptr));
   auto s = silo::start(silo_config{}, std::move(reg), std::move(*store));
   ASSERT_TRUE(s);
   Add start;

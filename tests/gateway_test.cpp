@@ -160,8 +160,8 @@ protected:
     cfg.retry_initial = 1ms;
     grain_registry reg;
     ASSERT_FALSE(register_grain<probe>(reg));
-    ASSERT_FALSE(register_grain<gate_flow>(reg));
-    ASSERT_FALSE(register_grain<slow_start_flow>(reg));
+    ASSERT_FALSE(register_workflow<gate_flow>(reg, nullptr));
+    ASSERT_FALSE(register_workflow<slow_start_flow>(reg, nullptr));
     auto s = silo::start(cfg, std::move(reg),
                          std::make_unique<shared_storage>(mem));
     ASSERT_TRUE(s) << describe(s.error());

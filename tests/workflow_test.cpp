@@ -121,13 +121,23 @@ protected:
     cfg.timer_poll = 10ms;
   }
 
+  // Registers `G` as a workflow (without a pool: these run no activity) or
+  // as a plain grain.
+  template <class G>
+  static caf::error register_any(grain_registry& reg) {
+    if constexpr (is_workflow_v<G>)
+      return register_workflow<G>(reg, nullptr);
+    else
+      return register_grain<G>(reg);
+  }
+
   // Starts a silo with grain classes `Gs` on the shared storage and clock.
   template <class... Gs>
   std::unique_ptr<silo> start_with() {
     grain_registry reg;
     auto check
         = [](const caf::error& err) { EXPECT_FALSE(err) << describe(err); };
-    (check(register_grain<Gs>(reg)), ...);
+    (check(register_any<Gs>(reg)), ...);
     auto s = silo::start(cfg, std::move(reg),
                          std::make_unique<shared_storage>(mem), clk);
     if (!s) {
