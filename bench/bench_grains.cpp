@@ -6,6 +6,7 @@
 
 #include <caf/atom.hpp>
 
+#include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
 
 namespace granary::bench {
@@ -207,6 +208,14 @@ start_silo(silo_config cfg, std::unique_ptr<storage> st, activity_pool* pool) {
     if (err)
       return err;
   return silo::start(std::move(cfg), std::move(registry), std::move(st));
+}
+
+caf::expected<std::unique_ptr<silo>>
+start_rocksdb_silo(silo_config cfg, const std::string& dir) {
+  auto store = rocksdb_storage::open({.data_dir = dir});
+  if (!store)
+    return std::move(store.error());
+  return start_silo(std::move(cfg), std::move(*store));
 }
 
 std::unique_ptr<caf::actor_system_config> plain_caf_config() {

@@ -170,6 +170,10 @@ caf::expected<std::unique_ptr<silo>> start_silo(silo_config cfg,
                                                 std::unique_ptr<storage> st,
                                                 activity_pool* pool = nullptr);
 
+/// Starts a silo like `start_silo`, on a RocksDB storage in `dir`.
+caf::expected<std::unique_ptr<silo>> start_rocksdb_silo(silo_config cfg,
+                                                        const std::string& dir);
+
 /// An actor system configured like a silo's: 2 threads, work sharing.
 std::unique_ptr<caf::actor_system_config> plain_caf_config();
 

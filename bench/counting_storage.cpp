@@ -73,8 +73,12 @@ storage_counts counting_storage::counts() const {
 }
 
 caf::expected<std::unique_ptr<counting_storage>>
-open_counting(const std::string& dir) {
-  auto store = rocksdb_storage::open({.data_dir = dir});
+open_counting(const std::string& parent, const char* tag, temp_dir& dir) {
+  auto path = make_temp_dir(parent, tag);
+  if (!path)
+    return std::move(path.error());
+  dir.path = *path;
+  auto store = rocksdb_storage::open({.data_dir = dir.path});
   if (!store)
     return std::move(store.error());
   return std::make_unique<counting_storage>(std::move(*store));

@@ -70,9 +70,11 @@ private:
   std::array<std::atomic<uint64_t>, column_count> put_bytes_{};
 };
 
-/// Opens a RocksDB storage in `dir`, counted.
+/// Opens a counted RocksDB storage in a fresh temporary directory under
+/// `parent` (see `make_temp_dir`); `dir` removes it when it goes out of
+/// scope, after the silo that owns the storage stopped.
 caf::expected<std::unique_ptr<counting_storage>>
-open_counting(const std::string& dir);
+open_counting(const std::string& parent, const char* tag, temp_dir& dir);
 
 /// Silo counters and storage counts at the opening and closing of a
 /// measured window, for per-operation figures.

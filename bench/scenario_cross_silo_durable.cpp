@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <memory>
-#include <optional>
 #include <vector>
 
 #include "bench/bench_grains.hpp"
@@ -28,7 +27,7 @@ measure_cross_silo(const std::string& data_dir, double duration_s,
                    const std::string& label, const progress_fn& progress) {
   struct member {
     std::string id;
-    std::optional<temp_dir> dir;
+    temp_dir dir;
     std::shared_ptr<cluster::asio_transport> net;
     std::atomic<cluster::transport_router*> ptr{nullptr};
     std::unique_ptr<cluster::transport_router> router;
@@ -66,11 +65,7 @@ measure_cross_silo(const std::string& data_dir, double duration_s,
     m.router = std::make_unique<cluster::transport_router>(
         *m.net, cluster::peer_address{m.id, {"127.0.0.1", m.port}}, owners);
     m.ptr = m.router.get();
-    auto dir = make_temp_dir(data_dir, "cross");
-    if (!dir)
-      return std::move(dir.error());
-    m.dir.emplace(*dir);
-    auto counted = open_counting(*dir);
+    auto counted = open_counting(data_dir, "cross", m.dir);
     if (!counted)
       return std::move(counted.error());
     counts = counted->get(); // The receiving silo, b, is started last.

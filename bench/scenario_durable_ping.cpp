@@ -59,12 +59,11 @@ void issue_send(const std::shared_ptr<durable_load>& st, size_t slot,
 
 // -- raw RocksDB group commit -------------------------------------------------
 
+/// Figures of the raw writer: its sync writes (one per batch), and the
+/// puts they carried.
 struct raw_figures {
+  load_figures writes;
   double puts_per_s = 0;
-  double writes_per_s = 0;
-  double p50_ms = 0;
-  double p99_ms = 0;
-  cpu_meter cpu;
 };
 
 std::string hex(uint64_t x) {
@@ -106,7 +105,7 @@ raw_group_commit(const std::string& dir, size_t batch_puts,
   auto last_ns = st.t0_ns;
   rocksdb::WriteBatch wb;
   std::string key;
-  raw_figures out;
+  cpu_meter cpu;
   bool opened = false;
   // Bounded by the window's end.
   for (;;) {
@@ -115,7 +114,7 @@ raw_group_commit(const std::string& dir, size_t batch_puts,
       break;
     if (!opened && start >= st.window_start_ns) {
       opened = true;
-      out.cpu.start();
+      cpu.start();
     }
     wb.Clear();
     for (size_t i = 0; i < batch_puts; ++i) {
@@ -157,12 +156,12 @@ raw_group_commit(const std::string& dir, size_t batch_puts,
     }
   }
   if (opened)
-    out.cpu.stop();
+    cpu.stop();
   db->Close().PermitUncheckedError();
+  raw_figures out;
+  out.writes = figures_of(static_cast<double>(writes_in_window) / st.window_s(),
+                          st.hist, cpu);
   out.puts_per_s = static_cast<double>(puts_in_window) / st.window_s();
-  out.writes_per_s = static_cast<double>(writes_in_window) / st.window_s();
-  out.p50_ms = st.hist.quantile_ms(0.5);
-  out.p99_ms = st.hist.quantile_ms(0.99);
   return out;
 }
 
@@ -186,11 +185,8 @@ measure_durable(const std::string& data_dir, double duration_s,
                 const std::string& label, const progress_fn& progress) {
   auto cfg = base_config(concurrency);
   auto partitions = cfg.partitions;
-  auto dir = make_temp_dir(data_dir, "silo");
-  if (!dir)
-    return std::move(dir.error());
-  temp_dir guard{*dir};
-  auto counted = open_counting(*dir);
+  temp_dir guard;
+  auto counted = open_counting(data_dir, "silo", guard);
   if (!counted)
     return std::move(counted.error());
   auto* counts = counted->get();
@@ -296,11 +292,11 @@ caf::expected<result> run(session& s) {
                 {"other_cpu_cores", ours->load.cpu.other_cores},
                 {"baseline_batch_puts", static_cast<double>(batch)},
                 {"baseline_puts_per_s", raw.puts_per_s},
-                {"baseline_fsyncs_per_s", raw.writes_per_s},
-                {"baseline_write_p50_ms", raw.p50_ms},
-                {"baseline_write_p99_ms", raw.p99_ms},
-                {"baseline_cpu_cores", raw.cpu.own_cores},
-                {"baseline_other_cpu_cores", raw.cpu.other_cores}};
+                {"baseline_fsyncs_per_s", raw.writes.ops_per_s},
+                {"baseline_write_p50_ms", raw.writes.p50_ms},
+                {"baseline_write_p99_ms", raw.writes.p99_ms},
+                {"baseline_cpu_cores", raw.writes.cpu.own_cores},
+                {"baseline_other_cpu_cores", raw.writes.cpu.other_cores}};
   return res;
 }
 

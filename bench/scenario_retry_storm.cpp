@@ -11,7 +11,6 @@
 #include "bench/bench_grains.hpp"
 #include "bench/report.hpp"
 #include "bench/scenario.hpp"
-#include "persistence/rocksdb_storage.hpp"
 #include "runtime/error.hpp"
 #include "runtime/remote.hpp"
 
@@ -57,9 +56,6 @@ caf::expected<result> run(session& s) {
   if (!dir)
     return std::move(dir.error());
   temp_dir cleanup{*dir};
-  auto store = rocksdb_storage::open({.data_dir = *dir});
-  if (!store)
-    return std::move(store.error());
   auto cfg = base_config(concurrency);
   dead_partition_router router{0};
   cfg.router = &router;
@@ -80,7 +76,7 @@ caf::expected<result> run(session& s) {
       targets.push_back(sink_key(i));
   if (relays.empty() || targets.empty())
     return make_error(errc::invalid_argument, "retry-storm: no grain keys");
-  auto started = start_silo(cfg, std::move(*store));
+  auto started = start_rocksdb_silo(cfg, *dir);
   if (!started)
     return std::move(started.error());
   auto& node = **started;

@@ -126,10 +126,7 @@ caf::expected<sleeping_figures> measure_sleeping(const std::string& data_dir,
       return std::move(empty.error());
     temp_dir empty_guard{*empty};
     auto t0 = now_ns();
-    auto store = rocksdb_storage::open({.data_dir = *empty});
-    if (!store)
-      return std::move(store.error());
-    auto s = start_silo(cfg, std::move(*store));
+    auto s = start_rocksdb_silo(cfg, *empty);
     if (!s)
       return std::move(s.error());
     auto start_s = to_s(now_ns() - t0);
@@ -146,10 +143,7 @@ caf::expected<sleeping_figures> measure_sleeping(const std::string& data_dir,
   out.empty_start_s = pristine->first;
   out.rss_empty = pristine->second;
   {
-    auto store = rocksdb_storage::open({.data_dir = *dir});
-    if (!store)
-      return std::move(store.error());
-    auto s = start_silo(cfg, std::move(*store));
+    auto s = start_rocksdb_silo(cfg, *dir);
     if (!s)
       return std::move(s.error());
     auto st = std::make_shared<sleeper_load>();
@@ -181,10 +175,7 @@ caf::expected<sleeping_figures> measure_sleeping(const std::string& data_dir,
              + " sleeping workflows");
   {
     auto t0 = now_ns();
-    auto store = rocksdb_storage::open({.data_dir = *dir});
-    if (!store)
-      return std::move(store.error());
-    auto s = start_silo(cfg, std::move(*store));
+    auto s = start_rocksdb_silo(cfg, *dir);
     if (!s)
       return std::move(s.error());
     out.recovery_s = to_s(now_ns() - t0);

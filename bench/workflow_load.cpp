@@ -94,11 +94,8 @@ measure_workflows(const std::string& data_dir, double duration_s,
                   size_t concurrency, size_t grains, size_t payload,
                   std::string_view type, const std::string& label,
                   const progress_fn& progress) {
-  auto dir = make_temp_dir(data_dir, "workflow");
-  if (!dir)
-    return std::move(dir.error());
-  temp_dir guard{*dir};
-  auto counted = open_counting(*dir);
+  temp_dir guard;
+  auto counted = open_counting(data_dir, "workflow", guard);
   if (!counted)
     return std::move(counted.error());
   auto* counts = counted->get();
