@@ -45,6 +45,14 @@ struct durable_run {
   double duration_s = 0;
 };
 
+/// The settings of a closed-loop scenario.
+struct load_settings {
+  double duration_s = 0;
+  size_t concurrency = 0;
+  size_t grains = 0;
+  size_t payload = 0;
+};
+
 /// The state of one `runner`: the options, and what a later scenario
 /// needs from an earlier one (fanout compares itself with the
 /// transient-ping throughput of the same run, the workflow scenarios and
@@ -70,6 +78,13 @@ struct session {
   /// Returns --payload or its default.
   size_t payload() const {
     return opts.payload.value_or(default_payload);
+  }
+
+  /// Returns the options, with the scenario's defaults where unset.
+  load_settings settings(size_t default_concurrency,
+                         size_t default_grains) const {
+    return {duration_s(), opts.concurrency.value_or(default_concurrency),
+            opts.grains.value_or(default_grains), payload()};
   }
 
   /// Measures durable-ping once per process (a short run unless

@@ -104,10 +104,8 @@ measure_cross_silo(const std::string& data_dir, double duration_s,
 }
 
 caf::expected<result> run(session& s) {
-  auto duration_s = s.duration_s();
-  auto concurrency = s.opts.concurrency.value_or(durable_concurrency);
-  auto grains = s.opts.grains.value_or(small_grains);
-  auto payload = s.payload();
+  auto [duration_s, concurrency, grains, payload]
+      = s.settings(durable_concurrency, small_grains);
   if (auto err = s.ensure_durable_baseline())
     return err;
   auto ours

@@ -242,16 +242,12 @@ durable_run durable_run_of(const durable_figures& f, size_t concurrency,
 // -- the scenario -------------------------------------------------------------
 
 caf::expected<result> run(session& s) {
-  auto duration_s = s.duration_s();
-  auto concurrency = s.opts.concurrency.value_or(durable_concurrency);
-  auto grains = s.opts.grains.value_or(small_grains);
-  auto payload = s.payload();
-  auto state_value = [&] {
-    CounterState st;
-    st.set_count(12'345);
-    st.set_last(std::string(payload, 'x'));
-    return st.SerializeAsString();
-  }();
+  auto [duration_s, concurrency, grains, payload]
+      = s.settings(durable_concurrency, small_grains);
+  CounterState state;
+  state.set_count(12'345);
+  state.set_last(std::string(payload, 'x'));
+  auto state_value = state.SerializeAsString();
   auto ours = measure_durable(s.opts.data_dir, duration_s, concurrency, grains,
                               payload, "durable-ping", s.opts.progress);
   if (!ours)
@@ -328,14 +324,14 @@ caf::error session::ensure_durable_baseline() {
   if (durable)
     return caf::none;
   // The same settings durable-ping would use with these options.
-  auto pre_s = std::min(durable_prerun_s, duration_s());
-  auto pre_concurrency = opts.concurrency.value_or(durable_concurrency);
-  auto pre = measure_durable(opts.data_dir, pre_s, pre_concurrency,
-                             opts.grains.value_or(small_grains), payload(),
-                             "baseline: durable-ping", opts.progress);
+  auto cfg = settings(durable_concurrency, small_grains);
+  auto pre_s = std::min(durable_prerun_s, cfg.duration_s);
+  auto pre
+      = measure_durable(opts.data_dir, pre_s, cfg.concurrency, cfg.grains,
+                        cfg.payload, "baseline: durable-ping", opts.progress);
   if (!pre)
     return std::move(pre.error());
-  durable = durable_run_of(*pre, pre_concurrency, pre_s);
+  durable = durable_run_of(*pre, cfg.concurrency, pre_s);
   return caf::none;
 }
 

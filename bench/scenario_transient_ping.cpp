@@ -92,10 +92,8 @@ caf::expected<load_figures> measure_caf(double duration_s, size_t concurrency,
 // -- the scenario -------------------------------------------------------------
 
 caf::expected<result> run(session& s) {
-  auto duration_s = s.duration_s();
-  auto concurrency = s.opts.concurrency.value_or(transient_concurrency);
-  auto grains = s.opts.grains.value_or(small_grains);
-  auto payload = s.payload();
+  auto [duration_s, concurrency, grains, payload]
+      = s.settings(transient_concurrency, small_grains);
   auto ours = measure_transient(duration_s, concurrency, grains, payload,
                                 "transient-ping", s.opts.progress);
   if (!ours)

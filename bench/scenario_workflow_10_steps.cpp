@@ -17,10 +17,8 @@ constexpr size_t workflow_concurrency = 64;
 constexpr double workflow_target = 0.5;
 
 caf::expected<result> run(session& s) {
-  auto duration_s = s.duration_s();
-  auto concurrency = s.opts.concurrency.value_or(workflow_concurrency);
-  auto grains = s.opts.grains.value_or(small_grains);
-  auto payload = s.payload();
+  auto [duration_s, concurrency, grains, payload]
+      = s.settings(workflow_concurrency, small_grains);
   if (auto err = s.ensure_durable_baseline())
     return err;
   auto ours = measure_workflows(s.opts.data_dir, duration_s, concurrency,
