@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -86,6 +87,9 @@ bool is_scenario(std::string_view name);
 /// Checks every option against its bounds; the error names the option.
 caf::error validate(const options& opts);
 
+/// The state a runner keeps between scenarios (bench/scenario.hpp).
+struct session;
+
 /// Runs scenarios one after another in one process, keeping what a later
 /// scenario needs from an earlier one (fanout compares itself with the
 /// transient-ping throughput of the same run, workflow-10-steps and
@@ -95,42 +99,13 @@ public:
   /// Creates a runner; call `validate(opts)` first.
   explicit runner(options opts);
 
+  ~runner();
+
   /// Runs scenario `name` (not "all").
   caf::expected<result> run(std::string_view name);
 
 private:
-  caf::expected<result> transient_ping();
-  caf::expected<result> durable_ping();
-  caf::expected<result> fanout();
-  caf::expected<result> memory();
-  caf::expected<result> workflow_10_steps();
-  caf::expected<result> fanout_100();
-  caf::expected<result> retry_storm();
-  caf::expected<result> cross_silo_durable();
-  caf::expected<result> sleeping_workflows();
-  // Measures durable-ping once per process, for the workflow scenarios.
-  caf::error ensure_durable_baseline();
-
-  void progress(const std::string& line) const;
-
-  options opts_;
-  /// Transient-ping throughput measured earlier in this run, if any.
-  std::optional<double> transient_ops_per_s_;
-
-  /// What workflow-10-steps compares itself with: the durable-ping run of
-  /// this process (or its own short one).
-  struct durable_run {
-    double msgs_per_s = 0;
-    double ops_per_msg = 0;
-    double bytes_per_msg = 0;
-    double cpu_cores = 0;
-    double other_cpu_cores = 0;
-    size_t concurrency = 0;
-    double duration_s = 0;
-  };
-
-  /// Durable-ping figures measured earlier in this run, if any.
-  std::optional<durable_run> durable_;
+  std::unique_ptr<session> session_;
 };
 
 /// Renders `res` as one JSON object on one line (no trailing newline).
