@@ -195,9 +195,8 @@ silo_config base_config(size_t concurrency) {
   return cfg;
 }
 
-caf::expected<std::unique_ptr<silo>>
-start_silo(silo_config cfg, std::unique_ptr<storage> st, activity_pool* pool) {
-  grain_registry registry;
+caf::error register_bench_grains(grain_registry& registry,
+                                 activity_pool* pool) {
   for (auto err :
        {register_grain<echo>(registry), register_grain<counter>(registry),
         register_grain<sink>(registry), register_grain<driver>(registry),
@@ -207,6 +206,14 @@ start_silo(silo_config cfg, std::unique_ptr<storage> st, activity_pool* pool) {
         register_workflow<sleeper_flow>(registry, pool)})
     if (err)
       return err;
+  return caf::none;
+}
+
+caf::expected<std::unique_ptr<silo>>
+start_silo(silo_config cfg, std::unique_ptr<storage> st, activity_pool* pool) {
+  grain_registry registry;
+  if (auto err = register_bench_grains(registry, pool))
+    return err;
   return silo::start(std::move(cfg), std::move(registry), std::move(st));
 }
 

@@ -164,6 +164,10 @@ private:
 /// sharing, and partition queues that hold `concurrency` requests.
 silo_config base_config(size_t concurrency);
 
+/// Registers every bench grain and workflow; the workflows that run
+/// activities use `pool`.
+caf::error register_bench_grains(grain_registry& registry, activity_pool* pool);
+
 /// Starts a silo with every bench grain and workflow registered; the
 /// workflows that run activities use `pool`.
 caf::expected<std::unique_ptr<silo>> start_silo(silo_config cfg,

@@ -1,5 +1,5 @@
 // cross-silo-durable: durable sends through one silo to grains that a
-// second silo owns, over the Asio transport on loopback, against
+// second silo owns, on a two-silo test cluster over loopback TCP, against
 // durable-ping on one silo.
 
 #include <atomic>
@@ -10,92 +10,65 @@
 #include "bench/counting_storage.hpp"
 #include "bench/report.hpp"
 #include "bench/scenario.hpp"
-#include "cluster.pb.h"
-#include "cluster/routing/transport_router.hpp"
-#include "cluster/transport/asio_transport.hpp"
+#include "testing/test_cluster.hpp"
 
 namespace granary::bench {
 
 namespace {
 
-/// Durable sends through silo "a" to counter grains that silo "b" owns,
-/// over the Asio transport on loopback: every message crosses (forwarded,
-/// committed by b with a dedup record, acknowledged back through a).
+/// Durable sends through one silo to counter grains that the other owns,
+/// on a two-silo test cluster (the host's real transport, router and agent
+/// over loopback): every message crosses (forwarded, committed by the
+/// owner with a dedup record, acknowledged back).
 caf::expected<load_figures>
 measure_cross_silo(const std::string& data_dir, double duration_s,
                    size_t concurrency, size_t grains, size_t payload,
                    const std::string& label, const progress_fn& progress) {
-  struct member {
-    std::string id;
-    temp_dir dir;
-    std::shared_ptr<cluster::asio_transport> net;
-    std::atomic<cluster::transport_router*> ptr{nullptr};
-    std::unique_ptr<cluster::transport_router> router;
-    std::unique_ptr<silo> s;
-    uint16_t port = 0;
-  };
-  member ms[2];
-  ms[0].id = "a";
-  ms[1].id = "b";
   auto cfg = base_config(concurrency);
-  for (auto& m : ms) {
-    cluster::asio_transport_config tc;
-    tc.cluster_id = "bench";
-    tc.silo_id = m.id;
-    tc.incarnation = 1;
-    m.net = std::make_shared<cluster::asio_transport>(tc);
-    auto* mp = &m;
-    m.net->set_handler(
-        [mp](const cluster::peer_info& from, cluster::Frame&& f) {
-          if (auto* r = mp->ptr.load())
-            r->handler()(from, std::move(f));
-        });
-    auto port = m.net->start(cluster::endpoint{"127.0.0.1", 0});
-    if (!port)
-      return std::move(port.error());
-    m.port = *port;
-  }
-  std::vector<cluster::peer_address> owners;
-  for (uint32_t p = 0; p < cfg.partitions; ++p) {
-    auto& m = ms[p % 2];
-    owners.push_back({m.id, {"127.0.0.1", m.port}});
-  }
-  counting_storage* counts = nullptr;
-  for (auto& m : ms) {
-    m.router = std::make_unique<cluster::transport_router>(
-        *m.net, cluster::peer_address{m.id, {"127.0.0.1", m.port}}, owners);
-    m.ptr = m.router.get();
-    auto counted = open_counting(data_dir, "cross", m.dir);
-    if (!counted)
-      return std::move(counted.error());
-    counts = counted->get(); // The receiving silo, b, is started last.
-    auto c = cfg;
-    c.router = m.router.get();
-    auto s = start_silo(c, std::move(*counted));
-    if (!s)
-      return std::move(s.error());
-    m.s = std::move(*s);
-    m.router->attach(*m.s);
-  }
+  temp_dir dirs[2];
+  counting_storage* counts[2] = {nullptr, nullptr};
+  auto built = testing::test_cluster_builder{2}
+                   .partitions(cfg.partitions)
+                   .configure([&](host::silo_file_config& fc, size_t) {
+                     fc.limits = cfg;
+                   })
+                   .customize([&](host::silo_builder& b, size_t i) {
+                     b.storage([&, i](const host::silo_file_config&)
+                                   -> caf::expected<std::unique_ptr<storage>> {
+                       auto counted = open_counting(data_dir, "cross", dirs[i]);
+                       if (!counted)
+                         return std::move(counted.error());
+                       counts[i] = counted->get();
+                       return std::unique_ptr<storage>{std::move(*counted)};
+                     });
+                   })
+                   .grains([](host::registration& r) {
+                     return register_bench_grains(r.grains, nullptr);
+                   })
+                   .build();
+  if (!built)
+    return std::move(built.error());
+  auto& cluster = **built;
+  // Grains of the partitions the receiving silo serves.
+  auto* agent = cluster.host(1).agent();
+  auto served = agent->served();
+  std::vector<bool> remote(cfg.partitions, false);
+  for (auto p : served)
+    remote[p] = true;
   std::vector<grain_id> ids;
   for (size_t i = 0; ids.size() < grains && i < grains * 64; ++i) {
     auto id = id_of<counter>(counter_key(i));
-    if (partition_of(id, cfg.partitions) % 2 == 1)
+    if (remote[partition_of(id, cfg.partitions)])
       ids.push_back(std::move(id));
   }
   window_snapshots w;
-  auto sends = run_durable_sends(*ms[0].s, std::move(ids), concurrency, payload,
-                                 duration_s, label, progress,
-                                 w.hooks(*ms[1].s, *counts));
+  auto sends = run_durable_sends(
+      cluster.runtime(0), std::move(ids), concurrency, payload, duration_s,
+      label, progress, w.hooks(cluster.runtime(1), *counts[1]));
   caf::error stop_err;
-  for (auto& m : ms)
-    if (auto e = m.s->stop(); e && !stop_err)
+  for (size_t i = 0; i < cluster.size(); ++i)
+    if (auto e = cluster.host(i).stop(); e && !stop_err)
       stop_err = e;
-  for (auto& m : ms) {
-    m.ptr = nullptr;
-    m.router->stop();
-    m.net->stop();
-  }
   if (sends.err)
     return sends.err;
   if (stop_err)

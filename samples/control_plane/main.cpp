@@ -40,6 +40,20 @@ using namespace granary;
 
 namespace {
 
+// The path of helper program `name`: next to this binary when it is there
+// (an installed package puts every binary in one directory), else where
+// the build made it.
+std::string helper_binary(const char* built, const char* name) {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    auto sibling = self.parent_path() / name;
+    if (std::filesystem::is_regular_file(sibling, ec))
+      return sibling.string();
+  }
+  return built;
+}
+
 struct options {
   std::string data_dir = "granary-control-plane-data";
   int namespaces = 200;
@@ -49,7 +63,8 @@ struct options {
   double rate_limit = 400;
   uint64_t seed = 42;
   int threads = 32;
-  std::string fake_cloud = GRANARY_FAKE_CLOUD_API;
+  std::string fake_cloud
+      = helper_binary(GRANARY_FAKE_CLOUD_API, "fake_cloud_api");
   // 0: one embedded silo; n: n `control_plane_silo` processes, one killed.
   int cluster = 0;
 };
@@ -356,7 +371,9 @@ struct silo_child {
   // Starts it and waits (up to 30 s) for its "ready" line.
   caf::error start(const std::string& config, uint16_t api_port,
                    const std::string& log) {
-    auto out = spawn_until({GRANARY_CP_SILO, "--config", config, "--cloud-api",
+    static const auto silo_bin
+        = helper_binary(GRANARY_CP_SILO, "control_plane_silo");
+    auto out = spawn_until({silo_bin, "--config", config, "--cloud-api",
                             "127.0.0.1:" + std::to_string(api_port)},
                            "ready ", 30s, pid, log);
     if (out.find("ready ") == std::string::npos)
