@@ -33,7 +33,10 @@ int usage_error(const CLI::App& app, const CLI::ParseError& err) {
   if (auto extras = app.remaining(true); !extras.empty()) {
     auto option = std::find_if(extras.begin(), extras.end(),
                                [](auto& arg) { return arg.starts_with("-"); });
-    if (option != extras.end())
+    if (option != extras.end() && !option->starts_with("--"))
+      what = "unknown option '" + *option
+             + "' (an id that starts with '-' goes after '--')";
+    else if (option != extras.end())
       what = "unknown option '" + option->substr(0, option->find('=')) + "'";
     else if (!at->get_subcommands({}).empty())
       what = "unknown subcommand '" + extras.front() + "'";
