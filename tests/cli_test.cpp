@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -348,4 +349,34 @@ TEST(cli, help_lists_every_bench_scenario) {
     EXPECT_NE(section.find(first_word), std::string::npos) << s.summary;
   }
   EXPECT_NE(section.find("\n  all "), std::string::npos) << section;
+}
+
+TEST(cli, every_level_has_help_and_usage_errors_name_the_culprit) {
+  for (auto* cmd : {"--help", "help", "bench --help", "workflow --help",
+                    "workflow start --help", "dead-letters --help",
+                    "dead-letters requeue --help", "grain send --help",
+                    "cluster status --help"}) {
+    auto res = granary_cmd(cmd);
+    EXPECT_EQ(res.status, 0) << cmd << "\n" << res.out;
+    EXPECT_NE(res.out.find("Usage: granary"), std::string::npos) << cmd << "\n"
+                                                                 << res.out;
+  }
+  // Exit 2 before anything runs, naming the flag or value.
+  auto gw = std::string{" --gateway 127.0.0.1:1 "};
+  std::pair<std::string, std::string> cases[] = {
+      {"bench transient-ping --concurrency 0", "--concurrency"},
+      {"bench transient-ping --duration", "--duration"},
+      {"bench transient-ping --grains 0x10", "'0x10'"},
+      {"bench transient-ping --json=yes", "json"},
+      {"workflow list" + gw + "T --limit -1", "'-1'"},
+      {"workflow describe" + gw + "T I --wait 5", "unknown option '--wait'"},
+      {"grain call" + gw + "T K", "--type is required"},
+      {"workflow history T I", "--data DIR"},
+      {"frob", "unknown subcommand 'frob'"},
+  };
+  for (auto& [cmd, named] : cases) {
+    auto res = granary_cmd(cmd);
+    EXPECT_EQ(res.status, 2) << cmd << "\n" << res.out;
+    EXPECT_NE(res.out.find(named), std::string::npos) << cmd << "\n" << res.out;
+  }
 }

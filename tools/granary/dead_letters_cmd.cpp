@@ -1,121 +1,185 @@
-#include "tools/granary/dead_letters_cmd.hpp"
+// `granary dead-letters [list|requeue|drop]`: a running silo's dead
+// letters through its gateway, or a stopped silo's in its data directory.
 
-#include <charconv>
 #include <cstdio>
+#include <ctime>
+#include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/admin.hpp"
 #include "runtime/error.hpp"
-#include "tools/granary/gateway_cmd.hpp"
+#include "runtime/json.hpp"
+#include "tools/granary/cli.hpp"
 
 namespace granary::cli {
 
 namespace {
 
-constexpr int exit_ok = 0;
-constexpr int exit_failed = 1;
-constexpr int exit_usage = 2;
+struct dead_letters_args {
+  gateway_args gw;
+  std::string data_dir;
+  size_t limit = 1'000;
+  bool json = false;
+  std::string type;
+  std::string key;
+  std::string msg_id;
+};
 
-constexpr const char* usage_text
-    = "usage: granary dead-letters --data DIR [list] [--limit N] [--json]\n"
-      "       granary dead-letters --data DIR requeue TYPE KEY MSG_ID\n"
-      "       granary dead-letters --data DIR drop TYPE KEY MSG_ID\n"
-      "\n"
-      "Works on the data directory of a stopped silo. A requeued message is\n"
-      "stored in its grain's inbox and processed when the silo starts.\n"
-      "With --gateway HOST:PORT instead of --data, works on a running silo\n"
-      "(see 'granary dead-letters --gateway HOST:PORT --help').\n";
+using args_ptr = std::shared_ptr<dead_letters_args>;
 
-int usage(const std::string& what) {
-  std::fprintf(stderr, "granary dead-letters: %s\n%s", what.c_str(),
-               usage_text);
-  return exit_usage;
+int failed(const caf::error& err) {
+  fail("dead-letters", describe(err));
+  if (code_of(err) == errc::data_dir_locked)
+    fail("dead-letters", "stop the silo that uses this directory first");
+  return exit_failed;
 }
 
-int fail(const caf::error& err) {
-  std::fprintf(stderr, "granary dead-letters: %s\n", describe(err).c_str());
-  if (code_of(err) == errc::data_dir_locked)
-    std::fprintf(stderr, "granary dead-letters: stop the silo that uses this "
-                         "directory first\n");
-  return exit_failed;
+std::string iso_time(int64_t ms) {
+  if (ms <= 0)
+    return "-";
+  auto secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// One JSON object per line with --json, else two lines each and a count
+// (noting when the limit was reached).
+void print(const std::vector<dead_letter_info>& letters,
+           const dead_letters_args& a) {
+  for (auto& dl : letters) {
+    auto dead_at = iso_time(dl.dead_ms);
+    if (a.json)
+      std::printf("{\"type\":%s,\"key\":%s,\"msg_id\":%s,"
+                  "\"payload_type\":%s,\"attempts\":%u,\"dead_at\":%s,"
+                  "\"error\":%s}\n",
+                  json_quote(dl.target.type).c_str(),
+                  json_quote(dl.target.key).c_str(),
+                  json_quote(dl.msg_id).c_str(),
+                  json_quote(dl.payload_type).c_str(), dl.attempts,
+                  json_quote(dead_at).c_str(), json_quote(dl.error).c_str());
+    else
+      std::printf("%s/%s  msg %s  %s  attempts %u  at %s\n    %s\n",
+                  dl.target.type.c_str(), dl.target.key.c_str(),
+                  dl.msg_id.c_str(), dl.payload_type.c_str(), dl.attempts,
+                  dead_at.c_str(), dl.error.c_str());
+  }
+  if (!a.json)
+    std::printf("%zu dead letter(s)%s\n", letters.size(),
+                letters.size() == a.limit ? " (limit reached)" : "");
+}
+
+// The stopped silo's storage. A list only reads; requeue and drop write,
+// but never create a directory.
+auto open_store(const dead_letters_args& a, bool read_only) {
+  return rocksdb_storage::open(rocksdb_config{
+      .data_dir = a.data_dir,
+      .create_if_missing = false,
+      .read_only = read_only,
+  });
+}
+
+int list(const dead_letters_args& a) {
+  if (a.data_dir.empty()) {
+    auto res = a.gw.client().dead_letters(a.limit);
+    if (!res)
+      return failed(res.error());
+    auto page = cluster::parse_dead_letters(*res);
+    if (!page)
+      return failed(page.error());
+    print(page->letters, a);
+    // A silo that did not answer: the list is partial, which is a failure.
+    for (auto& gw : page->unreachable)
+      fail("dead-letters", "the gateway at " + gw + " did not answer; the "
+                               + "dead letters of its silo are missing");
+    return page->unreachable.empty() ? exit_ok : exit_failed;
+  }
+  auto store = open_store(a, true);
+  if (!store)
+    return failed(store.error());
+  auto letters = list_dead_letters(**store, a.limit);
+  if (!letters)
+    return failed(letters.error());
+  print(*letters, a);
+  return exit_ok;
+}
+
+// Requeues (or drops) the dead letter.
+int settle(const dead_letters_args& a, bool requeue) {
+  grain_id target{a.type, a.key};
+  caf::error err;
+  if (a.data_dir.empty()) {
+    auto client = a.gw.client();
+    auto res = requeue ? client.requeue_dead_letter(a.type, a.key, a.msg_id)
+                       : client.drop_dead_letter(a.type, a.key, a.msg_id);
+    if (!res)
+      err = res.error();
+  } else if (auto store = open_store(a, false); !store) {
+    err = store.error();
+  } else {
+    err = requeue ? requeue_dead_letter_offline(**store, target, a.msg_id)
+                  : drop_dead_letter_offline(**store, target, a.msg_id);
+  }
+  if (err)
+    return failed(err);
+  std::printf("%s dead letter %s of %s\n", requeue ? "requeued" : "dropped",
+              a.msg_id.c_str(), to_string(target).c_str());
+  return exit_ok;
+}
+
+// Where the dead letters are, on the group and on each action; --limit
+// and --json where they are listed.
+void add_options(CLI::App& app, dead_letters_args& a, bool listing) {
+  add_gateway_options(app, a.gw, false);
+  add_data_option(app, a.data_dir);
+  if (!listing)
+    return;
+  app.add_option("--limit", a.limit, "Most dead letters listed")
+      ->type_name("N")
+      ->transform(count(1))
+      ->capture_default_str();
+  app.add_flag("--json", a.json, "One JSON object per dead letter and line");
+}
+
+void add_settle(CLI::App& group, const args_ptr& a, command& run,
+                bool requeue) {
+  auto* sub = group.add_subcommand(
+      requeue ? "requeue" : "drop",
+      requeue ? "Puts a dead letter back in its grain's inbox"
+              : "Deletes a dead letter");
+  add_options(*sub, *a, false);
+  add_id_part(*sub, "TYPE", a->type, "grain type");
+  add_id_part(*sub, "KEY", a->key, "grain key");
+  add_id_part(*sub, "MSG_ID", a->msg_id, "message id");
+  on_parse(sub, a, run, [requeue](const dead_letters_args& a) {
+    return settle(a, requeue);
+  });
 }
 
 } // namespace
 
-int dead_letters_main(int argc, char** argv) {
-  if (has_gateway_flag(argc, argv))
-    return dead_letters_gateway_main(argc, argv);
-  std::string data_dir;
-  std::string action = "list";
-  std::vector<std::string> positional;
-  size_t limit = 1'000;
-  bool json = false;
-  for (int i = 0; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "--data" && i + 1 < argc) {
-      data_dir = argv[++i];
-    } else if (arg == "--limit" && i + 1 < argc) {
-      std::string_view text = argv[++i];
-      auto res = std::from_chars(text.data(), text.data() + text.size(), limit);
-      if (res.ec != std::errc{} || res.ptr != text.data() + text.size()
-          || limit == 0)
-        return usage("--limit takes a positive number, got '"
-                     + std::string{text} + "'");
-    } else if (arg == "--json") {
-      json = true;
-    } else if (arg == "--help" || arg == "-h") {
-      std::fputs(usage_text, stdout);
-      return exit_ok;
-    } else if (arg.starts_with("--")) {
-      return usage("unknown option '" + std::string{arg} + "'");
-    } else {
-      positional.emplace_back(arg);
-    }
-  }
-  if (data_dir.empty())
-    return usage("--data DIR or --gateway HOST:PORT is required");
-  if (!positional.empty()) {
-    action = positional.front();
-    positional.erase(positional.begin());
-  }
-  if (action != "list" && action != "requeue" && action != "drop")
-    return usage("unknown action '" + action + "'");
-  if (action == "list" && !positional.empty())
-    return usage("list takes no arguments");
-  if (action != "list" && positional.size() != 3)
-    return usage(action + " takes TYPE KEY MSG_ID");
-  if (auto empty
-      = empty_argument(positional, {"grain type", "grain key", "message id"}))
-    return usage(*empty);
-  // A list only reads; requeue and drop write, but never create a
-  // directory.
-  auto store = rocksdb_storage::open(rocksdb_config{
-      .data_dir = data_dir,
-      .create_if_missing = false,
-      .read_only = action == "list",
+void add_dead_letters(CLI::App& app, command& run) {
+  auto a = std::make_shared<dead_letters_args>();
+  auto* group = app.add_subcommand("dead-letters",
+                                   "Lists, requeues and drops dead letters");
+  group->require_subcommand(0, 1);
+  add_options(*group, *a, true);
+  add_options(*group->add_subcommand("list", "Lists dead letters"), *a, true);
+  add_settle(*group, a, run, true);
+  add_settle(*group, a, run, false);
+  // Set last: the subcommands would inherit it.
+  group->footer("Without a subcommand, lists. With --data DIR, a requeued "
+                "message\nwaits in its grain's inbox until the silo starts.");
+  // Runs after the actions' callbacks: without an action, lists.
+  group->callback([a, &run] {
+    require_data_or_gateway(a->data_dir, a->gw);
+    if (!run)
+      run = [a] { return list(*a); };
   });
-  if (!store)
-    return fail(store.error());
-  if (action == "list") {
-    auto letters = list_dead_letters(**store, limit);
-    if (!letters)
-      return fail(letters.error());
-    print_dead_letters(*letters, limit, json);
-    return exit_ok;
-  }
-  grain_id target{positional[0], positional[1]};
-  auto err = action == "requeue"
-                 ? requeue_dead_letter_offline(**store, target, positional[2])
-                 : drop_dead_letter_offline(**store, target, positional[2]);
-  if (err)
-    return fail(err);
-  std::printf("%s dead letter %s of %s\n",
-              action == "requeue" ? "requeued" : "dropped",
-              positional[2].c_str(), to_string(target).c_str());
-  return exit_ok;
 }
 
 } // namespace granary::cli
