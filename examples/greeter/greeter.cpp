@@ -20,8 +20,10 @@ granary::task<Welcomed> welcome::run(granary::workflow_context& ctx,
                                      const Welcome& in) {
   Greet greet;
   greet.set_name(in.user());
-  auto greeting
-      = co_await ctx.call<Greeting>(granary::id_of<greeter>(in.user()), greet);
+  // Arguments of a co_await are named first: GCC 12 can destroy a
+  // temporary inside a co_await expression twice.
+  auto target = granary::id_of<greeter>(in.user());
+  auto greeting = co_await ctx.call<Greeting>(target, greet);
   if (!greeting)
     co_return greeting.error();
   SendNote note;
