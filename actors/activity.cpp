@@ -65,8 +65,10 @@ bool activity_context::heartbeat() const {
   return !state->abandoned.load();
 }
 
-activity_pool::activity_pool(size_t threads, size_t max_queue)
-    : max_queue_(max_queue == 0 ? 1 : max_queue) {
+activity_pool::activity_pool(size_t threads, size_t max_queue,
+                             std::chrono::milliseconds attach_warning)
+    : max_queue_(max_queue == 0 ? 1 : max_queue)
+    , attach_warning_(attach_warning) {
   for (size_t i = 0; i < (threads == 0 ? 1 : threads); ++i)
     threads_.emplace_back([this] { work(); });
   monitor_ = std::thread{[this] { monitor(); }};
@@ -114,6 +116,10 @@ caf::error activity_pool::submit(job j, const std::string& input_type) {
                         "activity queue holds " + std::to_string(max_queue_)
                             + " attempts; retry after 100 ms");
     queue_.push_back(std::move(j));
+    if (!silo_ && unattached_since_ms_ == 0) {
+      unattached_since_ms_ = steady_ms();
+      monitor_cv_.notify_one();
+    }
   }
   cv_.notify_one();
   return caf::none;
@@ -213,6 +219,21 @@ void activity_pool::monitor() {
   while (!stopping_) {
     auto now = steady_ms();
     int64_t next = now + 1'000;
+    if (!silo_ && unattached_since_ms_ != 0 && !warned_unattached_) {
+      auto due = unattached_since_ms_ + attach_warning_.count();
+      if (due <= now) {
+        warned_unattached_ = true;
+        log(log_level::warning,
+            "activity pool: " + std::to_string(queue_.size())
+                + " attempts have waited "
+                + std::to_string(now - unattached_since_ms_)
+                + " ms for a silo: call activity_pool::attach(silo) once "
+                  "silo::start returned (a granary::host::silo_builder does "
+                  "it); until then no activity runs");
+      } else {
+        next = std::min(next, due);
+      }
+    }
     for (auto i = running_.begin(); i != running_.end();) {
       auto timeout = i->j.heartbeat_timeout_ms;
       if (timeout <= 0 || i->state->abandoned.load()) {

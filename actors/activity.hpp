@@ -146,7 +146,9 @@ public:
   };
 
   /// Starts `threads` workers; at most `max_queue` attempts wait.
-  activity_pool(size_t threads, size_t max_queue);
+  activity_pool(size_t threads, size_t max_queue,
+                std::chrono::milliseconds attach_warning
+                = std::chrono::seconds{5});
 
   /// Stops the workers (see `stop`).
   ~activity_pool();
@@ -258,6 +260,12 @@ private:
   uint64_t started_ = 0;
   uint64_t abandoned_ = 0;
   uint64_t dropped_ = 0;
+  // Attempts that wait this long for `attach` get one warning: a pool
+  // that is never attached would hang its workflows silently.
+  std::chrono::milliseconds attach_warning_;
+  // When the first attempt queued before `attach`; 0: none.
+  int64_t unattached_since_ms_ = 0;
+  bool warned_unattached_ = false;
   std::vector<std::thread> threads_;
   std::thread monitor_;
 };

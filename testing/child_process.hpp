@@ -78,6 +78,14 @@ inline std::optional<int64_t> parse_int(std::string_view str) {
   return val;
 }
 
+/// Forks and execs `args[0]` with `args`: its stdout goes to `out_fd`, its
+/// stderr to `err_fd` (the same descriptor for one stream; -1 leaves the
+/// test's own). With `die_with_parent`, the child is killed when the test
+/// process dies (a crashed test leaves no stray silo or etcd behind).
+/// Returns the pid, or an error text in `error`.
+pid_t spawn_child(const std::vector<std::string>& args, int out_fd, int err_fd,
+                  bool die_with_parent, std::string& error);
+
 /// A running child with its stdout on a pipe. The destructor kills and
 /// reaps a child that is still running and closes the pipe, so that no
 /// failed assertion leaves a process behind.
@@ -111,25 +119,13 @@ public:
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
       return std::string{"pipe2: "} + std::strerror(errno);
-    std::vector<char*> argv;
-    for (auto& arg : args)
-      argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    auto pid = ::fork();
+    std::string err;
+    auto pid = spawn_child(args, fds[1], -1, false, err);
+    ::close(fds[1]);
     if (pid < 0) {
-      auto err = std::string{"fork: "} + std::strerror(errno);
       ::close(fds[0]);
-      ::close(fds[1]);
       return err;
     }
-    if (pid == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      if (::dup2(fds[1], STDOUT_FILENO) < 0)
-        ::_exit(126);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
     pid_ = pid;
     fd_ = fds[0];
     return {};
@@ -252,20 +248,13 @@ public:
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0)
       return false;
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_ = ::fork();
-    if (pid_ < 0)
-      return false;
-    if (pid_ == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::dup2(fds[1], STDERR_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
+    std::string err;
+    pid_ = spawn_child(args, fds[1], fds[1], false, err);
     ::close(fds[1]);
+    if (pid_ < 0) {
+      ::close(fds[0]);
+      return false;
+    }
     {
       std::lock_guard guard{mtx_};
       lines_.clear();

@@ -17,6 +17,7 @@
 
 #include "cluster/membership/etcd_client.hpp"
 #include "runtime/error.hpp"
+#include "testing/child_process.hpp"
 
 namespace granary::testing {
 
@@ -104,32 +105,16 @@ etcd_test_server::start(std::chrono::milliseconds timeout) {
 }
 
 caf::error etcd_test_server::spawn() {
-  std::vector<char*> argv;
-  for (auto& arg : args_)
-    argv.push_back(arg.data());
-  argv.push_back(nullptr);
   auto log_path = dir_ + "/etcd.log";
   int log_fd = ::open(log_path.c_str(),
                       O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0)
     return make_error(errc::storage_failure, "cannot create " + log_path);
-  auto parent = ::getpid();
-  auto pid = ::fork();
-  if (pid < 0) {
-    ::close(log_fd);
-    return make_error(errc::storage_failure, "cannot fork etcd");
-  }
-  if (pid == 0) {
-    // Child: only async-signal-safe calls until exec.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent)
-      ::_exit(127);
-    ::dup2(log_fd, STDOUT_FILENO);
-    ::dup2(log_fd, STDERR_FILENO);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  std::string err;
+  auto pid = spawn_child(args_, log_fd, log_fd, true, err);
   ::close(log_fd);
+  if (pid < 0)
+    return make_error(errc::storage_failure, "cannot start etcd: " + err);
   pid_ = pid;
   return caf::none;
 }

@@ -18,16 +18,15 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "samples/control_plane/fake_cloud/client.hpp"
 #include "samples/control_plane/fake_cloud/server.hpp"
-
-extern char** environ;
+#include "testing/child_process.hpp"
 
 namespace {
 
@@ -524,23 +523,15 @@ child spawn(const std::vector<std::string>& args) {
   int out[2];
   int err[2];
   child c;
-  if (pipe(out) != 0 || pipe(err) != 0)
+  if (pipe2(out, O_CLOEXEC) != 0)
     return c;
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, err[1], 2);
-  posix_spawn_file_actions_addclose(&actions, out[0]);
-  posix_spawn_file_actions_addclose(&actions, err[0]);
-  std::vector<char*> argv;
-  for (auto& a : args)
-    argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  if (posix_spawn(&c.pid, args[0].c_str(), &actions, nullptr, argv.data(),
-                  environ)
-      != 0)
-    c.pid = -1;
-  posix_spawn_file_actions_destroy(&actions);
+  if (pipe2(err, O_CLOEXEC) != 0) {
+    close(out[0]);
+    close(out[1]);
+    return c;
+  }
+  std::string why;
+  c.pid = granary::testing::spawn_child(args, out[1], err[1], true, why);
   close(out[1]);
   close(err[1]);
   c.out = out[0];
