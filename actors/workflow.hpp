@@ -450,6 +450,7 @@ public:
     st.set_cancel_requested(true);
     if (status == wire::WorkflowState::NEW) {
       st.set_status(wire::WorkflowState::FAILED);
+      st.set_error_code(static_cast<uint32_t>(errc::cancelled));
       st.set_error("cancelled before it started: " + m.reason());
       return done{};
     }
@@ -648,6 +649,12 @@ private:
       waiting.resume();
     }
     engine_.set_turn(nullptr);
+    if (st.status() == wire::WorkflowState::SUSPENDED
+        && engine_.halted().empty()) {
+      // Resumed after a fix, and the journal replayed: the run goes on.
+      st.set_status(wire::WorkflowState::RUNNING);
+      st.clear_error();
+    }
     if (!run_->coro.done())
       return;
     auto& res = run_->coro.result();
@@ -660,6 +667,7 @@ private:
       st.set_input(*engine_.continue_input());
       st.clear_output();
       st.clear_error();
+      st.clear_error_code();
       run_.reset();
       static_cast<void>(t.set_timer("wf-continue", std::chrono::milliseconds{0},
                                     wire::ResumeWorkflow{}));
@@ -667,6 +675,7 @@ private:
     }
     if (!engine_.fatal().empty()) {
       st.set_status(wire::WorkflowState::FAILED);
+      st.set_error_code(static_cast<uint32_t>(errc::overloaded));
       st.set_error(engine_.fatal());
       log(log_level::error, engine_.fatal());
       notify_parent(t, st, make_error(errc::overloaded, engine_.fatal()));
@@ -683,8 +692,10 @@ private:
       st.set_output_type(std::string{Output::descriptor()->full_name()});
       res->SerializeToString(st.mutable_output());
       st.clear_error();
+      st.clear_error_code();
     } else {
       st.set_status(wire::WorkflowState::FAILED);
+      st.set_error_code(static_cast<uint32_t>(code_of(res.error())));
       st.set_error(describe(res.error()));
     }
     notify_parent(t, st, res);
@@ -719,6 +730,10 @@ private:
     out.set_output(st.output());
     out.set_error(st.error());
     out.set_journal_size(static_cast<uint64_t>(st.journal_size()));
+    out.set_error_code(st.error_code());
+    out.set_run(st.run());
+    if (st.status() == wire::WorkflowState::RUNNING)
+      workflow_engine::describe_waiting(st, out);
     return out;
   }
 
