@@ -339,16 +339,12 @@ public:
     auto status = this->view().status();
     auto call = t.postpone_reply();
     if (status != wire::WorkflowState::RUNNING) {
-      auto err
-          = make_error(errc::invalid_argument,
-                       "workflow " + to_string(t.self()) + " is "
-                           + wire::WorkflowState::Status_Name(status)
-                           + "; update '" + m.name() + "' is not delivered");
-      if (!t.durable())
+      if (auto err
+          = refuse(t, call,
+                   "workflow " + to_string(t.self()) + " is "
+                       + wire::WorkflowState::Status_Name(status) + "; update '"
+                       + m.name() + "' is not delivered"))
         return err;
-      // Durable: answer instead of failing into retries and a dead letter.
-      if (call)
-        static_cast<void>(t.answer_error(*call, err));
       return accepted;
     }
     auto& st = this->state();
@@ -489,11 +485,15 @@ public:
   caf::expected<done> on_signal(turn& t, const wire::Signal& m) {
     auto status = this->view().status();
     if (status == wire::WorkflowState::COMPLETED
-        || status == wire::WorkflowState::FAILED)
-      return make_error(errc::invalid_argument,
-                        "workflow " + to_string(t.self())
-                            + " has finished; signal '" + m.name()
-                            + "' is not delivered");
+        || status == wire::WorkflowState::FAILED) {
+      if (auto err
+          = refuse(t, t.postpone_reply(),
+                   "workflow " + to_string(t.self()) + " has finished ("
+                       + wire::WorkflowState::Status_Name(status)
+                       + "); signal '" + m.name() + "' is not delivered"))
+        return err;
+      return done{};
+    }
     if (auto err = deliver_signal(t, m))
       return err;
     return done{};
@@ -592,6 +592,23 @@ public:
   }
 
 private:
+  // Refuses a message that the run's status does not allow, with
+  // `invalid_argument` and `why`: a transient call gets the error; a
+  // durable call (a grain's `turn::call`) is answered with it; a durable
+  // send has nobody to answer and is dropped. Durable messages are never
+  // failed into retries and a dead letter: no attempt would succeed.
+  caf::error refuse(turn& t, const std::optional<turn::pending_call>& call,
+                    std::string why) {
+    auto err = make_error(errc::invalid_argument, std::move(why));
+    if (!t.durable())
+      return err;
+    if (call)
+      static_cast<void>(t.answer_error(*call, err));
+    else
+      log(log_level::debug, describe(err));
+    return caf::none;
+  }
+
   // The start input carried as type name and bytes, checked against
   // `Input`.
   caf::expected<Input> parse_input(const turn& t, const std::string& type,
