@@ -9,7 +9,9 @@
 
 #include "actors/grain.hpp"
 #include "actors/task.hpp"
+#include "actors/workflow_client.hpp"
 #include "actors/workflow_engine.hpp"
+#include "actors/workflow_watch.hpp"
 #include "runtime/log.hpp"
 
 namespace granary {
@@ -288,6 +290,12 @@ class workflow : public grain<Derived, wire::WorkflowState> {
 public:
   using super = grain<Derived, wire::WorkflowState>;
 
+  /// The message that starts a run.
+  using input_type = Input;
+
+  /// The message a completed run returns.
+  using output_type = Output;
+
   static void define(handlers<Derived>& h) {
     using info = caf::expected<wire::WorkflowInfo>;
     using result = caf::expected<done>;
@@ -448,6 +456,7 @@ public:
       st.set_status(wire::WorkflowState::FAILED);
       st.set_error_code(static_cast<uint32_t>(errc::cancelled));
       st.set_error("cancelled before it started: " + m.reason());
+      notify_settled(t);
       return done{};
     }
     engine_.bind(&st, &t.self());
@@ -609,6 +618,12 @@ private:
     return caf::none;
   }
 
+  // Tells in-process waiters (workflow_watch) that the run settled.
+  static void notify_settled(turn& t) {
+    if (auto* w = t.services().find<workflow_watch>())
+      w->settled(t.self());
+  }
+
   // The start input carried as type name and bytes, checked against
   // `Input`.
   caf::expected<Input> parse_input(const turn& t, const std::string& type,
@@ -690,6 +705,9 @@ private:
                                     wire::ResumeWorkflow{}));
       return;
     }
+    // The run settles below. Waiters read it again after this turn, and
+    // their read waits for its commit.
+    notify_settled(t);
     if (!engine_.fatal().empty()) {
       st.set_status(wire::WorkflowState::FAILED);
       st.set_error_code(static_cast<uint32_t>(errc::overloaded));
@@ -777,18 +795,6 @@ caf::error check_replay(const wire::WorkflowState& stored,
       stored, grain_id{std::string{W::type_name}, std::move(workflow_id)});
 }
 
-/// Builds the durable message that delivers signal `name` with `payload`
-/// to a workflow; send it like any message (give it an id for safe
-/// retries).
-inline wire::Signal make_signal(std::string name,
-                                const google::protobuf::Message& payload) {
-  wire::Signal sig;
-  sig.set_name(std::move(name));
-  sig.set_payload_type(payload.GetDescriptor()->full_name());
-  payload.SerializeToString(sig.mutable_payload());
-  return sig;
-}
-
 /// Registers workflow class `W`, whose activities run on `pool` (which
 /// must outlive the silo's use of it: stop the pool before the silo).
 template <class W>
@@ -807,75 +813,28 @@ caf::error register_workflow(grain_registry& registry, activity_pool* pool,
   });
 }
 
-/// Builds an `Update` named `name` with id `id` carrying `request`.
-inline wire::Update make_update(std::string name, std::string id,
-                                const google::protobuf::Message& request) {
-  wire::Update u;
-  u.set_name(std::move(name));
-  u.set_id(std::move(id));
-  u.set_payload_type(request.GetDescriptor()->full_name());
-  request.SerializeToString(u.mutable_payload());
-  return u;
-}
-
 /// Reads the value workflow `id` published under `name` as an `R`, with a
 /// transient call (no replay, no write). `not_found` when nothing is
-/// published under that name yet.
+/// published under that name yet. (`workflow_client::query` in one call.)
 template <class R>
 caf::expected<R>
 query_workflow(silo& s, const grain_id& id, const std::string& name,
                std::chrono::milliseconds timeout = std::chrono::seconds{5}) {
-  auto q = std::make_shared<wire::QueryWorkflow>();
-  q->set_name(name);
-  auto res = s.call(id, std::move(q), timeout);
-  if (!res)
-    return std::move(res.error());
-  auto* qr = dynamic_cast<const wire::QueryResult*>(res->get());
-  if (!qr)
-    return make_error(errc::malformed_message, "query answer of "
-                                                   + to_string(id)
-                                                   + " is not a "
-                                                     "QueryResult");
-  if (qr->type().empty())
-    return make_error(errc::not_found, "workflow " + to_string(id)
-                                           + " published nothing under '" + name
-                                           + "' (yet)");
-  R out;
-  if (qr->type() != R::descriptor()->full_name()
-      || !out.ParseFromString(qr->data()))
-    return make_error(errc::malformed_message,
-                      "query value '" + name + "' of " + to_string(id)
-                          + " is a " + qr->type() + ", not "
-                          + std::string{R::descriptor()->full_name()});
-  return out;
+  return silo_workflow_client{s, timeout}.query<R>(id.type, id.key, name);
 }
 
 /// Sends update `name` with id `update_id` to workflow `id` durably and
 /// waits up to `timeout` for the code's answer of type `R`. Safe to retry
 /// with the same `update_id`: the update is delivered once.
+/// (`workflow_client::update` in one call.)
 template <class R>
 caf::expected<R>
 update_workflow(silo& s, const grain_id& id, const std::string& name,
                 const std::string& update_id,
                 const google::protobuf::Message& request,
                 std::chrono::milliseconds timeout = std::chrono::seconds{30}) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  if (auto err = s.send(id, make_update(name, update_id, request),
-                        "update:" + update_id, timeout))
-    return err;
-  // Bounded by the deadline; the poll interval grows to 50 ms.
-  std::chrono::milliseconds pause{2};
-  for (;;) {
-    auto res = query_workflow<R>(s, id, "update:" + update_id, timeout);
-    if (res || code_of(res.error()) != errc::not_found)
-      return res;
-    if (std::chrono::steady_clock::now() + pause > deadline)
-      return make_error(errc::timeout, "workflow " + to_string(id)
-                                           + " did not answer update '" + name
-                                           + "' (" + update_id + ") in time");
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::milliseconds{50});
-  }
+  return silo_workflow_client{s, timeout}.update<R>(
+      id.type, id.key, name, request, timeout, update_id);
 }
 
 } // namespace granary
