@@ -9,7 +9,9 @@
 
 #include "actors/grain.hpp"
 #include "actors/task.hpp"
+#include "actors/workflow_client.hpp"
 #include "actors/workflow_engine.hpp"
+#include "actors/workflow_watch.hpp"
 #include "runtime/log.hpp"
 
 namespace granary {
@@ -290,6 +292,12 @@ public:
   /// Marks workflow classes (see `is_workflow_v`).
   using workflow_marker = void;
 
+  /// The message that starts a run.
+  using input_type = Input;
+
+  /// The message a completed run returns.
+  using output_type = Output;
+
   static void define(handlers<Derived>& h) {
     using info = caf::expected<wire::WorkflowInfo>;
     using result = caf::expected<done>;
@@ -341,16 +349,12 @@ public:
     auto status = this->view().status();
     auto call = t.postpone_reply();
     if (status != wire::WorkflowState::RUNNING) {
-      auto err
-          = make_error(errc::invalid_argument,
-                       "workflow " + to_string(t.self()) + " is "
-                           + wire::WorkflowState::Status_Name(status)
-                           + "; update '" + m.name() + "' is not delivered");
-      if (!t.durable())
+      if (auto err
+          = refuse(t, call,
+                   "workflow " + to_string(t.self()) + " is "
+                       + wire::WorkflowState::Status_Name(status) + "; update '"
+                       + m.name() + "' is not delivered"))
         return err;
-      // Durable: answer instead of failing into retries and a dead letter.
-      if (call)
-        static_cast<void>(t.answer_error(*call, err));
       return accepted;
     }
     auto& st = this->state();
@@ -452,7 +456,9 @@ public:
     st.set_cancel_requested(true);
     if (status == wire::WorkflowState::NEW) {
       st.set_status(wire::WorkflowState::FAILED);
+      st.set_error_code(static_cast<uint32_t>(errc::cancelled));
       st.set_error("cancelled before it started: " + m.reason());
+      notify_settled(t);
       return done{};
     }
     engine_.bind(&st, &t.self());
@@ -490,11 +496,15 @@ public:
   caf::expected<done> on_signal(turn& t, const wire::Signal& m) {
     auto status = this->view().status();
     if (status == wire::WorkflowState::COMPLETED
-        || status == wire::WorkflowState::FAILED)
-      return make_error(errc::invalid_argument,
-                        "workflow " + to_string(t.self())
-                            + " has finished; signal '" + m.name()
-                            + "' is not delivered");
+        || status == wire::WorkflowState::FAILED) {
+      if (auto err
+          = refuse(t, t.postpone_reply(),
+                   "workflow " + to_string(t.self()) + " has finished ("
+                       + wire::WorkflowState::Status_Name(status)
+                       + "); signal '" + m.name() + "' is not delivered"))
+        return err;
+      return done{};
+    }
     if (auto err = deliver_signal(t, m))
       return err;
     return done{};
@@ -593,6 +603,29 @@ public:
   }
 
 private:
+  // Refuses a message that the run's status does not allow, with
+  // `invalid_argument` and `why`: a transient call gets the error; a
+  // durable call (a grain's `turn::call`) is answered with it; a durable
+  // send has nobody to answer and is dropped. Durable messages are never
+  // failed into retries and a dead letter: no attempt would succeed.
+  caf::error refuse(turn& t, const std::optional<turn::pending_call>& call,
+                    std::string why) {
+    auto err = make_error(errc::invalid_argument, std::move(why));
+    if (!t.durable())
+      return err;
+    if (call)
+      static_cast<void>(t.answer_error(*call, err));
+    else
+      log(log_level::debug, describe(err));
+    return caf::none;
+  }
+
+  // Tells in-process waiters (workflow_watch) that the run settled.
+  static void notify_settled(turn& t) {
+    if (auto* w = t.services().find<workflow_watch>())
+      w->settled(t.self());
+  }
+
   // The start input carried as type name and bytes, checked against
   // `Input`.
   caf::expected<Input> parse_input(const turn& t, const std::string& type,
@@ -650,6 +683,12 @@ private:
       waiting.resume();
     }
     engine_.set_turn(nullptr);
+    if (st.status() == wire::WorkflowState::SUSPENDED
+        && engine_.halted().empty()) {
+      // Resumed after a fix, and the journal replayed: the run goes on.
+      st.set_status(wire::WorkflowState::RUNNING);
+      st.clear_error();
+    }
     if (!run_->coro.done())
       return;
     auto& res = run_->coro.result();
@@ -662,13 +701,18 @@ private:
       st.set_input(*engine_.continue_input());
       st.clear_output();
       st.clear_error();
+      st.clear_error_code();
       run_.reset();
       static_cast<void>(t.set_timer("wf-continue", std::chrono::milliseconds{0},
                                     wire::ResumeWorkflow{}));
       return;
     }
+    // The run settles below. Waiters read it again after this turn, and
+    // their read waits for its commit.
+    notify_settled(t);
     if (!engine_.fatal().empty()) {
       st.set_status(wire::WorkflowState::FAILED);
+      st.set_error_code(static_cast<uint32_t>(errc::overloaded));
       st.set_error(engine_.fatal());
       log(log_level::error, engine_.fatal());
       notify_parent(t, st, make_error(errc::overloaded, engine_.fatal()));
@@ -685,8 +729,10 @@ private:
       st.set_output_type(std::string{Output::descriptor()->full_name()});
       res->SerializeToString(st.mutable_output());
       st.clear_error();
+      st.clear_error_code();
     } else {
       st.set_status(wire::WorkflowState::FAILED);
+      st.set_error_code(static_cast<uint32_t>(code_of(res.error())));
       st.set_error(describe(res.error()));
     }
     notify_parent(t, st, res);
@@ -721,6 +767,10 @@ private:
     out.set_output(st.output());
     out.set_error(st.error());
     out.set_journal_size(static_cast<uint64_t>(st.journal_size()));
+    out.set_error_code(st.error_code());
+    out.set_run(st.run());
+    if (st.status() == wire::WorkflowState::RUNNING)
+      workflow_engine::describe_waiting(st, out);
     return out;
   }
 
@@ -747,18 +797,6 @@ caf::error check_replay(const wire::WorkflowState& stored,
       stored, grain_id{std::string{W::type_name}, std::move(workflow_id)});
 }
 
-/// Builds the durable message that delivers signal `name` with `payload`
-/// to a workflow; send it like any message (give it an id for safe
-/// retries).
-inline wire::Signal make_signal(std::string name,
-                                const google::protobuf::Message& payload) {
-  wire::Signal sig;
-  sig.set_name(std::move(name));
-  sig.set_payload_type(payload.GetDescriptor()->full_name());
-  payload.SerializeToString(sig.mutable_payload());
-  return sig;
-}
-
 /// Registers workflow class `W`, whose activities run on `pool` (which
 /// must outlive the silo's use of it: stop the pool before the silo, and
 /// `attach` it to the silo once started). A null `pool` is for workflows
@@ -780,75 +818,28 @@ caf::error register_workflow(grain_registry& registry, activity_pool* pool,
   });
 }
 
-/// Builds an `Update` named `name` with id `id` carrying `request`.
-inline wire::Update make_update(std::string name, std::string id,
-                                const google::protobuf::Message& request) {
-  wire::Update u;
-  u.set_name(std::move(name));
-  u.set_id(std::move(id));
-  u.set_payload_type(request.GetDescriptor()->full_name());
-  request.SerializeToString(u.mutable_payload());
-  return u;
-}
-
 /// Reads the value workflow `id` published under `name` as an `R`, with a
 /// transient call (no replay, no write). `not_found` when nothing is
-/// published under that name yet.
+/// published under that name yet. (`workflow_client::query` in one call.)
 template <class R>
 caf::expected<R>
 query_workflow(silo& s, const grain_id& id, const std::string& name,
                std::chrono::milliseconds timeout = std::chrono::seconds{5}) {
-  auto q = std::make_shared<wire::QueryWorkflow>();
-  q->set_name(name);
-  auto res = s.call(id, std::move(q), timeout);
-  if (!res)
-    return std::move(res.error());
-  auto* qr = dynamic_cast<const wire::QueryResult*>(res->get());
-  if (!qr)
-    return make_error(errc::malformed_message, "query answer of "
-                                                   + to_string(id)
-                                                   + " is not a "
-                                                     "QueryResult");
-  if (qr->type().empty())
-    return make_error(errc::not_found, "workflow " + to_string(id)
-                                           + " published nothing under '" + name
-                                           + "' (yet)");
-  R out;
-  if (qr->type() != R::descriptor()->full_name()
-      || !out.ParseFromString(qr->data()))
-    return make_error(errc::malformed_message,
-                      "query value '" + name + "' of " + to_string(id)
-                          + " is a " + qr->type() + ", not "
-                          + std::string{R::descriptor()->full_name()});
-  return out;
+  return silo_workflow_client{s, timeout}.query<R>(id.type, id.key, name);
 }
 
 /// Sends update `name` with id `update_id` to workflow `id` durably and
 /// waits up to `timeout` for the code's answer of type `R`. Safe to retry
 /// with the same `update_id`: the update is delivered once.
+/// (`workflow_client::update` in one call.)
 template <class R>
 caf::expected<R>
 update_workflow(silo& s, const grain_id& id, const std::string& name,
                 const std::string& update_id,
                 const google::protobuf::Message& request,
                 std::chrono::milliseconds timeout = std::chrono::seconds{30}) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  if (auto err = s.send(id, make_update(name, update_id, request),
-                        "update:" + update_id, timeout))
-    return err;
-  // Bounded by the deadline; the poll interval grows to 50 ms.
-  std::chrono::milliseconds pause{2};
-  for (;;) {
-    auto res = query_workflow<R>(s, id, "update:" + update_id, timeout);
-    if (res || code_of(res.error()) != errc::not_found)
-      return res;
-    if (std::chrono::steady_clock::now() + pause > deadline)
-      return make_error(errc::timeout, "workflow " + to_string(id)
-                                           + " did not answer update '" + name
-                                           + "' (" + update_id + ") in time");
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::milliseconds{50});
-  }
+  return silo_workflow_client{s, timeout}.update<R>(
+      id.type, id.key, name, request, timeout, update_id);
 }
 
 } // namespace granary

@@ -155,11 +155,13 @@ uint64_t workflow_engine::sleep(std::chrono::milliseconds duration) {
     wake.set_seq(e.seq());
     wake.set_run(state_->run());
     caf::error err;
-    if (!turn_)
+    if (!turn_) {
       err = make_error(errc::invalid_argument,
                        "workflow command issued outside a turn");
-    else
+    } else {
+      e.set_due_ms(turn_->now_ms() + duration.count());
       err = turn_->set_timer(tag("wf-sleep-", e.seq()), duration, wake);
+    }
     if (err) {
       complete(e);
       e.set_error_code(static_cast<uint32_t>(code_of(err)));
@@ -231,6 +233,7 @@ std::coroutine_handle<> workflow_engine::cancel(const std::string& reason) {
         static_cast<void>(turn_->cancel_timer(tag("wf-sleep-", e.seq())));
         break;
       case wire::JournalEntry::ACTIVITY:
+        clear_attempt(e);
         static_cast<void>(turn_->cancel_timer(tag("wf-act-", e.seq())));
         static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
         break;
@@ -327,6 +330,7 @@ uint64_t workflow_engine::activity(const std::string& name,
     o.set_heartbeat_timeout_ms(opts.heartbeat_timeout.count());
     o.set_key_format(activity_key_format);
     e.set_value(1);
+    e.set_due_ms(turn_ ? turn_->now_ms() : 0);
     if (auto err = opts.validate()) {
       fail_activity(e, make_error(errc::invalid_argument,
                                   "activity '" + name + "': " + describe(err)));
@@ -364,8 +368,18 @@ caf::error workflow_engine::timer(const std::string& name,
   return err;
 }
 
+void workflow_engine::clear_attempt(wire::JournalEntry& e) {
+  // Only an open activity is described by these; the journal keeps what
+  // the run needs to replay.
+  e.clear_due_ms();
+  e.clear_running();
+  e.clear_last_error_code();
+  e.clear_last_error();
+}
+
 std::coroutine_handle<> workflow_engine::finish(wire::JournalEntry& e) {
   complete(e);
+  clear_attempt(e);
   if (turn_)
     static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
   return wake();
@@ -400,6 +414,10 @@ std::coroutine_handle<> workflow_engine::retry_or_fail(wire::JournalEntry& e,
   // Journals of older versions were not validated: never a negative delay.
   delay = now || !(delay > 0) ? 0 : delay;
   e.set_value(attempt + 1);
+  e.set_running(false);
+  e.set_last_error_code(static_cast<uint32_t>(code_of(err)));
+  e.set_last_error(describe(err));
+  e.set_due_ms(turn_ ? turn_->now_ms() + static_cast<int64_t>(delay) : 0);
   if (turn_)
     static_cast<void>(turn_->cancel_timer(tag("wf-act-timeout-", e.seq())));
   wire::RunActivity run;
@@ -461,10 +479,15 @@ workflow_engine::run_activity(const wire::RunActivity& run,
     if (code_of(err) != errc::overloaded && code_of(err) != errc::silo_stopped)
       return fail_activity(*e, err);
     // The pool is full: try this attempt again shortly.
-    if (auto terr
-        = timer(tag("wf-act-", e->seq()), std::chrono::milliseconds{100}, run))
+    constexpr std::chrono::milliseconds pool_retry{100};
+    if (auto terr = timer(tag("wf-act-", e->seq()), pool_retry, run))
       return fail_activity(*e, terr);
+    e->set_running(false);
+    e->set_due_ms(turn_->now_ms() + pool_retry.count());
+    return {};
   }
+  e->set_running(true);
+  e->set_due_ms(timeout.due_ms());
   return {};
 }
 
@@ -534,7 +557,8 @@ uint64_t workflow_engine::wait_signal(const std::string& name,
     wire::SignalTimeout t;
     t.set_seq(e.seq());
     t.set_run(state_->run());
-    timer(tag("wf-sig-timeout-", e.seq()), timeout, t);
+    if (!timer(tag("wf-sig-timeout-", e.seq()), timeout, t))
+      e.set_due_ms(turn_->now_ms() + timeout.count());
   }
   return e.seq();
 }
@@ -696,6 +720,51 @@ void workflow_engine::record_side_effect(const std::string& name,
     e.set_result_type(type);
     value->SerializeToString(e.mutable_result());
   }
+}
+
+void workflow_engine::describe_waiting(const wire::WorkflowState& st,
+                                       wire::WorkflowInfo& out) {
+  static const std::string update_prefix = "update:";
+  uint64_t open = 0;
+  // Bounded by the journal limit of one run.
+  for (auto& e : st.journal()) {
+    // The other commands complete when they are issued.
+    if (e.completed()
+        || (e.kind() != wire::JournalEntry::CALL
+            && e.kind() != wire::JournalEntry::SLEEP
+            && e.kind() != wire::JournalEntry::SIGNAL
+            && e.kind() != wire::JournalEntry::CHILD
+            && e.kind() != wire::JournalEntry::ACTIVITY))
+      continue;
+    if (++open > max_waiting_listed)
+      continue;
+    auto& w = *out.add_waiting();
+    w.set_seq(e.seq());
+    w.set_target(e.target());
+    w.set_payload_type(e.payload_type());
+    w.set_due_ms(e.due_ms());
+    if (e.kind() == wire::JournalEntry::CALL) {
+      w.set_kind(wire::WaitingOn::CALL);
+    } else if (e.kind() == wire::JournalEntry::SLEEP) {
+      w.set_kind(wire::WaitingOn::TIMER);
+    } else if (e.kind() == wire::JournalEntry::CHILD) {
+      w.set_kind(wire::WaitingOn::CHILD);
+    } else if (e.kind() == wire::JournalEntry::SIGNAL) {
+      bool update
+          = e.target().compare(0, update_prefix.size(), update_prefix) == 0;
+      w.set_kind(update ? wire::WaitingOn::UPDATE : wire::WaitingOn::SIGNAL);
+      if (update)
+        w.set_target(e.target().substr(update_prefix.size()));
+    } else {
+      w.set_kind(wire::WaitingOn::ACTIVITY);
+      w.set_attempt(static_cast<uint32_t>(e.value()));
+      w.set_max_attempts(e.activity().max_attempts());
+      w.set_running(e.running());
+      w.set_last_error_code(e.last_error_code());
+      w.set_last_error(e.last_error());
+    }
+  }
+  out.set_waiting_count(open);
 }
 
 bool workflow_engine::completed(uint64_t seq) const {

@@ -178,6 +178,14 @@ public:
   /// Upper bound on updates whose callers wait for an answer.
   static constexpr int max_pending_updates = 1'000;
 
+  /// Upper bound of `WorkflowInfo.waiting`.
+  static constexpr int max_waiting_listed = 64;
+
+  /// Fills `out.waiting` and `out.waiting_count` from the open commands
+  /// of `st`'s journal, oldest first, without replaying the code.
+  static void describe_waiting(const wire::WorkflowState& st,
+                               wire::WorkflowInfo& out);
+
   /// Stores `value` under `name` for queries (see workflow_context::publish).
   caf::error publish(const std::string& name,
                      const google::protobuf::Message& value);
@@ -265,6 +273,9 @@ private:
 
   // Completes `e` and returns the coroutine waiting for it, if any.
   std::coroutine_handle<> finish(wire::JournalEntry& e);
+
+  // Clears what describes an activity's current attempt (see WaitingOn).
+  static void clear_attempt(wire::JournalEntry& e);
 
   // The pending entry of `kind` named by a correlation of this run.
   wire::JournalEntry* by_correlation(const std::string& correlation,

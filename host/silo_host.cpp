@@ -3,6 +3,7 @@
 #include <atomic>
 #include <thread>
 
+#include "actors/workflow_watch.hpp"
 #include "cluster.pb.h"
 #include "cluster/membership/embedded_membership.hpp"
 #include "cluster/membership/etcd_membership.hpp"
@@ -297,6 +298,9 @@ caf::expected<std::unique_ptr<silo_host>> silo_builder::start() const {
   h->pool = std::make_unique<activity_pool>(pool_threads_, pool_queue_);
   grain_registry reg;
   auto services = std::make_shared<service_registry>();
+  // Wakes in-process clients waiting for workflow results.
+  if (auto err = services->add(std::make_shared<workflow_watch>()))
+    return err;
   registration r{reg, *h->pool, *services, cfg};
   for (auto& fn : grains_)
     if (auto err = fn(r))

@@ -35,7 +35,9 @@ struct registration {
   grain_registry& grains;
   /// Where workflow and resource activities run.
   activity_pool& activities;
-  /// Objects handed to grains and activities (replaces globals).
+  /// Objects handed to grains and activities (replaces globals). The
+  /// host adds a `workflow_watch`, which wakes in-process
+  /// `silo_workflow_client`s waiting for results.
   service_registry& services;
   /// The silo's settings, from the file or from code.
   const silo_file_config& config;

@@ -14,6 +14,7 @@
 #include "actors/workflow.hpp"
 #include "runtime/keys.hpp"
 #include "testing/test_grains.hpp"
+#include "workflow_client_flows.hpp"
 #include "workflow_test.pb.h"
 
 using namespace granary;
@@ -473,17 +474,8 @@ protected:
   // Rewrites the stored state of pay flow `id` while no silo runs.
   void edit_stored(const std::string& id,
                    const std::function<void(wire::WorkflowState&)>& edit) {
-    grain_id g{"wf.pay", id};
-    auto key = keys::grain_prefix(partition_of(g, cfg.partitions), g);
-    auto raw = mem->get(column::state, key);
-    ASSERT_TRUE(raw && *raw);
-    wire::WorkflowState st;
-    ASSERT_TRUE(st.ParseFromString(**raw));
-    edit(st);
-    write_batch wb;
-    wb.put(column::state, key, st.SerializeAsString());
-    const write_batch* views[] = {&wb};
-    ASSERT_FALSE(mem->commit(views));
+    wcflows::edit_stored_workflow(*mem, cfg.partitions, grain_id{"wf.pay", id},
+                                  edit);
   }
 
   // Waits, without moving the clock, until the run leaves RUNNING.
