@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cluster.pb.h"
+#include "cluster/agent/failure_detector.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
 #include "runtime/log.hpp"
@@ -28,12 +29,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -42,10 +37,6 @@ int64_t now_us() {
 
 void say(log_level level, const std::string& line) {
   log(level, "cluster: " + line);
-}
-
-bool is_live(silo_status s) {
-  return s != silo_status::dead;
 }
 
 // Meta record that says the data directory holds partition p (value: the
@@ -220,16 +211,6 @@ std::string to_json_fields(const cluster_view& view) {
 // -- agent --------------------------------------------------------------------
 
 struct cluster_agent::impl {
-  struct probe_state {
-    uint64_t nonce = 0;
-    bool answered = true;
-    uint32_t missed = 0;
-    int64_t last_vote_ms = 0;
-    int64_t first_miss_ms = 0;
-    // The incarnation of the peer these probes are about.
-    uint64_t incarnation = 0;
-  };
-
   struct inbound {
     peer_info from;
     HandoffChunk chunk;
@@ -246,6 +227,7 @@ struct cluster_agent::impl {
   };
 
   agent_config cfg;
+  std::shared_ptr<granary::clock> clk;
   membership_store& store;
   transport& net;
   transport_router& router;
@@ -262,8 +244,6 @@ struct cluster_agent::impl {
   bool leaving = false;
   bool left = false;
   cluster_view cached;
-  std::map<std::string, probe_state> probes;
-  int64_t last_minority_log_ms = 0;
   std::mt19937_64 rng{std::random_device{}()};
 
   // Serializes `apply` (it may acquire and release partitions).
@@ -272,6 +252,11 @@ struct cluster_agent::impl {
   std::unique_ptr<std::atomic<bool>[]> moving;
   // Partitions whose missing data was reported (guarded by apply_mtx).
   std::vector<bool> missing_logged;
+
+  // Guards the detector, which pongs reach on the transport's threads.
+  std::mutex probe_mtx;
+  failure_detector detector;
+  int64_t last_minority_log_ms = 0;
 
   // Handoff sender: the answer it waits for.
   std::mutex ack_mtx;
@@ -289,20 +274,29 @@ struct cluster_agent::impl {
   std::thread sender_thread;
   std::thread receiver_thread;
 
-  impl(agent_config c, membership_store& s, transport& n, transport_router& r)
+  impl(agent_config c, std::shared_ptr<granary::clock> k, membership_store& s,
+       transport& n, transport_router& r)
       : cfg(std::move(c))
+      , clk(k ? std::move(k) : make_system_clock())
       , store(s)
       , net(n)
       , router(r)
       , serving(std::make_unique<std::atomic<bool>[]>(cfg.partitions))
       , moving(std::make_unique<std::atomic<bool>[]>(cfg.partitions))
-      , missing_logged(cfg.partitions, false) {
+      , missing_logged(cfg.partitions, false)
+      , detector(detector_config{cfg.self.silo_id, cfg.missed_probes,
+                                 cfg.votes_needed, cfg.vote_expiry.count()},
+                 std::random_device{}()) {
     on_dead = [](const std::string& why) {
       say(log_level::error, why + "; exiting");
       std::fflush(stdout);
       std::fflush(stderr);
       std::_Exit(3);
     };
+  }
+
+  int64_t now_ms() const {
+    return clk->now_ms();
   }
 
   bool is_stopped() const {
@@ -423,7 +417,7 @@ struct cluster_agent::impl {
         view.table = cached.table;
       cached = view;
     }
-    if (auto why = dead_in(view.table))
+    if (auto why = why_stop(view.table, cfg.self.silo_id, incarnation))
       declare_self_dead(*why);
     auto* here = local.load();
     for (auto& a : view.map.partitions) {
@@ -513,199 +507,102 @@ struct cluster_agent::impl {
     static_cast<void>(net.send(to, f));
   }
 
-  struct live_peer {
-    peer_address peer;
-    uint64_t incarnation = 0;
-  };
-
-  std::vector<live_peer> live_peer_rows() {
-    std::vector<live_peer> out;
+  std::vector<failure_detector::peer>
+  live_peer_rows(std::map<std::string, peer_address>* addresses = nullptr) {
+    std::vector<failure_detector::peer> out;
     std::lock_guard guard{mtx};
     for (auto& row : cached.table.rows) {
-      if (row.silo_id == cfg.self.silo_id || !is_live(row.status))
+      if (row.silo_id == cfg.self.silo_id || row.status == silo_status::dead)
         continue;
       auto ep = parse_endpoint(row.address);
-      if (ep)
-        out.push_back(
-            live_peer{peer_address{row.silo_id, *ep}, row.incarnation});
+      if (!ep)
+        continue;
+      out.push_back(failure_detector::peer{row.silo_id, row.incarnation});
+      if (addresses)
+        addresses->emplace(row.silo_id, peer_address{row.silo_id, *ep});
     }
-    return out;
-  }
-
-  std::vector<peer_address> live_peers() {
-    std::vector<peer_address> out;
-    for (auto& x : live_peer_rows())
-      out.push_back(std::move(x.peer));
     return out;
   }
 
   void probe_round() {
-    auto rows = live_peer_rows();
-    std::vector<peer_address> peers;
-    for (auto& x : rows)
-      peers.push_back(x.peer);
-    std::vector<std::pair<std::string, uint64_t>> suspects;
-    std::vector<std::pair<peer_address, uint64_t>> pings;
+    std::map<std::string, peer_address> addresses;
+    auto live = live_peer_rows(&addresses);
+    failure_detector::round round;
     {
-      std::lock_guard guard{mtx};
-      // Forget silos that left the table or died.
-      for (auto i = probes.begin(); i != probes.end();) {
-        bool known = std::any_of(peers.begin(), peers.end(), [&](auto& x) {
-          return x.silo_id == i->first;
-        });
-        i = known ? std::next(i) : probes.erase(i);
-      }
-      auto now = now_ms();
-      for (auto& [peer, inc] : rows) {
-        auto& st = probes[peer.silo_id];
-        if (st.incarnation != inc) {
-          // A new run of the peer: what its previous run missed is not its.
-          st = probe_state{};
-          st.incarnation = inc;
-        }
-        if (st.nonce != 0 && !st.answered) {
-          if (st.missed++ == 0)
-            st.first_miss_ms = now;
-        }
-        if (st.missed >= cfg.missed_probes
-            && now - st.last_vote_ms > cfg.vote_expiry.count() / 2)
-          suspects.emplace_back(peer.silo_id, inc);
-        st.nonce = rng() | 1;
-        st.answered = false;
-        pings.emplace_back(peer, st.nonce);
-      }
+      std::lock_guard guard{probe_mtx};
+      round = detector.start_round(live, now_ms());
     }
-    for (auto& [peer, nonce] : pings)
-      send_ping(peer, nonce);
-    for (auto& [id, inc] : suspects)
-      vote(id, inc);
+    for (auto& p : round.probes)
+      send_ping(addresses.at(p.silo_id), p.nonce);
+    for (auto& x : round.suspects)
+      vote(x);
   }
 
-  // Returns why this silo must stop, when `table` says so: its row was
-  // rewritten by a newer incarnation, or this incarnation was declared dead.
-  std::optional<std::string> dead_in(const membership_table& table) const {
-    auto* me = table.find(cfg.self.silo_id);
-    if (!me || incarnation == 0)
-      return std::nullopt;
-    if (me->incarnation > incarnation)
-      return "silo '" + cfg.self.silo_id
-             + "' was restarted elsewhere (incarnation "
-             + std::to_string(me->incarnation) + ")";
-    if (me->incarnation == incarnation && me->status == silo_status::dead)
-      return "silo '" + cfg.self.silo_id + "' was declared dead by its peers";
-    return std::nullopt;
-  }
-
-  // Whether this silo plus the live peers that answer its probes are a
-  // majority of the live silos in `table`. Only then may it vote: in a
-  // network partition the minority side must not declare anyone dead (with
-  // two silos, neither side can).
-  bool reaches_majority(const membership_table& table,
-                        const std::string& suspect) {
-    size_t live = 0;
-    size_t reached = 1; // This silo.
-    std::lock_guard guard{mtx};
-    for (auto& r : table.rows) {
-      if (!is_live(r.status))
-        continue;
-      ++live;
-      if (r.silo_id == cfg.self.silo_id)
-        continue;
-      auto i = probes.find(r.silo_id);
-      if (i != probes.end() && i->second.incarnation == r.incarnation
-          && i->second.missed < cfg.missed_probes)
-        ++reached;
-    }
-    if (2 * reached > live)
-      return true;
-    auto now = now_ms();
-    if (now - last_minority_log_ms > 10'000) {
-      last_minority_log_ms = now;
-      say(log_level::warning,
-          "silo '" + cfg.self.silo_id + "' reaches " + std::to_string(reached)
-              + " of " + std::to_string(live)
-              + " live silos, not a majority: it declares no one dead (it "
-                "suspects '"
-              + suspect + "')");
-    }
-    return false;
-  }
-
-  // Votes that incarnation `inc` of `suspect` is dead.
-  void vote(const std::string& suspect, uint64_t inc) {
+  // Votes that `x` (one run of a silo) is dead, as the detector judges.
+  void vote(const failure_detector::suspect& x) {
     for (int attempt = 0; attempt < max_cas_attempts; ++attempt) {
       auto snap = store.read_all();
       if (!snap) {
-        say(log_level::warning, "cannot read the table to vote on '" + suspect
+        say(log_level::warning, "cannot read the table to vote on '" + x.silo_id
                                     + "': " + describe(snap.error()));
         return;
       }
-      if (auto why = dead_in(*snap)) {
-        // A dead silo's view of the others counts for nothing.
-        declare_self_dead(*why);
-        return;
-      }
-      auto* row = snap->find(suspect);
-      if (!row || row->status == silo_status::dead)
-        return;
-      if (!reaches_majority(*snap, suspect))
-        return;
-      if (row->incarnation != inc) {
-        // The suspect restarted: its new run starts with a clean record.
-        std::lock_guard guard{mtx};
-        auto& st = probes[suspect];
-        st = probe_state{};
-        st.incarnation = row->incarnation;
-        return;
-      }
       auto now = now_ms();
-      size_t live = 0;
-      for (auto& r : snap->rows)
-        if (is_live(r.status) && r.silo_id != suspect)
-          ++live;
-      auto needed
-          = std::max<size_t>(1, std::min<size_t>(cfg.votes_needed, live));
-      auto entry = *row;
-      entry.suspicions.clear();
-      for (auto& v : row->suspicions)
-        if (v.voter != cfg.self.silo_id
-            && now - v.time_ms < cfg.vote_expiry.count()
-            && v.incarnation == row->incarnation)
-          entry.suspicions.push_back(v);
-      entry.suspicions.push_back(
-          suspicion_vote{cfg.self.silo_id, now, row->incarnation});
-      bool kill = entry.suspicions.size() >= needed;
-      if (kill)
-        entry.status = silo_status::dead;
-      auto res = store.update(entry, row->version, snap->version);
+      failure_detector::verdict v;
+      {
+        std::lock_guard guard{probe_mtx};
+        v = detector.judge(*snap, x, incarnation, now);
+      }
+      switch (v.kind) {
+        case failure_detector::verdict_kind::stop:
+          // A dead silo's view of the others counts for nothing.
+          declare_self_dead(v.why);
+          return;
+        case failure_detector::verdict_kind::minority:
+          if (now - last_minority_log_ms > 10'000) {
+            last_minority_log_ms = now;
+            say(log_level::warning,
+                "silo '" + cfg.self.silo_id + "' reaches "
+                    + std::to_string(v.reached.reached) + " of "
+                    + std::to_string(v.reached.live)
+                    + " live silos, not a majority: it declares no one dead "
+                      "(it suspects '"
+                    + x.silo_id + "')");
+          }
+          return;
+        case failure_detector::verdict_kind::settled:
+        case failure_detector::verdict_kind::other_run:
+          return;
+        case failure_detector::verdict_kind::vote:
+          break;
+      }
+      auto res = store.update(v.row, v.row.version, snap->version);
       if (!res) {
         if (code_of(res.error()) == errc::timeout)
           continue;
         say(log_level::warning,
-            "vote on '" + suspect + "' failed: " + describe(res.error()));
+            "vote on '" + x.silo_id + "' failed: " + describe(res.error()));
         return;
       }
       if (!res->applied())
         continue;
       int64_t since = 0;
       {
-        std::lock_guard guard{mtx};
-        auto& st = probes[suspect];
-        st.last_vote_ms = now;
-        since = now - st.first_miss_ms;
-        refresh_wanted = true;
+        std::lock_guard guard{probe_mtx};
+        since = detector.voted(x.silo_id, now);
       }
-      if (kill)
+      refresh_soon();
+      if (v.declares_dead)
         say(log_level::warning,
-            "declared silo '" + suspect + "' dead ("
-                + std::to_string(entry.suspicions.size()) + " of "
-                + std::to_string(needed) + " votes; first missed probe "
+            "declared silo '" + x.silo_id + "' dead (" + std::to_string(v.votes)
+                + " of " + std::to_string(v.needed)
+                + " votes; first missed probe "
                 + std::to_string(since + cfg.probe_interval.count())
                 + " ms ago)");
       else
-        say(log_level::info, "suspect silo '" + suspect + "' ("
-                                 + std::to_string(entry.suspicions.size())
-                                 + " of " + std::to_string(needed) + " votes)");
+        say(log_level::info, "suspect silo '" + x.silo_id + "' ("
+                                 + std::to_string(v.votes) + " of "
+                                 + std::to_string(v.needed) + " votes)");
       return;
     }
   }
@@ -1375,8 +1272,10 @@ struct cluster_agent::impl {
 };
 
 cluster_agent::cluster_agent(agent_config cfg, membership_store& store,
-                             transport& net, transport_router& router)
-    : impl_(std::make_unique<impl>(std::move(cfg), store, net, router)) {}
+                             transport& net, transport_router& router,
+                             std::shared_ptr<granary::clock> clk)
+    : impl_(std::make_unique<impl>(std::move(cfg), std::move(clk), store, net,
+                                   router)) {}
 
 cluster_agent::~cluster_agent() {
   stop();
@@ -1482,38 +1381,34 @@ caf::error cluster_agent::activate(silo& local) {
   if (auto err = d.watch_ok())
     return err;
   // Prove that this silo reaches the live silos before it takes work.
-  auto peers = d.live_peers();
+  std::map<std::string, peer_address> addresses;
+  std::vector<std::string> peers;
+  for (auto& p : d.live_peer_rows(&addresses))
+    peers.push_back(p.silo_id);
   auto deadline = std::chrono::steady_clock::now() + d.cfg.join_timeout;
   {
-    std::lock_guard guard{d.mtx};
-    for (auto& peer : peers) {
-      auto& st = d.probes[peer.silo_id];
-      st.nonce = d.rng() | 1;
-      st.answered = false;
-    }
+    std::lock_guard guard{d.probe_mtx};
+    static_cast<void>(d.detector.join_probes(peers));
   }
   // Pings repeat every 100 ms until all answered or the deadline passed.
   while (std::chrono::steady_clock::now() < deadline) {
-    std::vector<std::pair<peer_address, uint64_t>> pending;
+    std::vector<failure_detector::probe> pending;
     {
-      std::lock_guard guard{d.mtx};
-      for (auto& peer : peers)
-        if (!d.probes[peer.silo_id].answered)
-          pending.emplace_back(peer, d.probes[peer.silo_id].nonce);
+      std::lock_guard guard{d.probe_mtx};
+      pending = d.detector.unanswered(peers);
     }
     if (pending.empty())
       break;
-    for (auto& [peer, nonce] : pending)
-      d.send_ping(peer, nonce);
+    for (auto& p : pending)
+      d.send_ping(addresses.at(p.silo_id), p.nonce);
     std::this_thread::sleep_for(100ms);
   }
   {
-    std::lock_guard guard{d.mtx};
-    for (auto& peer : peers)
-      if (!d.probes[peer.silo_id].answered)
-        say(log_level::warning, "silo '" + peer.silo_id
-                                    + "' did not answer while joining; the "
-                                      "failure detector will judge it");
+    std::lock_guard guard{d.probe_mtx};
+    for (auto& p : d.detector.unanswered(peers))
+      say(log_level::warning, "silo '" + p.silo_id
+                                  + "' did not answer while joining; the "
+                                    "failure detector will judge it");
   }
   if (auto err = d.write_own_row(silo_status::active, false))
     return make_error(code_of(err), "becoming active: " + describe(err));
@@ -1581,14 +1476,8 @@ void cluster_agent::on_frame(const peer_info& from, Frame&& frame) {
       break;
     }
     case Frame::kPong: {
-      std::lock_guard guard{d.mtx};
-      auto i = d.probes.find(from.silo_id);
-      // Any answer proves the peer alive, also a late one to an older ping
-      // (a lossy network delays some).
-      if (i != d.probes.end()) {
-        i->second.answered = true;
-        i->second.missed = 0;
-      }
+      std::lock_guard guard{d.probe_mtx};
+      d.detector.on_answer(from.silo_id);
       break;
     }
     case Frame::kHandoffChunk: {

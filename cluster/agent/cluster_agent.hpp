@@ -13,6 +13,7 @@
 #include "cluster/membership/membership.hpp"
 #include "cluster/routing/transport_router.hpp"
 #include "cluster/transport/transport.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/silo.hpp"
 #include "runtime/storage.hpp"
 
@@ -126,8 +127,11 @@ public:
   /// Called once when this silo learns it was declared dead.
   using dead_fn = std::function<void(const std::string& why)>;
 
+  /// An agent for the silo `cfg.self`. `clk` gives the wall-clock time of
+  /// votes, heartbeats and row start times (default: the system clock).
   cluster_agent(agent_config cfg, membership_store& store, transport& net,
-                transport_router& router);
+                transport_router& router,
+                std::shared_ptr<granary::clock> clk = nullptr);
 
   /// Stops the agent's threads (see `stop`).
   ~cluster_agent();
