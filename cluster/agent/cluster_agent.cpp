@@ -18,6 +18,7 @@
 
 #include "cluster.pb.h"
 #include "cluster/agent/failure_detector.hpp"
+#include "cluster/agent/move_planner.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
 #include "runtime/log.hpp"
@@ -85,7 +86,7 @@ constexpr int max_release_waits = 10;
 
 } // namespace
 
-// -- config and plan ----------------------------------------------------------
+// -- config and view ----------------------------------------------------------
 
 caf::error agent_config::validate() const {
   auto bad = [](const std::string& what) {
@@ -110,64 +111,6 @@ caf::error agent_config::validate() const {
   if (handoff_dir.empty())
     return bad("handoff_dir is empty");
   return caf::none;
-}
-
-std::vector<partition_move> plan_moves(const partition_map& map,
-                                       const membership_table& table) {
-  std::map<std::string, std::vector<uint32_t>> active;
-  std::map<std::string, std::vector<uint32_t>> leaving;
-  for (auto& row : table.rows) {
-    if (row.status == silo_status::active)
-      active[row.silo_id];
-    else if (row.status == silo_status::shutting_down)
-      leaving[row.silo_id];
-  }
-  if (active.empty())
-    return {};
-  for (auto& a : map.partitions) {
-    auto* owner = a.primary();
-    if (!owner)
-      continue;
-    if (auto i = active.find(*owner); i != active.end())
-      i->second.push_back(a.partition);
-    else if (auto j = leaving.find(*owner); j != leaving.end())
-      j->second.push_back(a.partition);
-  }
-  std::vector<partition_move> moves;
-  auto least = [&] {
-    auto best = active.begin();
-    for (auto i = active.begin(); i != active.end(); ++i)
-      if (i->second.size() < best->second.size())
-        best = i;
-    return best;
-  };
-  auto most = [&] {
-    auto best = active.begin();
-    for (auto i = active.begin(); i != active.end(); ++i)
-      if (i->second.size() > best->second.size())
-        best = i;
-    return best;
-  };
-  for (auto& [id, parts] : leaving)
-    for (auto p : parts) {
-      auto to = least();
-      moves.push_back({p, id, to->first});
-      to->second.push_back(p);
-    }
-  // Each move narrows the spread, so this ends within partition_count.
-  for (size_t guard = 0; guard <= map.partitions.size(); ++guard) {
-    auto hi = most();
-    auto lo = least();
-    if (hi->second.size() <= lo->second.size() + 1)
-      break;
-    auto& from = hi->second;
-    auto top = std::max_element(from.begin(), from.end());
-    auto p = *top;
-    from.erase(top);
-    moves.push_back({p, hi->first, lo->first});
-    lo->second.push_back(p);
-  }
-  return moves;
 }
 
 std::string to_json_fields(const cluster_view& view) {
