@@ -24,6 +24,7 @@
 #include "cluster/membership/embedded_membership.hpp"
 #include "cluster/routing/transport_router.hpp"
 #include "cluster/transport/asio_transport.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/keys.hpp"
 #include "runtime/log.hpp"
 #include "testing/test_grains.hpp"
@@ -779,6 +780,27 @@ TEST_F(agent_test, join_refuses_a_data_directory_without_its_partitions) {
   EXPECT_EQ(code_of(err), errc::invalid_config);
   EXPECT_NE(describe(err).find("does not hold"), std::string::npos)
       << describe(err);
+}
+
+TEST_F(agent_test, the_rows_times_come_from_the_clock_seam) {
+  auto clk = std::make_shared<manual_clock>(1'234'000);
+  asio_transport_config tc;
+  tc.cluster_id = "agent-test";
+  tc.silo_id = "a";
+  asio_transport net{tc};
+  peer_address self{"a", {"127.0.0.1", 1}};
+  transport_router router{net, self, partitions};
+  agent_config cfg;
+  cfg.self = self;
+  cfg.partitions = partitions;
+  cfg.handoff_dir = (dir / "a-handoff").string();
+  cluster_agent agent{cfg, *store, net, router, clk};
+  memory_storage data;
+  ASSERT_FALSE(agent.join(data, 1));
+  auto snap = store->read("a");
+  ASSERT_TRUE(snap && snap->find("a"));
+  EXPECT_EQ(snap->find("a")->start_time_ms, 1'234'000);
+  EXPECT_EQ(snap->find("a")->i_am_alive_ms, 1'234'000);
 }
 
 TEST_F(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {

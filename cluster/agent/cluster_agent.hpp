@@ -85,7 +85,9 @@ std::string to_json_fields(const cluster_view& view);
 ///   `probe_interval`. After `missed_probes` unanswered pings in a row it
 ///   adds its vote to the suspect's row; the vote that reaches
 ///   `votes_needed` fresh votes also marks the row `dead`, in the same
-///   compare-and-set. A silo that reads its own row as dead, or as a newer
+///   compare-and-set. A silo votes only while it plus the peers answering
+///   its probes are a majority of the live silos, so a cut kills no side
+///   without one. A silo that reads its own row as dead, or as a newer
 ///   incarnation of itself, stops at once (`on_declared_dead`).
 /// - **Routing.** The agent feeds the router from the map: partitions it
 ///   owns are served here, those of dead silos are unavailable (their
@@ -101,7 +103,9 @@ std::string to_json_fields(const cluster_view& view);
 ///   again until it tells.
 ///
 /// Threads: one for probes and membership, one for sending handoffs, one
-/// for receiving them; the transport's threads only enqueue.
+/// for receiving them; the transport's threads only enqueue. The decisions
+/// live in parts private to this module (see cluster/README.md): the pure
+/// failure detector, the move planner, the handoff sender and receiver.
 class cluster_agent {
 public:
   /// Called once when this silo learns it was declared dead.
