@@ -403,6 +403,7 @@ struct cluster_agent::impl : agent_context {
           }
           return;
         case failure_detector::verdict_kind::settled:
+        case failure_detector::verdict_kind::answered:
         case failure_detector::verdict_kind::other_run:
           return;
         case failure_detector::verdict_kind::vote:

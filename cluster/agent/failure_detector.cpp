@@ -122,6 +122,14 @@ failure_detector::verdict failure_detector::judge(const membership_table& table,
   auto* row = table.find(s.silo_id);
   if (!row || row->status == silo_status::dead)
     return v; // settled
+  if (auto i = peers_.find(s.silo_id);
+      i != peers_.end() && i->second.incarnation == s.incarnation
+      && i->second.missed < cfg_.missed_probes) {
+    // A late answer came after the round that suspected it. Voting now
+    // would also count the suspect among the silos this one reaches.
+    v.kind = verdict_kind::answered;
+    return v;
+  }
   v.reached = reach_in(table);
   if (!v.reached.majority()) {
     v.kind = verdict_kind::minority;

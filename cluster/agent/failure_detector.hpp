@@ -36,7 +36,9 @@
 // - Suspicion: a peer is suspected only after `missed_probes` rounds in a
 //   row in which none of its pings was answered. Any answer clears the
 //   count, so a peer whose answers take less than
-//   `missed_probes * probe_interval` is never suspected.
+//   `missed_probes * probe_interval` is never suspected; and a suspect
+//   that answers before the vote is judged gets no vote (a late answer
+//   must neither count as a vote's reach nor be voted against).
 // - Pace: after this silo's vote against a peer, it votes against that
 //   peer again only once `vote_expiry / 2` passed, so its vote stays fresh
 //   while the peer stays silent, without a write every round.
@@ -137,6 +139,8 @@ public:
     stop,
     /// The suspect's row is gone or already dead: nothing to do.
     settled,
+    /// The suspect answered since the round that suspected it: no vote.
+    answered,
     /// This silo reaches no majority: it votes nothing.
     minority,
     /// The table shows another run of the suspect: its record starts over.

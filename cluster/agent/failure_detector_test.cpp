@@ -223,6 +223,24 @@ TEST_F(detector_test, two_silos_never_declare_each_other_dead) {
   EXPECT_EQ(fd.judge(t, r.suspects[0], 1, clk.now_ms()).kind, kind::minority);
 }
 
+TEST_F(detector_test, a_suspect_that_answers_before_the_vote_gets_none) {
+  // Two silos on a lossy network: b misses 3 rounds, then its answer comes
+  // late, between the round that suspects it and the vote.
+  auto t = table_of({row("a"), row("b")});
+  auto r = ticks(t, {});
+  ASSERT_EQ(ids(r.suspects), (std::vector<std::string>{"b"}));
+  fd.on_answer("b");
+  auto v = fd.judge(t, r.suspects[0], 1, clk.now_ms());
+  EXPECT_EQ(v.kind, kind::answered)
+      << "b answered: it is alive, and it must not count as a's majority";
+  // Three silos: the same holds when a reaches a majority without b.
+  t = table_of({row("a"), row("b"), row("c")});
+  r = ticks(t, {"c"});
+  ASSERT_EQ(ids(r.suspects), (std::vector<std::string>{"b"}));
+  fd.on_answer("b");
+  EXPECT_EQ(fd.judge(t, r.suspects[0], 1, clk.now_ms()).kind, kind::answered);
+}
+
 TEST_F(detector_test, a_quickly_restarted_silo_starts_with_a_clean_record) {
   auto t = table_of({row("a"), row("b"), row("c")});
   auto r = ticks(t, {"c"});
