@@ -22,6 +22,12 @@ membership_entry row(std::string id, silo_status status) {
   return e;
 }
 
+membership_table table_of(std::vector<membership_entry> rows) {
+  membership_table t;
+  t.rows = std::move(rows);
+  return t;
+}
+
 partition_map map_of(std::vector<std::string> owners) {
   partition_map m;
   m.partition_count = static_cast<uint32_t>(owners.size());
@@ -46,9 +52,9 @@ std::map<std::string, int> after(std::vector<std::string> owners,
 
 TEST(plan_moves, spreads_partitions_over_a_new_silo) {
   std::vector<std::string> owners(12, "a");
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
-            row("c", silo_status::joining)};
+  auto t
+      = table_of({row("a", silo_status::active), row("b", silo_status::active),
+                  row("c", silo_status::joining)});
   auto moves = plan_moves(map_of(owners), t);
   auto counts = after(owners, moves);
   EXPECT_EQ(counts["a"], 6);
@@ -61,9 +67,9 @@ TEST(plan_moves, empties_a_shutting_down_silo_and_keeps_balance) {
   std::vector<std::string> owners;
   for (int i = 0; i < 12; ++i)
     owners.push_back(std::string(1, static_cast<char>('a' + i % 3)));
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("b", silo_status::shutting_down),
-            row("c", silo_status::active)};
+  auto t = table_of({row("a", silo_status::active),
+                     row("b", silo_status::shutting_down),
+                     row("c", silo_status::active)});
   auto counts = after(owners, plan_moves(map_of(owners), t));
   EXPECT_EQ(counts.count("b"), 0u);
   EXPECT_EQ(counts["a"], 6);
@@ -72,9 +78,9 @@ TEST(plan_moves, empties_a_shutting_down_silo_and_keeps_balance) {
 
 TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
   std::vector<std::string> owners = {"a", "a", "d", "d", "d", "d"};
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
-            row("d", silo_status::dead)};
+  auto t
+      = table_of({row("a", silo_status::active), row("b", silo_status::active),
+                  row("d", silo_status::dead)});
   auto moves = plan_moves(map_of(owners), t);
   ASSERT_EQ(moves.size(), 1u);
   EXPECT_EQ(moves[0].from, "a");
@@ -85,9 +91,9 @@ TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
 
 TEST(plan_moves, ties_go_to_the_lower_silo_and_the_higher_partition) {
   std::vector<std::string> owners(5, "a");
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("c", silo_status::active),
-            row("b", silo_status::active)};
+  auto t
+      = table_of({row("a", silo_status::active), row("c", silo_status::active),
+                  row("b", silo_status::active)});
   auto moves = plan_moves(map_of(owners), t);
   // b and c tie as the least loaded: b (the lower id) gets the first move,
   // and the highest partition moves first.
