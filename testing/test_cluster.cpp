@@ -8,6 +8,7 @@
 
 #include "cluster.pb.h"
 #include "cluster/membership/embedded_membership.hpp"
+#include "cluster/routing/transport_router.hpp"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
 
@@ -87,6 +88,18 @@ test_cluster_builder& test_cluster_builder::customize(customize_fn fn) {
   return *this;
 }
 
+test_cluster_builder&
+test_cluster_builder::wrap_storage(storage_wrapper_fn fn) {
+  wrap_storage_ = std::move(fn);
+  return *this;
+}
+
+test_cluster_builder&
+test_cluster_builder::wrap_membership(membership_wrapper_fn fn) {
+  wrap_membership_ = std::move(fn);
+  return *this;
+}
+
 test_cluster_builder& test_cluster_builder::gateways(bool enabled) {
   gateways_ = enabled;
   return *this;
@@ -128,6 +141,8 @@ struct test_cluster::node {
   std::shared_ptr<std::atomic<bool>> dead
       = std::make_shared<std::atomic<bool>>(false);
   uint64_t incarnation = 0;
+  // The store a `wrap_membership` hook gave; outlives the host.
+  std::shared_ptr<cluster::membership_store> members;
   std::unique_ptr<host::silo_host> h;
 };
 
@@ -184,6 +199,30 @@ silo& test_cluster::runtime(size_t i) {
   return host(i).runtime();
 }
 
+cluster::cluster_agent& test_cluster::agent(size_t i) {
+  auto* a = host(i).agent();
+  GRANARY_ASSERT(a, "a silo of a test cluster has an agent");
+  return *a;
+}
+
+cluster::transport_router& test_cluster::router(size_t i) {
+  // The host hands its router to the silo as the remote router.
+  auto* r = dynamic_cast<cluster::transport_router*>(
+      host(i).config().limits.router);
+  GRANARY_ASSERT(r, "a silo of a test cluster has a transport router");
+  return *r;
+}
+
+std::shared_ptr<memory_storage> test_cluster::memory(size_t i) const {
+  return nodes_.at(i)->mem;
+}
+
+void test_cluster::wipe(size_t i) {
+  auto& n = *nodes_.at(i);
+  GRANARY_ASSERT(!n.h, "test_cluster::wipe: the silo is stopped");
+  n.mem = std::make_shared<memory_storage>();
+}
+
 cluster::membership_store& test_cluster::membership() {
   return *store_;
 }
@@ -212,18 +251,28 @@ caf::error test_cluster::start(size_t i) {
   cfg.membership.leave_timeout = 20s;
   for (auto& fn : spec_.configure_)
     fn(cfg, i);
+  n.members.reset();
+  if (spec_.wrap_membership_)
+    n.members = spec_.wrap_membership_(*store_, i);
   host::silo_builder b;
   b.config(cfg)
       .gateway(spec_.gateways_)
       .incarnation(++n.incarnation)
       .activity_pool_size(4)
       .join_patience(5s)
-      .storage([mem = n.mem](const host::silo_file_config&)
+      .storage([mem = n.mem, wrap = spec_.wrap_storage_,
+                i](const host::silo_file_config&)
                    -> caf::expected<std::unique_ptr<storage>> {
-        return std::make_unique<shared_memory_storage>(mem);
+        std::unique_ptr<storage> st;
+        if (wrap)
+          st = wrap(mem, i);
+        if (!st)
+          st = std::make_unique<shared_memory_storage>(mem);
+        return st;
       })
       .membership(
-          [store = store_.get()](const host::silo_file_config&)
+          [store = n.members ? n.members.get()
+                             : store_.get()](const host::silo_file_config&)
               -> caf::expected<cluster::membership_store*> { return store; })
       .decorate_transport([cut = n.cut](auto inner) {
         return std::make_shared<cuttable_transport>(std::move(inner), cut);
@@ -235,9 +284,11 @@ caf::error test_cluster::start(size_t i) {
     fn(b, i);
   n.dead->store(false);
   auto started = b.start();
-  if (!started)
+  if (!started) {
+    n.members.reset();
     return make_error(code_of(started.error()),
                       n.id + ": " + describe(started.error()));
+  }
   n.h = std::move(*started);
   return caf::none;
 }
@@ -253,6 +304,7 @@ void test_cluster::crash(size_t i) {
     static_cast<void>(n.h->stop());
     n.h.reset();
   }
+  n.members.reset();
 }
 
 caf::error test_cluster::leave(size_t i) {

@@ -25,6 +25,20 @@ using configure_fn = std::function<void(host::silo_file_config&, size_t)>;
 /// hooks).
 using customize_fn = std::function<void(host::silo_builder&, size_t)>;
 
+/// Gives silo `i` its storage over `memory`, the silo's data (kept across
+/// its restarts), e.g. a wrapper that holds commits; null: the memory
+/// itself. Runs at every start of the silo.
+using storage_wrapper_fn = std::function<std::unique_ptr<storage>(
+    std::shared_ptr<memory_storage> memory, size_t i)>;
+
+/// Gives silo `i` the membership store it uses instead of `shared`, the
+/// cluster's table, e.g. a wrapper that loses answers; null: `shared`.
+/// Runs at every start of the silo; the cluster keeps the store alive
+/// while the silo runs.
+using membership_wrapper_fn
+    = std::function<std::shared_ptr<cluster::membership_store>(
+        cluster::membership_store& shared, size_t i)>;
+
 class test_cluster;
 
 /// Describes a cluster of silos in one process and starts it (model:
@@ -56,6 +70,12 @@ public:
   /// Adjusts each silo's builder (after the test cluster's own hooks).
   test_cluster_builder& customize(customize_fn fn);
 
+  /// Wraps each silo's storage (the last call wins).
+  test_cluster_builder& wrap_storage(storage_wrapper_fn fn);
+
+  /// Wraps each silo's view of the membership table (the last call wins).
+  test_cluster_builder& wrap_membership(membership_wrapper_fn fn);
+
   /// Whether silos serve the HTTP gateway (default: no).
   test_cluster_builder& gateways(bool enabled);
 
@@ -76,6 +96,8 @@ private:
   std::vector<host::grains_fn> grains_;
   std::vector<configure_fn> configure_;
   std::vector<customize_fn> customize_;
+  storage_wrapper_fn wrap_storage_;
+  membership_wrapper_fn wrap_membership_;
   bool gateways_ = false;
   std::filesystem::path dir_;
 };
@@ -106,10 +128,25 @@ public:
   /// The silo of silo `i`, which must run.
   silo& runtime(size_t i);
 
+  /// The cluster agent of silo `i`, which must run.
+  cluster::cluster_agent& agent(size_t i);
+
+  /// The router of silo `i`, which must run.
+  cluster::transport_router& router(size_t i);
+
+  /// The data of silo `i`, running or not (the same object across its
+  /// restarts, until `wipe`).
+  std::shared_ptr<memory_storage> memory(size_t i) const;
+
+  /// Replaces the data of silo `i`, which must be stopped, with nothing: a
+  /// wiped data directory.
+  void wipe(size_t i);
+
   /// The membership table the silos share.
   cluster::membership_store& membership();
 
-  /// Starts silo `i` again on its data, with a new incarnation.
+  /// Starts silo `i` again on its data, with a new incarnation (crashes it
+  /// first if it runs). On an error the silo stays stopped.
   caf::error restart(size_t i);
 
   /// Stops silo `i` without a leave: what a crash looks like to the others
@@ -120,7 +157,8 @@ public:
   /// Graceful leave of silo `i` (its partitions move), then a stop.
   caf::error leave(size_t i);
 
-  /// Adds a silo and starts it; returns its index.
+  /// Adds a silo and starts it; returns its index. When its start fails,
+  /// the silo stays in the cluster, stopped, and the error names it.
   caf::expected<size_t> add_silo();
 
   /// Cuts silo `i` off the network (every frame from or to another silo is

@@ -1,7 +1,10 @@
-// Silos in one process that form a cluster through a shared membership
-// store and real loopback TCP: joining spreads the partitions with their
-// data, a graceful leave hands them back, a crashed silo is detected and
-// declared dead, and a silo declared dead stops itself.
+// Silos in one process that form a cluster (testing/test_cluster.hpp: real
+// hosts over loopback TCP, one shared membership table): joining spreads
+// the partitions with their data, a graceful leave hands them back, a
+// crashed silo is detected and declared dead, a silo declared dead stops
+// itself, and handoffs survive slow releases and lost map answers.
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,23 +12,24 @@
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
-#include "cluster.pb.h"
 #include "cluster/agent/cluster_agent.hpp"
 #include "cluster/membership/embedded_membership.hpp"
 #include "cluster/routing/transport_router.hpp"
 #include "cluster/transport/asio_transport.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/keys.hpp"
 #include "runtime/log.hpp"
+#include "testing/test_cluster.hpp"
 #include "testing/test_grains.hpp"
 
 using namespace granary;
@@ -38,77 +42,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr uint32_t partitions = 12;
-
-// -- plan_moves ---------------------------------------------------------------
-
-membership_entry row(std::string id, silo_status status) {
-  membership_entry e;
-  e.silo_id = std::move(id);
-  e.address = "127.0.0.1:1";
-  e.status = status;
-  return e;
-}
-
-partition_map map_of(std::vector<std::string> owners) {
-  partition_map m;
-  m.partition_count = static_cast<uint32_t>(owners.size());
-  for (uint32_t p = 0; p < owners.size(); ++p)
-    m.partitions.push_back(partition_assignment{
-        p, 1, {partition_owner{owners[p], replica_role::primary}}});
-  return m;
-}
-
-// Applies `moves` to `owners` and counts partitions per silo.
-std::map<std::string, int> after(std::vector<std::string> owners,
-                                 const std::vector<partition_move>& moves) {
-  for (auto& m : moves) {
-    EXPECT_EQ(owners[m.partition], m.from);
-    owners[m.partition] = m.to;
-  }
-  std::map<std::string, int> counts;
-  for (auto& o : owners)
-    ++counts[o];
-  return counts;
-}
-
-TEST(plan_moves, spreads_partitions_over_a_new_silo) {
-  std::vector<std::string> owners(12, "a");
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
-            row("c", silo_status::joining)};
-  auto moves = plan_moves(map_of(owners), t);
-  auto counts = after(owners, moves);
-  EXPECT_EQ(counts["a"], 6);
-  EXPECT_EQ(counts["b"], 6);
-  EXPECT_EQ(counts.count("c"), 0u) << "joining silos receive nothing yet";
-  EXPECT_EQ(moves.size(), 6u) << "no partition moves twice";
-}
-
-TEST(plan_moves, empties_a_shutting_down_silo_and_keeps_balance) {
-  std::vector<std::string> owners;
-  for (int i = 0; i < 12; ++i)
-    owners.push_back(std::string(1, static_cast<char>('a' + i % 3)));
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("b", silo_status::shutting_down),
-            row("c", silo_status::active)};
-  auto counts = after(owners, plan_moves(map_of(owners), t));
-  EXPECT_EQ(counts.count("b"), 0u);
-  EXPECT_EQ(counts["a"], 6);
-  EXPECT_EQ(counts["c"], 6);
-}
-
-TEST(plan_moves, leaves_partitions_of_dead_silos_alone) {
-  std::vector<std::string> owners = {"a", "a", "d", "d", "d", "d"};
-  membership_table t;
-  t.rows = {row("a", silo_status::active), row("b", silo_status::active),
-            row("d", silo_status::dead)};
-  auto moves = plan_moves(map_of(owners), t);
-  ASSERT_EQ(moves.size(), 1u);
-  EXPECT_EQ(moves[0].from, "a");
-  EXPECT_EQ(moves[0].to, "b");
-  // A balanced map needs nothing.
-  EXPECT_TRUE(plan_moves(map_of({"a", "b", "a", "b"}), t).empty());
-}
 
 // -- release and recovery of one partition -----------------------------------
 
@@ -259,34 +192,6 @@ TEST(partition_release, a_second_release_waits_for_the_first) {
       = g.mem->get(column::state, keys::grain_prefix(p, id_of<probe>(key)));
   ASSERT_TRUE(state && state->has_value());
 }
-
-// -- in-process cluster -------------------------------------------------------
-
-struct node {
-  std::string id;
-  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
-  std::unique_ptr<shared_memory_storage> data;
-  std::shared_ptr<asio_transport> net;
-  std::unique_ptr<transport_router> router;
-  std::atomic<transport_router*> router_ptr{nullptr};
-  std::unique_ptr<cluster_agent> agent;
-  std::unique_ptr<silo> s;
-  std::atomic<bool> declared_dead{false};
-  fs::path handoff_dir;
-  uint64_t incarnation = 0;
-  // Set before `start`: holds the silo's commits (not the agent's).
-  std::shared_ptr<commit_gate> gate;
-  // While set, every frame from another silo is lost (a network cut).
-  std::atomic<bool> isolated{false};
-  // Set before `start`: adjusts the agent's settings.
-  std::function<void(agent_config&)> configure;
-  // Set before `start`: the store the agent uses instead of the shared one.
-  std::shared_ptr<membership_store> store;
-  // Set before `start`: runs between the silo's start and `activate`.
-  std::function<void()> before_activate;
-  // Whether `activate` is expected to fail.
-  bool expect_activate_error = false;
-};
 
 // Forwards everything to another store; tests override what they disturb.
 class forwarding_store : public membership_store {
@@ -522,144 +427,68 @@ std::string key_on(uint32_t p, const std::string& prefix) {
   }
 }
 
-class agent_test : public ::testing::Test {
-protected:
-  void SetUp() override {
-    dir = fs::temp_directory_path()
-          / ("granary-agent-test-" + std::to_string(::getpid()) + "-"
-             + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    auto opened = embedded_membership::open({(dir / "membership").string()});
-    ASSERT_TRUE(opened) << describe(opened.error());
-    store = std::move(*opened);
-  }
+// -- the in-process cluster ---------------------------------------------------
 
-  void TearDown() override {
-    for (auto& n : nodes)
-      crash(*n);
-    nodes.clear();
-    store.reset();
-    fs::remove_all(dir);
-  }
+// The agent tests' cluster of `silos` silos ("silo-0", "silo-1", ...; the
+// tests call them a, b, c): 12 partitions, probe grains, and the test
+// cluster's timings (100 ms probes, 3 missed probes, 3 s vote expiry).
+test_cluster_builder spec(size_t silos) {
+  return test_cluster_builder{silos}
+      .partitions(partitions)
+      .grains([](host::registration& r) { return r.grain<probe>(); });
+}
 
-  agent_config config_of(node& n) {
-    agent_config cfg;
-    cfg.self = peer_address{n.id, endpoint{"127.0.0.1", 0}};
-    cfg.partitions = partitions;
-    cfg.probe_interval = 100ms;
-    cfg.missed_probes = 3;
-    cfg.vote_expiry = 3s;
-    cfg.i_am_alive_interval = 500ms;
-    cfg.join_timeout = 1s;
-    cfg.refresh_interval = 200ms;
-    cfg.handoff_timeout = 2s;
-    cfg.handoff_dir = n.handoff_dir.string();
-    if (n.configure)
-      n.configure(cfg);
-    return cfg;
+// Starts the cluster `b` describes; null (and a failure) when it fails.
+std::unique_ptr<test_cluster> start(const test_cluster_builder& b,
+                                    std::chrono::milliseconds limit = 20s) {
+  auto built = b.build(limit);
+  if (!built) {
+    ADD_FAILURE() << describe(built.error());
+    return nullptr;
   }
+  return std::move(*built);
+}
 
-  // Starts (or restarts) a silo on `n`'s data.
-  void start(node& n) {
-    n.handoff_dir = dir / (n.id + "-handoff");
-    n.declared_dead = false;
-    n.data = std::make_unique<shared_memory_storage>(n.mem);
-    asio_transport_config tc;
-    tc.cluster_id = "agent-test";
-    tc.silo_id = n.id;
-    tc.incarnation = ++n.incarnation;
-    n.net = std::make_shared<asio_transport>(tc);
-    n.net->set_handler([&n](const peer_info& from, Frame&& f) {
-      if (n.isolated.load())
-        return;
-      if (auto* r = n.router_ptr.load())
-        r->handler()(from, std::move(f));
-    });
-    auto port = n.net->start(endpoint{"127.0.0.1", 0});
-    ASSERT_TRUE(port) << describe(port.error());
-    auto cfg = config_of(n);
-    cfg.self.address.port = *port;
-    n.router = std::make_unique<transport_router>(*n.net, cfg.self, partitions);
-    n.agent = std::make_unique<cluster_agent>(cfg, n.store ? *n.store : *store,
-                                              *n.net, *n.router);
-    n.agent->on_declared_dead(
-        [&n](const std::string&) { n.declared_dead = true; });
-    auto* agent = n.agent.get();
-    n.router->on_other_frame([agent](const peer_info& from, Frame&& f) {
-      agent->on_frame(from, std::move(f));
-    });
-    n.router->on_stale_route([agent] { agent->refresh_soon(); });
-    n.router_ptr = n.router.get();
-    ASSERT_FALSE(n.agent->join(*n.data, n.incarnation));
-    silo_config sc;
-    sc.partitions = partitions;
-    sc.redelivery_timeout = 300ms;
-    sc.timer_poll = 10ms;
-    sc.router = n.router.get();
-    sc.remote_call_timeout = 500ms;
-    grain_registry reg;
-    ASSERT_FALSE(register_grain<probe>(reg));
-    std::unique_ptr<storage> st;
-    if (n.gate)
-      st = std::make_unique<gated_storage>(n.mem, n.gate);
-    else
-      st = std::make_unique<shared_memory_storage>(n.mem);
-    auto started = silo::start(sc, std::move(reg), std::move(st));
-    ASSERT_TRUE(started) << describe(started.error());
-    n.s = std::move(*started);
-    n.router->attach(*n.s);
-    if (n.before_activate)
-      n.before_activate();
-    auto activated = n.agent->activate(*n.s);
-    if (n.expect_activate_error)
-      ASSERT_TRUE(activated);
-    else
-      ASSERT_FALSE(activated) << describe(activated);
-  }
+::testing::AssertionResult ok(const caf::error& err) {
+  if (!err)
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << describe(err);
+}
 
-  node& add(std::string id) {
-    nodes.push_back(std::make_unique<node>());
-    nodes.back()->id = std::move(id);
-    return *nodes.back();
-  }
+template <class T>
+::testing::AssertionResult ok(const caf::expected<T>& x) {
+  return ok(x ? caf::error{} : x.error());
+}
 
-  // Stops `n` without leaving: what a crash looks like to the others.
-  static void crash(node& n) {
-    if (n.agent)
-      n.agent->stop();
-    n.router_ptr = nullptr;
-    if (n.router)
-      n.router->stop();
-    if (n.net)
-      n.net->stop();
-    n.s.reset();
-    n.agent.reset();
-    n.router.reset();
-    n.net.reset();
-  }
+// Silo `id`'s status in the table as silo `viewer` last read it.
+silo_status status_in(test_cluster& c, size_t viewer, size_t id) {
+  auto v = c.agent(viewer).view();
+  auto* r = v.table.find(c.id(id));
+  return r ? r->status : silo_status::dead;
+}
 
-  static silo_status status_in(const node& viewer, const std::string& id) {
-    auto v = viewer.agent->view();
-    auto* r = v.table.find(id);
-    return r ? r->status : silo_status::dead;
-  }
+// Holds the commits of silo 0 (the silo's and its agent's) at `gate`.
+storage_wrapper_fn gate_first(std::shared_ptr<commit_gate> gate) {
+  return [gate](std::shared_ptr<memory_storage> mem,
+                size_t i) -> std::unique_ptr<storage> {
+    if (i != 0)
+      return nullptr;
+    return std::make_unique<gated_storage>(std::move(mem), gate);
+  };
+}
 
-  static bool balanced(const std::vector<node*>& ns) {
-    size_t total = 0;
-    for (auto* n : ns) {
-      auto k = n->agent->served().size();
-      if (k < partitions / ns.size() || k > partitions / ns.size() + 1)
-        return false;
-      total += k;
-    }
-    return total == partitions;
-  }
-
-  fs::path dir;
-  std::unique_ptr<embedded_membership> store;
-  std::vector<std::unique_ptr<node>> nodes;
-};
+// Silo 0 sees the table through a `lossy_map_store`, made at its first
+// start into `out` (which must outlive the cluster).
+membership_wrapper_fn lossy_first(std::shared_ptr<lossy_map_store>& out) {
+  return [&out](membership_store& shared,
+                size_t i) -> std::shared_ptr<membership_store> {
+    if (i != 0)
+      return nullptr;
+    if (!out)
+      out = std::make_shared<lossy_map_store>(shared);
+    return out;
+  };
+}
 
 // Sends Add{1} messages to `grains` probe grains through `s`, each with its
 // own message id, retrying every one until it is accepted, until `stop` is
@@ -701,75 +530,87 @@ int64_t total(silo& s, int grains) {
   return sum;
 }
 
+// Sends load through a silo on its own thread (see `send_load`) until
+// stopped; stops and joins when it goes out of scope.
+class load_thread {
+public:
+  load_thread(silo& s, std::string tag, int min, int grains,
+              std::atomic<int>& accepted)
+      : thread_{[this, &s, tag, min, grains, &accepted] {
+        accepted += send_load(s, tag, stop_, min, grains);
+      }} {}
+
+  ~load_thread() {
+    stop();
+  }
+
+  load_thread(const load_thread&) = delete;
+  load_thread& operator=(const load_thread&) = delete;
+
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable())
+      thread_.join();
+  }
+
+private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 } // namespace
 
-TEST_F(agent_test, silos_join_and_spread_the_partitions) {
-  auto& a = add("a");
-  auto& b = add("b");
-  auto& c = add("c");
-  start(a);
-  EXPECT_EQ(a.agent->served().size(), partitions) << "the first silo owns all";
-  start(b);
-  start(c);
-  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
-  for (auto* n : {&a, &b, &c})
-    EXPECT_EQ(status_in(a, n->id), silo_status::active);
+TEST(agent_test, silos_join_and_spread_the_partitions) {
+  auto c = start(spec(1));
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->agent(0).served().size(), partitions)
+      << "the first silo owns all";
+  ASSERT_TRUE(ok(c->add_silo()));
+  ASSERT_TRUE(ok(c->add_silo()));
+  ASSERT_TRUE(c->wait_stable(20s));
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(status_in(*c, 0, i), silo_status::active);
   // Every grain answers through every silo.
   for (int g = 0; g < 30; ++g) {
     auto key = "k" + std::to_string(g);
-    auto& via = *nodes[g % 3];
-    auto r = grain_ref<probe>{*via.s, key}.call<Value>(Add{}, 2s);
+    auto r = grain_ref<probe>{c->runtime(g % 3), key}.call<Value>(Add{}, 2s);
     EXPECT_TRUE(r) << key << ": " << describe(r.error());
   }
-  auto map = store->read_partition_map();
+  auto map = c->membership().read_partition_map();
   ASSERT_TRUE(map);
   for (auto& asg : map->partitions)
     EXPECT_GE(asg.epoch, 1u);
 }
 
-TEST_F(agent_test, handoff_under_load_loses_and_repeats_nothing) {
-  auto& a = add("a");
-  auto& b = add("b");
-  auto& c = add("c");
-  start(a);
+TEST(agent_test, handoff_under_load_loses_and_repeats_nothing) {
+  auto c = start(spec(1));
+  ASSERT_TRUE(c);
   constexpr int grains = 40;
   std::atomic<int> accepted{0};
-  std::atomic<bool> stop_a{false};
-  std::atomic<bool> stop_b{false};
-  std::thread load_a{
-      [&] { accepted += send_load(*a.s, "via-a", stop_a, 200, grains); }};
-  start(b);
-  std::thread load_b{
-      [&] { accepted += send_load(*b.s, "via-b", stop_b, 200, grains); }};
-  start(c);
+  load_thread load_a{c->runtime(0), "via-a", 200, grains, accepted};
+  ASSERT_TRUE(ok(c->add_silo()));
+  load_thread load_b{c->runtime(1), "via-b", 200, grains, accepted};
+  ASSERT_TRUE(ok(c->add_silo()));
   std::this_thread::sleep_for(300ms);
-  stop_a = true;
-  load_a.join();
+  load_a.stop();
   // a leaves while b keeps sending: its partitions move to b and c.
-  auto left = a.agent->leave(20s);
+  auto left = c->host(0).leave();
   EXPECT_FALSE(left) << describe(left);
-  EXPECT_TRUE(a.agent->served().empty());
-  crash(a);
+  EXPECT_TRUE(c->agent(0).served().empty());
+  c->crash(0);
   std::this_thread::sleep_for(300ms);
-  stop_b = true;
-  load_b.join();
-  ASSERT_TRUE(eventually([&] { return balanced({&b, &c}); }, 20s));
+  load_b.stop();
+  ASSERT_TRUE(c->wait_stable(20s));
   std::printf("accepted %d messages\n", accepted.load());
-  EXPECT_EQ(total(*c.s, grains), accepted.load())
+  EXPECT_EQ(total(c->runtime(2), grains), accepted.load())
       << "every accepted message applied exactly once";
 }
 
-TEST_F(agent_test,
-       a_crashed_silo_is_declared_dead_and_gets_its_partitions_back) {
-  auto& a = add("a");
-  auto& b = add("b");
-  auto& c = add("c");
-  start(a);
-  start(b);
-  start(c);
-  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+TEST(agent_test, a_crashed_silo_is_declared_dead_and_gets_its_partitions_back) {
+  auto c = start(spec(3));
+  ASSERT_TRUE(c);
   // Some state on c's partitions.
-  auto c_parts = c.agent->served();
+  auto c_parts = c->agent(2).served();
   ASSERT_FALSE(c_parts.empty());
   std::string key;
   for (int i = 0; key.empty(); ++i)
@@ -778,24 +619,26 @@ TEST_F(agent_test,
       key = "x" + std::to_string(i);
   Add add5;
   add5.set_delta(5);
-  auto sent5 = grain_ref<probe>{*a.s, key}.send(add5, "before-crash");
+  auto sent5 = grain_ref<probe>{c->runtime(0), key}.send(add5, "before-crash");
   ASSERT_FALSE(sent5) << describe(sent5);
-  crash(c);
+  c->crash(2);
   auto t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(
-      eventually([&] { return status_in(a, "c") == silo_status::dead; }, 15s));
+  ASSERT_TRUE(eventually(
+      [&] { return status_in(*c, 0, 2) == silo_status::dead; }, 15s));
   auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - t0);
   std::printf("detection time: %lld ms (probe 100 ms, 3 missed probes)\n",
               static_cast<long long>(took.count()));
-  EXPECT_EQ(status_in(b, "c"), silo_status::dead);
+  // b learns it from the table too (its view follows the watch).
+  EXPECT_TRUE(
+      eventually([&] { return status_in(*c, 1, 2) == silo_status::dead; }, 5s));
   // Its partitions are unavailable, not moved: their data is on c.
-  auto r = grain_ref<probe>{*a.s, key}.call<Value>(Get{}, 1s);
+  auto r = grain_ref<probe>{c->runtime(0), key}.call<Value>(Get{}, 1s);
   ASSERT_FALSE(r);
   EXPECT_EQ(code_of(r.error()), errc::partition_unavailable)
       << describe(r.error());
   // A durable message between grains waits in the sender's outbox.
-  auto a_parts = a.agent->served();
+  auto a_parts = c->agent(0).served();
   ASSERT_FALSE(a_parts.empty());
   std::string sender;
   for (int i = 0; sender.empty(); ++i)
@@ -805,296 +648,325 @@ TEST_F(agent_test,
   Forward fwd;
   fwd.set_to(key);
   fwd.set_delta(1);
-  auto sent_fwd = grain_ref<probe>{*a.s, sender}.send(fwd, "while-down");
+  auto sent_fwd
+      = grain_ref<probe>{c->runtime(0), sender}.send(fwd, "while-down");
   ASSERT_FALSE(sent_fwd) << describe(sent_fwd);
   // c restarts on its data and serves its partitions again.
-  start(c);
+  ASSERT_TRUE(ok(c->restart(2)));
   ASSERT_TRUE(eventually(
       [&] {
-        auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 1s);
+        auto v = grain_ref<probe>{c->runtime(1), key}.call<Value>(Get{}, 1s);
         return v && v->value() == 6;
       },
       20s));
-  EXPECT_EQ(status_in(a, "c"), silo_status::active);
+  EXPECT_EQ(status_in(*c, 0, 2), silo_status::active);
 }
 
-TEST_F(agent_test, a_silo_declared_dead_stops_itself) {
-  auto& a = add("a");
-  auto& b = add("b");
-  start(a);
-  start(b);
-  auto snap = store->read("b");
+TEST(agent_test, a_silo_declared_dead_stops_itself) {
+  auto c = start(spec(2));
+  ASSERT_TRUE(c);
+  auto& store = c->membership();
+  auto snap = store.read(c->id(1));
   ASSERT_TRUE(snap);
-  auto entry = *snap->find("b");
+  auto entry = *snap->find(c->id(1));
   entry.status = silo_status::dead;
-  auto res = store->update(entry, entry.version, snap->version);
+  auto res = store.update(entry, entry.version, snap->version);
   ASSERT_TRUE(res && res->applied());
-  EXPECT_TRUE(eventually([&] { return b.declared_dead.load(); }, 5s));
-  EXPECT_FALSE(a.declared_dead.load());
+  EXPECT_TRUE(eventually([&] { return c->declared_dead(1); }, 5s));
+  EXPECT_FALSE(c->declared_dead(0));
 }
 
-TEST_F(agent_test, join_refuses_a_data_directory_without_its_partitions) {
-  auto& a = add("a");
-  start(a);
-  crash(a);
-  a.mem = std::make_shared<memory_storage>(); // Wiped.
-  a.data = std::make_unique<shared_memory_storage>(a.mem);
-  asio_transport_config tc;
-  tc.cluster_id = "agent-test";
-  tc.silo_id = "a";
-  asio_transport net{tc};
-  transport_router router{net, peer_address{"a", {"127.0.0.1", 1}}, partitions};
-  cluster_agent agent{config_of(a), *store, net, router};
-  auto err = agent.join(*a.data, 7);
+TEST(agent_test, join_refuses_a_data_directory_without_its_partitions) {
+  auto c = start(spec(1));
+  ASSERT_TRUE(c);
+  c->crash(0);
+  c->wipe(0);
+  auto err = c->restart(0);
   ASSERT_TRUE(err);
   EXPECT_EQ(code_of(err), errc::invalid_config);
   EXPECT_NE(describe(err).find("does not hold"), std::string::npos)
       << describe(err);
+  EXPECT_FALSE(c->running(0));
 }
 
-TEST_F(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {
+TEST(agent_test, the_rows_times_come_from_the_clock_seam) {
+  auto dir = fs::temp_directory_path()
+             / ("granary-agent-clock-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto store = embedded_membership::open({(dir / "membership").string()});
+  ASSERT_TRUE(store) << describe(store.error());
+  auto clk = std::make_shared<manual_clock>(1'234'000);
+  asio_transport_config tc;
+  tc.cluster_id = "agent-test";
+  tc.silo_id = "a";
+  asio_transport net{tc};
+  peer_address self{"a", {"127.0.0.1", 1}};
+  transport_router router{net, self, partitions};
+  agent_config cfg;
+  cfg.self = self;
+  cfg.partitions = partitions;
+  cfg.handoff_dir = (dir / "a-handoff").string();
+  {
+    cluster_agent agent{cfg, **store, net, router, clk};
+    memory_storage data;
+    ASSERT_FALSE(agent.join(data, 1));
+    auto snap = (*store)->read("a");
+    ASSERT_TRUE(snap && snap->find("a"));
+    EXPECT_EQ(snap->find("a")->start_time_ms, 1'234'000);
+    EXPECT_EQ(snap->find("a")->i_am_alive_ms, 1'234'000);
+  }
+  store->reset();
+  fs::remove_all(dir);
+}
+
+TEST(agent_test, a_slow_release_delays_its_handoff_instead_of_failing_it) {
   log_capture logs;
-  auto& a = add("a");
-  a.gate = std::make_shared<commit_gate>();
-  a.configure = [](agent_config& c) { c.release_timeout = 300ms; };
-  auto& b = add("b");
-  start(a);
+  auto gate = std::make_shared<commit_gate>();
+  auto c = start(spec(1)
+                     .wrap_storage(gate_first(gate))
+                     .configure([](host::silo_file_config& cfg, size_t i) {
+                       if (i == 0)
+                         cfg.membership.detector.release_timeout = 300ms;
+                     }));
+  ASSERT_TRUE(c);
   // The highest partition moves first; one of its turns is committing
   // (slowly) when its handoff starts.
   auto key = key_on(partitions - 1, "slow");
   Add add5;
   add5.set_delta(5);
-  auto first = grain_ref<probe>{*a.s, key}.call<Value>(add5, 2s);
+  auto first = grain_ref<probe>{c->runtime(0), key}.call<Value>(add5, 2s);
   ASSERT_TRUE(first) << describe(first.error());
   std::thread adding;
   {
     uint64_t before = 0;
     {
-      std::lock_guard guard{a.gate->mtx};
-      before = a.gate->entered;
+      std::lock_guard guard{gate->mtx};
+      before = gate->entered;
     }
-    a.gate->hold(true);
+    gate->hold(true);
     adding = std::thread{[&] {
       Add add2;
       add2.set_delta(2);
-      auto r = grain_ref<probe>{*a.s, key}.call<Value>(add2, 20s);
+      auto r = grain_ref<probe>{c->runtime(0), key}.call<Value>(add2, 20s);
       EXPECT_TRUE(r) << describe(r.error());
     }};
-    ASSERT_TRUE(a.gate->wait_entered(before));
+    ASSERT_TRUE(gate->wait_entered(before));
   }
-  start(b);
+  ASSERT_TRUE(ok(c->add_silo()));
   auto slow = "releasing partition " + std::to_string(partitions - 1)
               + " takes longer";
   EXPECT_TRUE(eventually([&] { return logs.has(slow); }, 10s))
       << "the agent gave up on the slow release";
-  a.gate->hold(false);
+  gate->hold(false);
   adding.join();
-  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  ASSERT_TRUE(c->wait_stable(20s));
   EXPECT_FALSE(logs.has("handoff of partition " + std::to_string(partitions - 1)
-                        + " to silo 'b' failed"));
-  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+                        + " to silo '" + c->id(1) + "' failed"));
+  auto v = grain_ref<probe>{c->runtime(1), key}.call<Value>(Get{}, 2s);
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->value(), 7);
 }
 
-TEST_F(agent_test, a_map_write_with_a_lost_answer_never_makes_two_owners) {
-  auto& a = add("a");
-  auto lossy_ptr = std::make_shared<lossy_map_store>(*store);
-  auto& lossy = *lossy_ptr;
-  a.store = lossy_ptr;
-  auto& b = add("b");
-  start(a);
+TEST(agent_test, a_map_write_with_a_lost_answer_never_makes_two_owners) {
+  std::shared_ptr<lossy_map_store> lossy;
+  auto c = start(spec(1).wrap_membership(lossy_first(lossy)));
+  ASSERT_TRUE(c && lossy);
   // The highest partition moves first.
   uint32_t p = partitions - 1;
   auto key = key_on(p, "lost");
   Add add5;
   add5.set_delta(5);
-  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
-  lossy.armed = true;
-  start(b);
+  ASSERT_FALSE(c->runtime(0).send(id_of<probe>(key), add5, "before", 2s));
+  lossy->armed = true;
+  ASSERT_TRUE(ok(c->add_silo()));
   // The write that gives p to b is applied, its answer is lost, and a
   // cannot read the map for a while.
-  ASSERT_TRUE(eventually([&] { return lossy.lost_writes.load() > 0; }, 10s));
-  auto map = store->read_partition_map();
+  ASSERT_TRUE(eventually([&] { return lossy->lost_writes.load() > 0; }, 10s));
+  auto map = c->membership().read_partition_map();
   ASSERT_TRUE(map);
-  ASSERT_EQ(*map->partitions[p].primary(), "b");
+  ASSERT_EQ(*map->partitions[p].primary(), c->id(1));
   ASSERT_EQ(map->partitions[p].epoch, 2u);
-  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
+  ASSERT_TRUE(
+      eventually([&] { return contains(c->agent(1).served(), p); }, 10s));
   // Longer than the handoff once waited before it served p again.
   ASSERT_TRUE(
-      eventually([&] { return lossy.writer_blind_reads.load() > 20; }, 20s))
+      eventually([&] { return lossy->writer_blind_reads.load() > 20; }, 20s))
       << "the handoff stopped asking the map";
-  EXPECT_FALSE(contains(a.agent->served(), p))
+  EXPECT_FALSE(contains(c->agent(0).served(), p))
       << "a serves p at epoch 1 while b serves it at epoch 2";
   // Durable sends to p through both silos.
   int accepted = 0;
   for (int i = 0; i < 4; ++i) {
     Add add1;
     add1.set_delta(1);
-    for (auto* n : {&a, &b})
-      if (!n->s->send(id_of<probe>(key), add1, n->id + "-" + std::to_string(i),
-                      300ms))
+    for (size_t n = 0; n < 2; ++n)
+      if (!c->runtime(n).send(id_of<probe>(key), add1,
+                              c->id(n) + "-" + std::to_string(i), 300ms))
         ++accepted;
   }
   EXPECT_GE(accepted, 4) << "b accepts what it owns";
   // The map answers again: a finishes the handoff.
-  lossy.blind = false;
+  lossy->blind = false;
   ASSERT_TRUE(eventually(
       [&] {
-        auto r = a.router->route_of(p);
-        return r.available && r.owner.silo_id == "b" && r.epoch == 2;
+        auto r = c->router(0).route_of(p);
+        return r.available && r.owner.silo_id == c->id(1) && r.epoch == 2;
       },
       20s));
-  EXPECT_FALSE(contains(a.agent->served(), p));
-  auto held = a.mem->get(column::meta, "partition/" + std::to_string(p));
-  ASSERT_TRUE(held);
-  EXPECT_FALSE(held->has_value()) << "a dropped its copy";
+  EXPECT_FALSE(contains(c->agent(0).served(), p));
+  // a routes p to b, then drops its copy.
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto held
+            = c->memory(0)->get(column::meta, "partition/" + std::to_string(p));
+        return held && !held->has_value();
+      },
+      5s))
+      << "a dropped its copy";
   // Every accepted send applied exactly once, at the one owner.
-  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  auto v = grain_ref<probe>{c->runtime(1), key}.call<Value>(Get{}, 2s);
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->value(), 5 + accepted);
 }
 
-TEST_F(agent_test, a_receiver_restarted_before_the_map_write_keeps_the_data) {
-  auto& a = add("a");
-  auto lossy = std::make_shared<lossy_map_store>(*store);
-  a.store = lossy;
-  auto& b = add("b");
+TEST(agent_test, a_receiver_restarted_before_the_map_write_keeps_the_data) {
+  std::shared_ptr<lossy_map_store> lossy;
   // b's quick restart must not make a vote it dead.
-  for (auto* n : {&a, &b})
-    n->configure = [](agent_config& c) { c.missed_probes = 100; };
-  start(a);
+  auto c = start(spec(1)
+                     .wrap_membership(lossy_first(lossy))
+                     .configure([](host::silo_file_config& cfg, size_t) {
+                       cfg.membership.detector.missed_probes = 100;
+                     }));
+  ASSERT_TRUE(c && lossy);
   uint32_t p = partitions - 1;
   auto key = key_on(p, "kept");
   Add add5;
   add5.set_delta(5);
-  ASSERT_FALSE(a.s->send(id_of<probe>(key), add5, "before", 2s));
+  ASSERT_FALSE(c->runtime(0).send(id_of<probe>(key), add5, "before", 2s));
   // b receives p; the map write that gives it to b waits at the door.
   auto seen = lossy->writes();
   lossy->hold(true);
-  start(b);
+  ASSERT_TRUE(ok(c->add_silo()));
   ASSERT_TRUE(lossy->wait_writes(seen));
   // b restarts meanwhile: the map it reads at join still gives p to a.
-  crash(b);
-  start(b);
+  ASSERT_TRUE(ok(c->restart(1)));
   lossy->hold(false);
-  ASSERT_TRUE(eventually([&] { return contains(b.agent->served(), p); }, 10s));
-  auto v = grain_ref<probe>{*b.s, key}.call<Value>(Get{}, 2s);
+  ASSERT_TRUE(
+      eventually([&] { return contains(c->agent(1).served(), p); }, 10s));
+  auto v = grain_ref<probe>{c->runtime(1), key}.call<Value>(Get{}, 2s);
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->value(), 5) << "b serves p without its data";
 }
 
-TEST_F(agent_test,
-       a_quickly_restarted_silo_survives_the_death_of_its_last_run) {
-  auto& a = add("a");
-  auto& b = add("b");
-  auto& c = add("c");
-  auto votes = std::make_shared<vote_gate_store>(*store, "c");
-  a.store = votes;
-  b.store = votes;
-  start(a);
-  start(b);
-  start(c);
-  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
+TEST(agent_test, a_quickly_restarted_silo_survives_the_death_of_its_last_run) {
+  // a and b vote through a door that can hold their votes against c.
+  std::shared_ptr<vote_gate_store> votes;
+  auto c = start(spec(3).wrap_membership(
+      [&votes](membership_store& shared,
+               size_t i) -> std::shared_ptr<membership_store> {
+        if (i == 2)
+          return nullptr;
+        if (!votes)
+          votes = std::make_shared<vote_gate_store>(shared, "silo-2");
+        return votes;
+      }));
+  ASSERT_TRUE(c && votes);
+  auto& store = c->membership();
   // c dies; a and b vote against its run, but their votes reach the store
   // only after c came back.
   votes->hold(true);
-  crash(c);
+  c->crash(2);
   ASSERT_TRUE(votes->wait_waiting(2));
-  start(c);
+  ASSERT_TRUE(ok(c->restart(2)));
   {
-    // `activate` wrote the row before it returned.
-    auto row = store->read("c");
-    ASSERT_TRUE(row && row->find("c"));
-    ASSERT_EQ(row->find("c")->status, silo_status::active);
+    // `activate` wrote the row before the start returned.
+    auto row = store.read(c->id(2));
+    ASSERT_TRUE(row && row->find(c->id(2)));
+    ASSERT_EQ(row->find(c->id(2))->status, silo_status::active);
   }
   votes->hold(false);
   // Both voters went on after their late votes.
   ASSERT_TRUE(votes->wait_reads_after_door(2, 2));
-  auto snap = store->read("c");
-  ASSERT_TRUE(snap && snap->find("c"));
-  EXPECT_EQ(snap->find("c")->status, silo_status::active);
-  EXPECT_EQ(snap->find("c")->incarnation, c.incarnation);
-  EXPECT_TRUE(snap->find("c")->suspicions.empty())
+  auto snap = store.read(c->id(2));
+  ASSERT_TRUE(snap && snap->find(c->id(2)));
+  EXPECT_EQ(snap->find(c->id(2))->status, silo_status::active);
+  EXPECT_EQ(snap->find(c->id(2))->incarnation, c->host(2).incarnation());
+  EXPECT_TRUE(snap->find(c->id(2))->suspicions.empty())
       << "votes against the previous run stick to the new one";
-  EXPECT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 10s));
-  EXPECT_FALSE(c.declared_dead.load());
+  EXPECT_TRUE(c->wait_stable(10s));
+  EXPECT_FALSE(c->declared_dead(2));
 }
 
-TEST_F(agent_test, a_silo_declared_dead_while_joining_says_so) {
-  auto& a = add("a");
-  auto& b = add("b");
-  start(a);
+TEST(agent_test, a_silo_declared_dead_while_joining_says_so) {
+  std::unique_ptr<test_cluster> c;
   // Between join and activate, b's run is declared dead.
-  b.before_activate = [&] {
-    auto snap = store->read("b");
-    ASSERT_TRUE(snap && snap->find("b"));
-    auto entry = *snap->find("b");
-    entry.status = silo_status::dead;
-    auto res = store->update(entry, entry.version, snap->version);
-    ASSERT_TRUE(res && res->applied());
-  };
-  b.expect_activate_error = true;
-  start(b);
-  EXPECT_TRUE(b.declared_dead.load())
+  c = start(spec(1).customize([&c](host::silo_builder& b, size_t i) {
+    if (i != 1)
+      return;
+    b.before_activate([&c](silo&) {
+      auto& store = c->membership();
+      auto snap = store.read(c->id(1));
+      ASSERT_TRUE(snap && snap->find(c->id(1)));
+      auto entry = *snap->find(c->id(1));
+      entry.status = silo_status::dead;
+      auto res = store.update(entry, entry.version, snap->version);
+      ASSERT_TRUE(res && res->applied());
+    });
+  }));
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(c->add_silo()) << "activating a dead run must fail";
+  EXPECT_TRUE(c->declared_dead(1))
       << "the join path must report the death like any other";
 }
 
-TEST_F(agent_test, two_silos_cut_apart_declare_no_one_dead) {
+TEST(agent_test, two_silos_cut_apart_declare_no_one_dead) {
   log_capture logs;
-  auto& a = add("a");
-  auto& b = add("b");
-  start(a);
-  start(b);
-  ASSERT_TRUE(eventually([&] { return balanced({&a, &b}); }, 20s));
+  auto c = start(spec(2));
+  ASSERT_TRUE(c);
   // Neither hears the other: each suspects the other, and neither reaches a
   // majority of the two live silos.
-  a.isolated = true;
-  b.isolated = true;
+  c->isolate(0, true);
+  c->isolate(1, true);
   ASSERT_TRUE(eventually(
       [&] {
-        return (logs.has("silo 'a' reaches 1 of 2 live silos")
-                && logs.has("silo 'b' reaches 1 of 2 live silos"))
-               || a.declared_dead || b.declared_dead;
+        return (logs.has("silo '" + c->id(0) + "' reaches 1 of 2 live silos")
+                && logs.has("silo '" + c->id(1)
+                            + "' reaches 1 of 2 live silos"))
+               || c->declared_dead(0) || c->declared_dead(1);
       },
       10s));
-  EXPECT_FALSE(a.declared_dead.load());
-  EXPECT_FALSE(b.declared_dead.load());
-  auto table = store->read_all();
+  EXPECT_FALSE(c->declared_dead(0));
+  EXPECT_FALSE(c->declared_dead(1));
+  auto table = c->membership().read_all();
   ASSERT_TRUE(table);
-  for (auto* id : {"a", "b"}) {
-    ASSERT_TRUE(table->find(id));
-    EXPECT_EQ(table->find(id)->status, silo_status::active) << id;
-    EXPECT_TRUE(table->find(id)->suspicions.empty()) << id;
+  for (size_t i = 0; i < 2; ++i) {
+    auto* row = table->find(c->id(i));
+    ASSERT_TRUE(row);
+    EXPECT_EQ(row->status, silo_status::active) << c->id(i);
+    EXPECT_TRUE(row->suspicions.empty()) << c->id(i);
   }
   // Healed, both serve on.
-  a.isolated = false;
-  b.isolated = false;
+  c->isolate(0, false);
+  c->isolate(1, false);
   for (int g = 0; g < 10; ++g) {
-    auto r = grain_ref<probe>{*a.s, "cut-" + std::to_string(g)}.call<Value>(
-        Add{}, 5s);
+    auto r = grain_ref<probe>{c->runtime(0), "cut-" + std::to_string(g)}
+                 .call<Value>(Add{}, 5s);
     EXPECT_TRUE(r) << describe(r.error());
   }
 }
 
-TEST_F(agent_test, a_silo_cut_off_from_the_majority_is_declared_dead_alone) {
+TEST(agent_test, a_silo_cut_off_from_the_majority_is_declared_dead_alone) {
   log_capture logs;
-  auto& a = add("a");
-  auto& b = add("b");
-  auto& c = add("c");
-  start(a);
-  start(b);
-  start(c);
-  ASSERT_TRUE(eventually([&] { return balanced({&a, &b, &c}); }, 20s));
-  // c hears no one; a and b still hear each other (c's frames to them
-  // still arrive, but c hears none of their answers).
-  c.isolated = true;
-  ASSERT_TRUE(eventually([&] { return c.declared_dead.load(); }, 15s));
-  EXPECT_FALSE(a.declared_dead.load());
-  EXPECT_FALSE(b.declared_dead.load());
-  auto table = store->read_all();
+  auto c = start(spec(3));
+  ASSERT_TRUE(c);
+  // c hears no one and no one hears c; a and b still hear each other.
+  c->isolate(2, true);
+  ASSERT_TRUE(eventually([&] { return c->declared_dead(2); }, 15s));
+  EXPECT_FALSE(c->declared_dead(0));
+  EXPECT_FALSE(c->declared_dead(1));
+  auto table = c->membership().read_all();
   ASSERT_TRUE(table);
-  EXPECT_EQ(table->find("a")->status, silo_status::active);
-  EXPECT_EQ(table->find("b")->status, silo_status::active);
-  EXPECT_EQ(table->find("c")->status, silo_status::dead);
+  EXPECT_EQ(table->find(c->id(0))->status, silo_status::active);
+  EXPECT_EQ(table->find(c->id(1))->status, silo_status::active);
+  EXPECT_EQ(table->find(c->id(2))->status, silo_status::dead);
 }

@@ -13,6 +13,7 @@
 #include "cluster/membership/membership.hpp"
 #include "cluster/routing/transport_router.hpp"
 #include "cluster/transport/transport.hpp"
+#include "runtime/clock.hpp"
 #include "runtime/silo.hpp"
 #include "runtime/storage.hpp"
 
@@ -62,26 +63,6 @@ struct agent_config {
   caf::error validate() const;
 };
 
-/// A move of one partition from one silo to another.
-struct partition_move {
-  uint32_t partition = 0;
-  std::string from;
-  std::string to;
-
-  friend bool operator==(const partition_move&, const partition_move&)
-      = default;
-};
-
-/// Returns the moves that spread the partitions of `map` evenly over the
-/// active silos of `table`: every partition of a shutting-down silo goes to
-/// the least loaded active silo, then partitions go from the most to the
-/// least loaded active silo until their counts differ by at most one.
-/// Partitions of dead or unknown silos stay where they are (their data is
-/// there). Deterministic: every silo computes the same plan from the same
-/// snapshot. Ties go to the lower silo id and the higher partition.
-std::vector<partition_move> plan_moves(const partition_map& map,
-                                       const membership_table& table);
-
 /// A silo's view of the cluster, for `granary cluster status`.
 struct cluster_view {
   membership_table table;
@@ -104,7 +85,9 @@ std::string to_json_fields(const cluster_view& view);
 ///   `probe_interval`. After `missed_probes` unanswered pings in a row it
 ///   adds its vote to the suspect's row; the vote that reaches
 ///   `votes_needed` fresh votes also marks the row `dead`, in the same
-///   compare-and-set. A silo that reads its own row as dead, or as a newer
+///   compare-and-set. A silo votes only while it plus the peers answering
+///   its probes are a majority of the live silos, so a cut kills no side
+///   without one. A silo that reads its own row as dead, or as a newer
 ///   incarnation of itself, stops at once (`on_declared_dead`).
 /// - **Routing.** The agent feeds the router from the map: partitions it
 ///   owns are served here, those of dead silos are unavailable (their
@@ -120,14 +103,19 @@ std::string to_json_fields(const cluster_view& view);
 ///   again until it tells.
 ///
 /// Threads: one for probes and membership, one for sending handoffs, one
-/// for receiving them; the transport's threads only enqueue.
+/// for receiving them; the transport's threads only enqueue. The decisions
+/// live in parts private to this module (see cluster/README.md): the pure
+/// failure detector, the move planner, the handoff sender and receiver.
 class cluster_agent {
 public:
   /// Called once when this silo learns it was declared dead.
   using dead_fn = std::function<void(const std::string& why)>;
 
+  /// An agent for the silo `cfg.self`. `clk` gives the wall-clock time of
+  /// votes, heartbeats and row start times (default: the system clock).
   cluster_agent(agent_config cfg, membership_store& store, transport& net,
-                transport_router& router);
+                transport_router& router,
+                std::shared_ptr<granary::clock> clk = nullptr);
 
   /// Stops the agent's threads (see `stop`).
   ~cluster_agent();
