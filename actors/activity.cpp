@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "runtime/limits.hpp"
 #include "runtime/log.hpp"
 #include "runtime/silo.hpp"
 #include "workflow.pb.h"
@@ -207,7 +208,7 @@ void activity_pool::monitor() {
   // until the earliest heartbeat deadline (or a new attempt starts).
   while (!stopping_) {
     auto now = steady_ms();
-    int64_t next = now + 1'000;
+    int64_t next = now + limits::activity_monitor_sleep.count();
     for (auto i = running_.begin(); i != running_.end();) {
       auto timeout = i->j.heartbeat_timeout_ms;
       if (timeout <= 0 || i->state->abandoned.load()) {

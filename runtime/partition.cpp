@@ -10,6 +10,7 @@
 
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
+#include "runtime/limits.hpp"
 #include "runtime/log.hpp"
 
 namespace granary {
@@ -19,12 +20,6 @@ using namespace detail;
 namespace {
 
 constexpr int64_t never = std::numeric_limits<int64_t>::max();
-
-// Bounds the work done by one housekeeping tick, so that a huge backlog of
-// timers or idle activations cannot starve the partition's mailbox.
-constexpr size_t max_timers_per_tick = 4'096;
-constexpr size_t max_sweep_per_tick = 16'384;
-constexpr size_t dedup_sweep_page = 4'096;
 
 std::string encode_ms(int64_t ms) {
   std::string out;
@@ -519,9 +514,12 @@ void partition::on_ack(ack_msg& m) {
 
 void partition::forget_out(std::map<std::string, pending_out>::iterator i) {
   reschedule(i->first, i->second, never);
-  if (auto c = outbox_count_.find(i->second.sender); c != outbox_count_.end())
-    if (--c->second == 0)
-      outbox_count_.erase(c);
+  // Paired with the count in `put_outbox` and `recover`.
+  auto c = outbox_count_.find(i->second.sender);
+  GRANARY_ASSERT(c != outbox_count_.end() && c->second > 0,
+                 "an outbox entry was not counted for its sender");
+  if (--c->second == 0)
+    outbox_count_.erase(c);
   outbox_.erase(i);
 }
 
@@ -542,6 +540,8 @@ void partition::reschedule(const std::string& key, pending_out& out,
   out.next_attempt_ms = at_ms;
   if (at_ms != never) {
     retry_queue_.emplace(at_ms, key);
+    GRANARY_ASSERT(retry_queue_.size() <= outbox_.size(),
+                   "the retry queue holds more than the outbox");
     arm(at_ms);
   }
 }
@@ -561,10 +561,10 @@ void partition::on_route_changed(uint32_t p) {
     return;
   // Bounded per message, so that a large backlog cannot hold the mailbox;
   // what is left follows in the next message.
-  constexpr size_t max_unparked = 16'384;
   auto now = core_.clk->now_ms();
   size_t moved = 0;
-  while (i != parked_.end() && !i->second.empty() && moved < max_unparked) {
+  while (i != parked_.end() && !i->second.empty()
+         && moved < limits::max_unparked_per_message) {
     auto key = *i->second.begin();
     auto o = outbox_.find(key);
     GRANARY_ASSERT(o != outbox_.end(), "a parked outbox entry is unknown");
@@ -579,6 +579,9 @@ void partition::on_route_changed(uint32_t p) {
 // -- turns --------------------------------------------------------------------
 
 caf::expected<partition::activation*> partition::activate(const grain_id& id) {
+  // Only a recovered partition runs grains, so no grain runs on two silos.
+  GRANARY_ASSERT(serving_ || recovering_,
+                 "a grain was activated on a partition that does not serve");
   auto now = core_.clk->now_ms();
   if (auto i = catalog_.find(id); i != catalog_.end()) {
     auto* act = i->second.get();
@@ -642,6 +645,7 @@ partition::check_payload_type(activation& act, const std::string& type,
 }
 
 void partition::run_durable(activation& act, work_item& item) {
+  GRANARY_ASSERT(serving_, "a turn ran on a partition that does not serve");
   auto& env = *item.env;
   const google::protobuf::Message* proto = nullptr;
   if (auto err = check_payload_type(act, env.payload_type(), proto)) {
@@ -961,6 +965,10 @@ void partition::flush() {
     return;
   }
   auto ticket = next_ticket_++;
+  // Paired with `on_committed`: tickets grow, so commits land in order.
+  GRANARY_ASSERT(ticket > committed_through_
+                     && (inflight_.empty() || inflight_.back().ticket < ticket),
+                 "commit tickets are not monotonic");
   // The batch moves to the commit thread: size the next one like it, so
   // that it does not grow by reallocation, moving every record each time.
   auto expected_ops = batch_.size();
@@ -995,7 +1003,9 @@ void partition::drop_inflight(uint64_t ticket, const caf::error& err) {
     return;
   auto done = std::move(*i);
   inflight_.erase(i);
-  uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
+  GRANARY_ASSERT(uncommitted_turns_ >= done.turns,
+                 "a batch counted more turns than are uncommitted");
+  uncommitted_turns_ -= done.turns;
   for (auto& fx : done.effects)
     fx(err);
 }
@@ -1027,9 +1037,15 @@ void partition::on_committed(committed_msg& m) {
   }
   auto done = std::move(inflight_.front());
   inflight_.pop_front();
+  GRANARY_ASSERT(done.ticket > committed_through_,
+                 "committed_through_ would move backwards");
   committed_through_ = done.ticket;
   timers_committed();
-  uncommitted_turns_ -= std::min(uncommitted_turns_, done.turns);
+  GRANARY_ASSERT(uncommitted_turns_ >= done.turns,
+                 "a batch counted more turns than are uncommitted");
+  uncommitted_turns_ -= done.turns;
+  GRANARY_DEBUG_ASSERT(uncommitted_turns_ == batch_turns_ + turns_in_flight(),
+                       "uncommitted turns out of step with the batches");
   // A batch refused because the silo is shutting down is not a storage
   // failure: its writes are simply not made, and are redone after restart.
   if (m.err && code_of(m.err) != errc::silo_stopped)
@@ -1176,7 +1192,9 @@ void partition::put_outbox(const grain_id& sender, uint32_t to,
   env->set_ack_key(key);
   env->set_accepted_ms(now);
   batch_.put(column::outbox, key, env->SerializeAsString());
-  outbox_[key] = pending_out{std::move(env), sender, to, never, 0};
+  pending_out entry{std::move(env), sender, to, never, 0};
+  bool added = outbox_.try_emplace(key, std::move(entry)).second;
+  GRANARY_ASSERT(added, "an outbox key was used twice");
   ++outbox_count_[sender];
   batch_outbox_.push_back(key);
   defer([this, key](const caf::error& err) {
@@ -1253,6 +1271,10 @@ void partition::on_tick() {
   // A stopped partition runs no more timers: a stop is a barrier.
   if (failed_ || stopping_ || !serving_)
     return;
+  GRANARY_DEBUG_ASSERT(outbox_counted() == outbox_.size(),
+                       "the outbox counts are out of step with the outbox");
+  GRANARY_ASSERT(timer_queue_.size() <= timers_.size(),
+                 "the timer queue holds timers that are not loaded");
   auto now = core_.clk->now_ms();
   if (auto err = page_timers(now)) {
     log(log_level::error,
@@ -1275,7 +1297,7 @@ void partition::on_tick() {
   // The next page is due when less than half a window is loaded ahead
   // (while memory is full of timers, their due times wake us instead).
   if (timers_loaded_ms_ != std::numeric_limits<int64_t>::min()
-      && timer_queue_.size() < max_paged_timers)
+      && timer_queue_.size() < limits::max_paged_timers)
     arm(timers_loaded_ms_
         - std::max<int64_t>(core_.cfg.timer_window.count() / 2, 1));
   if (!catalog_.empty())
@@ -1295,12 +1317,12 @@ void partition::fire_timers(int64_t now) {
     timer_queue_.emplace(at, key);
   };
   while (!timer_queue_.empty() && timer_queue_.begin()->first <= now
-         && fired < max_timers_per_tick) {
+         && fired < limits::max_timers_per_tick) {
     auto key
         = std::move(timer_queue_.extract(timer_queue_.begin()).value().second);
     auto i = timers_.find(key);
-    if (i == timers_.end())
-      continue; // Cannot happen: the queue only holds entries of timers_.
+    GRANARY_ASSERT(i != timers_.end() && !i->second.firing,
+                   "a queued timer is not loaded, or fires already");
     i->second.firing = true;
     auto env = i->second.env;
     ++fired;
@@ -1403,7 +1425,7 @@ caf::error partition::page_timers(int64_t now) {
   if (!timer_pages_left_
       && now + std::max<int64_t>(window / 2, 1) < timers_loaded_ms_)
     return caf::none; // More than half a window is loaded ahead.
-  if (timer_queue_.size() >= max_paged_timers)
+  if (timer_queue_.size() >= limits::max_paged_timers)
     return caf::none; // Those fire first; the tick after them pages on.
   auto prefix = keys::partition_prefix(id_);
   size_t seen = 0;
@@ -1411,8 +1433,8 @@ caf::error partition::page_timers(int64_t now) {
   std::vector<keys::timer_index_entry> found;
   std::vector<std::string> malformed;
   auto err = core_.store->scan(
-      column::timer_index, prefix, prefix + timers_loaded_below_, timer_page,
-      [&](std::string_view k, std::string_view) {
+      column::timer_index, prefix, prefix + timers_loaded_below_,
+      limits::timer_page, [&](std::string_view k, std::string_view) {
         auto entry = keys::decode_timer_index(k);
         if (entry && entry->due_ms > target)
           return false; // Beyond the window: stays in storage.
@@ -1464,7 +1486,7 @@ caf::error partition::page_timers(int64_t now) {
   // Everything below the new bound is loaded now. The bound only grows.
   std::string bound;
   int64_t loaded_ms = 0;
-  if (seen >= timer_page) {
+  if (seen >= limits::timer_page) {
     bound = last.substr(2);
     bound.push_back('\0');
     loaded_ms = static_cast<int64_t>(keys::read_u64(bound).value_or(0));
@@ -1492,7 +1514,7 @@ caf::error partition::page_timers(int64_t now) {
     }
   }
   sync_timer_gauge();
-  if (timer_pages_left_ && timer_queue_.size() < max_paged_timers)
+  if (timer_pages_left_ && timer_queue_.size() < limits::max_paged_timers)
     arm(now); // The next page after the mailbox had a turn.
   return caf::none;
 }
@@ -1558,10 +1580,9 @@ void partition::retry_blocked(int64_t now) {
 void partition::retry_outbox(int64_t now) {
   // Bounded per tick; more due entries continue after the mailbox had a
   // turn. Every delivery moves its entry to a later time (or out).
-  constexpr size_t max_retries_per_tick = 4'096;
   size_t tried = 0;
   while (!retry_queue_.empty() && retry_queue_.begin()->first <= now
-         && tried < max_retries_per_tick) {
+         && tried < limits::max_outbox_retries_per_tick) {
     auto key = retry_queue_.begin()->second;
     auto i = outbox_.find(key);
     GRANARY_ASSERT(i != outbox_.end(), "a queued outbox entry is unknown");
@@ -1583,7 +1604,7 @@ void partition::sweep_idle(int64_t now) {
   auto horizon = now - core_.cfg.idle_age.count();
   size_t visited = 0;
   while (lru_tail_ && lru_tail_->last_used_ms <= horizon
-         && visited++ < max_sweep_per_tick) {
+         && visited++ < limits::max_sweep_per_tick) {
     auto* act = lru_tail_;
     if (!can_deactivate(*act)) {
       lru_touch(*act); // Busy: look again after another idle period.
@@ -1606,7 +1627,7 @@ void partition::sweep_dedup(int64_t now) {
   size_t seen = 0;
   std::string last;
   auto err = core_.store->scan(
-      column::dedup, prefix, dedup_cursor_, dedup_sweep_page,
+      column::dedup, prefix, dedup_cursor_, limits::dedup_sweep_page,
       [&](std::string_view key, std::string_view value) {
         ++seen;
         last.assign(key);
@@ -1624,7 +1645,7 @@ void partition::sweep_dedup(int64_t now) {
   }
   if (!batch_.empty())
     schedule_flush();
-  if (seen < dedup_sweep_page) {
+  if (seen < limits::dedup_sweep_page) {
     // Reached the end of the range: start over after a full interval.
     dedup_cursor_.clear();
     next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
@@ -1660,6 +1681,20 @@ void partition::lru_unlink(activation& act) {
   act.lru_prev = act.lru_next = nullptr;
 }
 
+size_t partition::turns_in_flight() const {
+  size_t n = 0;
+  for (auto& x : inflight_)
+    n += x.turns;
+  return n;
+}
+
+size_t partition::outbox_counted() const {
+  size_t n = 0;
+  for (auto& [sender, count] : outbox_count_)
+    n += count;
+  return n;
+}
+
 // -- recovery -----------------------------------------------------------------
 
 void detail::add_quarantine(write_batch& batch, uint32_t partition, column col,
@@ -1691,6 +1726,15 @@ void partition::quarantine(column col, std::string_view key,
 }
 
 caf::error partition::recover() {
+  // Recovery activates the grains of stored inbox entries before the
+  // partition serves; `activate` checks for either.
+  struct recovering_scope {
+    bool& flag;
+    ~recovering_scope() {
+      flag = false;
+    }
+  } scope{recovering_};
+  recovering_ = true;
   auto prefix = keys::partition_prefix(id_);
   auto now = core_.clk->now_ms();
   // Pages through one column; the loop ends when a page comes back short.
@@ -1700,7 +1744,7 @@ caf::error partition::recover() {
       size_t seen = 0;
       std::string last;
       auto err = core_.store->scan(
-          col, prefix, start, recovery_page,
+          col, prefix, start, limits::recovery_page,
           [&](std::string_view k, std::string_view v) {
             ++seen;
             last.assign(k);
@@ -1720,7 +1764,7 @@ caf::error partition::recover() {
           });
       if (err)
         return err;
-      if (seen < recovery_page)
+      if (seen < limits::recovery_page)
         return caf::none;
       start = last;
       start.push_back('\0');
@@ -1779,6 +1823,8 @@ caf::error partition::recover() {
     a.blocked->items.push_back(std::move(item));
     blocked_.insert(a.id);
   }
+  GRANARY_DEBUG_ASSERT(outbox_counted() == outbox_.size(),
+                       "the outbox counts are out of step with the outbox");
   next_dedup_sweep_ = now + core_.cfg.dedup_sweep_interval.count();
   arm(next_dedup_sweep_);
   if (!timers_.empty() || timer_pages_left_ || !outbox_.empty()

@@ -236,12 +236,6 @@ private:
   };
 
   static constexpr uint32_t no_partition = 0xffffffffu;
-  static constexpr size_t recovery_page = 1'024;
-  // Index entries read by one paging step.
-  static constexpr size_t timer_page = 1'024;
-  // Paging pauses while this many timers wait in memory; those are due
-  // before any timer still in storage, so they fire first.
-  static constexpr size_t max_paged_timers = 16 * timer_page;
 
   // -- admission -------------------------------------------------------------
   void on_call(detail::call_msg& m);
@@ -355,6 +349,10 @@ private:
   void lru_touch(activation& act);
   void lru_unlink(activation& act);
   bool can_deactivate(const activation& act) const;
+  // For invariant checks: the turns of the batches in flight, and the
+  // outbox entries counted per sender.
+  size_t turns_in_flight() const;
+  size_t outbox_counted() const;
 
   // -- helpers ---------------------------------------------------------------
   caf::error overloaded(std::string what, int64_t retry_after_ms);
@@ -437,6 +435,8 @@ private:
   // Set by `recover`, cleared by a release: only a serving partition
   // activates grains, so no grain runs on two silos.
   bool serving_ = false;
+  // While `recover` runs (it activates the grains of stored inbox entries).
+  bool recovering_ = false;
   bool releasing_ = false;
   // Set by a stop of the silo: a release then no longer waits for other
   // partitions, which may be stopped already.
