@@ -255,6 +255,9 @@ private:
   void on_deliver(detail::deliver_msg& m);
   // Accepts a durable message for `act`; runs it now or queues it.
   void accept_durable(activation& act, work_item item);
+  // Puts `item` (its source key set) into `act`'s inbox in the current
+  // batch, and answers its sender once that batch is durable.
+  void store_in_inbox(activation& act, work_item& item);
   void ack_sender(work_item& item, caf::error err, int64_t retry_after_ms);
   caf::error overloaded(std::string what, int64_t retry_after_ms);
 

@@ -313,16 +313,21 @@ void partition::accept_durable(activation& act, work_item item) {
   if (item.source_key.empty()) {
     item.source_col = column::inbox;
     item.source_key = keys::with_seq(prefix_of(*act.id), core_.next_seq());
-    batch_.put(column::inbox, item.source_key, item.env->SerializeAsString());
-    touch_write(act);
-    if (item.done)
-      defer(std::exchange(item.done, nullptr));
-    if (item.from != no_partition) {
-      ack_sender(item, caf::none, 0);
-      item.from = no_partition;
-    }
+    store_in_inbox(act, item);
   }
   act.blocked->items.push_back(std::move(item));
+}
+
+void partition::store_in_inbox(activation& act, work_item& item) {
+  batch_.put(column::inbox, item.source_key, item.env->SerializeAsString());
+  touch_write(act);
+  // Accepted once this batch is durable: the sender may be answered then.
+  if (item.done)
+    defer(std::exchange(item.done, nullptr));
+  if (item.from != no_partition) {
+    ack_sender(item, caf::none, 0);
+    item.from = no_partition;
+  }
 }
 
 void partition::ack_sender(work_item& item, caf::error err,

@@ -174,14 +174,7 @@ void partition::fail_durable(activation& act, work_item item,
   if (item.source_col == column::inbox) {
     // Store (or update) the message with its attempt count, so that a
     // restart neither loses it nor resets its poison-message accounting.
-    batch_.put(column::inbox, item.source_key, env.SerializeAsString());
-    touch_write(act);
-    if (item.done)
-      defer(std::exchange(item.done, nullptr));
-    if (item.from != no_partition) {
-      ack_sender(item, caf::none, 0);
-      item.from = no_partition;
-    }
+    store_in_inbox(act, item);
   }
   if (!act.blocked)
     act.blocked = std::make_unique<blocked_queue>();
