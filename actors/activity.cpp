@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "runtime/limits.hpp"
 #include "runtime/log.hpp"
 #include "runtime/silo.hpp"
 #include "workflow.pb.h"
@@ -218,7 +219,7 @@ void activity_pool::monitor() {
   // until the earliest heartbeat deadline (or a new attempt starts).
   while (!stopping_) {
     auto now = steady_ms();
-    int64_t next = now + 1'000;
+    int64_t next = now + limits::activity_monitor_sleep.count();
     if (!silo_ && unattached_since_ms_ != 0 && !warned_unattached_) {
       auto due = unattached_since_ms_ + attach_warning_.count();
       if (due <= now) {

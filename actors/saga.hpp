@@ -6,6 +6,7 @@
 
 #include "actors/task.hpp"
 #include "runtime/grain_base.hpp"
+#include "runtime/limits.hpp"
 
 #include <google/protobuf/empty.pb.h>
 
@@ -21,7 +22,7 @@ public:
   using step = std::function<task<google::protobuf::Empty>()>;
 
   /// Upper bound on registered compensations.
-  static constexpr size_t max_steps = 10'000;
+  static constexpr size_t max_steps = limits::max_saga_steps;
 
   /// Registers `undo` to run if the workflow compensates.
   caf::error add(step undo) {

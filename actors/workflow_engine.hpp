@@ -15,6 +15,7 @@
 #include "granary.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/grain_id.hpp"
+#include "runtime/limits.hpp"
 #include "runtime/turn.hpp"
 #include "workflow.pb.h"
 
@@ -46,10 +47,10 @@ class workflow_engine {
 public:
   /// Default hard limit on journal entries of one run: reaching it fails
   /// the run (continue-as-new bounds real workflows long before this).
-  static constexpr size_t default_journal_limit = 100'000;
+  static constexpr size_t default_journal_limit = limits::default_journal_limit;
 
   /// Default journal size at which a warning suggests continue-as-new.
-  static constexpr size_t default_journal_warn = 10'000;
+  static constexpr size_t default_journal_warn = limits::default_journal_warn;
 
   /// Sets the warning threshold and the hard limit of one run's journal.
   void set_journal_limits(size_t warn, size_t limit) {
@@ -161,11 +162,11 @@ public:
   std::coroutine_handle<> signal_timeout(const wire::SignalTimeout& t);
 
   /// Upper bound on buffered, not yet awaited signals.
-  static constexpr int max_pending_signals = 1'000;
+  static constexpr int max_pending_signals = limits::max_pending_signals;
 
   /// Upper bounds of published query values.
-  static constexpr int max_published = 64;
-  static constexpr size_t max_published_bytes = 64 * 1024;
+  static constexpr int max_published = limits::max_published;
+  static constexpr size_t max_published_bytes = limits::max_published_bytes;
 
   /// The update id carried by the signal that completed the wait at `seq`.
   std::string update_id_of(uint64_t seq) const;
@@ -176,7 +177,7 @@ public:
                           const google::protobuf::Message& msg);
 
   /// Upper bound on updates whose callers wait for an answer.
-  static constexpr int max_pending_updates = 1'000;
+  static constexpr int max_pending_updates = limits::max_pending_updates;
 
   /// Upper bound of `WorkflowInfo.waiting`.
   static constexpr int max_waiting_listed = 64;

@@ -95,10 +95,7 @@ std::string percent_encode(std::string_view segment) {
 }
 
 errc errc_from_name(std::string_view name) {
-  for (int i = 1; i <= static_cast<int>(last_errc); ++i)
-    if (name == to_string(static_cast<errc>(i)))
-      return static_cast<errc>(i);
-  return errc::unspecified;
+  return granary::errc_from_name(name).value_or(errc::unspecified);
 }
 
 namespace detail {
@@ -140,37 +137,6 @@ uint64_t retry_hint(const std::string& message, uint64_t fallback) {
   auto* first = message.data() + at + 12;
   auto res = std::from_chars(first, message.data() + message.size(), ms);
   return res.ec == std::errc{} && ms > 0 ? ms : fallback;
-}
-
-unsigned http_status(errc code) {
-  switch (code) {
-    case errc::invalid_argument:
-    case errc::malformed_message:
-    case errc::unhandled_message:
-    case errc::invalid_config:
-      return 400;
-    case errc::not_found:
-    case errc::unknown_grain_type:
-      return 404;
-    case errc::already_exists:
-    case errc::cancelled:
-      return 409;
-    case errc::payload_too_large:
-      return 413;
-    case errc::overloaded:
-      return 429;
-    case errc::silo_stopped:
-    case errc::not_owner:
-    case errc::partition_unavailable:
-    case errc::storage_full:
-    case errc::storage_failure:
-    case errc::data_dir_locked:
-      return 503;
-    case errc::timeout:
-      return 504;
-    default:
-      return 500;
-  }
 }
 
 reply error_reply(const caf::error& err) {

@@ -5,16 +5,13 @@
 #include "granary.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/keys.hpp"
+#include "runtime/limits.hpp"
 #include "runtime/silo.hpp"
 #include "runtime/silo_core.hpp"
 
 namespace granary {
 
 namespace {
-
-// Pages through one grain's inbox; bounded, as inboxes are.
-constexpr size_t inbox_page = 1'024;
-constexpr size_t max_inbox_pages = 1'024;
 
 constexpr const char* meta_key = "silo";
 
@@ -193,25 +190,26 @@ caf::error requeue_dead_letter_offline(storage& store, const grain_id& target,
   auto seq = meta.incarnation() << 40;
   std::string start = prefix;
   for (size_t page = 0;; ++page) {
-    if (page == max_inbox_pages)
+    if (page == limits::admin_max_inbox_pages)
       return make_error(errc::overloaded,
                         "inbox of grain " + to_string(target)
                             + " holds too many messages to requeue into");
     size_t seen = 0;
     std::string last;
-    auto err = store.scan(column::inbox, prefix, start, inbox_page,
-                          [&](std::string_view k, std::string_view) {
-                            ++seen;
-                            last.assign(k);
-                            return true;
-                          });
+    auto err
+        = store.scan(column::inbox, prefix, start, limits::admin_inbox_page,
+                     [&](std::string_view k, std::string_view) {
+                       ++seen;
+                       last.assign(k);
+                       return true;
+                     });
     if (err)
       return err;
     if (last.size() == prefix.size() + 8)
       if (auto stored
           = keys::read_u64(std::string_view{last}.substr(prefix.size())))
         seq = std::max(seq, *stored + 1);
-    if (seen < inbox_page)
+    if (seen < limits::admin_inbox_page)
       break;
     start = last;
     start.push_back('\0');

@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "runtime/assert.hpp"
 #include "runtime/error.hpp"
 
 namespace granary {
@@ -101,17 +102,17 @@ void commit_loop::run() {
   std::vector<const write_batch*> views;
   for (;;) {
     group.clear();
+    size_t taken = 0;
     {
       std::unique_lock guard{mtx_};
       cv_.wait(guard, [this] { return stopping_ || !queue_.empty(); });
       if (queue_.empty())
         return; // Stopping and drained.
       // Take whole batches until the group bound; the first always fits.
-      size_t ops = 0;
       while (!queue_.empty()
              && (group.empty()
-                 || ops + queue_.front().batch.size() <= max_group_ops_)) {
-        ops += queue_.front().batch.size();
+                 || taken + queue_.front().batch.size() <= max_group_ops_)) {
+        taken += queue_.front().batch.size();
         group.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -123,6 +124,10 @@ void commit_loop::run() {
       views.push_back(&x.batch);
       ops += x.batch.size();
     }
+    // Paired with the bound above: coalescing only ever drops operations,
+    // so the write stays within max_group_ops.
+    GRANARY_ASSERT(ops <= taken && (group.size() == 1 || ops <= max_group_ops_),
+                   "coalescing grew a merged write");
     caf::error err;
     if (failed_) {
       err = failure();

@@ -1,5 +1,7 @@
 #include "runtime/error.hpp"
 
+#include <iterator>
+
 #include <caf/atom.hpp>
 #include <caf/message.hpp>
 #include <caf/sec.hpp>
@@ -10,54 +12,86 @@ caf::atom_value error_category() {
   return caf::atom("granary");
 }
 
-const char* to_string(errc code) {
-  switch (code) {
-    case errc::unspecified:
-      return "unspecified";
-    case errc::unknown_grain_type:
-      return "unknown_grain_type";
-    case errc::unhandled_message:
-      return "unhandled_message";
-    case errc::payload_too_large:
-      return "payload_too_large";
-    case errc::malformed_message:
-      return "malformed_message";
-    case errc::overloaded:
-      return "overloaded";
-    case errc::timeout:
-      return "timeout";
-    case errc::handler_failed:
-      return "handler_failed";
-    case errc::storage_full:
-      return "storage_full";
-    case errc::storage_failure:
-      return "storage_failure";
-    case errc::corrupt_record:
-      return "corrupt_record";
-    case errc::data_dir_locked:
-      return "data_dir_locked";
-    case errc::silo_stopped:
-      return "silo_stopped";
-    case errc::invalid_config:
-      return "invalid_config";
-    case errc::invalid_argument:
-      return "invalid_argument";
-    case errc::not_found:
-      return "not_found";
-    case errc::nondeterminism:
-      return "nondeterminism";
-    case errc::continued_as_new:
-      return "continued_as_new";
-    case errc::cancelled:
-      return "cancelled";
-    case errc::already_exists:
-      return "already_exists";
-    case errc::not_owner:
-      return "not_owner";
-    case errc::partition_unavailable:
-      return "partition_unavailable";
+namespace {
+
+struct errc_row {
+  errc code;
+  const char* name;
+  unsigned status;
+  const char* text;
+};
+
+constexpr errc_row errc_rows[] = {
+#define GRANARY_ERRC_ROW(name, number, status, text)                           \
+  {errc::name, #name, status, text},
+    GRANARY_ERRC(GRANARY_ERRC_ROW)
+#undef GRANARY_ERRC_ROW
+};
+
+static_assert(std::size(errc_rows) == all_errc.size());
+
+// Checks the rules of the table: 0 means "no error", a number names one
+// code only, and the number of a removed code is never given to another.
+constexpr bool errc_numbers_valid() {
+  for (size_t i = 0; i < std::size(errc_rows); ++i) {
+    auto n = static_cast<uint8_t>(errc_rows[i].code);
+    if (n == 0)
+      return false;
+    for (size_t j = i + 1; j < std::size(errc_rows); ++j)
+      if (n == static_cast<uint8_t>(errc_rows[j].code))
+        return false;
+    for (auto r : retired_errc_numbers)
+      if (n == r)
+        return false;
   }
-  return "unknown";
+  for (size_t i = 0; i < retired_errc_numbers.size(); ++i)
+    for (size_t j = i + 1; j < retired_errc_numbers.size(); ++j)
+      if (retired_errc_numbers[i] == retired_errc_numbers[j])
+        return false;
+  return true;
+}
+
+static_assert(errc_numbers_valid(),
+              "an error code number is 0, used twice or retired");
+
+constexpr bool errc_statuses_valid() {
+  for (auto& row : errc_rows)
+    if (row.status < 400 || row.status > 599)
+      return false;
+  return true;
+}
+
+static_assert(errc_statuses_valid(), "an error's HTTP status is not 4xx/5xx");
+
+const errc_row* row_of(errc code) {
+  for (auto& row : errc_rows)
+    if (row.code == code)
+      return &row;
+  return nullptr;
+}
+
+} // namespace
+
+const char* to_string(errc code) {
+  auto* row = row_of(code);
+  return row ? row->name : "unknown";
+}
+
+std::optional<errc> errc_from_name(std::string_view name) {
+  for (auto& row : errc_rows)
+    if (name == row.name)
+      return row.code;
+  return std::nullopt;
+}
+
+const char* describe_code(errc code) {
+  auto* row = row_of(code);
+  return row ? row->text : "an error code unknown to this version";
+}
+
+unsigned http_status(errc code) {
+  auto* row = row_of(code);
+  return row ? row->status : 500;
 }
 
 caf::error make_error(errc code, std::string message) {

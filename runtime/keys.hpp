@@ -8,6 +8,7 @@
 #include <caf/error.hpp>
 
 #include "runtime/grain_id.hpp"
+#include "runtime/limits.hpp"
 
 namespace granary {
 
@@ -45,7 +46,7 @@ void append_partition(std::string& out, uint32_t partition);
 std::string partition_prefix(uint32_t partition);
 
 /// Partition ids are two bytes in every key.
-inline constexpr uint32_t max_partition = 0xffff;
+inline constexpr uint32_t max_partition = limits::max_partition_id;
 
 /// The key range of one partition in a column: [lower, upper), where an
 /// empty `upper` means no upper bound (the last partition).

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "runtime/error.hpp"
+#include "runtime/limits.hpp"
 
 namespace granary {
 
@@ -20,10 +21,6 @@ constexpr char file_magic[8] = {'G', 'R', 'N', 'Y', 'P', 'R', 'T', '1'};
 
 // Magic, column byte and record count.
 constexpr uint64_t header_bytes = sizeof(file_magic) + 1 + 8;
-
-// Far above any key or value the runtime writes: a larger length can only
-// come from a damaged file.
-constexpr uint32_t max_field_bytes = 64u << 20;
 
 std::pair<column_map::iterator, column_map::iterator>
 bounds(column_map& m, const keys::partition_range& r) {
@@ -118,7 +115,7 @@ caf::expected<record_list> read_partition_file(uint32_t p,
     if (!read(4))
       return corrupt_file(path, std::string{"truncated "} + what + " length");
     auto len = get_uint(buf);
-    if (len > max_field_bytes)
+    if (len > limits::max_file_field_bytes)
       return corrupt_file(path, std::string{"oversized "} + what + " length "
                                     + std::to_string(len));
     if (!read(len))

@@ -3,7 +3,9 @@
 // Internal: a partition actor hosts the activations of one key range.
 // Multiplexing many grains onto one CAF actor keeps an idle activation far
 // below the ~1.4 KB of a CAF actor and avoids CAF 0.17's work-stealing
-// stall when one grain fans out to 100k+ idle actors.
+// stall when one grain fans out to 100k+ idle actors. Its code is in
+// partition.cpp and partition_*.cpp, one file per section of the private
+// part below; runtime/partition_internal.hpp holds what they share.
 
 #include <cstdint>
 #include <deque>
@@ -236,32 +238,30 @@ private:
   };
 
   static constexpr uint32_t no_partition = 0xffffffffu;
-  static constexpr size_t recovery_page = 1'024;
-  // Index entries read by one paging step.
-  static constexpr size_t timer_page = 1'024;
-  // Paging pauses while this many timers wait in memory; those are due
-  // before any timer still in storage, so they fire first.
-  static constexpr size_t max_paged_timers = 16 * timer_page;
 
-  // -- admission -------------------------------------------------------------
+  // -- lifecycle and administration (partition.cpp) -------------------------
+  // Answers `err` to work that reaches a partition this silo does not
+  // serve (moved, moving or never owned): the sender retries elsewhere.
+  caf::error not_served() const;
+  // Answers stop and release requests once nothing is in flight.
+  void finish_stop();
+  // Forgets everything in memory after a release; storage is untouched.
+  void reset_state();
+
+  // -- admission (partition_admission.cpp) ----------------------------------
   void on_call(detail::call_msg& m);
   void on_tell(detail::tell_msg& m);
   void on_send(detail::send_msg& m);
   void on_deliver(detail::deliver_msg& m);
-  void on_ack(detail::ack_msg& m);
-  void on_committed(detail::committed_msg& m);
-  void on_tick();
-  caf::error recover();
-  // Answers `err` to work that reaches a partition this silo does not
-  // serve (moved, moving or never owned): the sender retries elsewhere.
-  caf::error not_served() const;
-  // Forgets everything in memory after a release; storage is untouched.
-  void reset_state();
-
   // Accepts a durable message for `act`; runs it now or queues it.
   void accept_durable(activation& act, work_item item);
+  // Puts `item` (its source key set) into `act`'s inbox in the current
+  // batch, and answers its sender once that batch is durable.
+  void store_in_inbox(activation& act, work_item& item);
+  void ack_sender(work_item& item, caf::error err, int64_t retry_after_ms);
+  caf::error overloaded(std::string what, int64_t retry_after_ms);
 
-  // -- turns -----------------------------------------------------------------
+  // -- turns (partition_turns.cpp) ------------------------------------------
   caf::expected<activation*> activate(const grain_id& id);
   void run_durable(activation& act, work_item& item);
   void run_blocked(activation& act);
@@ -274,24 +274,26 @@ private:
   void emit_tell(const turn::transient_out& out, const caf::error& err);
   void rollback(activation& act);
   void finish_source(work_item& item);
-  void ack_sender(work_item& item, caf::error err, int64_t retry_after_ms);
   caf::error check_payload_type(activation& act, const std::string& type,
                                 const google::protobuf::Message*& proto);
+  int64_t retry_delay(uint32_t attempts) const;
 
-  // -- commit and effects ----------------------------------------------------
+  // -- commit and effects (partition_commit.cpp) ----------------------------
+  void on_committed(detail::committed_msg& m);
   void touch_write(activation& act);
   void defer(effect fx);
   void defer_after(activation& act, effect fx);
   void schedule_flush();
   void flush();
   void fail_stop(const caf::error& err);
-  // Answers stop and release requests once nothing is in flight.
-  void finish_stop();
   // Removes batch `ticket` from the in-flight list, wherever it is, and
   // runs its effects with `err`.
   void drop_inflight(uint64_t ticket, const caf::error& err);
+  // For invariant checks: the turns of the batches in flight.
+  size_t turns_in_flight() const;
 
-  // -- outbox ----------------------------------------------------------------
+  // -- outbox (partition_outbox.cpp) ----------------------------------------
+  void on_ack(detail::ack_msg& m);
   void deliver(const std::string& key, pending_out& out);
   // Sets the next attempt of entry `key` to `at_ms` (`never`: none, until
   // something else delivers it), unparking it.
@@ -316,9 +318,12 @@ private:
   // Returns `overloaded` when `sender` has `max_outbox_per_grain`
   // undelivered messages, counting `extra` ones not stored yet.
   caf::error check_outbox_room(const grain_id& sender, size_t extra);
+  // For invariant checks: the outbox entries counted per sender.
+  size_t outbox_counted() const;
 
-  // -- timers and housekeeping -----------------------------------------------
+  // -- housekeeping: timers, retries, sweeps (partition_housekeeping.cpp) ---
   void arm(int64_t at_ms);
+  void on_tick();
   void fire_timers(int64_t now);
   // Stores timer `key` with record `env` in the current batch, or deletes
   // it when `env` is null, replacing any schedule it had in memory.
@@ -356,11 +361,12 @@ private:
   void lru_unlink(activation& act);
   bool can_deactivate(const activation& act) const;
 
-  // -- helpers ---------------------------------------------------------------
-  caf::error overloaded(std::string what, int64_t retry_after_ms);
+  // -- recovery (partition_recovery.cpp) ------------------------------------
+  caf::error recover();
   void quarantine(column col, std::string_view key, std::string_view value,
                   const std::string& why);
-  int64_t retry_delay(uint32_t attempts) const;
+
+  // -- helpers ---------------------------------------------------------------
   std::string prefix_of(const grain_id& id) const {
     return keys::grain_prefix(id_, id);
   }
@@ -437,6 +443,8 @@ private:
   // Set by `recover`, cleared by a release: only a serving partition
   // activates grains, so no grain runs on two silos.
   bool serving_ = false;
+  // While `recover` runs (it activates the grains of stored inbox entries).
+  bool recovering_ = false;
   bool releasing_ = false;
   // Set by a stop of the silo: a release then no longer waits for other
   // partitions, which may be stopped already.

@@ -16,6 +16,7 @@
 #include "granary.pb.h"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
+#include "runtime/limits.hpp"
 #include "runtime/log.hpp"
 #include "runtime/partition.hpp"
 #include "runtime/silo_core.hpp"
@@ -33,9 +34,6 @@ const service_registry no_services;
 constexpr uint32_t format_version = 2;
 constexpr const char* meta_key = "silo";
 
-// Timer records indexed per write when an old directory is upgraded.
-constexpr size_t index_build_page = 1'024;
-
 // Format 1 had no timer index: builds it from the `timers` records, one
 // bounded page per durable write, before any partition runs. Rebuilding
 // writes the same entries, so a crash midway only repeats the work; the
@@ -49,7 +47,7 @@ caf::error build_timer_index(storage& store, int64_t now_ms) {
     size_t seen = 0;
     std::string last;
     auto err = store.scan(
-        column::timers, "", start, index_build_page,
+        column::timers, "", start, limits::index_build_page,
         [&](std::string_view k, std::string_view v) {
           ++seen;
           last.assign(k);
@@ -76,7 +74,7 @@ caf::error build_timer_index(storage& store, int64_t now_ms) {
       if (auto err = store.commit(views))
         return err;
     }
-    if (seen < index_build_page)
+    if (seen < limits::index_build_page)
       break;
     start = std::move(last);
     start.push_back('\0');
@@ -103,12 +101,14 @@ caf::error bad(const char* field, std::string problem) {
 // -- silo_config --------------------------------------------------------------
 
 caf::error silo_config::validate() const {
-  if (partitions == 0 || partitions > 65'535)
-    return bad("partitions", "must be between 1 and 65535, got "
-                                 + std::to_string(partitions));
-  if (threads == 0 || threads > 1'024)
-    return bad("threads",
-               "must be between 1 and 1024, got " + std::to_string(threads));
+  if (partitions == 0 || partitions > limits::max_partitions)
+    return bad("partitions", "must be between 1 and "
+                                 + std::to_string(limits::max_partitions)
+                                 + ", got " + std::to_string(partitions));
+  if (threads == 0 || threads > limits::max_threads)
+    return bad("threads", "must be between 1 and "
+                              + std::to_string(limits::max_threads) + ", got "
+                              + std::to_string(threads));
   if (scheduler_policy != "sharing" && scheduler_policy != "stealing")
     return bad("scheduler_policy", "must be \"sharing\" or \"stealing\", got \""
                                        + scheduler_policy + "\"");
@@ -128,7 +128,7 @@ caf::error silo_config::validate() const {
     return bad("max_attempts", "must be at least 1");
   if (retry_initial.count() <= 0 || retry_max < retry_initial)
     return bad("retry_initial", "must be positive and not above retry_max");
-  if (max_payload_bytes == 0 || max_payload_bytes > (64u << 20))
+  if (max_payload_bytes == 0 || max_payload_bytes > limits::max_payload_bytes)
     return bad("max_payload_bytes", "must be between 1 byte and 64 MiB");
   if (max_group_ops == 0)
     return bad("max_group_ops", "must be positive");
@@ -140,7 +140,7 @@ caf::error silo_config::validate() const {
     return bad("remote_call_timeout", "must be positive");
   if (timer_poll.count() <= 0)
     return bad("timer_poll", "must be positive");
-  if (timer_window.count() <= 0 || timer_window > std::chrono::hours{24 * 365})
+  if (timer_window.count() <= 0 || timer_window > limits::max_timer_window)
     return bad("timer_window", "must be positive and at most a year, got "
                                    + std::to_string(timer_window.count())
                                    + " ms");
@@ -210,7 +210,7 @@ caf::error silo_core::check_space() {
   auto now = duration_cast<milliseconds>(steady_clock::now().time_since_epoch())
                  .count();
   auto last = space_checked_ms.load(std::memory_order_relaxed);
-  if (now - last >= space_check_ms
+  if (now - last >= limits::space_check_interval.count()
       && space_checked_ms.compare_exchange_strong(last, now)) {
     auto free = store->free_bytes();
     bool low = free && *free < cfg.min_free_bytes;
@@ -391,7 +391,8 @@ caf::error silo::stop() {
   // A caller admitted before the stop may still be about to enqueue into a
   // partition; none holds its guard for long (the blocking ones are bounded
   // by their own timeouts), so this wait is bounded too.
-  for (int i = 0; c.callers.load() > 0 && i < 120'000; ++i)
+  for (int64_t i = 0;
+       c.callers.load() > 0 && i < limits::stop_caller_wait.count(); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds{1});
   GRANARY_ASSERT(c.callers.load() == 0,
                  "a client API call outlived the silo's stop by 120 s");

@@ -12,6 +12,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
+#include "runtime/assert.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/commit_loop.hpp"
 #include "runtime/error.hpp"
@@ -78,10 +79,10 @@ struct silo_core {
     return r && !r->owns(p) ? r : nullptr;
   }
   counters stats;
-  // Free-space watermark, refreshed at most every `space_check_ms`.
+  // Free-space watermark, refreshed at most every
+  // `limits::space_check_interval`.
   std::atomic<int64_t> space_checked_ms{0};
   std::atomic<bool> space_low{false};
-  static constexpr int64_t space_check_ms = 500;
 
   /// Returns a fresh, silo-unique message id.
   std::string next_msg_id();
@@ -110,7 +111,8 @@ struct silo_core {
 
   /// Releases a slot reserved by `reserve`.
   void release(uint32_t p) {
-    gauges[p].queued.fetch_sub(1, std::memory_order_relaxed);
+    auto before = gauges[p].queued.fetch_sub(1, std::memory_order_relaxed);
+    GRANARY_ASSERT(before > 0, "a mailbox slot was released twice");
   }
 
   /// Returns `storage_full` while free space is below the watermark.

@@ -11,6 +11,7 @@
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 
+#include "runtime/assert.hpp"
 #include "runtime/keys.hpp"
 
 namespace granary {
@@ -62,6 +63,8 @@ public:
   /// Removes the operations at the positions that `drop` marks; `drop` has
   /// one entry per operation.
   void drop_marked(const std::vector<bool>& drop) {
+    GRANARY_ASSERT(drop.size() == ops_.size(),
+                   "drop_marked needs one mark per operation");
     size_t out = 0;
     bytes_ = 0;
     for (size_t i = 0; i < ops_.size(); ++i) {

@@ -10,6 +10,7 @@
 
 #include "runtime/grain_base.hpp"
 #include "runtime/grain_id.hpp"
+#include "runtime/limits.hpp"
 #include "runtime/services.hpp"
 
 namespace granary {
@@ -156,7 +157,7 @@ public:
   };
 
   /// Upper bound on the effects one turn may record.
-  static constexpr size_t max_effects = 65'536;
+  static constexpr size_t max_effects = limits::max_turn_effects;
 
 private:
   friend class partition;

@@ -491,8 +491,8 @@ TEST(gateway_config, validates_its_bounds) {
 
 TEST(gateway_config, percent_encoding_round_trips_through_errc_names) {
   EXPECT_EQ(percent_encode("a b/c"), "a%20b%2Fc");
-  EXPECT_EQ(errc_from_name("already_exists"), errc::already_exists);
-  EXPECT_EQ(errc_from_name("bogus"), errc::unspecified);
+  EXPECT_EQ(cluster::errc_from_name("already_exists"), errc::already_exists);
+  EXPECT_EQ(cluster::errc_from_name("bogus"), errc::unspecified);
 }
 
 TEST_F(gateway_test, a_deeply_nested_body_is_refused_before_parsing) {
