@@ -29,12 +29,8 @@ errc failure_code(const wire::WorkflowInfo& info) {
   if (info.error_code() != 0)
     return static_cast<errc>(info.error_code());
   std::string_view text = info.error();
-  auto colon = text.find(": ");
-  for (auto i = static_cast<int>(errc::unspecified);
-       i <= static_cast<int>(last_errc); ++i)
-    if (text.substr(0, colon) == to_string(static_cast<errc>(i)))
-      return static_cast<errc>(i);
-  return errc::unspecified;
+  auto code = errc_from_name(text.substr(0, text.find(": ")));
+  return code ? *code : errc::unspecified;
 }
 
 wire::Value value_of(const std::string& type, const std::string& data) {
