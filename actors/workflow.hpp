@@ -181,8 +181,9 @@ public:
   /// Answers update `u` with `response`, durably and once (a replay does
   /// not answer again).
   template <class R>
-  caf::error reply_update(const update_request<R>& u,
-                          const google::protobuf::Message& response) {
+  [[nodiscard]] caf::error
+  reply_update(const update_request<R>& u,
+               const google::protobuf::Message& response) {
     return engine_->reply_update(u.id, response);
   }
 
@@ -790,7 +791,7 @@ inline wire::Update make_update(std::string name, std::string id,
 /// transient call (no replay, no write). `not_found` when nothing is
 /// published under that name yet.
 template <class R>
-caf::expected<R>
+[[nodiscard]] caf::expected<R>
 query_workflow(silo& s, const grain_id& id, const std::string& name,
                std::chrono::milliseconds timeout = std::chrono::seconds{5}) {
   auto q = std::make_shared<wire::QueryWorkflow>();
@@ -822,7 +823,7 @@ query_workflow(silo& s, const grain_id& id, const std::string& name,
 /// waits up to `timeout` for the code's answer of type `R`. Safe to retry
 /// with the same `update_id`: the update is delivered once.
 template <class R>
-caf::expected<R>
+[[nodiscard]] caf::expected<R>
 update_workflow(silo& s, const grain_id& id, const std::string& name,
                 const std::string& update_id,
                 const google::protobuf::Message& request,
