@@ -186,7 +186,8 @@ public:
 
   /// Transient call expecting a reply of type `R`.
   template <class R, class M>
-  caf::expected<R> call(const M& msg, std::chrono::milliseconds timeout
+  [[nodiscard]] caf::expected<R> call(const M& msg,
+                                      std::chrono::milliseconds timeout
                                       = std::chrono::seconds{10}) const {
     auto res = silo_->call(id_, std::make_shared<M>(msg), timeout);
     if (!res)
@@ -203,7 +204,7 @@ public:
 
   /// Durable send; returns once the message is durably accepted.
   template <class M>
-  caf::error send(const M& msg, std::string msg_id = {}) const {
+  [[nodiscard]] caf::error send(const M& msg, std::string msg_id = {}) const {
     return silo_->send(id_, msg, std::move(msg_id));
   }
 

@@ -183,8 +183,9 @@ public:
   /// Answers update `u` with `response`, durably and once (a replay does
   /// not answer again).
   template <class R>
-  caf::error reply_update(const update_request<R>& u,
-                          const google::protobuf::Message& response) {
+  [[nodiscard]] caf::error
+  reply_update(const update_request<R>& u,
+               const google::protobuf::Message& response) {
     return engine_->reply_update(u.id, response);
   }
 
@@ -822,7 +823,7 @@ caf::error register_workflow(grain_registry& registry, activity_pool* pool,
 /// transient call (no replay, no write). `not_found` when nothing is
 /// published under that name yet. (`workflow_client::query` in one call.)
 template <class R>
-caf::expected<R>
+[[nodiscard]] caf::expected<R>
 query_workflow(silo& s, const grain_id& id, const std::string& name,
                std::chrono::milliseconds timeout = std::chrono::seconds{5}) {
   return silo_workflow_client{s, timeout}.query<R>(id.type, id.key, name);
@@ -833,7 +834,7 @@ query_workflow(silo& s, const grain_id& id, const std::string& name,
 /// with the same `update_id`: the update is delivered once.
 /// (`workflow_client::update` in one call.)
 template <class R>
-caf::expected<R>
+[[nodiscard]] caf::expected<R>
 update_workflow(silo& s, const grain_id& id, const std::string& name,
                 const std::string& update_id,
                 const google::protobuf::Message& request,

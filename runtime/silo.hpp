@@ -177,9 +177,9 @@ public:
                       send_handler done);
 
   /// Blocking transient call with a timeout.
-  caf::expected<message_ptr> call(grain_id target, message_ptr msg,
-                                  std::chrono::milliseconds timeout
-                                  = std::chrono::seconds{10});
+  [[nodiscard]] caf::expected<message_ptr>
+  call(grain_id target, message_ptr msg,
+       std::chrono::milliseconds timeout = std::chrono::seconds{10});
 
   /// Durable send: `done` runs once the message is durably accepted.
   /// Resending with the same `msg_id` is deduplicated by the receiver
@@ -190,21 +190,22 @@ public:
                   std::string msg_id, send_handler done);
 
   /// Blocking durable send.
-  caf::error send(grain_id target, const google::protobuf::Message& msg,
-                  std::string msg_id = {},
-                  std::chrono::milliseconds timeout = std::chrono::seconds{30});
+  [[nodiscard]] caf::error
+  send(grain_id target, const google::protobuf::Message& msg,
+       std::string msg_id = {},
+       std::chrono::milliseconds timeout = std::chrono::seconds{30});
 
   /// Lists up to `limit` dead letters.
   caf::expected<std::vector<dead_letter_info>> dead_letters(size_t limit
                                                             = 1'000);
 
   /// Moves a dead letter back into its grain's inbox with fresh attempts.
-  caf::error requeue_dead_letter(const grain_id& target,
-                                 const std::string& msg_id);
+  [[nodiscard]] caf::error requeue_dead_letter(const grain_id& target,
+                                               const std::string& msg_id);
 
   /// Deletes a dead letter.
-  caf::error drop_dead_letter(const grain_id& target,
-                              const std::string& msg_id);
+  [[nodiscard]] caf::error drop_dead_letter(const grain_id& target,
+                                            const std::string& msg_id);
 
   /// Reads the committed state record of grain `id` (nullopt when it has
   /// none); an activation may have run ahead of it in memory.

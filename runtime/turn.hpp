@@ -63,7 +63,8 @@ public:
   /// delivered at least once and processed effectively once. Fails with
   /// `overloaded` when this grain has too many undelivered messages, or with
   /// `payload_too_large`.
-  caf::error send(const grain_id& to, const google::protobuf::Message& msg);
+  [[nodiscard]] caf::error send(const grain_id& to,
+                                const google::protobuf::Message& msg);
 
   /// Calls grain `to` durably: sends `msg` exactly like `send` (same checks,
   /// same outbox path, same guarantees) and asks for an answer. Once the
@@ -75,8 +76,9 @@ public:
   /// handles the `Reply` as an ordinary durable message: register a handler
   /// for `granary::wire::Reply`. `correlation` counts against
   /// `max_payload_bytes` together with `msg`.
-  caf::error call(const grain_id& to, const google::protobuf::Message& msg,
-                  std::string correlation);
+  [[nodiscard]] caf::error call(const grain_id& to,
+                                const google::protobuf::Message& msg,
+                                std::string correlation);
 
   /// A durable call whose answer the handler postponed (see
   /// `postpone_reply`).
@@ -92,27 +94,29 @@ public:
   std::optional<pending_call> postpone_reply();
 
   /// Answers a postponed call with `msg`, durably (like `send`).
-  caf::error answer(const pending_call& call,
-                    const google::protobuf::Message& msg);
+  [[nodiscard]] caf::error answer(const pending_call& call,
+                                  const google::protobuf::Message& msg);
 
   /// Answers a postponed call with an error, durably.
-  caf::error answer_error(const pending_call& call, const caf::error& err);
+  [[nodiscard]] caf::error answer_error(const pending_call& call,
+                                        const caf::error& err);
 
   /// Schedules `msg` to this grain after `delay`, durably, under `name`.
   /// A timer of the same name is replaced. With a non-zero `period` it is a
   /// reminder that re-arms itself after each firing.
-  caf::error set_timer(std::string name, std::chrono::milliseconds delay,
-                       const google::protobuf::Message& msg,
-                       std::chrono::milliseconds period
-                       = std::chrono::milliseconds{0});
+  [[nodiscard]] caf::error
+  set_timer(std::string name, std::chrono::milliseconds delay,
+            const google::protobuf::Message& msg,
+            std::chrono::milliseconds period = std::chrono::milliseconds{0});
 
   /// Like a one-shot `set_timer`, but the timer also fires as soon as its
   /// partition is recovered (after a restart, or on the new owner after a
   /// handoff), however far its due time is: it watches work that lives
   /// only in memory, such as an activity attempt on a pool, which a restart
   /// ends. The handler tells an early firing by its own due time.
-  caf::error set_watchdog(std::string name, std::chrono::milliseconds delay,
-                          const google::protobuf::Message& msg) {
+  [[nodiscard]] caf::error set_watchdog(std::string name,
+                                        std::chrono::milliseconds delay,
+                                        const google::protobuf::Message& msg) {
     auto err = set_timer(std::move(name), delay, msg);
     if (!err)
       timers_.back().watchdog = true;
@@ -120,12 +124,12 @@ public:
   }
 
   /// Cancels the timer or reminder called `name`, if any.
-  caf::error cancel_timer(std::string name);
+  [[nodiscard]] caf::error cancel_timer(std::string name);
 
   /// Transient one-way message (at most once) to grain `to`; it leaves
   /// after this turn's commit. Fails with `overloaded` when the target's
   /// partition queue is full.
-  caf::error tell(const grain_id& to, message_ptr msg);
+  [[nodiscard]] caf::error tell(const grain_id& to, message_ptr msg);
 
   /// Outgoing durable message recorded by `send` or `call`.
   struct outgoing {
