@@ -1,15 +1,47 @@
-// The HTTP layer: the router on its own.
+// The HTTP layer: the router on its own, and the server and the client
+// over real loopback connections.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
+#include "http/client.hpp"
 #include "http/router.hpp"
 #include "http/server.hpp"
+#include "runtime/error.hpp"
 
 using namespace granary::http;
+using namespace std::chrono_literals;
 
 namespace {
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// Polls `cond` until it holds or `limit` passes.
+template <class Cond>
+bool eventually(Cond cond, std::chrono::milliseconds limit = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (cond())
+      return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return cond();
+}
 
 handler answer_with(std::string body) {
   return [body](request, responder res) {
@@ -17,6 +49,108 @@ handler answer_with(std::string body) {
     r.body = body;
     res.send(std::move(r));
   };
+}
+
+// A raw TCP connection, for what the client never sends.
+class raw_connection {
+public:
+  explicit raw_connection(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_
+        = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+
+  ~raw_connection() {
+    ::close(fd_);
+  }
+
+  raw_connection(const raw_connection&) = delete;
+  raw_connection& operator=(const raw_connection&) = delete;
+
+  bool connected() const {
+    return connected_;
+  }
+
+  bool send(std::string_view bytes) {
+    while (!bytes.empty()) {
+      auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0)
+        return false;
+      bytes.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  /// Reads until the peer closes or `timeout` passes.
+  std::string read_until_closed(std::chrono::milliseconds timeout) {
+    std::string out;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        break;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        break;
+      auto n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0)
+        break;
+      out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+  }
+
+private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+// A listening socket that accepts nothing: connects succeed (the kernel
+// queues them) and no answer ever comes.
+class silent_listener {
+public:
+  silent_listener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len);
+    ::listen(fd_, 16);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+  }
+
+  ~silent_listener() {
+    ::close(fd_);
+  }
+
+  uint16_t port() const {
+    return port_;
+  }
+
+private:
+  int fd_ = -1;
+  uint16_t port_ = 0;
+};
+
+client_result get(uint16_t port, const std::string& target,
+                  std::chrono::milliseconds timeout = 10s) {
+  client_request req;
+  req.target = target;
+  return fetch("127.0.0.1", port, req, client_options{timeout});
+}
+
+std::unique_ptr<server> serve(server_config cfg, handler h) {
+  auto s = server::start(std::move(cfg), std::move(h));
+  EXPECT_TRUE(s) << granary::describe(s.error());
+  return s ? std::move(*s) : nullptr;
 }
 
 } // namespace
@@ -100,4 +234,339 @@ TEST(http_router, percent_coding_round_trips) {
   EXPECT_EQ(q->at("flag"), "");
   EXPECT_FALSE(parse_query("/x?a=%zz"));
   EXPECT_TRUE(parse_query("/x")->empty());
+}
+
+// -- server and client --------------------------------------------------------
+
+TEST(http_server, routes_requests_over_keep_alive_connections) {
+  router r;
+  r.add(verb::get, "/echo/{word}", [](request req, responder res) {
+    response out;
+    out.body = req.param("word") + "|" + req.query["n"] + "|"
+               + std::string{req.header("X-Test")};
+    out.headers.emplace_back("X-Answer", "yes");
+    res.send(std::move(out));
+  });
+  auto srv = serve({}, std::ref(r));
+  ASSERT_TRUE(srv);
+  connection c{"127.0.0.1", srv->port(), client_options{10s}};
+  for (int i = 0; i < 3; ++i) {
+    client_request req;
+    req.target = "/echo/h%C3%A9?n=" + std::to_string(i);
+    req.headers.emplace_back("X-Test", "t");
+    req.keep_alive = true;
+    auto res = c.exchange(req, std::chrono::steady_clock::now() + 10s);
+    ASSERT_TRUE(res) << res.failure->describe();
+    EXPECT_EQ(res.response.status, 200u);
+    EXPECT_EQ(res.response.body, "h\xC3\xA9|" + std::to_string(i) + "|t");
+    EXPECT_EQ(res.response.header("X-Answer"), "yes");
+    EXPECT_EQ(res.response.header("Server"), "granary");
+    EXPECT_TRUE(c.is_open());
+  }
+  EXPECT_EQ(srv->stats().accepted, 1u);
+  EXPECT_EQ(srv->stats().requests, 3u);
+  auto missing = get(srv->port(), "/nothing");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing.response.status, 404u);
+  client_request post;
+  post.method = verb::post;
+  post.target = "/echo/x";
+  auto wrong = fetch("127.0.0.1", srv->port(), post, {});
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong.response.status, 405u);
+  EXPECT_EQ(wrong.response.header("Allow"), "GET");
+}
+
+TEST(http_server, a_handler_answers_later_from_another_thread) {
+  // One I/O thread: the parked request must not hold it.
+  std::mutex mtx;
+  std::deque<responder> parked;
+  router r;
+  r.add(verb::get, "/park", [&](request, responder res) {
+    std::lock_guard guard{mtx};
+    parked.push_back(std::move(res));
+  });
+  r.add(verb::get, "/now", answer_with("now"));
+  auto srv = serve({}, std::ref(r));
+  ASSERT_TRUE(srv);
+  client_result slow;
+  std::thread waiter{[&] { slow = get(srv->port(), "/park"); }};
+  ASSERT_TRUE(eventually([&] { return srv->stats().pending == 1; }));
+  // Served while the parked one waits.
+  for (int i = 0; i < 5; ++i) {
+    auto fast = get(srv->port(), "/now");
+    ASSERT_TRUE(fast) << fast.failure->describe();
+    EXPECT_EQ(fast.response.body, "now");
+  }
+  std::thread answerer{[&] {
+    std::lock_guard guard{mtx};
+    response out;
+    out.status = 202;
+    out.body = "later";
+    parked.front().send(std::move(out));
+    parked.pop_front();
+  }};
+  answerer.join();
+  waiter.join();
+  ASSERT_TRUE(slow) << slow.failure->describe();
+  EXPECT_EQ(slow.response.status, 202u);
+  EXPECT_EQ(slow.response.body, "later");
+  EXPECT_EQ(srv->stats().pending, 0u);
+}
+
+TEST(http_server, post_and_after_run_on_the_connection_until_it_answers) {
+  router r;
+  r.add(verb::get, "/steps", [](request, responder res) {
+    auto shared = std::make_shared<responder>(std::move(res));
+    auto steps = std::make_shared<int>(0);
+    // Replaced before it fires: never runs.
+    shared->after(1h, [shared] {
+      response never;
+      never.body = "the replaced timer ran";
+      shared->send(std::move(never));
+    });
+    shared->after(1ms, [shared, steps] {
+      ++*steps;
+      shared->post([shared, steps] {
+        ++*steps;
+        response out;
+        out.body = "steps " + std::to_string(*steps);
+        shared->send(std::move(out));
+      });
+    });
+  });
+  r.add(verb::get, "/forget", [](request, responder) {});
+  r.add(verb::get, "/throw",
+        [](request, responder) { throw std::runtime_error("boom"); });
+  auto srv = serve({}, std::ref(r));
+  ASSERT_TRUE(srv);
+  auto steps = get(srv->port(), "/steps");
+  ASSERT_TRUE(steps) << steps.failure->describe();
+  EXPECT_EQ(steps.response.body, "steps 2");
+  auto forgot = get(srv->port(), "/forget");
+  ASSERT_TRUE(forgot);
+  EXPECT_EQ(forgot.response.status, 500u);
+  EXPECT_TRUE(contains(forgot.response.body, "dropped unanswered"))
+      << forgot.response.body;
+  auto threw = get(srv->port(), "/throw");
+  ASSERT_TRUE(threw);
+  EXPECT_EQ(threw.response.status, 500u);
+  EXPECT_TRUE(contains(threw.response.body, "boom")) << threw.response.body;
+  EXPECT_EQ(srv->stats().pending, 0u);
+}
+
+TEST(http_server, header_body_and_pending_limits_are_answered) {
+  server_config cfg;
+  cfg.max_header_bytes = 1024;
+  cfg.max_body_bytes = 100;
+  cfg.max_pending = 1;
+  std::mutex mtx;
+  std::deque<responder> parked;
+  router r;
+  r.add(verb::post, "/park", [&](request, responder res) {
+    std::lock_guard guard{mtx};
+    parked.push_back(std::move(res));
+  });
+  r.add(verb::get, "/now", answer_with("now"));
+  auto srv = serve(cfg, std::ref(r));
+  ASSERT_TRUE(srv);
+  client_request big;
+  big.method = verb::post;
+  big.target = "/park";
+  big.body = std::string(200, 'x');
+  auto too_big = fetch("127.0.0.1", srv->port(), big, {});
+  ASSERT_TRUE(too_big) << too_big.failure->describe();
+  EXPECT_EQ(too_big.response.status, 413u);
+  EXPECT_TRUE(contains(too_big.response.body, "exceeds 100 bytes"));
+  client_request long_header;
+  long_header.target = "/now";
+  long_header.headers.emplace_back("X-Pad", std::string(2000, 'p'));
+  auto header = fetch("127.0.0.1", srv->port(), long_header, {});
+  ASSERT_TRUE(header) << header.failure->describe();
+  EXPECT_EQ(header.response.status, 431u);
+  client_result parked_result;
+  std::thread waiter{[&] {
+    client_request park;
+    park.method = verb::post;
+    park.target = "/park";
+    parked_result = fetch("127.0.0.1", srv->port(), park, {});
+  }};
+  ASSERT_TRUE(eventually([&] { return srv->stats().pending == 1; }));
+  auto busy = get(srv->port(), "/now");
+  ASSERT_TRUE(busy);
+  EXPECT_EQ(busy.response.status, 429u);
+  EXPECT_EQ(busy.response.header("Retry-After"), "1");
+  {
+    std::lock_guard guard{mtx};
+    parked.front().send(response{});
+    parked.clear();
+  }
+  waiter.join();
+  ASSERT_TRUE(parked_result);
+  EXPECT_EQ(parked_result.response.status, 200u);
+  EXPECT_EQ(get(srv->port(), "/now").response.status, 200u);
+}
+
+TEST(http_server, connections_beyond_the_limit_and_slow_headers_are_refused) {
+  server_config cfg;
+  cfg.max_connections = 1;
+  cfg.header_timeout = 200ms;
+  auto srv = serve(cfg, answer_with("ok"));
+  ASSERT_TRUE(srv);
+  raw_connection slow{srv->port()};
+  ASSERT_TRUE(slow.connected());
+  ASSERT_TRUE(slow.send("GET /x HTT"));
+  ASSERT_TRUE(eventually([&] { return srv->stats().open_connections == 1; }));
+  raw_connection refused{srv->port()};
+  ASSERT_TRUE(refused.send("GET /x HTTP/1.1\r\nHost: t\r\n\r\n"));
+  auto answer = refused.read_until_closed(10s);
+  EXPECT_TRUE(answer.starts_with("HTTP/1.1 503")) << answer;
+  EXPECT_TRUE(contains(answer, "Retry-After: 1")) << answer;
+  auto timed_out = slow.read_until_closed(10s);
+  EXPECT_TRUE(timed_out.starts_with("HTTP/1.1 408")) << timed_out;
+  EXPECT_TRUE(contains(timed_out, "within 200 ms")) << timed_out;
+  EXPECT_EQ(srv->stats().header_timeouts, 1u);
+  EXPECT_GE(srv->stats().rejected_connections, 1u);
+  // Without an answer for refused connections, they are just closed.
+  server_config quiet = cfg;
+  quiet.answer_refused_connections = false;
+  auto srv2 = serve(quiet, answer_with("ok"));
+  ASSERT_TRUE(srv2);
+  raw_connection holder{srv2->port()};
+  ASSERT_TRUE(eventually([&] { return srv2->stats().open_connections == 1; }));
+  auto closed = get(srv2->port(), "/x");
+  ASSERT_FALSE(closed);
+  EXPECT_FALSE(closed.failure->timed_out) << closed.failure->describe();
+}
+
+TEST(http_server, stop_closes_connections_and_a_late_answer_does_nothing) {
+  std::mutex mtx;
+  std::deque<responder> parked;
+  auto srv = serve({}, [&](request, responder res) {
+    std::lock_guard guard{mtx};
+    parked.push_back(std::move(res));
+  });
+  ASSERT_TRUE(srv);
+  client_result held;
+  std::thread waiter{[&] { held = get(srv->port(), "/park"); }};
+  ASSERT_TRUE(eventually([&] { return srv->stats().pending == 1; }));
+  srv->stop();
+  waiter.join();
+  ASSERT_FALSE(held);
+  EXPECT_FALSE(held.failure->timed_out) << held.failure->describe();
+  srv.reset();
+  // The server is gone; its responder still works and does nothing.
+  std::lock_guard guard{mtx};
+  parked.front().post([] { FAIL() << "ran after the stop"; });
+  parked.front().send(response{});
+  parked.clear();
+}
+
+TEST(http_client, deadlines_end_connects_and_reads) {
+  silent_listener silent;
+  auto res = get(silent.port(), "/", 200ms);
+  ASSERT_FALSE(res);
+  EXPECT_TRUE(res.failure->timed_out);
+  EXPECT_EQ(res.failure->where, client_failure::stage::reading);
+  EXPECT_EQ(res.failure->describe(),
+            "timed out after 200 ms while reading the response");
+  // Nobody listens on a port we just released.
+  uint16_t port = 0;
+  {
+    silent_listener gone;
+    port = gone.port();
+  }
+  auto refused = get(port, "/", 2s);
+  ASSERT_FALSE(refused);
+  EXPECT_FALSE(refused.failure->timed_out);
+  EXPECT_EQ(refused.failure->where, client_failure::stage::connecting);
+  client_options small{2s, 10};
+  auto srv = serve({}, answer_with(std::string(100, 'x')));
+  ASSERT_TRUE(srv);
+  client_request req;
+  auto too_large = fetch("127.0.0.1", srv->port(), req, small);
+  ASSERT_FALSE(too_large);
+  EXPECT_TRUE(too_large.failure->too_large());
+}
+
+TEST(http_client, a_handler_relays_with_the_asynchronous_client) {
+  auto backend = serve({}, [](request req, responder res) {
+    response out;
+    out.body = "backend saw " + req.target;
+    res.send(std::move(out));
+  });
+  ASSERT_TRUE(backend);
+  silent_listener silent;
+  auto port = backend->port();
+  auto silent_port = silent.port();
+  auto front = serve({}, [port, silent_port](request req, responder res) {
+    auto shared = std::make_shared<responder>(std::move(res));
+    client_request fwd;
+    fwd.target = req.target;
+    auto to = req.target == "/silent" ? silent_port : port;
+    async_fetch(shared->executor(), "127.0.0.1", to, fwd, client_options{200ms},
+                [shared](client_result r) {
+                  response out;
+                  out.body = r ? r.response.body : r.failure->describe();
+                  shared->send(std::move(out));
+                });
+  });
+  ASSERT_TRUE(front);
+  auto relayed = get(front->port(), "/a?b=c");
+  ASSERT_TRUE(relayed) << relayed.failure->describe();
+  EXPECT_EQ(relayed.response.body, "backend saw /a?b=c");
+  auto late = get(front->port(), "/silent");
+  ASSERT_TRUE(late);
+  EXPECT_EQ(late.response.body,
+            "timed out after 200 ms while reading the response");
+}
+
+TEST(http_client, a_streamed_answer_arrives_in_parts) {
+  auto srv = serve({}, [](request, responder res) {
+    response out;
+    out.body = "{\"a\":1}\n{\"b\":2}\n";
+    res.send(std::move(out));
+  });
+  ASSERT_TRUE(srv);
+  connection c{"127.0.0.1", srv->port(), client_options{10s}};
+  client_request req;
+  req.method = verb::post;
+  req.target = "/watch";
+  req.body = "{}";
+  auto head = c.open_stream(req, std::chrono::steady_clock::now() + 10s);
+  ASSERT_TRUE(head) << head.failure->describe();
+  EXPECT_EQ(head.response.status, 200u);
+  std::string body;
+  std::optional<client_failure> failure;
+  for (int i = 0; i < 100 && c.read_some(body, failure);)
+    ++i;
+  EXPECT_FALSE(failure);
+  EXPECT_EQ(body, "{\"a\":1}\n{\"b\":2}\n");
+}
+
+TEST(http_client, cancel_ends_a_blocked_stream_read) {
+  std::mutex mtx;
+  std::deque<responder> parked;
+  auto srv = serve({}, [&](request, responder res) {
+    std::lock_guard guard{mtx};
+    parked.push_back(std::move(res));
+  });
+  ASSERT_TRUE(srv);
+  connection c{"127.0.0.1", srv->port(), client_options{10s}};
+  client_request req;
+  req.target = "/park";
+  std::atomic<bool> ended{false};
+  client_result res;
+  std::thread reader{[&] {
+    res = c.open_stream(req, std::chrono::steady_clock::now() + 30s);
+    ended = true;
+  }};
+  ASSERT_TRUE(eventually([&] { return srv->stats().pending == 1; }));
+  c.cancel();
+  reader.join();
+  EXPECT_TRUE(ended);
+  ASSERT_FALSE(res);
+  EXPECT_FALSE(res.failure->timed_out);
+  std::lock_guard guard{mtx};
+  parked.clear();
 }
