@@ -168,7 +168,6 @@ protected:
     silo_ = std::move(*s);
     gateway_config gcfg;
     gcfg.max_body_bytes = 4096;
-    gcfg.workers = 4;
     gcfg.silo_id = "silo-t";
     gcfg.cluster_id = "test";
     auto g = gateway::start(gcfg, *silo_);
@@ -485,8 +484,8 @@ TEST_F(gateway_test, a_stopped_silo_answers_503) {
 TEST(gateway_config, validates_its_bounds) {
   gateway_config cfg;
   EXPECT_FALSE(cfg.validate());
-  cfg.workers = 0;
-  EXPECT_NE(describe(cfg.validate()).find("workers"), std::string::npos);
+  cfg.max_pending = 0;
+  EXPECT_NE(describe(cfg.validate()).find("max_pending"), std::string::npos);
 }
 
 TEST(gateway_config, percent_encoding_round_trips_through_errc_names) {
