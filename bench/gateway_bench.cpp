@@ -6,12 +6,7 @@
 //
 //     gateway_bench [--requests N] [--connections C]
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -25,6 +20,7 @@
 
 #include "actors/workflow.hpp"
 #include "gateway/gateway.hpp"
+#include "testing/raw_socket.hpp"
 #include "testing/test_grains.hpp"
 
 using namespace granary;
@@ -60,75 +56,44 @@ double thread_cpu_seconds() {
 // One keep-alive connection with a blocking request/response exchange.
 class connection {
 public:
-  explicit connection(uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ok_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  }
-
-  ~connection() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-
-  connection(const connection&) = delete;
-  connection& operator=(const connection&) = delete;
+  explicit connection(uint16_t port)
+      : conn_(port) {}
 
   // Sends `req` and reads one response; returns its status (0 on failure).
   unsigned exchange(const std::string& req) {
-    if (!ok_ || !send_all(req))
+    if (!conn_.connected() || !conn_.send(req))
       return 0;
     // Bounded: every pass reads at least one byte, and a response is
     // refused beyond 1 MiB.
     for (;;) {
       auto end = in_.find("\r\n\r\n");
       if (end != std::string::npos) {
-        auto cl = find_header(in_.substr(0, end), "content-length:");
-        auto total = end + 4 + cl;
+        auto total = end + 4 + content_length(in_.substr(0, end));
         if (in_.size() >= total) {
           unsigned status = std::atoi(in_.c_str() + 9);
           in_.erase(0, total);
           return status;
         }
       }
-      if (in_.size() > (1 << 20))
+      auto part = conn_.read_some(std::chrono::seconds{30});
+      if (part.empty() || in_.size() > (1 << 20))
         return 0;
-      char buf[8192];
-      auto n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n <= 0)
-        return 0;
-      in_.append(buf, static_cast<size_t>(n));
+      in_ += part;
     }
   }
 
 private:
-  static size_t find_header(std::string head, const char* name) {
+  static size_t content_length(std::string head) {
     for (auto& c : head)
       c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    constexpr std::string_view name = "content-length:";
     auto at = head.find(name);
     return at == std::string::npos
                ? 0
-               : std::strtoul(head.c_str() + at + std::strlen(name), nullptr,
-                              10);
+               : std::strtoul(head.c_str() + at + name.size(), nullptr, 10);
   }
 
-  bool send_all(std::string_view bytes) {
-    while (!bytes.empty()) {
-      auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n <= 0)
-        return false;
-      bytes.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
-  }
-
-  int fd_ = -1;
-  bool ok_ = false;
+  raw_connection conn_;
   std::string in_;
 };
 

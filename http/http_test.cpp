@@ -1,15 +1,8 @@
 // The HTTP layer: the router on its own, and the server and the client
 // over real loopback connections.
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <string>
@@ -21,26 +14,19 @@
 #include "http/router.hpp"
 #include "http/server.hpp"
 #include "runtime/error.hpp"
+#include "testing/eventually.hpp"
+#include "testing/raw_socket.hpp"
 
 using namespace granary::http;
+using granary::testing::eventually;
+using granary::testing::raw_connection;
+using granary::testing::silent_listener;
 using namespace std::chrono_literals;
 
 namespace {
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
-}
-
-// Polls `cond` until it holds or `limit` passes.
-template <class Cond>
-bool eventually(Cond cond, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (cond())
-      return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return cond();
 }
 
 handler answer_with(std::string body) {
@@ -51,93 +37,34 @@ handler answer_with(std::string body) {
   };
 }
 
-// A raw TCP connection, for what the client never sends.
-class raw_connection {
+// A handler that keeps every responder, to answer later from the test.
+class parking {
 public:
-  explicit raw_connection(uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_
-        = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  handler park() {
+    return [this](request, responder res) {
+      std::lock_guard guard{mtx_};
+      parked_.push_back(std::move(res));
+    };
   }
 
-  ~raw_connection() {
-    ::close(fd_);
+  /// Answers the oldest parked request with `r` (from this thread).
+  void answer(response r) {
+    std::lock_guard guard{mtx_};
+    parked_.front().send(std::move(r));
+    parked_.pop_front();
   }
 
-  raw_connection(const raw_connection&) = delete;
-  raw_connection& operator=(const raw_connection&) = delete;
-
-  bool connected() const {
-    return connected_;
-  }
-
-  bool send(std::string_view bytes) {
-    while (!bytes.empty()) {
-      auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n <= 0)
-        return false;
-      bytes.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
-  }
-
-  /// Reads until the peer closes or `timeout` passes.
-  std::string read_until_closed(std::chrono::milliseconds timeout) {
-    std::string out;
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    char buf[4096];
-    for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0)
-        break;
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        break;
-      auto n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n <= 0)
-        break;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    return out;
+  /// The oldest parked responder.
+  responder take() {
+    std::lock_guard guard{mtx_};
+    auto res = std::move(parked_.front());
+    parked_.pop_front();
+    return res;
   }
 
 private:
-  int fd_ = -1;
-  bool connected_ = false;
-};
-
-// A listening socket that accepts nothing: connects succeed (the kernel
-// queues them) and no answer ever comes.
-class silent_listener {
-public:
-  silent_listener() {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len);
-    ::listen(fd_, 16);
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-  }
-
-  ~silent_listener() {
-    ::close(fd_);
-  }
-
-  uint16_t port() const {
-    return port_;
-  }
-
-private:
-  int fd_ = -1;
-  uint16_t port_ = 0;
+  std::mutex mtx_;
+  std::deque<responder> parked_;
 };
 
 client_result get(uint16_t port, const std::string& target,
@@ -279,13 +206,9 @@ TEST(http_server, routes_requests_over_keep_alive_connections) {
 
 TEST(http_server, a_handler_answers_later_from_another_thread) {
   // One I/O thread: the parked request must not hold it.
-  std::mutex mtx;
-  std::deque<responder> parked;
+  parking parked;
   router r;
-  r.add(verb::get, "/park", [&](request, responder res) {
-    std::lock_guard guard{mtx};
-    parked.push_back(std::move(res));
-  });
+  r.add(verb::get, "/park", parked.park());
   r.add(verb::get, "/now", answer_with("now"));
   auto srv = serve({}, std::ref(r));
   ASSERT_TRUE(srv);
@@ -299,12 +222,10 @@ TEST(http_server, a_handler_answers_later_from_another_thread) {
     EXPECT_EQ(fast.response.body, "now");
   }
   std::thread answerer{[&] {
-    std::lock_guard guard{mtx};
     response out;
     out.status = 202;
     out.body = "later";
-    parked.front().send(std::move(out));
-    parked.pop_front();
+    parked.answer(std::move(out));
   }};
   answerer.join();
   waiter.join();
@@ -360,13 +281,9 @@ TEST(http_server, header_body_and_pending_limits_are_answered) {
   cfg.max_header_bytes = 1024;
   cfg.max_body_bytes = 100;
   cfg.max_pending = 1;
-  std::mutex mtx;
-  std::deque<responder> parked;
+  parking parked;
   router r;
-  r.add(verb::post, "/park", [&](request, responder res) {
-    std::lock_guard guard{mtx};
-    parked.push_back(std::move(res));
-  });
+  r.add(verb::post, "/park", parked.park());
   r.add(verb::get, "/now", answer_with("now"));
   auto srv = serve(cfg, std::ref(r));
   ASSERT_TRUE(srv);
@@ -396,11 +313,7 @@ TEST(http_server, header_body_and_pending_limits_are_answered) {
   ASSERT_TRUE(busy);
   EXPECT_EQ(busy.response.status, 429u);
   EXPECT_EQ(busy.response.header("Retry-After"), "1");
-  {
-    std::lock_guard guard{mtx};
-    parked.front().send(response{});
-    parked.clear();
-  }
+  parked.answer(response{});
   waiter.join();
   ASSERT_TRUE(parked_result);
   EXPECT_EQ(parked_result.response.status, 200u);
@@ -440,12 +353,8 @@ TEST(http_server, connections_beyond_the_limit_and_slow_headers_are_refused) {
 }
 
 TEST(http_server, stop_closes_connections_and_a_late_answer_does_nothing) {
-  std::mutex mtx;
-  std::deque<responder> parked;
-  auto srv = serve({}, [&](request, responder res) {
-    std::lock_guard guard{mtx};
-    parked.push_back(std::move(res));
-  });
+  parking parked;
+  auto srv = serve({}, parked.park());
   ASSERT_TRUE(srv);
   client_result held;
   std::thread waiter{[&] { held = get(srv->port(), "/park"); }};
@@ -456,10 +365,9 @@ TEST(http_server, stop_closes_connections_and_a_late_answer_does_nothing) {
   EXPECT_FALSE(held.failure->timed_out) << held.failure->describe();
   srv.reset();
   // The server is gone; its responder still works and does nothing.
-  std::lock_guard guard{mtx};
-  parked.front().post([] { FAIL() << "ran after the stop"; });
-  parked.front().send(response{});
-  parked.clear();
+  auto late = parked.take();
+  late.post([] { FAIL() << "ran after the stop"; });
+  late.send(response{});
 }
 
 TEST(http_client, deadlines_end_connects_and_reads) {
@@ -545,12 +453,8 @@ TEST(http_client, a_streamed_answer_arrives_in_parts) {
 }
 
 TEST(http_client, cancel_ends_a_blocked_stream_read) {
-  std::mutex mtx;
-  std::deque<responder> parked;
-  auto srv = serve({}, [&](request, responder res) {
-    std::lock_guard guard{mtx};
-    parked.push_back(std::move(res));
-  });
+  parking parked;
+  auto srv = serve({}, parked.park());
   ASSERT_TRUE(srv);
   connection c{"127.0.0.1", srv->port(), client_options{10s}};
   client_request req;
@@ -567,6 +471,4 @@ TEST(http_client, cancel_ends_a_blocked_stream_read) {
   EXPECT_TRUE(ended);
   ASSERT_FALSE(res);
   EXPECT_FALSE(res.failure->timed_out);
-  std::lock_guard guard{mtx};
-  parked.clear();
 }

@@ -21,6 +21,7 @@
 #include "gateway/gateway_history.hpp"
 #include "runtime/json.hpp"
 #include "runtime/keys.hpp"
+#include "testing/raw_socket.hpp"
 #include "testing/test_grains.hpp"
 #include "workflow_test.pb.h"
 
@@ -80,70 +81,6 @@ public:
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
-
-// A raw TCP connection to a gateway, for what the client never sends:
-// huge headers, slow headers, many connections.
-class raw_connection {
-public:
-  explicit raw_connection(uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_
-        = fd_ >= 0
-          && ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr))
-                 == 0;
-  }
-
-  ~raw_connection() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-
-  raw_connection(const raw_connection&) = delete;
-  raw_connection& operator=(const raw_connection&) = delete;
-
-  bool connected() const {
-    return connected_;
-  }
-
-  bool send(std::string_view bytes) {
-    while (!bytes.empty()) {
-      auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n <= 0)
-        return false;
-      bytes.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
-  }
-
-  /// Reads until the peer closes or `timeout` passes; returns what came.
-  std::string read_until_closed(std::chrono::milliseconds timeout) {
-    std::string out;
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    char buf[4096];
-    for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0)
-        break;
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        break;
-      auto n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n <= 0)
-        break;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    return out;
-  }
-
-private:
-  int fd_ = -1;
-  bool connected_ = false;
-};
 
 // "GET /healthz" with `extra` header lines, closing the connection after.
 std::string healthz_request(const std::string& extra = {}) {
