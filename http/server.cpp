@@ -763,28 +763,25 @@ responder::~responder() {
   release();
 }
 
+std::shared_ptr<detail::session> responder::take() {
+  if (session_)
+    session_->core().release_pending();
+  return std::move(session_);
+}
+
 void responder::release() {
-  if (!session_)
-    return;
-  auto s = std::move(session_);
-  s->dropped(request_);
-  s->core().release_pending();
+  if (auto s = take())
+    s->dropped(request_);
 }
 
 void responder::send(response r) {
-  if (!session_)
-    return;
-  auto s = std::move(session_);
-  s->respond(request_, std::move(r));
-  s->core().release_pending();
+  if (auto s = take())
+    s->respond(request_, std::move(r));
 }
 
 void responder::drop() {
-  if (!session_)
-    return;
-  auto s = std::move(session_);
-  s->drop(request_);
-  s->core().release_pending();
+  if (auto s = take())
+    s->drop(request_);
 }
 
 request_strand responder::strand() const {

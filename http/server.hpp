@@ -175,6 +175,9 @@ private:
 
   responder(std::shared_ptr<detail::session> s, uint64_t request);
 
+  // Gives up the request (it no longer counts as pending).
+  std::shared_ptr<detail::session> take();
+
   void release();
 
   std::shared_ptr<detail::session> session_;
