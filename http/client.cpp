@@ -1,5 +1,7 @@
 #include "http/client.hpp"
 
+#include <limits>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -207,7 +209,12 @@ private:
   // Content-Length only when the header is parsed on its own.
   void read() {
     parser_.emplace();
-    parser_->body_limit(opts_.max_response_bytes);
+    // A stream may run for ever: its reader bounds what it keeps. (Not
+    // `none`: Beast 1.74 then refuses every Content-Length.)
+    if (header_only_)
+      parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+    else
+      parser_->body_limit(opts_.max_response_bytes);
     stream_.expires_at(deadline_);
     auto on_read = [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) {

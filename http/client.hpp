@@ -124,7 +124,8 @@ public:
                          std::chrono::steady_clock::time_point deadline);
 
   /// Sends `req` and reads the answer's header before `deadline`; the body
-  /// then comes through `read_some`.
+  /// then comes through `read_some`, with no limit on its total size (the
+  /// reader bounds what it keeps).
   client_result open_stream(client_request req,
                             std::chrono::steady_clock::time_point deadline);
 
