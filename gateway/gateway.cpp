@@ -170,6 +170,7 @@ gateway_stats gateway::stats() const {
   out.rejected_connections = s.rejected_connections;
   out.header_timeouts = s.header_timeouts;
   out.requests = s.requests;
+  out.pending = s.pending;
   return out;
 }
 

@@ -83,6 +83,8 @@ struct gateway_stats {
   uint64_t header_timeouts = 0;
   /// Requests handed to the endpoints, errors included.
   uint64_t requests = 0;
+  /// Requests in progress (waiting for a silo, another gateway or a poll).
+  size_t pending = 0;
 };
 
 /// The HTTP/1.1 JSON gateway of one silo. Messages travel as protobuf's

@@ -109,8 +109,7 @@ gateway_client::~gateway_client() = default;
 caf::expected<http_response> gateway_client::request(std::string_view method,
                                                      std::string_view target,
                                                      std::string_view body) {
-  auto verb
-      = boost::beast::http::string_to_verb({method.data(), method.size()});
+  auto verb = http::verb_of(method);
   if (verb == http::verb::unknown)
     return make_error(errc::invalid_argument,
                       "unknown HTTP method '" + std::string{method} + "'");

@@ -18,8 +18,8 @@ void forward(const exchange_ptr& x, const std::string& address,
     then(error_reply(ep.error()));
     return;
   }
-  auto what = std::string{boost::beast::http::to_string(method)} + " http://"
-              + address + target;
+  auto what
+      = std::string{http::to_string(method)} + " http://" + address + target;
   http::client_request req;
   req.method = method;
   req.target = std::move(target);

@@ -30,6 +30,15 @@ std::string_view request::header(std::string_view name) const {
   return {v.data(), v.size()};
 }
 
+std::string_view to_string(verb v) {
+  auto name = boost::beast::http::to_string(v);
+  return {name.data(), name.size()};
+}
+
+verb verb_of(std::string_view name) {
+  return boost::beast::http::string_to_verb({name.data(), name.size()});
+}
+
 std::string percent_encode(std::string_view segment) {
   static constexpr char hex[] = "0123456789ABCDEF";
   std::string out;

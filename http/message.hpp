@@ -61,6 +61,12 @@ struct response {
   bool close = false;
 };
 
+/// The name of method `v` ("GET").
+std::string_view to_string(verb v);
+
+/// The method named `name`; `verb::unknown` for none.
+verb verb_of(std::string_view name);
+
 /// Percent-encodes `segment` for use as one path segment or query value:
 /// everything but unreserved characters (RFC 3986) is encoded.
 std::string percent_encode(std::string_view segment);

@@ -136,7 +136,7 @@ route_match router::match(verb method, std::string_view path) const {
   if (!out.target) {
     std::string allow;
     for (auto& [m, h] : best->methods)
-      allow += (allow.empty() ? "" : ", ") + std::string{to_string(m)};
+      allow += (allow.empty() ? "" : ", ") + std::string{http::to_string(m)};
     std::string use = allow;
     if (auto comma = use.rfind(", "); comma != std::string::npos)
       use.replace(comma, 2, " or ");

@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -767,4 +768,37 @@ TEST_F(gateway_test, a_list_relayed_to_another_gateway_pages_through_all) {
       break;
   }
   EXPECT_EQ(seen, ids);
+}
+
+TEST_F(gateway_test,
+       waits_hold_no_thread_while_the_signal_that_ends_them_runs) {
+  // One I/O thread and more waits than the gateway once had workers: the
+  // signal is served while every wait is in progress, and ends them all.
+  gateway_config cfg;
+  cfg.threads = 1;
+  start_other(cfg);
+  start_gate("w-1");
+  ASSERT_TRUE(client->update_workflow("gw.gate", "w-1", "add",
+                                      "granary.wftest.Number", R"({"value":1})",
+                                      "u-w"));
+  constexpr size_t waiters = 20;
+  std::atomic<size_t> finished{0};
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < waiters; ++i)
+    threads.emplace_back([&] {
+      gateway_client c{endpoint{"127.0.0.1", other->port()}, 60s};
+      bool done = false;
+      auto res = c.workflow_result("gw.gate", "w-1", 30s, &done);
+      if (res && done)
+        ++finished;
+    });
+  EXPECT_TRUE(eventually([&] { return other->stats().pending == waiters; }));
+  gateway_client c{endpoint{"127.0.0.1", other->port()}, 10s};
+  auto signalled
+      = c.signal_workflow("gw.gate", "w-1", "approve", "granary.wftest.Number",
+                          R"({"value":"3"})", "sig-w");
+  EXPECT_TRUE(signalled) << describe(signalled.error());
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(finished.load(), waiters);
 }

@@ -193,8 +193,7 @@ public:
                                         std::string_view body,
                                         bool& reachable) {
     auto& endpoint = cfg.endpoints[idx];
-    auto what = std::string{boost::beast::http::to_string(verb)} + " "
-                + std::string{path};
+    auto what = std::string{http::to_string(verb)} + " " + std::string{path};
     http::client_request req;
     req.method = verb;
     req.target = std::string{path};

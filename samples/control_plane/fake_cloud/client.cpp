@@ -38,8 +38,7 @@ struct http_call {
   std::string if_match;
 
   std::string what() const {
-    return "fake cloud: " + std::string{boost::beast::http::to_string(method)}
-           + " " + target;
+    return "fake cloud: " + std::string{http::to_string(method)} + " " + target;
   }
 };
 

@@ -487,7 +487,7 @@ plan server_state::admit(request::op what, const http::request& msg) {
   plan p;
   auto& req = p.req;
   req.what = what;
-  req.method = std::string{boost::beast::http::to_string(msg.method)};
+  req.method = std::string{http::to_string(msg.method)};
   req.path = std::string{msg.path()};
   req.kind = msg.param("kind");
   req.name = msg.param("name");
