@@ -11,6 +11,7 @@
 #include <caf/expected.hpp>
 
 #include "cluster/transport/transport.hpp"
+#include "http/message.hpp"
 #include "runtime/error.hpp"
 #include "runtime/silo.hpp"
 
@@ -28,12 +29,12 @@ inline constexpr size_t max_json_depth = 64;
 struct gateway_config {
   /// Address to bind (an IP literal or "localhost"); port 0 picks a free one.
   endpoint listen{"127.0.0.1", 0};
-  /// Threads running HTTP I/O.
+  /// Threads running the HTTP I/O and the requests' steps (no step waits:
+  /// silo calls, sends, relays and waits complete asynchronously).
   size_t threads = 1;
-  /// Threads handling requests (they block on silo calls and waits).
-  size_t workers = 8;
-  /// Requests accepted but not yet handled; beyond that, 429.
-  size_t max_queued = 1'024;
+  /// Requests in progress (waiting for a silo, another gateway or a poll
+  /// timer); beyond that, 429.
+  size_t max_pending = 1'024;
   /// Connections beyond this many are answered 503 (with `Retry-After`)
   /// and closed.
   size_t max_connections = 256;
@@ -80,8 +81,10 @@ struct gateway_stats {
   uint64_t rejected_connections = 0;
   /// Connections closed because a request header did not arrive in time.
   uint64_t header_timeouts = 0;
-  /// Requests answered, errors included.
+  /// Requests handed to the endpoints, errors included.
   uint64_t requests = 0;
+  /// Requests in progress (waiting for a silo, another gateway or a poll).
+  size_t pending = 0;
 };
 
 /// The HTTP/1.1 JSON gateway of one silo. Messages travel as protobuf's
@@ -107,7 +110,10 @@ struct gateway_stats {
 /// asks for this silo's only). While a silo is down both lists answer with
 /// what the others have and name the gateways that did not answer in
 /// `unreachable` (with their partitions, for workflows). docs/HTTP_API.md
-/// is the reference. Every member function is thread-safe; the silo must
+/// is the reference. Requests are asynchronous end to end: no thread
+/// waits for a silo call, a relay or a `wait_ms`; only storage reads and
+/// dead-letter administration (blocking in the silo's API) run on a pool
+/// of two threads. Every member function is thread-safe; the silo must
 /// outlive the gateway.
 class gateway {
 public:
@@ -130,9 +136,9 @@ public:
   /// Counters.
   gateway_stats stats() const;
 
-  /// Closes the listener and every connection, lets running requests
-  /// finish (each is bounded by its deadline) and joins the threads.
-  /// Idempotent.
+  /// Closes the listener and every connection (requests in progress are
+  /// not answered), lets running relays and storage work finish (each is
+  /// bounded by its deadline) and joins the threads. Idempotent.
   void stop();
 
 private:
@@ -142,7 +148,7 @@ private:
 };
 
 /// Percent-encodes `segment` for use as one path segment.
-std::string percent_encode(std::string_view segment);
+using http::percent_encode;
 
 /// Returns the `errc` whose name is `name`, or `errc::unspecified`.
 errc errc_from_name(std::string_view name);

@@ -24,11 +24,6 @@ struct http_response {
   uint64_t retry_after_s = 0;
 };
 
-/// A synchronous client of a silo's HTTP/JSON gateway (see gateway.hpp).
-/// Each request opens one connection and must complete within the
-/// timeout. Methods return the response's JSON body, or the gateway's
-/// error as a `caf::error` with its `errc` and message; a network failure
-/// is `unspecified` (cannot connect) or `timeout`. Not thread-safe.
 /// A dead-letter list as `GET /v1/dead-letters` answers it.
 struct dead_letter_page {
   std::vector<dead_letter_info> letters;
@@ -42,6 +37,13 @@ struct dead_letter_page {
 /// not one.
 caf::expected<dead_letter_page> parse_dead_letters(const std::string& json);
 
+/// A synchronous client of a silo's HTTP/JSON gateway (see gateway.hpp),
+/// on http/client.hpp. Each request opens one connection and must complete
+/// within the timeout. Methods return the response's JSON body, or the
+/// gateway's error as a `caf::error` with its `errc` and message; a network
+/// failure is `unspecified` (cannot connect) or `timeout`, and message JSON
+/// that does not parse is `invalid_argument` before anything is sent. Not
+/// thread-safe.
 class gateway_client {
 public:
   /// Talks to `server` with a deadline of `timeout` per request.

@@ -2,11 +2,8 @@
 
 #include <cstdio>
 
-#include <google/protobuf/struct.pb.h>
-#include <google/protobuf/util/json_util.h>
-
+#include "gateway/gateway_json.hpp"
 #include "runtime/error.hpp"
-#include "runtime/json.hpp"
 #include "workflow.pb.h"
 
 namespace granary::cluster {
@@ -27,18 +24,23 @@ workflow_history make_history(const grain_id& id,
 }
 
 std::string to_json(const workflow_history& h) {
-  std::string out = "{\"workflow\":" + json_quote(h.workflow) + ",\"status\":"
-                    + json_quote(h.status) + ",\"run\":" + std::to_string(h.run)
-                    + ",\"error\":" + json_quote(h.error) + ",\"journal\":[";
-  for (size_t i = 0; i < h.journal.size(); ++i) {
-    auto& e = h.journal[i];
-    out += (i == 0 ? "{\"seq\":" : ",{\"seq\":") + std::to_string(e.seq)
-           + ",\"kind\":" + json_quote(e.kind)
-           + ",\"target\":" + json_quote(e.target)
-           + ",\"completed\":" + (e.completed ? "true" : "false")
-           + ",\"error\":" + json_quote(e.error) + "}";
+  detail::json journal = detail::json::array();
+  for (auto& e : h.journal) {
+    detail::json entry;
+    entry["seq"] = e.seq;
+    entry["kind"] = e.kind;
+    entry["target"] = e.target;
+    entry["completed"] = e.completed;
+    entry["error"] = e.error;
+    journal.push_back(std::move(entry));
   }
-  return out + "]}";
+  detail::json out;
+  out["workflow"] = h.workflow;
+  out["status"] = h.status;
+  out["run"] = h.run;
+  out["error"] = h.error;
+  out["journal"] = std::move(journal);
+  return detail::dump(out);
 }
 
 std::string to_text(const workflow_history& h) {
@@ -62,41 +64,43 @@ std::string to_text(const workflow_history& h) {
 }
 
 caf::expected<workflow_history> history_from_json(std::string_view json) {
-  google::protobuf::Struct obj;
-  auto st = google::protobuf::util::JsonStringToMessage(
-      google::protobuf::StringPiece{json.data(), json.size()}, &obj);
   auto bad = [](const std::string& why) {
     return make_error(errc::malformed_message,
                       "workflow history is not valid: " + why);
   };
-  if (!st.ok())
-    return bad(st.ToString());
-  auto& f = obj.fields();
-  auto text = [&](const google::protobuf::Struct& s, const char* key) {
-    auto i = s.fields().find(key);
-    return i == s.fields().end() ? std::string{} : i->second.string_value();
+  auto obj = detail::json::parse(json, nullptr, false);
+  if (obj.is_discarded())
+    return bad("not JSON");
+  if (!obj.is_object())
+    return bad("not a JSON object");
+  auto text = [](const detail::json& v, const char* key) {
+    auto i = v.find(key);
+    return i != v.end() && i->is_string() ? i->get<std::string>()
+                                          : std::string{};
+  };
+  auto number = [](const detail::json& v, const char* key) {
+    auto i = v.find(key);
+    return i != v.end() && i->is_number_unsigned() ? i->get<uint64_t>()
+                                                   : uint64_t{0};
   };
   workflow_history h;
   h.workflow = text(obj, "workflow");
   h.status = text(obj, "status");
   h.error = text(obj, "error");
-  if (auto i = f.find("run"); i != f.end())
-    h.run = static_cast<uint32_t>(i->second.number_value());
-  auto j = f.find("journal");
-  if (h.workflow.empty() || j == f.end() || !j->second.has_list_value())
+  h.run = static_cast<uint32_t>(number(obj, "run"));
+  auto j = obj.find("journal");
+  if (h.workflow.empty() || j == obj.end() || !j->is_array())
     return bad("missing 'workflow' or 'journal'");
-  for (auto& v : j->second.list_value().values()) {
-    if (!v.has_struct_value())
+  for (auto& e : *j) {
+    if (!e.is_object())
       return bad("a journal entry is not an object");
-    auto& e = v.struct_value();
     history_entry out;
-    if (auto i = e.fields().find("seq"); i != e.fields().end())
-      out.seq = static_cast<uint64_t>(i->second.number_value());
+    out.seq = number(e, "seq");
     out.kind = text(e, "kind");
     out.target = text(e, "target");
     out.error = text(e, "error");
-    if (auto i = e.fields().find("completed"); i != e.fields().end())
-      out.completed = i->second.bool_value();
+    auto done = e.find("completed");
+    out.completed = done != e.end() && done->is_boolean() && done->get<bool>();
     h.journal.push_back(std::move(out));
   }
   return h;

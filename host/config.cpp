@@ -319,7 +319,7 @@ caf::error read_limits(reader& r, silo_config& cfg) {
 
 caf::error read_gateway(reader& r, gateway_config& cfg) {
   r.size("threads", cfg.threads, 1, 64);
-  r.size("workers", cfg.workers, 1, 1'024);
+  r.size("max_pending", cfg.max_pending, 1, 1'000'000);
   r.size("max_connections", cfg.max_connections, 1, 100'000);
   r.size("max_header_bytes", cfg.max_header_bytes, 512, 1 << 20);
   r.size("max_body_bytes", cfg.max_body_bytes, 1, 64 << 20);

@@ -62,7 +62,7 @@ idle_age_ms = 60000
 scheduler_policy = "sharing"
 
 [gateway]
-workers = 4
+max_pending = 64
 max_body_bytes = 65536
 idle_timeout_ms = 5000
 )");
@@ -88,7 +88,7 @@ idle_timeout_ms = 5000
   EXPECT_EQ(res->membership.detector.missed_probes, 4u);
   EXPECT_FALSE(res->membership.detector.rebalance);
   EXPECT_TRUE(res->membership.clustered());
-  EXPECT_EQ(res->gateway.workers, 4u);
+  EXPECT_EQ(res->gateway.max_pending, 64u);
   EXPECT_EQ(res->gateway.max_body_bytes, 65'536u);
   EXPECT_EQ(res->gateway.idle_timeout, std::chrono::milliseconds{5'000});
 }
@@ -365,7 +365,7 @@ TEST(silo_config_file, the_deploy_example_shows_the_defaults) {
   cluster::gateway_config gateway;
   auto& g = all->gateway;
   EXPECT_EQ(g.threads, gateway.threads);
-  EXPECT_EQ(g.workers, gateway.workers);
+  EXPECT_EQ(g.max_pending, gateway.max_pending);
   EXPECT_EQ(g.max_connections, gateway.max_connections);
   EXPECT_EQ(g.max_header_bytes, gateway.max_header_bytes);
   EXPECT_EQ(g.max_body_bytes, gateway.max_body_bytes);

@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -21,6 +22,7 @@
 #include "gateway/gateway_history.hpp"
 #include "runtime/json.hpp"
 #include "runtime/keys.hpp"
+#include "testing/raw_socket.hpp"
 #include "testing/test_grains.hpp"
 #include "workflow_test.pb.h"
 
@@ -81,70 +83,6 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-// A raw TCP connection to a gateway, for what the client never sends:
-// huge headers, slow headers, many connections.
-class raw_connection {
-public:
-  explicit raw_connection(uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    connected_
-        = fd_ >= 0
-          && ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr))
-                 == 0;
-  }
-
-  ~raw_connection() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-
-  raw_connection(const raw_connection&) = delete;
-  raw_connection& operator=(const raw_connection&) = delete;
-
-  bool connected() const {
-    return connected_;
-  }
-
-  bool send(std::string_view bytes) {
-    while (!bytes.empty()) {
-      auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n <= 0)
-        return false;
-      bytes.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
-  }
-
-  /// Reads until the peer closes or `timeout` passes; returns what came.
-  std::string read_until_closed(std::chrono::milliseconds timeout) {
-    std::string out;
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    char buf[4096];
-    for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0)
-        break;
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        break;
-      auto n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n <= 0)
-        break;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    return out;
-  }
-
-private:
-  int fd_ = -1;
-  bool connected_ = false;
-};
-
 // "GET /healthz" with `extra` header lines, closing the connection after.
 std::string healthz_request(const std::string& extra = {}) {
   return "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + extra
@@ -168,7 +106,6 @@ protected:
     silo_ = std::move(*s);
     gateway_config gcfg;
     gcfg.max_body_bytes = 4096;
-    gcfg.workers = 4;
     gcfg.silo_id = "silo-t";
     gcfg.cluster_id = "test";
     auto g = gateway::start(gcfg, *silo_);
@@ -485,8 +422,8 @@ TEST_F(gateway_test, a_stopped_silo_answers_503) {
 TEST(gateway_config, validates_its_bounds) {
   gateway_config cfg;
   EXPECT_FALSE(cfg.validate());
-  cfg.workers = 0;
-  EXPECT_NE(describe(cfg.validate()).find("workers"), std::string::npos);
+  cfg.max_pending = 0;
+  EXPECT_NE(describe(cfg.validate()).find("max_pending"), std::string::npos);
 }
 
 TEST(gateway_config, percent_encoding_round_trips_through_errc_names) {
@@ -831,4 +768,37 @@ TEST_F(gateway_test, a_list_relayed_to_another_gateway_pages_through_all) {
       break;
   }
   EXPECT_EQ(seen, ids);
+}
+
+TEST_F(gateway_test,
+       waits_hold_no_thread_while_the_signal_that_ends_them_runs) {
+  // One I/O thread and more waits than the gateway once had workers: the
+  // signal is served while every wait is in progress, and ends them all.
+  gateway_config cfg;
+  cfg.threads = 1;
+  start_other(cfg);
+  start_gate("w-1");
+  ASSERT_TRUE(client->update_workflow("gw.gate", "w-1", "add",
+                                      "granary.wftest.Number", R"({"value":1})",
+                                      "u-w"));
+  constexpr size_t waiters = 20;
+  std::atomic<size_t> finished{0};
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < waiters; ++i)
+    threads.emplace_back([&] {
+      gateway_client c{endpoint{"127.0.0.1", other->port()}, 60s};
+      bool done = false;
+      auto res = c.workflow_result("gw.gate", "w-1", 30s, &done);
+      if (res && done)
+        ++finished;
+    });
+  EXPECT_TRUE(eventually([&] { return other->stats().pending == waiters; }));
+  gateway_client c{endpoint{"127.0.0.1", other->port()}, 10s};
+  auto signalled
+      = c.signal_workflow("gw.gate", "w-1", "approve", "granary.wftest.Number",
+                          R"({"value":"3"})", "sig-w");
+  EXPECT_TRUE(signalled) << describe(signalled.error());
+  for (auto& t : threads)
+    t.join();
+  EXPECT_EQ(finished.load(), waiters);
 }

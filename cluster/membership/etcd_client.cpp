@@ -1,34 +1,23 @@
 #include "cluster/membership/etcd_client.hpp"
 
-#include <array>
 #include <atomic>
+#include <charconv>
 #include <mutex>
-#include <optional>
-
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
 
 #include <google/protobuf/util/json_util.h>
 
+#include "http/client.hpp"
 #include "runtime/error.hpp"
 
 namespace granary::cluster {
 
 namespace {
 
-namespace net = boost::asio;
-namespace http = boost::beast::http;
-namespace sys = boost::system;
-using tcp = net::ip::tcp;
 using clock_type = std::chrono::steady_clock;
 
 struct host_port {
   std::string host;
-  std::string port;
+  uint16_t port = 0;
 };
 
 caf::expected<host_port> split_endpoint(std::string_view ep) {
@@ -37,92 +26,36 @@ caf::expected<host_port> split_endpoint(std::string_view ep) {
   while (!ep.empty() && ep.back() == '/')
     ep.remove_suffix(1);
   auto colon = ep.rfind(':');
-  if (colon == std::string_view::npos || colon == 0 || colon + 1 == ep.size())
+  uint16_t port = 0;
+  auto digits = colon == std::string_view::npos ? std::string_view{}
+                                                : ep.substr(colon + 1);
+  auto res
+      = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+  if (colon == std::string_view::npos || colon == 0 || digits.empty()
+      || res.ec != std::errc{} || res.ptr != digits.data() + digits.size())
     return make_error(errc::invalid_config,
                       "etcd endpoint '" + std::string{ep}
                           + "' is not of the form host:port");
-  return host_port{std::string{ep.substr(0, colon)},
-                   std::string{ep.substr(colon + 1)}};
-}
-
-// Runs `ioc` until the operation that `start` begins completes or
-// `deadline` passes; on timeout, `cancel` aborts the operation and the
-// result is `timed_out`. The io_context must have no other work.
-template <class Start, class Cancel>
-sys::error_code run_until(net::io_context& ioc, clock_type::time_point deadline,
-                          Start start, Cancel cancel) {
-  sys::error_code result = net::error::would_block;
-  bool done = false;
-  start([&](sys::error_code ec, auto&&...) {
-    result = ec;
-    done = true;
-  });
-  ioc.restart();
-  auto now = clock_type::now();
-  if (deadline > now)
-    ioc.run_for(deadline - now);
-  if (!done) {
-    cancel();
-    ioc.restart();
-    ioc.run();
-    return net::error::timed_out;
-  }
-  return result;
-}
-
-// Runs `ioc` until the operation that `start` begins completes.
-template <class Start>
-sys::error_code run_to_end(net::io_context& ioc, Start start) {
-  sys::error_code result = net::error::would_block;
-  start([&](sys::error_code ec, auto&&...) { result = ec; });
-  ioc.restart();
-  ioc.run();
-  return result;
-}
-
-// Resolves and connects `sock` to `hp` before `deadline`.
-sys::error_code connect(net::io_context& ioc, tcp::socket& sock,
-                        const host_port& hp, clock_type::time_point deadline) {
-  tcp::resolver resolver{ioc};
-  tcp::resolver::results_type endpoints;
-  auto ec = run_until(
-      ioc, deadline,
-      [&](auto handler) {
-        resolver.async_resolve(
-            hp.host, hp.port,
-            [&endpoints, handler](sys::error_code ec,
-                                  tcp::resolver::results_type results) mutable {
-              endpoints = std::move(results);
-              handler(ec);
-            });
-      },
-      [&] { resolver.cancel(); });
-  if (ec)
-    return ec;
-  ec = run_until(
-      ioc, deadline,
-      [&](auto handler) { net::async_connect(sock, endpoints, handler); },
-      [&] {
-        sys::error_code ignored;
-        sock.close(ignored);
-      });
-  if (!ec) {
-    sys::error_code ignored;
-    sock.set_option(tcp::no_delay{true}, ignored);
-  }
-  return ec;
+  return host_port{std::string{ep.substr(0, colon)}, port};
 }
 
 caf::error transport_error(const std::string& endpoint, std::string_view what,
-                           const sys::error_code& ec) {
-  if (ec == net::error::timed_out)
+                           const http::client_failure& f) {
+  if (f.timed_out)
     return make_error(errc::timeout, "etcd at " + endpoint
                                          + " did not answer in time ("
                                          + std::string{what} + ")");
   return make_error(errc::storage_failure,
                     "etcd at " + endpoint + " is unreachable ("
-                        + std::string{what} + "): " + ec.message()
+                        + std::string{what} + "): " + f.ec.message()
                         + "; is etcd running?");
+}
+
+http::client_options options_of(const etcd_client_config& cfg) {
+  http::client_options opts;
+  opts.timeout = cfg.request_timeout;
+  opts.max_response_bytes = cfg.max_response_bytes;
+  return opts;
 }
 
 std::string http_error_text(const std::string& body) {
@@ -238,9 +171,10 @@ public:
     std::vector<caf::error> errors;
     for (size_t k = 0; k < addrs.size(); ++k) {
       auto idx = (current + k) % addrs.size();
-      if (idx != current) {
-        close();
+      if (idx != current || !conn) {
         current = idx;
+        conn = std::make_unique<http::connection>(
+            addrs[idx].host, addrs[idx].port, options_of(cfg));
       }
       bool reachable = true;
       auto res = request_at(idx, verb, path, body, reachable);
@@ -251,91 +185,54 @@ public:
     return all_failed(errors);
   }
 
-  // One request to endpoint `idx`; `reachable` is cleared when it could not
-  // be reached or did not answer in time (then the next one is tried).
+  // One request to endpoint `idx` on `conn`; `reachable` is cleared when it
+  // could not be reached or did not answer in time (then the next one is
+  // tried).
   caf::expected<std::string> request_at(size_t idx, http::verb verb,
                                         std::string_view path,
                                         std::string_view body,
                                         bool& reachable) {
     auto& endpoint = cfg.endpoints[idx];
-    auto& addr = addrs[idx];
     auto what = std::string{http::to_string(verb)} + " " + std::string{path};
-    http::request<http::string_body> req{
-        verb, boost::beast::string_view{path.data(), path.size()}, 11};
-    req.set(http::field::host, addr.host);
-    req.set(http::field::content_type, "application/json");
-    req.keep_alive(true);
+    http::client_request req;
+    req.method = verb;
+    req.target = std::string{path};
     if (verb == http::verb::post)
-      req.body() = std::string{body};
-    req.prepare_payload();
+      req.body = std::string{body};
+    req.keep_alive = true;
     auto deadline = clock_type::now() + cfg.request_timeout;
-    auto unreachable = [&](const sys::error_code& ec) {
-      reachable = false;
-      return transport_error(endpoint, what, ec);
-    };
     // A reused connection may have been closed by etcd while idle; then
     // the request never reached it and one retry on a new connection is
     // safe. Any other failure has an unknown outcome and is reported.
     for (int attempt = 0; attempt < 2; ++attempt) {
-      bool reused = sock.is_open();
-      if (!reused) {
-        if (auto ec = connect(ioc, sock, addr, deadline)) {
-          close();
-          return unreachable(ec);
-        }
-      }
-      auto ec = run_until(
-          ioc, deadline,
-          [&](auto handler) { http::async_write(sock, req, handler); },
-          [&] { close(); });
-      if (ec) {
-        close();
-        if (reused && attempt == 0 && ec != net::error::timed_out)
+      auto res = conn->exchange(req, deadline);
+      if (!res) {
+        auto& f = *res.failure;
+        bool unsent = f.where == http::client_failure::stage::sending
+                      || (f.where == http::client_failure::stage::reading
+                          && f.received_nothing);
+        if (f.reused_connection && attempt == 0 && unsent && !f.timed_out)
           continue;
-        return unreachable(ec);
-      }
-      http::response_parser<http::string_body> parser;
-      parser.body_limit(cfg.max_response_bytes);
-      ec = run_until(
-          ioc, deadline,
-          [&](auto handler) {
-            http::async_read(sock, buffer, parser, handler);
-          },
-          [&] { close(); });
-      if (ec) {
-        bool nothing_read = !parser.got_some();
-        close();
-        if (reused && attempt == 0 && nothing_read
-            && ec != net::error::timed_out)
-          continue;
-        if (ec == http::error::body_limit)
+        if (f.too_large())
           return make_error(
               errc::payload_too_large,
               "etcd at " + endpoint + ": the answer to " + what + " exceeds "
                   + std::to_string(cfg.max_response_bytes) + " bytes");
-        return unreachable(ec);
+        reachable = false;
+        return transport_error(endpoint, what, f);
       }
-      auto res = parser.release();
-      if (!res.keep_alive())
-        close();
-      if (res.result() != http::status::ok)
+      auto& r = res.response;
+      if (r.status != 200)
         return make_error(errc::storage_failure,
                           "etcd at " + endpoint + ": " + what
-                              + " failed with HTTP "
-                              + std::to_string(res.result_int()) + ": "
-                              + http_error_text(res.body()));
-      return std::move(res.body());
+                              + " failed with HTTP " + std::to_string(r.status)
+                              + ": " + http_error_text(r.body));
+      return std::move(r.body);
     }
     reachable = false;
     return make_error(errc::storage_failure, "etcd at " + endpoint
                                                  + " closed the connection ("
                                                  + what + ")");
-  }
-
-  void close() {
-    sys::error_code ignored;
-    sock.close(ignored);
-    buffer.clear();
   }
 
   std::string endpoint() {
@@ -348,11 +245,9 @@ public:
   caf::error bad_endpoint;
   // Serializes requests; guards everything below.
   std::mutex mtx;
-  // The endpoint the socket belongs to, and the next request goes to.
+  // The endpoint the connection belongs to, and the next request goes to.
   size_t current = 0;
-  net::io_context ioc{1};
-  tcp::socket sock{ioc};
-  boost::beast::flat_buffer buffer;
+  std::unique_ptr<http::connection> conn;
 };
 
 etcd_client::etcd_client(etcd_client_config cfg)
@@ -404,23 +299,33 @@ class etcd_stream::impl {
 public:
   explicit impl(etcd_client_config config)
       : cfg(std::move(config)) {
-    // nop
+    // One connection per endpoint, made up front, so that `close` can
+    // cancel them from another thread while `open` moves between them.
+    for (auto& ep : cfg.endpoints) {
+      auto hp = split_endpoint(ep);
+      if (!hp) {
+        bad_endpoint = std::move(hp.error());
+        break;
+      }
+      conns.push_back(std::make_unique<http::connection>(hp->host, hp->port,
+                                                         options_of(cfg)));
+    }
   }
 
   caf::error open(std::string_view path, std::string_view json) {
     if (cfg.endpoints.empty())
       return no_endpoints();
+    if (bad_endpoint)
+      return bad_endpoint;
     what = "POST " + std::string{path};
     std::vector<caf::error> errors;
-    for (size_t idx = 0; idx < cfg.endpoints.size(); ++idx) {
+    for (size_t idx = 0; idx < conns.size(); ++idx) {
       bool reachable = true;
       auto err = open_at(idx, path, json, reachable);
       if (!err || reachable || closed)
         return err;
       errors.push_back(std::move(err));
-      sys::error_code ignored;
-      sock.close(ignored);
-      buffer.clear();
+      conns[idx]->close();
     }
     return all_failed(errors);
   }
@@ -431,58 +336,35 @@ public:
                      bool& reachable) {
     index = idx;
     endpoint = cfg.endpoints[idx];
-    auto hp = split_endpoint(endpoint);
-    if (!hp)
-      return std::move(hp.error());
     if (closed)
       return stopped();
-    auto deadline = clock_type::now() + cfg.request_timeout;
-    if (auto ec = connect(ioc, sock, *hp, deadline)) {
+    http::client_request req;
+    req.method = http::verb::post;
+    req.target = std::string{path};
+    req.body = std::string{json};
+    req.keep_alive = true;
+    // Each stream on a fresh connection.
+    conns[idx]->close();
+    auto res
+        = conns[idx]->open_stream(req, clock_type::now() + cfg.request_timeout);
+    if (!res) {
       reachable = false;
-      return fail(ec);
+      return fail(*res.failure);
     }
-    http::request<http::string_body> req{
-        http::verb::post, boost::beast::string_view{path.data(), path.size()},
-        11};
-    req.set(http::field::host, hp->host);
-    req.set(http::field::content_type, "application/json");
-    req.body() = std::string{json};
-    req.prepare_payload();
-    auto close_sock = [this] {
-      sys::error_code ignored;
-      sock.close(ignored);
-    };
-    auto ec = run_until(
-        ioc, deadline,
-        [&](auto handler) { http::async_write(sock, req, handler); },
-        close_sock);
-    if (ec) {
-      reachable = false;
-      return fail(ec);
-    }
-    parser.emplace();
-    parser->body_limit(boost::none);
-    ec = run_until(
-        ioc, deadline,
-        [&](auto handler) {
-          http::async_read_header(sock, buffer, *parser, handler);
-        },
-        close_sock);
-    if (ec) {
-      reachable = false;
-      return fail(ec);
-    }
-    if (parser->get().result() != http::status::ok)
+    if (res.response.status != 200)
       return make_error(errc::storage_failure,
                         "etcd at " + endpoint + ": " + what
                             + " failed with HTTP "
-                            + std::to_string(parser->get().result_int()));
+                            + std::to_string(res.response.status));
+    ended = false;
+    pending.clear();
     return caf::none;
   }
 
   caf::expected<std::string> next() {
     // Bounded by the buffer limit: each pass either returns a line or adds
-    // at least one byte to `pending`, which may not exceed the limit.
+    // at least one byte to `pending`, which may not exceed the limit (or
+    // finds the stream ended).
     for (;;) {
       if (auto nl = pending.find('\n'); nl != std::string::npos) {
         auto line = pending.substr(0, nl);
@@ -493,7 +375,7 @@ public:
       }
       if (closed)
         return stopped();
-      if (!parser || parser->is_done())
+      if (ended)
         return make_error(errc::storage_failure, "etcd at " + endpoint
                                                      + " ended the stream ("
                                                      + what + ")");
@@ -502,52 +384,44 @@ public:
             errc::payload_too_large,
             "etcd at " + endpoint + ": a message of " + what + " exceeds "
                 + std::to_string(cfg.max_response_bytes) + " bytes");
-      auto& body = parser->get().body();
-      body.data = chunk.data();
-      body.size = chunk.size();
-      auto ec = run_to_end(ioc, [&](auto handler) {
-        http::async_read_some(sock, buffer, *parser, handler);
-      });
-      pending.append(chunk.data(), chunk.size() - body.size);
-      if (ec && ec != http::error::need_buffer) {
-        if (closed)
-          return stopped();
-        return fail(ec);
+      std::optional<http::client_failure> failure;
+      if (!conns[index]->read_some(pending, failure)) {
+        if (failure) {
+          if (closed)
+            return stopped();
+          return fail(*failure);
+        }
+        ended = true;
       }
     }
   }
 
   void close() {
     closed = true;
-    net::post(ioc, [this] {
-      sys::error_code ignored;
-      sock.close(ignored);
-    });
+    for (auto& c : conns)
+      c->cancel();
   }
 
   caf::error stopped() {
     return make_error(errc::cancelled, "etcd stream " + what + " was closed");
   }
 
-  caf::error fail(const sys::error_code& ec) {
-    sys::error_code ignored;
-    sock.close(ignored);
+  caf::error fail(const http::client_failure& f) {
+    conns[index]->close();
     if (closed)
       return stopped();
-    return transport_error(endpoint, what, ec);
+    return transport_error(endpoint, what, f);
   }
 
   etcd_client_config cfg;
+  caf::error bad_endpoint;
+  std::vector<std::unique_ptr<http::connection>> conns;
   // The endpoint `open` reached (or tried last), and its index.
   std::string endpoint;
   size_t index = 0;
   std::string what = "stream";
   std::atomic<bool> closed{false};
-  net::io_context ioc{1};
-  tcp::socket sock{ioc};
-  boost::beast::flat_buffer buffer;
-  std::optional<http::response_parser<http::buffer_body>> parser;
-  std::array<char, 16 * 1024> chunk;
+  bool ended = false;
   std::string pending;
 };
 

@@ -3,25 +3,16 @@
 #include <algorithm>
 #include <charconv>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
+
+#include "http/client.hpp"
 
 namespace fake_cloud {
 
 namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
+namespace http = granary::http;
 using granary::errc;
 using granary::make_error;
 using std::chrono::milliseconds;
@@ -109,109 +100,41 @@ caf::error classify(const http_call& call, const http_answer& a) {
   return make_error(errc::unspecified, std::move(msg));
 }
 
-caf::error network_error(const http_call& call, beast::error_code ec,
-                         const char* stage, milliseconds timeout) {
-  if (ec == beast::error::timeout)
-    return make_error(errc::timeout, call.what() + " timed out after "
-                                         + std::to_string(timeout.count())
-                                         + " ms while " + stage
-                                         + "; the outcome is unknown");
-  return make_error(errc::unspecified, call.what() + " failed while " + stage
-                                           + ": " + ec.message()
-                                           + "; the outcome is unknown");
+caf::error network_error(const http_call& call, const http::client_failure& f) {
+  return make_error(f.timed_out ? errc::timeout : errc::unspecified,
+                    call.what() + " " + f.describe()
+                        + "; the outcome is unknown");
 }
 
 caf::expected<http_answer> exchange(const std::string& host, uint16_t port,
                                     milliseconds timeout,
                                     const http_call& call) {
-  http::request<http::string_body> req{call.method, call.target, 11};
-  req.set(http::field::host, host + ":" + std::to_string(port));
-  req.set(http::field::user_agent, "granary-fake-cloud-client");
-  req.set(http::field::connection, "close");
+  http::client_request req;
+  req.method = call.method;
+  req.target = call.target;
+  req.user_agent = "granary-fake-cloud-client";
   if (!call.key.empty())
-    req.set("Idempotency-Key", call.key);
+    req.headers.emplace_back("Idempotency-Key", call.key);
   if (!call.if_match.empty())
-    req.set(http::field::if_match, call.if_match);
-  if (call.method == http::verb::put) {
-    req.set(http::field::content_type, "application/json");
-    req.body() = call.body;
-  }
-  req.prepare_payload();
-  // Declared first so that it is destroyed last: its pending handlers
-  // refer to the locals below, and are destroyed without being run.
-  asio::io_context ioc{1};
-  tcp::resolver resolver{ioc};
-  beast::tcp_stream stream{ioc};
-  beast::flat_buffer buf;
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(max_response_bytes);
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  caf::error failure;
-  bool done = false;
-  const char* stage = "resolving the host";
-  auto fail = [&](beast::error_code ec) {
-    failure = network_error(call, ec, stage, timeout);
-    done = true;
-  };
-  auto on_read = [&](beast::error_code ec, size_t) {
-    if (ec)
-      return fail(ec);
-    done = true;
-  };
-  auto on_write = [&](beast::error_code ec, size_t) {
-    if (ec)
-      return fail(ec);
-    stage = "reading the response";
-    stream.expires_at(deadline);
-    http::async_read(stream, buf, parser, on_read);
-  };
-  auto on_connect = [&](beast::error_code ec) {
-    if (ec)
-      return fail(ec);
-    stage = "sending the request";
-    stream.expires_at(deadline);
-    http::async_write(stream, req, on_write);
-  };
-  boost::system::error_code literal;
-  auto addr = asio::ip::make_address(host, literal);
-  if (!literal) {
-    // An IP literal needs no lookup, and asio's resolver would start a
-    // thread for it on every call.
-    stage = "connecting";
-    stream.expires_at(deadline);
-    stream.async_connect(tcp::endpoint{addr, port}, on_connect);
-  } else {
-    resolver.async_resolve(
-        host, std::to_string(port),
-        [&](beast::error_code ec, tcp::resolver::results_type endpoints) {
-          if (ec)
-            return fail(ec);
-          stage = "connecting";
-          stream.expires_at(deadline);
-          stream.async_connect(endpoints,
-                               [&](beast::error_code ec, const tcp::endpoint&) {
-                                 on_connect(ec);
-                               });
-        });
-  }
-  // The stream's own expiry ends connect, write and read; the margin only
-  // bounds the name lookup, which has no expiry of its own.
-  ioc.run_for(timeout + milliseconds{50});
-  if (!done)
-    return network_error(call, beast::error::timeout, stage, timeout);
-  if (failure)
-    return failure;
-  auto& res = parser.get();
+    req.headers.emplace_back("If-Match", call.if_match);
+  if (call.method == http::verb::put)
+    req.body = call.body;
+  http::client_options opts;
+  opts.timeout = timeout;
+  opts.max_response_bytes = max_response_bytes;
+  auto res = http::fetch(host, port, std::move(req), opts);
+  if (!res)
+    return network_error(call, *res.failure);
   http_answer a;
-  a.status = res.result_int();
-  a.body = std::move(res.body());
-  a.replayed = res["Idempotent-Replayed"] == "true";
-  auto ms = res["Retry-After-Ms"];
-  auto secs = res[http::field::retry_after];
+  a.status = res.response.status;
+  a.body = std::move(res.response.body);
+  a.replayed = res.response.header("Idempotent-Replayed") == "true";
+  auto ms = res.response.header("Retry-After-Ms");
+  auto secs = res.response.header("Retry-After");
   if (!ms.empty())
-    a.retry_after_ms = parse_u64({ms.data(), ms.size()});
+    a.retry_after_ms = parse_u64(ms);
   else if (!secs.empty())
-    a.retry_after_ms = parse_u64({secs.data(), secs.size()}) * 1000;
+    a.retry_after_ms = parse_u64(secs) * 1000;
   return a;
 }
 

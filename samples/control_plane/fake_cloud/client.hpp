@@ -25,7 +25,8 @@ struct mutation_result {
   resource res;
 };
 
-/// A synchronous client of the fake cloud, for use inside activities.
+/// A synchronous client of the fake cloud, for use inside activities, on
+/// granary's http/ client.
 ///
 /// Every call opens one connection, sends one request and reads one
 /// response within `timeout` (name lookup, connect, write and read

@@ -1,33 +1,20 @@
 #include "samples/control_plane/fake_cloud/server.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string_view>
-#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include <boost/asio/dispatch.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/error.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
+#include <boost/asio/ip/address.hpp>
 
+#include "http/router.hpp"
+#include "http/server.hpp"
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
 
@@ -94,15 +81,8 @@ caf::error validate(const server_config& cfg) {
 
 namespace detail {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
+namespace http = granary::http;
 using std::chrono::milliseconds;
-
-const boost::system::error_category& http_category() {
-  return http::make_error_code(http::error::end_of_stream).category();
-}
 
 /// An answer before it becomes an HTTP response.
 struct reply {
@@ -125,6 +105,39 @@ reply error_reply(unsigned status, std::string_view code,
     r.body += ",\"retry_after_ms\":" + std::to_string(retry_after_ms);
   r.body += "}";
   return r;
+}
+
+http::response to_response(reply r) {
+  http::response out;
+  out.status = r.status;
+  out.body = std::move(r.body);
+  out.retry_after_ms = r.retry_after_ms;
+  if (r.retry_after_ms > 0)
+    out.headers.emplace_back("Retry-After-Ms",
+                             std::to_string(r.retry_after_ms));
+  if (r.replayed)
+    out.headers.emplace_back("Idempotent-Replayed", "true");
+  return out;
+}
+
+// The error codes of the answers the HTTP server gives itself.
+std::string_view code_of(http::refusal r) {
+  switch (r) {
+    case http::refusal::body_too_large:
+      return "payload_too_large";
+    case http::refusal::header_too_large:
+      return "header_too_large";
+    case http::refusal::header_timeout:
+      return "request_timeout";
+    case http::refusal::malformed:
+      return "bad_request";
+    case http::refusal::too_many_connections:
+    case http::refusal::too_many_pending:
+      return "unavailable";
+    case http::refusal::dropped:
+      return "internal";
+  }
+  return "internal";
 }
 
 /// What the request asks for, once routed and validated.
@@ -234,11 +247,9 @@ private:
   uint64_t state_;
 };
 
-class session;
-
 /// Everything behind `server`: the resource store, the mutation record,
-/// the fault state and the io_context with its threads.
-class server_state {
+/// the fault state, and the routes served by an `http::server`.
+class server_state : public std::enable_shared_from_this<server_state> {
 public:
   explicit server_state(server_config cfg)
       : cfg_(std::move(cfg))
@@ -247,40 +258,16 @@ public:
     refilled_ = std::chrono::steady_clock::now();
   }
 
-  ~server_state() {
-    stop();
-  }
+  /// Listens and serves (the routes hold this state).
+  caf::error start();
 
-  caf::error listen() {
-    beast::error_code ec;
-    tcp::endpoint ep{asio::ip::make_address(cfg_.host, ec), cfg_.port};
-    if (!ec)
-      acceptor_.open(ep.protocol(), ec);
-    if (!ec)
-      acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-    if (!ec)
-      acceptor_.bind(ep, ec);
-    if (!ec)
-      acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    if (!ec)
-      port_ = acceptor_.local_endpoint(ec).port();
-    if (ec)
-      return make_error(errc::unspecified,
-                        "fake cloud cannot listen on " + cfg_.host + ":"
-                            + std::to_string(cfg_.port) + ": " + ec.message());
-    return caf::none;
+  void stop() {
+    if (http_)
+      http_->stop();
   }
-
-  void run() {
-    accept();
-    for (size_t i = 0; i < cfg_.threads; ++i)
-      threads_.emplace_back([this] { work(); });
-  }
-
-  void stop();
 
   uint16_t port() const {
-    return port_;
+    return http_->port();
   }
 
   const server_config& config() const {
@@ -303,21 +290,13 @@ public:
   }
 
   connection_stats connections() const {
-    std::lock_guard guard{mtx_};
-    return conns_;
+    auto s = http_->stats();
+    connection_stats out;
+    out.open = s.open_connections;
+    out.accepted = s.accepted;
+    out.rejected = s.rejected_connections;
+    return out;
   }
-
-  /// Routes and validates a request and draws its faults.
-  plan admit(const http::request<http::string_body>& msg);
-
-  /// Applies (or replays, or reads) the request of `p`.
-  reply execute(const plan& p);
-
-  /// Counts the connection of `s`; false when the cap is reached.
-  bool add_session(const std::shared_ptr<session>& s);
-
-  /// Forgets the connection of `s` (from its destructor).
-  void remove_session(const session* s);
 
 private:
   struct key_record {
@@ -338,23 +317,15 @@ private:
     std::string created_by;
   };
 
-  void work() {
-    // A throwing handler must not take the whole server down; the loop
-    // ends when `run` returns normally, i.e. when the work is gone.
-    for (;;) {
-      try {
-        ioc_.run();
-        break;
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "fake cloud: handler threw: %s\n", e.what());
-      }
-    }
-    std::lock_guard guard{mtx_};
-    ++threads_done_;
-    threads_cv_.notify_all();
-  }
+  /// Validates a routed request and draws its faults.
+  plan admit(request::op what, const http::request& msg);
 
-  void accept();
+  /// Serves a routed request as its plan says: delays, applies and
+  /// answers it, or holds it and closes the connection unanswered.
+  void serve(request::op what, http::request msg, http::responder res);
+
+  /// Applies (or replays, or reads) the request of `p`.
+  reply execute(const plan& p);
 
   audit_summary audit_locked() const;
 
@@ -372,7 +343,6 @@ private:
 
   // Set once in the constructor; `faults_` holds the live copy of faults.
   const server_config cfg_;
-  uint16_t port_ = 0;
 
   mutable std::mutex mtx_;
   fault_config faults_;
@@ -386,346 +356,141 @@ private:
   uint64_t conflicts_ = 0;
   std::vector<double_create> double_creates_;
   fault_counts fault_counts_;
-  connection_stats conns_;
-  std::map<const session*, std::weak_ptr<session>> sessions_;
-  bool stopping_ = false;
-  size_t threads_done_ = 0;
-  std::condition_variable threads_cv_;
 
-  // Destroyed first: its pending handlers own sessions, whose destructors
-  // use the members above.
-  asio::io_context ioc_{static_cast<int>(cfg_.threads)};
-  asio::executor_work_guard<asio::io_context::executor_type> work_{
-      ioc_.get_executor()};
-  tcp::acceptor acceptor_{asio::make_strand(ioc_)};
-  asio::steady_timer accept_retry_{acceptor_.get_executor()};
-  std::vector<std::thread> threads_;
+  http::router routes_;
+  std::unique_ptr<http::server> http_;
 };
 
-/// One connection: reads requests one at a time, delays, applies and
-/// answers them, or holds and drops them as the plan says.
-class session : public std::enable_shared_from_this<session> {
-public:
-  session(server_state& st, tcp::socket sock)
-      : st_(st)
-      , stream_(std::move(sock))
-      , timer_(stream_.get_executor())
-      , buf_(st.config().max_header_bytes + st.config().max_body_bytes + 4096) {
-  }
+caf::error server_state::start() {
+  std::weak_ptr<server_state> weak = shared_from_this();
+  // The routes hold the state weakly: the state owns the server, and with
+  // it the routes.
+  auto route = [weak](request::op what) {
+    return [weak, what](http::request req, http::responder res) {
+      if (auto self = weak.lock())
+        self->serve(what, std::move(req), std::move(res));
+    };
+  };
+  auto answer = [](unsigned status, std::string body) {
+    return [status, body](http::request, http::responder res) {
+      res.send(to_response(reply{status, body}));
+    };
+  };
+  routes_.add(http::verb::get, "/healthz", answer(200, "{\"status\":\"ok\"}"))
+      .add(http::verb::get, "/v1/_audit",
+           [weak](http::request, http::responder res) {
+             if (auto self = weak.lock())
+               res.send(to_response(reply{200, to_json(self->audit())}));
+           })
+      .add(http::verb::get, "/v1/{kind}", route(request::op::list))
+      .add(http::verb::get, "/v1/{kind}/{name}", route(request::op::get))
+      .add(http::verb::put, "/v1/{kind}/{name}", route(request::op::put))
+      .add(http::verb::delete_, "/v1/{kind}/{name}", route(request::op::del))
+      .on_error([](const http::request& req, const http::router_error& e) {
+        std::string path{req.path()};
+        if (e.status == 404)
+          return to_response(error_reply(404, "not_found",
+                                         "no route for '" + path
+                                             + "'; use /v1/{kind}[/{name}]"));
+        if (e.status == 405)
+          return to_response(error_reply(405, "method_not_allowed", e.message));
+        return to_response(error_reply(e.status, "bad_request", e.message));
+      });
+  auto render = [](const http::server_error& e) {
+    return to_response(
+        error_reply(e.status, code_of(e.what), e.message, e.retry_after_ms));
+  };
+  // A provider that is full just closes new connections; one slow to send
+  // its request header has the idle timeout to do so.
+  http::server_config hc{.host = cfg_.host,
+                         .port = cfg_.port,
+                         .threads = cfg_.threads,
+                         .max_connections = cfg_.max_connections,
+                         .answer_refused_connections = false,
+                         .max_header_bytes = cfg_.max_header_bytes,
+                         .max_body_bytes = cfg_.max_body_bytes,
+                         .header_timeout = cfg_.idle_timeout,
+                         .idle_timeout = cfg_.idle_timeout,
+                         .name = "fake-cloud",
+                         .render = render};
+  auto srv = http::server::start(std::move(hc), std::ref(routes_));
+  if (!srv)
+    return make_error(errc::unspecified,
+                      "fake cloud: " + granary::describe(srv.error()));
+  http_ = std::move(*srv);
+  return caf::none;
+}
 
-  ~session() {
-    st_.remove_session(this);
-  }
+namespace {
 
-  void start() {
-    asio::dispatch(stream_.get_executor(),
-                   [self = shared_from_this()] { self->read(); });
-  }
+// A faultable request in progress: its plan and its way back.
+struct held {
+  plan p;
+  http::responder res;
+};
 
-  /// Closes the connection at once; pending operations end aborted.
-  void abort() {
-    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] {
-      self->closing_ = true;
-      self->timer_.cancel();
-      beast::error_code ec;
-      self->stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-      self->stream_.close();
-    });
-  }
+} // namespace
 
-private:
-  void read() {
-    if (closing_)
-      return;
-    parser_.emplace();
-    parser_->header_limit(static_cast<uint32_t>(st_.config().max_header_bytes));
-    parser_->body_limit(st_.config().max_body_bytes);
-    stream_.expires_after(st_.config().idle_timeout);
-    http::async_read(stream_, buf_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       self->on_read(ec);
-                     });
+void server_state::serve(request::op what, http::request msg,
+                         http::responder res) {
+  auto h = std::make_shared<held>();
+  h->p = admit(what, msg);
+  h->res = std::move(res);
+  if (h->p.now) {
+    h->res.send(to_response(std::move(*h->p.now)));
+    return;
   }
-
-  void on_read(beast::error_code ec) {
-    if (closing_ || ec == asio::error::operation_aborted)
+  std::weak_ptr<server_state> weak = shared_from_this();
+  // Runs on the connection's strand, after the latency.
+  auto proceed = [weak, h] {
+    auto self = weak.lock();
+    if (!self)
       return;
-    if (ec == http::error::body_limit) {
-      answer(error_reply(413, "payload_too_large",
-                         "request body exceeds "
-                             + std::to_string(st_.config().max_body_bytes)
-                             + " bytes"),
-             false);
-      return;
-    }
-    if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
-      answer(error_reply(431, "header_too_large",
-                         "request header exceeds "
-                             + std::to_string(st_.config().max_header_bytes)
-                             + " bytes"),
-             false);
-      return;
-    }
-    if (ec
-        && (ec == http::error::end_of_stream
-            || ec == http::error::partial_message
-            || ec.category() != http_category())) {
-      // The client left, went idle or the socket failed: nothing to answer.
-      drop();
-      return;
-    }
-    if (ec) {
-      answer(error_reply(400, "bad_request", "malformed HTTP: " + ec.message()),
-             false);
-      return;
-    }
-    auto& msg = parser_->get();
-    keep_alive_ = msg.keep_alive();
-    plan_ = st_.admit(msg);
-    if (plan_.now) {
-      answer(std::move(*plan_.now), keep_alive_);
-      return;
-    }
-    stream_.expires_never();
-    if (plan_.latency.count() == 0) {
-      proceed();
-      return;
-    }
-    timer_.expires_after(plan_.latency);
-    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
-      if (!ec && !self->closing_)
-        self->proceed();
-    });
-  }
-
-  void proceed() {
-    switch (plan_.what) {
+    auto hold = [h] {
+      // Held for `timeout`, then closed without an answer.
+      h->res.after(h->p.hold, [h] { h->res.drop(); });
+    };
+    switch (h->p.what) {
       case fate::fail_before: {
-        auto r
-            = error_reply(plan_.fail_status,
-                          plan_.fail_status == 503 ? "unavailable" : "internal",
-                          "injected failure; the mutation was not applied",
-                          plan_.fail_status == 503 ? 100 : 0);
-        answer(std::move(r), keep_alive_);
+        auto status = h->p.fail_status;
+        h->res.send(to_response(
+            error_reply(status, status == 503 ? "unavailable" : "internal",
+                        "injected failure; the mutation was not applied",
+                        status == 503 ? 100 : 0)));
         return;
       }
       case fate::timeout_before:
         hold();
         return;
       case fate::timeout_after:
-        st_.execute(plan_);
+        self->execute(h->p);
         hold();
         return;
       case fate::fail_after:
-        st_.execute(plan_);
-        answer(error_reply(500, "internal",
-                           "injected failure after the mutation was applied"),
-               keep_alive_);
+        self->execute(h->p);
+        h->res.send(to_response(
+            error_reply(500, "internal",
+                        "injected failure after the mutation was applied")));
         return;
       case fate::normal:
-        answer(st_.execute(plan_), keep_alive_);
+        h->res.send(to_response(self->execute(h->p)));
         return;
     }
-  }
-
-  void hold() {
-    timer_.expires_after(plan_.hold);
-    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
-      if (!ec && !self->closing_)
-        self->drop();
-    });
-  }
-
-  void answer(reply r, bool keep_alive) {
-    res_ = {};
-    res_.version(11);
-    res_.result(r.status);
-    res_.set(http::field::server, "fake-cloud");
-    res_.set(http::field::content_type, "application/json");
-    if (r.retry_after_ms > 0) {
-      res_.set(http::field::retry_after,
-               std::to_string((r.retry_after_ms + 999) / 1000));
-      res_.set("Retry-After-Ms", std::to_string(r.retry_after_ms));
-    }
-    if (r.replayed)
-      res_.set("Idempotent-Replayed", "true");
-    res_.keep_alive(keep_alive);
-    res_.body() = std::move(r.body);
-    res_.prepare_payload();
-    stream_.expires_after(st_.config().idle_timeout);
-    http::async_write(
-        stream_, res_,
-        [self = shared_from_this(), keep_alive](beast::error_code ec, size_t) {
-          if (ec || self->closing_)
-            return;
-          if (keep_alive)
-            self->read();
-          else
-            self->linger();
-        });
-  }
-
-  // Closing a socket with unread input makes the kernel send a reset,
-  // which can destroy the response before the client reads it. So shut
-  // down the sending side and drain what the client still sends, bounded
-  // in bytes and time, before closing.
-  void linger() {
-    beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    drained_ = 0;
-    stream_.expires_after(milliseconds{500});
-    drain();
-  }
-
-  void drain() {
-    stream_.async_read_some(
-        asio::buffer(scratch_),
-        [self = shared_from_this()](beast::error_code ec, size_t n) {
-          self->drained_ += n;
-          if (ec || self->closing_
-              || self->drained_ > self->st_.config().max_body_bytes + 65536) {
-            self->stream_.close();
-            return;
-          }
-          self->drain();
-        });
-  }
-
-  void drop() {
-    beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close();
-  }
-
-  server_state& st_;
-  beast::tcp_stream stream_;
-  asio::steady_timer timer_;
-  beast::flat_buffer buf_;
-  std::optional<http::request_parser<http::string_body>> parser_;
-  http::response<http::string_body> res_;
-  plan plan_;
-  bool keep_alive_ = false;
-  bool closing_ = false;
-  size_t drained_ = 0;
-  std::array<char, 4096> scratch_;
-};
-
-void server_state::accept() {
-  acceptor_.async_accept(
-      asio::make_strand(ioc_), [this](beast::error_code ec, tcp::socket sock) {
-        {
-          std::lock_guard guard{mtx_};
-          if (stopping_)
-            return;
-        }
-        if (ec == asio::error::operation_aborted)
-          return;
-        if (ec) {
-          // Out of descriptors or similar: back off instead of spinning.
-          accept_retry_.expires_after(milliseconds{50});
-          accept_retry_.async_wait([this](beast::error_code ec) {
-            if (!ec)
-              accept();
-          });
-          return;
-        }
-        auto s = std::make_shared<session>(*this, std::move(sock));
-        if (add_session(s))
-          s->start();
-        else
-          s->abort();
-        accept();
-      });
+  };
+  if (h->p.latency.count() == 0)
+    proceed();
+  else
+    h->res.after(h->p.latency, proceed);
 }
 
-bool server_state::add_session(const std::shared_ptr<session>& s) {
-  std::lock_guard guard{mtx_};
-  ++conns_.accepted;
-  if (conns_.open >= cfg_.max_connections) {
-    ++conns_.rejected;
-    return false;
-  }
-  ++conns_.open;
-  sessions_.emplace(s.get(), s);
-  return true;
-}
-
-void server_state::remove_session(const session* s) {
-  std::lock_guard guard{mtx_};
-  if (sessions_.erase(s) > 0)
-    --conns_.open;
-}
-
-void server_state::stop() {
-  std::vector<std::shared_ptr<session>> open;
-  {
-    std::lock_guard guard{mtx_};
-    if (stopping_)
-      return;
-    stopping_ = true;
-    for (auto& [ptr, weak] : sessions_)
-      if (auto s = weak.lock())
-        open.push_back(std::move(s));
-  }
-  asio::post(acceptor_.get_executor(), [this] {
-    beast::error_code ec;
-    acceptor_.close(ec);
-    accept_retry_.cancel();
-  });
-  for (auto& s : open)
-    s->abort();
-  open.clear();
-  work_.reset();
-  {
-    // Aborted operations finish quickly; a bounded wait covers handlers
-    // that would not, and then the loop is stopped outright.
-    std::unique_lock guard{mtx_};
-    auto done = [this] { return threads_done_ == threads_.size(); };
-    if (!threads_cv_.wait_for(guard, std::chrono::seconds{2}, done)) {
-      guard.unlock();
-      ioc_.stop();
-    }
-  }
-  for (auto& t : threads_)
-    t.join();
-  threads_.clear();
-}
-
-plan server_state::admit(const http::request<http::string_body>& msg) {
+plan server_state::admit(request::op what, const http::request& msg) {
   plan p;
   auto& req = p.req;
-  std::string_view target{msg.target().data(), msg.target().size()};
-  if (auto q = target.find('?'); q != std::string_view::npos)
-    target = target.substr(0, q);
-  req.method = std::string{msg.method_string()};
-  req.path = std::string{target};
-  bool is_get = msg.method() == http::verb::get;
-  if (target == "/healthz") {
-    if (is_get)
-      p.now = reply{200, "{\"status\":\"ok\"}"};
-    else
-      p.now = error_reply(405, "method_not_allowed", "use GET /healthz");
-    return p;
-  }
-  if (target == "/v1/_audit") {
-    if (is_get)
-      p.now = reply{200, to_json(audit())};
-    else
-      p.now = error_reply(405, "method_not_allowed", "use GET /v1/_audit");
-    return p;
-  }
-  constexpr std::string_view prefix = "/v1/";
-  if (target.substr(0, prefix.size()) != prefix) {
-    p.now = error_reply(404, "not_found",
-                        "no route for '" + req.path
-                            + "'; use /v1/{kind}[/{name}]");
-    return p;
-  }
-  auto rest = target.substr(prefix.size());
-  auto slash = rest.find('/');
-  req.kind = std::string{rest.substr(0, slash)};
-  if (slash != std::string_view::npos)
-    req.name = std::string{rest.substr(slash + 1)};
+  req.what = what;
+  req.method = std::string{http::to_string(msg.method)};
+  req.path = std::string{msg.path()};
+  req.kind = msg.param("kind");
+  req.name = msg.param("name");
   if (!valid_kind(req.kind)) {
     p.now = error_reply(400, "bad_kind",
                         "kind '" + req.kind
@@ -733,30 +498,15 @@ plan server_state::admit(const http::request<http::string_body>& msg) {
                               "starting with '_'");
     return p;
   }
-  if (slash != std::string_view::npos && !valid_name(req.name)) {
+  if (what != request::op::list && !valid_name(req.name)) {
     p.now = error_reply(400, "bad_name",
                         "name '" + req.name
                             + "' must be 1-128 characters of [A-Za-z0-9._:-]");
     return p;
   }
-  bool mutation = false;
-  if (slash == std::string_view::npos) {
-    if (!is_get) {
-      p.now = error_reply(405, "method_not_allowed",
-                          "use GET /v1/{kind} to list, or PUT/DELETE on "
-                          "/v1/{kind}/{name}");
-      return p;
-    }
-    req.what = request::op::list;
-  } else if (is_get) {
-    req.what = request::op::get;
-  } else if (msg.method() == http::verb::put
-             || msg.method() == http::verb::delete_) {
-    mutation = true;
-    req.what
-        = msg.method() == http::verb::put ? request::op::put : request::op::del;
-    auto key = msg["Idempotency-Key"];
-    req.key = std::string{key.data(), key.size()};
+  bool mutation = what == request::op::put || what == request::op::del;
+  if (mutation) {
+    req.key = std::string{msg.header("Idempotency-Key")};
     if (req.key.empty()) {
       p.now = error_reply(400, "missing_idempotency_key",
                           "PUT and DELETE require an Idempotency-Key header");
@@ -768,8 +518,8 @@ plan server_state::admit(const http::request<http::string_body>& msg) {
                           "characters without spaces");
       return p;
     }
-    if (req.what == request::op::put) {
-      const auto& body = msg.body();
+    if (what == request::op::put) {
+      const auto& body = msg.body;
       auto spec = spec_from_json(body.empty() ? std::string_view{"{}"}
                                               : std::string_view{body});
       if (!spec) {
@@ -777,19 +527,13 @@ plan server_state::admit(const http::request<http::string_body>& msg) {
         return p;
       }
       req.spec = std::move(*spec);
-      auto if_match = msg[http::field::if_match];
-      if (!if_match.empty()
-          && !parse_if_match({if_match.data(), if_match.size()},
-                             req.if_match)) {
+      auto if_match = msg.header("If-Match");
+      if (!if_match.empty() && !parse_if_match(if_match, req.if_match)) {
         p.now = error_reply(400, "bad_if_match",
                             "If-Match must be '*' or a resource version");
         return p;
       }
     }
-  } else {
-    p.now = error_reply(405, "method_not_allowed",
-                        "use GET, PUT or DELETE on /v1/{kind}/{name}");
-    return p;
   }
   std::lock_guard guard{mtx_};
   auto& f = faults_;
@@ -990,7 +734,7 @@ audit_summary server_state::audit_locked() const {
 
 } // namespace detail
 
-server::server(std::unique_ptr<detail::server_state> state)
+server::server(std::shared_ptr<detail::server_state> state)
     : state_(std::move(state)) {}
 
 server::~server() {
@@ -1000,10 +744,9 @@ server::~server() {
 caf::expected<std::unique_ptr<server>> server::start(server_config cfg) {
   if (auto err = validate(cfg))
     return err;
-  auto state = std::make_unique<detail::server_state>(std::move(cfg));
-  if (auto err = state->listen())
+  auto state = std::make_shared<detail::server_state>(std::move(cfg));
+  if (auto err = state->start())
     return err;
-  state->run();
   return std::unique_ptr<server>{new server(std::move(state))};
 }
 

@@ -86,8 +86,9 @@ struct connection_stats {
 };
 
 /// An HTTP/1.1 server that imitates a slow, flaky, throttled cloud
-/// provider API (see README.md). It runs on its own threads; every member
-/// function is thread-safe.
+/// provider API (see README.md), on granary's http/ server (latencies and
+/// held requests wait on timers, not threads). It runs on its own
+/// threads; every member function is thread-safe.
 class server {
 public:
   /// Binds, listens and starts the threads; `invalid_config` for a bad
@@ -121,9 +122,9 @@ public:
   void stop();
 
 private:
-  explicit server(std::unique_ptr<detail::server_state> state);
+  explicit server(std::shared_ptr<detail::server_state> state);
 
-  std::unique_ptr<detail::server_state> state_;
+  std::shared_ptr<detail::server_state> state_;
 };
 
 } // namespace fake_cloud
