@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 
+#include "actors/workflow_client.hpp"
 #include "gateway/gateway_core.hpp"
 #include "gateway/gateway_history.hpp"
 #include "runtime/keys.hpp"
@@ -67,6 +68,18 @@ json info_json(const grain_id& id, const wire::WorkflowInfo& info,
   out["started"] = info.started();
   out["journal_size"] = info.journal_size();
   out["error"] = info.error();
+  if (info.error_code() != 0)
+    out["error_code"] = to_string(static_cast<errc>(info.error_code()));
+  out["run"] = info.run();
+  // What the run waits on now, as fields and as one readable line each.
+  auto waiting = json::array();
+  for (auto& w : info.waiting()) {
+    auto entry = message_json(w);
+    entry["text"] = to_string(w);
+    waiting.push_back(std::move(entry));
+  }
+  out["waiting"] = std::move(waiting);
+  out["waiting_count"] = info.waiting_count();
   if (done)
     out["finished"] = *done;
   out["output_type"] = info.output_type();

@@ -30,6 +30,7 @@
 #include "runtime/error.hpp"
 #include "runtime/silo.hpp"
 #include "samples/hello/counter.hpp"
+#include "testing/windowed_sender.hpp"
 
 using namespace std::chrono_literals;
 
@@ -120,100 +121,35 @@ std::unique_ptr<granary::silo> open_silo(const std::string& data_dir) {
   return std::move(*s);
 }
 
-/// Sends every increment 0..count-1 with at most `window` in flight and
-/// retries failed ones with the same msg_id until all are acknowledged.
-class runner {
-public:
-  runner(granary::silo& s, const options& opts)
-      : silo_(s)
-      , opts_(opts)
-      , acks_(static_cast<size_t>(opts.count)) {}
-
-  void run() {
-    int64_t next = 0;
-    std::unique_lock guard{mtx_};
-    while (acked_ < opts_.count) {
-      auto now = std::chrono::steady_clock::now();
-      int64_t pick = -1;
-      if (inflight_ < opts_.window) {
-        if (!retries_.empty() && retries_.front().due <= now) {
-          pick = retries_.front().id;
-          retries_.pop_front();
-        } else if (next < opts_.count) {
-          pick = next++;
-        }
-      }
-      if (pick < 0) {
-        auto until = now + 50ms;
-        if (!retries_.empty())
-          until = std::min(until, retries_.front().due);
-        cv_.wait_until(guard, until);
-        continue;
-      }
-      ++inflight_;
-      // The callback may run inline (e.g. on an admission error) and takes
-      // the mutex itself.
-      guard.unlock();
-      send(pick);
-      guard.lock();
-    }
-  }
-
-private:
-  struct retry {
-    int64_t id;
-    std::chrono::steady_clock::time_point due;
-  };
-
-  void send(int64_t i) {
-    hello::Add add;
-    add.set_delta(1);
-    auto target
-        = granary::id_of<hello::counter>(counter_key(i % opts_.counters));
-    silo_.send_async(std::move(target), add, "inc-" + std::to_string(i),
-                     [this, i](const caf::error& err) { on_done(i, err); });
-  }
-
-  void on_done(int64_t i, const caf::error& err) {
-    std::lock_guard guard{mtx_};
-    // The line goes out first: once it is written, the parent counts the
-    // increment as promised, whatever happens to this process next.
-    if (!err) {
-      std::printf("ack %lld\n", static_cast<long long>(i));
-      std::fflush(stdout);
-      // Counting distinct ids keeps a callback that runs twice (a runtime
-      // bug) from ending the run early; it is reported, not hidden.
-      if (acks_[static_cast<size_t>(i)]++ == 0)
-        ++acked_;
-      else
-        std::fprintf(stderr, "crash_child: id %lld acknowledged %d times\n",
-                     static_cast<long long>(i), acks_[static_cast<size_t>(i)]);
-    } else {
-      std::printf("err %lld %s\n", static_cast<long long>(i),
-                  granary::describe(err).c_str());
-      std::fflush(stdout);
-      retries_.push_back(
-          retry{i, std::chrono::steady_clock::now() + retry_delay});
-    }
-    --inflight_;
-    cv_.notify_one();
-  }
-
-  static constexpr auto retry_delay = 10ms;
-
-  granary::silo& silo_;
-  const options& opts_;
-  std::mutex mtx_;
-  std::condition_variable cv_;
-  int64_t inflight_ = 0;
-  int64_t acked_ = 0;
-  std::vector<int> acks_;
-  std::deque<retry> retries_;
-};
-
+// Sends every increment 0..count-1 with at most `window` in flight and
+// retries failed ones with the same msg_id until all are acknowledged.
 int run_mode(granary::silo& s, const options& opts) {
-  runner r{s, opts};
-  r.run();
+  granary::testing::windowed_sender sender{
+      opts.count, opts.window, 10ms,
+      [&](int64_t i, granary::testing::windowed_sender::done_fn done) {
+        hello::Add add;
+        add.set_delta(1);
+        auto target
+            = granary::id_of<hello::counter>(counter_key(i % opts.counters));
+        s.send_async(std::move(target), add, "inc-" + std::to_string(i),
+                     std::move(done));
+      },
+      [](int64_t i, const caf::error& err, int acks) {
+        // The line goes out first: once it is written, the parent counts
+        // the increment as promised, whatever happens to this process next.
+        if (err) {
+          std::printf("err %lld %s\n", static_cast<long long>(i),
+                      granary::describe(err).c_str());
+          std::fflush(stdout);
+          return;
+        }
+        std::printf("ack %lld\n", static_cast<long long>(i));
+        std::fflush(stdout);
+        if (acks > 1)
+          std::fprintf(stderr, "crash_child: id %lld acknowledged %d times\n",
+                       static_cast<long long>(i), acks);
+      }};
+  sender.run();
   std::printf("done\n");
   std::fflush(stdout);
   return 0;

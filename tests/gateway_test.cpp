@@ -212,6 +212,15 @@ TEST_F(gateway_test, a_workflow_runs_through_every_endpoint) {
     auto q = client->query_workflow("gw.gate", "g-1", "progress");
     return q && contains(*q, "\"value\":{\"value\":\"1\"}");
   }));
+  // The description says what the run waits on: the update named "add".
+  std::string waiting;
+  EXPECT_TRUE(eventually([&] {
+    auto d = client->describe_workflow("gw.gate", "g-1");
+    waiting = d ? *d : describe(d.error());
+    return d && contains(*d, "\"kind\":\"UPDATE\"")
+           && contains(*d, "\"target\":\"add\"")
+           && contains(*d, "\"waiting_count\":1");
+  })) << waiting;
   auto nothing = client->query_workflow("gw.gate", "g-1", "nothing");
   ASSERT_FALSE(nothing);
   EXPECT_EQ(code_of(nothing.error()), errc::not_found);

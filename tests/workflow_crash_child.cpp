@@ -53,6 +53,7 @@
 #include "runtime/error.hpp"
 #include "runtime/silo.hpp"
 #include "testing/test_grains.hpp"
+#include "testing/windowed_sender.hpp"
 #include "workflow_crash.pb.h"
 
 using namespace std::chrono_literals;
@@ -287,84 +288,6 @@ std::string ledger_key(int64_t k) {
   return "ledger-" + std::to_string(k);
 }
 
-/// Sends every start with at most `window` in flight, each with its own
-/// msg_id, and resends refused ones until all are durable.
-class starter {
-public:
-  starter(granary::silo& s, const options& opts)
-      : silo_(s)
-      , opts_(opts) {}
-
-  void run() {
-    int64_t next = 0;
-    std::unique_lock guard{mtx_};
-    while (acked_ < opts_.count) {
-      auto now = std::chrono::steady_clock::now();
-      int64_t pick = -1;
-      if (inflight_ < opts_.window) {
-        if (!retries_.empty() && retries_.front().due <= now) {
-          pick = retries_.front().id;
-          retries_.pop_front();
-        } else if (next < opts_.count) {
-          pick = next++;
-        }
-      }
-      if (pick < 0) {
-        auto until = now + 50ms;
-        if (!retries_.empty())
-          until = std::min(until, retries_.front().due);
-        cv_.wait_until(guard, until);
-        continue;
-      }
-      ++inflight_;
-      // The callback may run inline and takes the mutex itself.
-      guard.unlock();
-      send(pick);
-      guard.lock();
-    }
-  }
-
-private:
-  struct retry {
-    int64_t id;
-    std::chrono::steady_clock::time_point due;
-  };
-
-  void send(int64_t i) {
-    granary::wfcrash::Job job;
-    job.set_ledger(ledger_key(i % opts_.ledgers));
-    job.set_sleep_ms(100 + (i * 37) % 400);
-    silo_.send_async(granary::id_of<provision_flow>(workflow_key(i)), job,
-                     "start-" + workflow_key(i),
-                     [this, i](const caf::error& err) { on_done(i, err); });
-  }
-
-  void on_done(int64_t i, const caf::error& err) {
-    std::lock_guard guard{mtx_};
-    if (!err) {
-      ++acked_;
-    } else {
-      if (granary::code_of(err) != granary::errc::overloaded)
-        std::fprintf(stderr, "workflow_crash_child: start of %s: %s\n",
-                     workflow_key(i).c_str(), granary::describe(err).c_str());
-      retries_.push_back(
-          retry{i, std::chrono::steady_clock::now() + retry_delay});
-    }
-    --inflight_;
-    cv_.notify_one();
-  }
-
-  static constexpr auto retry_delay = 20ms;
-
-  granary::silo& silo_;
-  const options& opts_;
-  std::mutex mtx_;
-  std::condition_variable cv_;
-  int64_t inflight_ = 0;
-  int64_t acked_ = 0;
-  std::deque<retry> retries_;
-};
-
 /// Asks workflow `i` for its status; nullopt when the query failed.
 std::optional<granary::wire::WorkflowInfo> describe_workflow(granary::silo& s,
                                                              int64_t i) {
@@ -390,7 +313,22 @@ std::string one_line(std::string text) {
 constexpr auto stuck_after = 5s;
 
 int run_mode(granary::silo& s, const options& opts) {
-  starter{s, opts}.run();
+  // Every start with its own msg_id, resent until all are durable.
+  granary::testing::windowed_sender starter{
+      opts.count, opts.window, 20ms,
+      [&](int64_t i, granary::testing::windowed_sender::done_fn done) {
+        granary::wfcrash::Job job;
+        job.set_ledger(ledger_key(i % opts.ledgers));
+        job.set_sleep_ms(100 + (i * 37) % 400);
+        s.send_async(granary::id_of<provision_flow>(workflow_key(i)), job,
+                     "start-" + workflow_key(i), std::move(done));
+      },
+      [](int64_t i, const caf::error& err, int) {
+        if (err && granary::code_of(err) != granary::errc::overloaded)
+          std::fprintf(stderr, "workflow_crash_child: start of %s: %s\n",
+                       workflow_key(i).c_str(), granary::describe(err).c_str());
+      }};
+  starter.run();
   emit("started " + std::to_string(opts.count));
   std::vector<bool> completed(static_cast<size_t>(opts.count), false);
   int64_t n_completed = 0;
