@@ -133,7 +133,8 @@ int main(int argc, char** argv) {
   silo_config cfg;
   cfg.partitions = 8;
   grain_registry reg;
-  if (register_grain<probe>(reg) || register_grain<bench_flow>(reg)) {
+  if (register_grain<probe>(reg)
+      || register_workflow<bench_flow>(reg, nullptr)) {
     std::fprintf(stderr, "gateway_bench: cannot register the grains\n");
     return 1;
   }

@@ -39,7 +39,6 @@ protected:
     silo_ = std::move(*s);
     pool->attach(*silo_);
     gateway_config gcfg;
-    gcfg.workers = 4;
     // Small, so that a result waits in several rounds.
     gcfg.max_wait = 50ms;
     auto g = gateway::start(gcfg, *silo_);
