@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 
 #include "actors/activity.hpp"
-#include "workflow.pb.h"
 #include "testing/eventually.hpp"
 #include "testing/log_capture.hpp"
+#include "workflow.pb.h"
 
 using namespace granary;
 using namespace std::chrono_literals;
