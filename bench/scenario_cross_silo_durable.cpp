@@ -10,6 +10,7 @@
 #include "bench/counting_storage.hpp"
 #include "bench/report.hpp"
 #include "bench/scenario.hpp"
+#include "runtime/log.hpp"
 #include "testing/test_cluster.hpp"
 
 namespace granary::bench {
@@ -25,6 +26,13 @@ measure_cross_silo(const std::string& data_dir, double duration_s,
                    size_t concurrency, size_t grains, size_t payload,
                    const std::string& label, const progress_fn& progress) {
   auto cfg = base_config(concurrency);
+  // The cluster's join and handoff lines would bury the figures.
+  set_log_level(log_level::warning);
+  struct restore_level {
+    ~restore_level() {
+      set_log_level(log_level::info);
+    }
+  } restore;
   temp_dir dirs[2];
   counting_storage* counts[2] = {nullptr, nullptr};
   auto built = testing::test_cluster_builder{2}
