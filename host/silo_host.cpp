@@ -163,6 +163,11 @@ silo_builder& silo_builder::storage(storage_fn fn) {
   return *this;
 }
 
+silo_builder& silo_builder::transport(transport_fn fn) {
+  transport_ = std::move(fn);
+  return *this;
+}
+
 silo_builder& silo_builder::decorate_transport(transport_decorator fn) {
   decorators_.push_back(std::move(fn));
   return *this;
@@ -312,7 +317,13 @@ caf::expected<std::unique_ptr<silo_host>> silo_builder::start() const {
     tc.cluster_id = cfg.cluster_id;
     tc.silo_id = cfg.silo_id;
     tc.incarnation = h->incarnation;
-    h->net = std::make_shared<cluster::asio_transport>(tc);
+    if (transport_)
+      h->net = transport_(cfg, h->incarnation);
+    else
+      h->net = std::make_shared<cluster::asio_transport>(tc);
+    if (!h->net)
+      return make_error(errc::invalid_config,
+                        "silo_builder: the transport hook returned none");
     if (cfg.faults_enabled) {
       // Testing only: a network that loses, repeats and reorders frames.
       h->net = std::make_shared<cluster::faulty_transport>(h->net, cfg.faults);

@@ -76,6 +76,11 @@ using grains_fn = std::function<caf::error(registration&)>;
 using storage_fn = std::function<caf::expected<std::unique_ptr<storage>>(
     const silo_file_config&)>;
 
+/// Makes the silo-to-silo transport instead of the default Asio TCP one
+/// (e.g. a `memory_network`'s), for the silo's id and incarnation.
+using transport_fn = std::function<std::shared_ptr<cluster::transport>(
+    const silo_file_config&, uint64_t incarnation)>;
+
 /// Wraps the silo-to-silo transport, e.g. in a `faulty_transport` or a
 /// test's network cut; gets the transport as configured (faults included).
 using transport_decorator = std::function<std::shared_ptr<cluster::transport>(
@@ -114,6 +119,9 @@ public:
 
   /// Replaces the storage (default: RocksDB at `data_dir`).
   silo_builder& storage(storage_fn fn);
+
+  /// Replaces the Asio TCP transport (decorators still apply).
+  silo_builder& transport(transport_fn fn);
 
   /// Adds a decorator around the silo-to-silo transport (applied in the
   /// order added, after `[faults]`).
@@ -163,6 +171,7 @@ private:
   std::string config_path_;
   std::vector<grains_fn> grains_;
   storage_fn storage_;
+  transport_fn transport_;
   std::vector<transport_decorator> decorators_;
   membership_fn membership_;
   std::shared_ptr<granary::clock> clock_;

@@ -100,6 +100,11 @@ test_cluster_builder::wrap_membership(membership_wrapper_fn fn) {
   return *this;
 }
 
+test_cluster_builder& test_cluster_builder::in_memory_network(bool enabled) {
+  in_memory_ = enabled;
+  return *this;
+}
+
 test_cluster_builder& test_cluster_builder::gateways(bool enabled) {
   gateways_ = enabled;
   return *this;
@@ -278,6 +283,14 @@ caf::error test_cluster::start(size_t i) {
         return std::make_shared<cuttable_transport>(std::move(inner), cut);
       })
       .on_declared_dead([dead = n.dead](const std::string&) { *dead = true; });
+  if (spec_.in_memory_) {
+    if (!network_)
+      network_ = cluster::memory_network::make();
+    b.transport([net = network_](const host::silo_file_config& c,
+                                 uint64_t incarnation) {
+      return net->attach(c.silo_id, incarnation);
+    });
+  }
   for (auto& fn : spec_.grains_)
     b.grains(fn);
   for (auto& fn : spec_.customize_)

@@ -13,6 +13,7 @@
 #include <caf/expected.hpp>
 
 #include "cluster/membership/membership.hpp"
+#include "cluster/transport/memory_transport.hpp"
 #include "host/silo_host.hpp"
 #include "runtime/memory_storage.hpp"
 
@@ -70,6 +71,10 @@ public:
   /// Adjusts each silo's builder (after the test cluster's own hooks).
   test_cluster_builder& customize(customize_fn fn);
 
+  /// Connects the silos through an in-process network instead of
+  /// loopback TCP (default: TCP). Cuts, crashes and restarts work alike.
+  test_cluster_builder& in_memory_network(bool enabled = true);
+
   /// Wraps each silo's storage (the last call wins).
   test_cluster_builder& wrap_storage(storage_wrapper_fn fn);
 
@@ -99,6 +104,7 @@ private:
   storage_wrapper_fn wrap_storage_;
   membership_wrapper_fn wrap_membership_;
   bool gateways_ = false;
+  bool in_memory_ = false;
   std::filesystem::path dir_;
 };
 
@@ -184,6 +190,8 @@ private:
   test_cluster_builder spec_;
   bool own_dir_ = false;
   std::unique_ptr<cluster::membership_store> store_;
+  // The in-process network, when the builder asked for one.
+  std::shared_ptr<cluster::memory_network> network_;
   std::vector<std::unique_ptr<node>> nodes_;
 };
 

@@ -39,10 +39,13 @@ cluster::silo_status status_of(cluster::membership_store& store,
                                 : cluster::silo_status::dead;
 }
 
-TEST(test_cluster, silos_crash_restart_leave_and_join) {
+// Start 3, crash one, restart it, one leaves, one joins: over loopback TCP,
+// or over the in-process network.
+void crash_restart_leave_and_join(bool in_memory) {
   auto built
       = test_cluster_builder{3}
             .partitions(partitions)
+            .in_memory_network(in_memory)
             .grains([](host::registration& r) { return r.grain<probe>(); })
             .build();
   ASSERT_TRUE(built) << describe(built.error());
@@ -110,6 +113,14 @@ TEST(test_cluster, silos_crash_restart_leave_and_join) {
   v = grain_ref<probe>{c.runtime(3), key}.call<Value>(Get{}, 2s);
   ASSERT_TRUE(v) << describe(v.error());
   EXPECT_EQ(v->value(), 5);
+}
+
+TEST(test_cluster, silos_crash_restart_leave_and_join) {
+  crash_restart_leave_and_join(false);
+}
+
+TEST(test_cluster, the_same_over_the_in_process_network) {
+  crash_restart_leave_and_join(true);
 }
 
 } // namespace

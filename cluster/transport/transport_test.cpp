@@ -25,6 +25,7 @@
 #include "cluster/transport/asio_transport.hpp"
 #include "cluster/transport/faulty_transport.hpp"
 #include "cluster/transport/frame_codec.hpp"
+#include "cluster/transport/memory_transport.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 
@@ -585,4 +586,50 @@ TEST(faulty_transport, delay_delivers_all_within_the_bound) {
   std::sort(got.begin(), got.end());
   for (uint64_t i = 0; i < 50; ++i)
     ASSERT_EQ(got[i], i);
+}
+
+namespace {
+
+// A node on an in-process network, started.
+std::unique_ptr<node> memory_node(const std::shared_ptr<memory_network>& net,
+                                  const std::string& silo) {
+  auto n = std::make_unique<node>(net->attach(silo, 3));
+  auto bound = n->t->start({"127.0.0.1", 0});
+  EXPECT_TRUE(bound) << describe(bound.error());
+  if (bound)
+    n->port = *bound;
+  return n;
+}
+
+} // namespace
+
+TEST(memory_transport, frames_arrive_in_order_with_their_sender) {
+  auto net = memory_network::make();
+  auto a = memory_node(net, "a");
+  auto b = memory_node(net, "b");
+  for (uint64_t i = 0; i < 100; ++i)
+    ASSERT_FALSE(a->t->send(b->address("b"), ping(i)));
+  ASSERT_TRUE(eventually([&] { return b->count() == 100; }));
+  std::vector<uint64_t> want(100);
+  for (uint64_t i = 0; i < 100; ++i)
+    want[i] = i;
+  EXPECT_EQ(b->nonces(), want);
+  std::lock_guard guard{b->mtx};
+  EXPECT_EQ(b->senders[0].silo_id, "a");
+  EXPECT_EQ(b->senders[0].incarnation, 3u);
+  EXPECT_EQ(b->senders[0].address.port, a->port);
+}
+
+TEST(memory_transport, frames_to_a_stopped_or_wrong_silo_are_lost) {
+  auto net = memory_network::make();
+  auto a = memory_node(net, "a");
+  auto b = memory_node(net, "b");
+  // The right port under another name is refused, like a handshake.
+  ASSERT_FALSE(a->t->send(b->address("c"), ping(1)));
+  b->t->stop();
+  ASSERT_FALSE(a->t->send(b->address("b"), ping(2)));
+  EXPECT_EQ(b->count(), 0u);
+  // A stopped transport refuses to send.
+  EXPECT_EQ(code_of(b->t->send(a->address("a"), ping(3))), errc::silo_stopped);
+  EXPECT_EQ(a->count(), 0u);
 }
