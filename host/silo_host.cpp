@@ -369,8 +369,9 @@ caf::expected<std::unique_ptr<silo_host>> silo_builder::start() const {
     ac.gateway_address = cfg.gateway_listen.to_string();
     ac.partitions = cfg.limits.partitions;
     ac.handoff_dir = cfg.data_dir + "/handoff";
-    h->agent = std::make_unique<cluster::cluster_agent>(ac, *h->members,
-                                                        *h->net, *h->router);
+    // The agent's probes and vote times run on the silo's clock too.
+    h->agent = std::make_unique<cluster::cluster_agent>(
+        ac, *h->members, *h->net, *h->router, clock_);
     if (on_dead_)
       h->agent->on_declared_dead(on_dead_);
     auto* a = h->agent.get();

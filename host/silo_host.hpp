@@ -130,7 +130,8 @@ public:
   /// Replaces the configured membership provider.
   silo_builder& membership(membership_fn fn);
 
-  /// The clock of the silo (default: the system clock).
+  /// The clock of the silo and of its cluster agent (default: the system
+  /// clock).
   silo_builder& clock(std::shared_ptr<granary::clock> clk);
 
   /// Threads and queue bound of the activity pool (default 8 and 4,096).
