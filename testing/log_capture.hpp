@@ -16,13 +16,13 @@ namespace granary::testing {
 class log_capture {
 public:
   log_capture() {
-    set_log_sink([this](log_level, std::string_view line) {
+    set_log_sink([this](log_level level, std::string_view line) {
       std::fprintf(stderr, "log: %.*s\n", static_cast<int>(line.size()),
                    line.data());
       std::lock_guard guard{mtx_};
       // Bounded: a chatty test keeps the first lines, which name the cause.
       if (lines_.size() < max_lines)
-        lines_.emplace_back(line);
+        lines_.push_back({level, std::string{line}});
     });
   }
 
@@ -46,13 +46,28 @@ public:
     std::lock_guard guard{mtx_};
     return static_cast<size_t>(
         std::count_if(lines_.begin(), lines_.end(), [&](auto& l) {
-          return l.find(part) != std::string::npos;
+          return l.text.find(part) != std::string::npos;
         }));
   }
 
+  /// The lines logged at `min` or above, in order.
+  std::vector<std::string> lines(log_level min = log_level::debug) const {
+    std::lock_guard guard{mtx_};
+    std::vector<std::string> out;
+    for (auto& l : lines_)
+      if (l.level >= min)
+        out.push_back(l.text);
+    return out;
+  }
+
 private:
+  struct line {
+    log_level level;
+    std::string text;
+  };
+
   mutable std::mutex mtx_;
-  std::vector<std::string> lines_;
+  std::vector<line> lines_;
 };
 
 } // namespace granary::testing

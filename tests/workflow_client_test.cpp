@@ -14,6 +14,7 @@
 
 #include "actors/workflow_client.hpp"
 #include "runtime/log.hpp"
+#include "testing/log_capture.hpp"
 #include "workflow_client_flows.hpp"
 
 using namespace granary;
@@ -336,36 +337,6 @@ TEST(workflow_watch_test, wakes_only_the_watchers_of_the_settled_id) {
 
 // -- signals to finished runs ------------------------------------------------
 
-namespace {
-
-// Collects warnings and errors logged while it lives.
-class log_capture {
-public:
-  log_capture() {
-    set_log_sink([this](log_level level, std::string_view line) {
-      if (level < log_level::warning)
-        return;
-      std::lock_guard guard{mtx_};
-      lines_.emplace_back(line);
-    });
-  }
-
-  ~log_capture() {
-    set_log_sink(nullptr);
-  }
-
-  std::vector<std::string> lines() {
-    std::lock_guard guard{mtx_};
-    return lines_;
-  }
-
-private:
-  std::mutex mtx_;
-  std::vector<std::string> lines_;
-};
-
-} // namespace
-
 TEST_F(workflow_client_test, a_signal_to_a_finished_run_is_answered) {
   ASSERT_TRUE(client->start<waiter_flow>("done-1", waiting_on("signal")));
   ASSERT_FALSE(client->signal<waiter_flow>("done-1", "approve", number(1)));
@@ -401,7 +372,8 @@ TEST_F(workflow_client_test, a_signal_to_a_finished_run_is_answered) {
   auto letters = s->dead_letters();
   ASSERT_TRUE(letters);
   EXPECT_TRUE(letters->empty());
-  EXPECT_TRUE(logs.lines().empty()) << logs.lines().front();
+  auto warned = logs.lines(log_level::warning);
+  EXPECT_TRUE(warned.empty()) << warned.front();
 }
 
 TEST_F(workflow_client_test, a_resumed_run_is_running_again) {

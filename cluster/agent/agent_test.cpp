@@ -29,6 +29,7 @@
 #include "runtime/clock.hpp"
 #include "runtime/keys.hpp"
 #include "runtime/log.hpp"
+#include "testing/log_capture.hpp"
 #include "testing/test_cluster.hpp"
 #include "testing/test_grains.hpp"
 
@@ -386,37 +387,6 @@ private:
 bool contains(const std::vector<uint32_t>& xs, uint32_t x) {
   return std::find(xs.begin(), xs.end(), x) != xs.end();
 }
-
-// Collects the log lines (and still prints them) while it lives.
-class log_capture {
-public:
-  log_capture() {
-    set_log_sink([this](log_level, std::string_view line) {
-      std::fprintf(stderr, "log: %.*s\n", static_cast<int>(line.size()),
-                   line.data());
-      std::lock_guard guard{mtx_};
-      lines_.emplace_back(line);
-    });
-  }
-
-  ~log_capture() {
-    set_log_sink(nullptr);
-  }
-
-  log_capture(const log_capture&) = delete;
-  log_capture& operator=(const log_capture&) = delete;
-
-  bool has(const std::string& part) const {
-    std::lock_guard guard{mtx_};
-    return std::any_of(lines_.begin(), lines_.end(), [&](auto& l) {
-      return l.find(part) != std::string::npos;
-    });
-  }
-
-private:
-  mutable std::mutex mtx_;
-  std::vector<std::string> lines_;
-};
 
 // A probe key whose grain lives in partition `p`.
 std::string key_on(uint32_t p, const std::string& prefix) {
