@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <thread>
@@ -11,6 +12,7 @@
 #include "cluster/routing/transport_router.hpp"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
+#include "testing/eventually.hpp"
 
 namespace granary::testing {
 
@@ -347,63 +349,45 @@ bool test_cluster::declared_dead(size_t i) const {
   return nodes_.at(i)->dead->load();
 }
 
-bool test_cluster::wait_stable(std::chrono::milliseconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    bool stable = true;
-    for (auto& n : nodes_) {
-      if (!n->h)
-        continue;
-      auto* agent = n->h->agent();
-      if (!agent) {
-        stable = false;
-        break;
-      }
-      auto view = agent->view();
-      std::map<std::string, size_t> owned;
-      size_t live = 0;
-      for (auto& other : nodes_) {
-        if (!other->h)
-          continue;
-        ++live;
-        auto* row = view.table.find(other->id);
-        if (!row || row->status != cluster::silo_status::active) {
-          stable = false;
-          break;
-        }
-        owned[other->id] = 0;
-      }
-      if (!stable || view.map.partitions.size() != spec_.partitions_) {
-        stable = false;
-        break;
-      }
-      for (auto& p : view.map.partitions) {
-        auto* primary = p.primary();
-        auto o = primary ? owned.find(*primary) : owned.end();
-        if (o == owned.end()) {
-          stable = false;
-          break;
-        }
-        ++o->second;
-      }
-      if (!stable)
-        break;
-      size_t lo = spec_.partitions_, hi = 0;
-      for (auto& [_, count] : owned) {
-        lo = std::min(lo, count);
-        hi = std::max(hi, count);
-      }
-      if (live == 0 || hi - lo > 1 || agent->served().size() != owned[n->id]) {
-        stable = false;
-        break;
-      }
-    }
-    if (stable)
-      return true;
-    if (std::chrono::steady_clock::now() >= deadline)
+bool test_cluster::stable_as_seen_by(const node& n) const {
+  auto* agent = n.h->agent();
+  if (!agent)
+    return false;
+  auto view = agent->view();
+  // Every running silo is active, and owns a share of the partitions.
+  std::map<std::string, size_t> owned;
+  for (auto& other : nodes_) {
+    if (!other->h)
+      continue;
+    auto* row = view.table.find(other->id);
+    if (!row || row->status != cluster::silo_status::active)
       return false;
-    std::this_thread::sleep_for(20ms);
+    owned[other->id] = 0;
   }
+  if (view.map.partitions.size() != spec_.partitions_)
+    return false;
+  for (auto& p : view.map.partitions) {
+    auto* primary = p.primary();
+    auto o = primary ? owned.find(*primary) : owned.end();
+    if (o == owned.end())
+      return false;
+    ++o->second;
+  }
+  auto [lo, hi]
+      = std::minmax_element(owned.begin(), owned.end(), [](auto& a, auto& b) {
+          return a.second < b.second;
+        });
+  return hi->second - lo->second <= 1 && agent->served().size() == owned[n.id];
+}
+
+bool test_cluster::wait_stable(std::chrono::milliseconds limit) {
+  return eventually(
+      [&] {
+        return std::all_of(nodes_.begin(), nodes_.end(), [&](auto& n) {
+          return !n->h || stable_as_seen_by(*n);
+        });
+      },
+      limit, 20ms);
 }
 
 } // namespace granary::testing

@@ -187,6 +187,10 @@ private:
 
   caf::error start(size_t i);
 
+  // Whether running silo `n` sees every running silo active and an even
+  // spread of the partitions over them that matches what it serves.
+  bool stable_as_seen_by(const node& n) const;
+
   test_cluster_builder spec_;
   bool own_dir_ = false;
   std::unique_ptr<cluster::membership_store> store_;

@@ -27,6 +27,7 @@
 #include "samples/control_plane/fake_cloud/client.hpp"
 #include "samples/control_plane/fake_cloud/server.hpp"
 #include "testing/child_process.hpp"
+#include "testing/eventually.hpp"
 
 namespace {
 
@@ -43,17 +44,9 @@ using granary::errc;
 using namespace std::chrono_literals;
 using clock_type = std::chrono::steady_clock;
 
-/// Polls `cond` every millisecond until it holds or `limit` passes.
-bool eventually(const std::function<bool()>& cond,
-                std::chrono::milliseconds limit = 2s) {
-  auto deadline = clock_type::now() + limit;
-  while (clock_type::now() < deadline) {
-    if (cond())
-      return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return cond();
-}
+// Polls every millisecond, for 2 s unless a call says otherwise.
+constexpr auto poll_limit = 2s;
+constexpr auto poll_every = 1ms;
 
 /// One request over a fresh connection, headers and all.
 http::response<http::string_body>
@@ -434,7 +427,8 @@ TEST_F(fake_cloud_test, connections_beyond_the_cap_and_idle_ones_are_closed) {
   tcp::socket s2{ioc};
   s1.connect(ep);
   s2.connect(ep);
-  ASSERT_TRUE(eventually([&] { return srv->connections().open == 2; }));
+  ASSERT_TRUE(granary::testing::eventually(
+      [&] { return srv->connections().open == 2; }, poll_limit, poll_every));
   auto c = make_client();
   auto refused = c.healthz();
   ASSERT_TRUE(refused);
@@ -442,7 +436,8 @@ TEST_F(fake_cloud_test, connections_beyond_the_cap_and_idle_ones_are_closed) {
   EXPECT_TRUE(fake_cloud::retryable(refused));
   EXPECT_GE(srv->connections().rejected, 1u);
   // The idle connections time out and make room.
-  ASSERT_TRUE(eventually([&] { return srv->connections().open == 0; }));
+  ASSERT_TRUE(granary::testing::eventually(
+      [&] { return srv->connections().open == 0; }, poll_limit, poll_every));
   EXPECT_FALSE(c.healthz());
 }
 
@@ -456,7 +451,9 @@ TEST_F(fake_cloud_test, stop_closes_held_connections_promptly) {
     auto r = c.get("cell", "a");
     seen = r ? caf::error{} : r.error();
   }};
-  bool held = eventually([&] { return srv->audit().faults.timeouts == 1; });
+  bool held = granary::testing::eventually(
+      [&] { return srv->audit().faults.timeouts == 1; }, poll_limit,
+      poll_every);
   auto t0 = clock_type::now();
   srv->stop();
   EXPECT_LT(clock_type::now() - t0, 1s);
@@ -570,8 +567,8 @@ bool eof(const std::string&) {
 /// (and kills it).
 int wait_exit(pid_t pid, std::chrono::milliseconds limit = 5s) {
   int status = 0;
-  bool exited = eventually(
-      [&] { return waitpid(pid, &status, WNOHANG) == pid; }, limit);
+  bool exited = granary::testing::eventually(
+      [&] { return waitpid(pid, &status, WNOHANG) == pid; }, limit, poll_every);
   if (!exited) {
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
