@@ -344,7 +344,7 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
                         + "' (expected \"embedded\" or \"etcd\")");
   }
   auto embedded = cfg.provider == membership_provider::embedded;
-  std::vector<std::string_view> foreign{"seeds"};
+  std::vector<std::string_view> foreign{"seeds", "seed_call_timeout_ms"};
   if (embedded)
     foreign = {"endpoints", "prefix"};
   for (auto key : foreign)
@@ -366,6 +366,7 @@ caf::error read_membership(reader& r, membership_file_config& cfg) {
   r.millis("i_am_alive_interval_ms", d.i_am_alive_interval, 10, 3'600'000);
   r.millis("join_timeout_ms", d.join_timeout, 0, 3'600'000);
   r.millis("leave_timeout_ms", cfg.leave_timeout, 0, 86'400'000);
+  r.millis("seed_call_timeout_ms", cfg.seed_client.call_timeout, 1, 3'600'000);
   if (auto* n = r.find("rebalance", false)) {
     if (!n->is_boolean())
       return r.fail("rebalance", n,

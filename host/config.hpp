@@ -10,6 +10,7 @@
 #include <caf/expected.hpp>
 
 #include "cluster/agent/cluster_agent.hpp"
+#include "cluster/membership/remote_membership.hpp"
 #include "cluster/transport/faulty_transport.hpp"
 #include "cluster/transport/transport.hpp"
 #include "gateway/gateway.hpp"
@@ -51,6 +52,10 @@ struct membership_file_config {
   cluster::agent_config detector;
   /// `leave_timeout_ms`: how long a graceful leave may hand off partitions.
   std::chrono::milliseconds leave_timeout{60'000};
+  /// `seed_call_timeout_ms` (`embedded`, silos other than the seed): how
+  /// long one call to the seed may wait for its answer. The defaults are
+  /// the remote membership client's own.
+  cluster::remote_membership_config seed_client;
 
   /// True when the silo is part of a cluster (seeds or etcd).
   bool clustered() const {

@@ -245,7 +245,7 @@ caf::error silo_host::impl::open_membership() {
     h.owned_members = std::move(*opened);
     h.service = std::make_unique<cluster::membership_service>(*h.owned_members);
   } else {
-    cluster::remote_membership_config rc;
+    auto rc = mc.seed_client;
     rc.seeds = mc.seeds;
     auto opened = cluster::remote_membership::open(*h.net, rc);
     if (!opened)

@@ -126,7 +126,9 @@ protected:
     ASSERT_TRUE(nodes[i]->spawn(
         {GRANARY_CP_SILO, "--config", configs[i], "--cloud-api",
          "127.0.0.1:" + std::to_string(api_port), "--activity-threads", "8"}));
-    auto ready = nodes[i]->wait_line("ready ", steady_clock::now() + 20s);
+    // Generous: over the lossy network every lost membership frame costs a
+    // call timeout, and CI machines are slow.
+    auto ready = nodes[i]->wait_line("ready ", steady_clock::now() + 60s);
     ASSERT_FALSE(ready.empty()) << nodes[i]->log();
   }
 
@@ -195,8 +197,11 @@ TEST_F(cluster_process_test,
 TEST_F(cluster_process_test,
        a_lossy_reordering_network_still_applies_everything_once) {
   // Every silo's transport drops, duplicates, delays and reorders frames.
+  // A lost membership frame costs one call timeout: keep it short, as a
+  // deployment on a lossy network would.
   write_configs("[faults]\nseed = 9\ndrop_rate = 0.1\nduplicate_rate = 0.1\n"
-                "delay_rate = 0.1\nreorder_rate = 0.1\nmax_delay_ms = 10\n");
+                "delay_rate = 0.1\nreorder_rate = 0.1\nmax_delay_ms = 10\n",
+                {}, "seed_call_timeout_ms = 500\n");
   run_namespaces(false);
 }
 

@@ -141,6 +141,23 @@ TEST(silo_config_file, explains_the_membership_rules) {
   EXPECT_TRUE(contains(err, "names this silo ('silo-1') at 127.0.0.1:7999 but "
                             "listen.silo is 127.0.0.1:7100"))
       << err;
+  err = error_of(std::string{base}
+                 + "[membership]\nprovider = \"etcd\"\nendpoints = "
+                   "[\"127.0.0.1:2379\"]\nseed_call_timeout_ms = 500\n");
+  EXPECT_TRUE(contains(err, "key 'membership.seed_call_timeout_ms': only "
+                            "applies to provider \"embedded\""))
+      << err;
+}
+
+TEST(silo_config_file, the_seed_call_timeout_reaches_the_seed_client) {
+  auto res
+      = parse_config(std::string{base}
+                     + "[membership]\nseeds = [\"silo-0@127.0.0.1:7000\"]\n"
+                       "seed_call_timeout_ms = 500\n");
+  ASSERT_TRUE(res) << describe(res.error());
+  EXPECT_EQ(res->membership.seed_client.call_timeout.count(), 500);
+  EXPECT_EQ(parse_config(base)->membership.seed_client.call_timeout,
+            remote_membership_config{}.call_timeout);
 }
 
 TEST(silo_config_file, names_a_missing_key) {
