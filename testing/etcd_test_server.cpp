@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cluster/membership/etcd_client.hpp"
+#include "cluster/transport/ports.hpp"
 #include "runtime/error.hpp"
 #include "testing/child_process.hpp"
 
@@ -25,25 +26,6 @@ using cluster::etcd_client;
 using cluster::etcd_client_config;
 
 namespace {
-
-// Asks the kernel for a free loopback port. Another process may take it
-// before etcd binds it; `start` then sees etcd exit and reports its log.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0)
-    return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0
-      && ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
-}
 
 std::string log_tail(const std::string& path) {
   std::ifstream in{path};
@@ -72,13 +54,15 @@ etcd_test_server::start(std::chrono::milliseconds timeout) {
                       "cannot create a temporary directory for etcd");
   std::unique_ptr<etcd_test_server> self{new etcd_test_server};
   self->dir_ = tmpl;
-  auto client_port = free_port();
-  auto peer_port = free_port();
-  if (client_port < 0 || peer_port < 0)
-    return make_error(errc::storage_failure, "cannot find free ports for etcd");
-  auto client_url = "http://127.0.0.1:" + std::to_string(client_port);
-  auto peer_url = "http://127.0.0.1:" + std::to_string(peer_port);
-  self->endpoint_ = "127.0.0.1:" + std::to_string(client_port);
+  auto client_port = cluster::pick_free_port();
+  if (!client_port)
+    return std::move(client_port.error());
+  auto peer_port = cluster::pick_free_port();
+  if (!peer_port)
+    return std::move(peer_port.error());
+  auto client_url = "http://127.0.0.1:" + std::to_string(*client_port);
+  auto peer_url = "http://127.0.0.1:" + std::to_string(*peer_port);
+  self->endpoint_ = "127.0.0.1:" + std::to_string(*client_port);
   self->args_ = {
       binary,
       "--name=granary-test",

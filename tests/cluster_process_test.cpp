@@ -9,21 +9,19 @@
 // wakes. Every namespace ends ready, the API's record shows nothing applied
 // or created twice, and graceful leaves hand everything to the last silo.
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <chrono>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "cluster/transport/ports.hpp"
 #include "gateway/gateway_client.hpp"
 #include "runtime/grain_id.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
@@ -41,18 +39,12 @@ namespace {
 constexpr int silos = 3;
 constexpr int namespaces = 24;
 
-// A port that was free a moment ago.
+// A port for a silo to listen on (see pick_free_port).
 uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  auto port = granary::cluster::pick_free_port();
+  if (!port)
+    throw std::runtime_error{granary::describe(port.error())};
+  return *port;
 }
 
 // Polls `pred` every 100 ms until it holds or `limit` passed.

@@ -5,12 +5,9 @@
 // twice, nothing created twice, nothing leaked. Run it again on the same
 // data directory: it resumes and duplicates nothing.
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/transport/ports.hpp"
 #include "gateway/gateway_client.hpp"
 #include "host/silo_host.hpp"
 #include "runtime/log.hpp"
@@ -347,19 +345,6 @@ wire::WorkflowInfo wait_run(silo& s, const grain_id& id,
 
 // -- cluster mode -------------------------------------------------------------
 
-// A port that was free a moment ago.
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 /// One `control_plane_silo` child process.
 struct silo_child {
   pid_t pid = -1;
@@ -417,8 +402,17 @@ int run_cluster(const options& o, uint16_t api_port, int n) {
     gw_ports.clear();
     std::ofstream out{ports_file};
     for (int i = 0; i < n; ++i) {
-      silo_ports.push_back(free_port());
-      gw_ports.push_back(free_port());
+      auto silo_port = granary::cluster::pick_free_port();
+      auto gw_port = granary::cluster::pick_free_port();
+      if (!silo_port || !gw_port) {
+        std::fprintf(
+            stderr, "control_plane_sample: %s\n",
+            granary::describe(silo_port ? gw_port.error() : silo_port.error())
+                .c_str());
+        return 1;
+      }
+      silo_ports.push_back(*silo_port);
+      gw_ports.push_back(*gw_port);
       out << silo_ports.back() << " " << gw_ports.back() << "\n";
     }
   }
