@@ -1,0 +1,210 @@
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace granary::sys {
+
+// The system seam: threads, locks, waits, monotonic time and randomness.
+//
+// Every thread, lock, wait, sleep and steady-clock read of the runtime and
+// the cluster goes through these types. A thread started by a deterministic
+// simulation has a `kernel` (see `current_kernel`); there the calls go to
+// it, which runs one thread at a time in a seeded order and keeps virtual
+// time. Every other thread uses the operating system, at the cost of one
+// thread-local read per call.
+
+/// The monotonic clock's time points (virtual under a simulation).
+using time_point = std::chrono::steady_clock::time_point;
+
+class mutex;
+class condition_variable;
+class thread;
+
+/// What a deterministic scheduler implements. Only threads it started see
+/// it; it never runs two of them at once.
+class kernel {
+public:
+  virtual ~kernel();
+
+  /// Blocks until `m` is free, then takes it.
+  virtual void lock(mutex& m) = 0;
+
+  /// Takes `m` if it is free.
+  virtual bool try_lock(mutex& m) = 0;
+
+  /// Frees `m` (held by the calling thread).
+  virtual void unlock(mutex& m) = 0;
+
+  /// Frees `m`, waits for a notify of `cv` or for `deadline`, takes `m`
+  /// again; false when the deadline passed first.
+  virtual bool wait(condition_variable& cv, mutex& m,
+                    std::optional<time_point> deadline)
+      = 0;
+
+  /// Wakes one (or every) waiter of `cv`.
+  virtual void notify(condition_variable& cv, bool all) = 0;
+
+  /// The virtual monotonic time.
+  virtual time_point now() = 0;
+
+  /// Waits until the virtual time reaches `t`.
+  virtual void sleep_until(time_point t) = 0;
+
+  /// Lets another thread run (a scheduling point).
+  virtual void yield() = 0;
+
+  /// Starts `fn` as a new thread of the caller's process; returns its id.
+  virtual uint64_t start(std::string name, std::function<void()> fn) = 0;
+
+  /// Waits until thread `id` has finished.
+  virtual void join(uint64_t id) = 0;
+
+  /// A random number from the run's seed.
+  virtual uint64_t random() = 0;
+
+  /// The simulated process of the calling thread.
+  virtual uint64_t current_process() const = 0;
+};
+
+/// The kernel of the calling thread, or null outside a simulation.
+kernel* current_kernel() noexcept;
+
+/// Makes `k` the calling thread's kernel (for the kernel's own threads).
+void set_current_kernel(kernel* k) noexcept;
+
+/// A mutex (BasicLockable and Lockable: `std::lock_guard`,
+/// `std::unique_lock` and `std::scoped_lock` work with it).
+class mutex {
+public:
+  mutex();
+  mutex(const mutex&) = delete;
+  mutex& operator=(const mutex&) = delete;
+
+  void lock();
+  bool try_lock();
+  void unlock();
+
+  /// The operating system's mutex (outside a simulation).
+  std::mutex& native() noexcept {
+    return native_;
+  }
+
+  /// Simulation bookkeeping, owned by the kernel: the holder's thread id
+  /// (0: free) and the process that created the mutex.
+  uint64_t sim_holder = 0;
+  uint64_t sim_owner_process = 0;
+
+private:
+  std::mutex native_;
+};
+
+/// A condition variable used with `std::unique_lock<sys::mutex>`.
+class condition_variable {
+public:
+  using lock_type = std::unique_lock<mutex>;
+
+  condition_variable() = default;
+  condition_variable(const condition_variable&) = delete;
+  condition_variable& operator=(const condition_variable&) = delete;
+
+  void notify_one();
+  void notify_all();
+
+  void wait(lock_type& lock);
+
+  template <class Pred>
+  void wait(lock_type& lock, Pred pred) {
+    // Bounded by the waker: each pass blocks until a notify.
+    while (!pred())
+      wait(lock);
+  }
+
+  /// Waits until notified or `deadline`.
+  std::cv_status wait_until(lock_type& lock, time_point deadline);
+
+  template <class Pred>
+  bool wait_until(lock_type& lock, time_point deadline, Pred pred) {
+    // Bounded by the deadline.
+    while (!pred())
+      if (wait_until(lock, deadline) == std::cv_status::timeout)
+        return pred();
+    return true;
+  }
+
+  template <class Rep, class Period>
+  std::cv_status wait_for(lock_type& lock,
+                          std::chrono::duration<Rep, Period> d) {
+    return wait_until(lock, deadline_after(d));
+  }
+
+  template <class Rep, class Period, class Pred>
+  bool wait_for(lock_type& lock, std::chrono::duration<Rep, Period> d,
+                Pred pred) {
+    return wait_until(lock, deadline_after(d), std::move(pred));
+  }
+
+private:
+  template <class Rep, class Period>
+  static time_point deadline_after(std::chrono::duration<Rep, Period> d);
+
+  std::condition_variable native_;
+};
+
+/// The monotonic time (virtual under a simulation).
+time_point now();
+
+/// Sleeps for `d` (in virtual time under a simulation).
+void sleep_for(std::chrono::nanoseconds d);
+
+/// Sleeps until `t`.
+void sleep_until(time_point t);
+
+/// A scheduling point: under a simulation another thread may run here.
+void yield();
+
+/// A random 64-bit number: from the run's seed under a simulation, from
+/// the operating system otherwise.
+uint64_t random_u64();
+
+/// A thread; under a simulation, one of the kernel's threads in the
+/// caller's process. `name` shows up in simulation traces.
+class thread {
+public:
+  thread() = default;
+  thread(std::string name, std::function<void()> fn);
+  thread(thread&& other) noexcept;
+  thread& operator=(thread&& other) noexcept;
+  thread(const thread&) = delete;
+  thread& operator=(const thread&) = delete;
+  /// Like `std::thread`: destroying a joinable thread terminates.
+  ~thread();
+
+  bool joinable() const noexcept;
+  void join();
+
+private:
+  std::thread native_;
+  kernel* kernel_ = nullptr;
+  uint64_t sim_id_ = 0;
+};
+
+template <class Rep, class Period>
+time_point
+condition_variable::deadline_after(std::chrono::duration<Rep, Period> d) {
+  auto t = now();
+  // Saturates: "wait for ever" durations must not overflow.
+  if (d > std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(
+          time_point::max() - t))
+    return time_point::max();
+  return t + std::chrono::duration_cast<time_point::duration>(d);
+}
+
+} // namespace granary::sys
