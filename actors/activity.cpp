@@ -6,6 +6,7 @@
 #include "runtime/limits.hpp"
 #include "runtime/log.hpp"
 #include "runtime/silo.hpp"
+#include "runtime/sys.hpp"
 #include "workflow.pb.h"
 
 namespace granary {
@@ -14,7 +15,7 @@ namespace {
 
 int64_t steady_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
+             sys::now().time_since_epoch())
       .count();
 }
 
@@ -71,8 +72,8 @@ activity_pool::activity_pool(size_t threads, size_t max_queue,
     : max_queue_(max_queue == 0 ? 1 : max_queue)
     , attach_warning_(attach_warning) {
   for (size_t i = 0; i < (threads == 0 ? 1 : threads); ++i)
-    threads_.emplace_back([this] { work(); });
-  monitor_ = std::thread{[this] { monitor(); }};
+    threads_.emplace_back("activity", [this] { work(); });
+  monitor_ = sys::thread{"activity-monitor", [this] { monitor(); }};
 }
 
 activity_pool::~activity_pool() {

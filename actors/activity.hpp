@@ -19,6 +19,7 @@
 #include "runtime/error.hpp"
 #include "runtime/grain_id.hpp"
 #include "runtime/services.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
@@ -249,12 +250,12 @@ private:
 
   std::map<std::string, entry> activities_;
   size_t max_queue_;
-  mutable std::mutex mtx_;
-  std::condition_variable cv_;
+  mutable sys::mutex mtx_;
+  sys::condition_variable cv_;
   std::deque<job> queue_;
   // At most one entry per worker thread.
   std::vector<running> running_;
-  std::condition_variable monitor_cv_;
+  sys::condition_variable monitor_cv_;
   bool stopping_ = false;
   silo* silo_ = nullptr;
   uint64_t started_ = 0;
@@ -266,8 +267,8 @@ private:
   // When the first attempt queued before `attach`; 0: none.
   int64_t unattached_since_ms_ = 0;
   bool warned_unattached_ = false;
-  std::vector<std::thread> threads_;
-  std::thread monitor_;
+  std::vector<sys::thread> threads_;
+  sys::thread monitor_;
 };
 
 } // namespace granary

@@ -1,4 +1,5 @@
 #include "actors/workflow_client.hpp"
+#include "runtime/sys.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -227,7 +228,7 @@ workflow_client::update_value(const grain_id& id, const std::string& name,
                         "workflow " + to_string(id) + " did not answer " + what
                             + " within " + std::to_string(timeout.count())
                             + " ms; retry with the same update id");
-    std::this_thread::sleep_for(pause);
+    sys::sleep_for(pause);
     pause = std::min(pause * 2, milliseconds{50});
   }
 }
@@ -259,7 +260,7 @@ caf::error workflow_client::parse_into(const grain_id& id,
 std::string workflow_client::fresh_update_id() {
   std::lock_guard guard{rng_mtx_};
   if (!rng_)
-    rng_.emplace(std::random_device{}());
+    rng_.emplace(sys::random_u64());
   char buf[32];
   std::snprintf(buf, sizeof(buf), "u-%016llx",
                 static_cast<unsigned long long>((*rng_)()));
@@ -316,7 +317,7 @@ silo_workflow_client::await_finished(const grain_id& id,
     if (sub)
       sub.wait_until(until);
     else
-      std::this_thread::sleep_until(until);
+      sys::sleep_until(until);
     pause = std::min(pause * 2, milliseconds{100});
   }
 }

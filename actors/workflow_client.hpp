@@ -15,6 +15,7 @@
 #include "runtime/error.hpp"
 #include "runtime/grain_id.hpp"
 #include "runtime/silo.hpp"
+#include "runtime/sys.hpp"
 #include "workflow.pb.h"
 
 namespace granary {
@@ -271,7 +272,7 @@ private:
 
   std::string fresh_update_id();
 
-  std::mutex rng_mtx_;
+  sys::mutex rng_mtx_;
   // Seeded by the first generated id: most clients never need one.
   std::optional<std::mt19937_64> rng_;
 };

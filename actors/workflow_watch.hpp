@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "runtime/grain_id.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
@@ -80,8 +81,8 @@ private:
 
   void unwatch(const grain_id& id);
 
-  std::mutex mtx_;
-  std::condition_variable cv_;
+  sys::mutex mtx_;
+  sys::condition_variable cv_;
   std::map<grain_id, entry> ids_;
 };
 

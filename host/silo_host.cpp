@@ -15,6 +15,7 @@
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::host {
 
@@ -383,17 +384,17 @@ caf::expected<std::unique_ptr<silo_host>> silo_builder::start() const {
     h->router_ptr = h->router.get();
     // Joining needs the membership store: retry for a while, so that the
     // silos of a cluster can start in any order.
-    auto deadline = std::chrono::steady_clock::now() + join_patience_;
+    auto deadline = sys::now() + join_patience_;
     caf::error joined;
     for (int attempt = 0;; ++attempt) {
       joined = h->agent->join(**store, h->incarnation);
       if (!joined || code_of(joined) == errc::invalid_config
-          || std::chrono::steady_clock::now() >= deadline)
+          || sys::now() >= deadline)
         break;
       if (attempt == 0)
         log(log_level::info,
             "waiting for the membership store: " + describe(joined));
-      std::this_thread::sleep_for(std::chrono::milliseconds{500});
+      sys::sleep_for(std::chrono::milliseconds{500});
     }
     if (joined) {
       static_cast<void>(h->stop());

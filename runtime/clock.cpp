@@ -1,16 +1,14 @@
 #include "runtime/clock.hpp"
 
-#include <chrono>
+#include "runtime/sys.hpp"
 
 namespace granary {
 
 clock::~clock() = default;
 
 int64_t system_clock::now_ms() const {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  // Under a simulation: the virtual wall clock of the calling process.
+  return sys::wall_ms();
 }
 
 std::shared_ptr<clock> make_system_clock() {

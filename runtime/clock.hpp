@@ -16,7 +16,8 @@ public:
   virtual int64_t now_ms() const = 0;
 };
 
-/// The system's wall clock.
+/// The system's wall clock (under a simulation, the virtual wall clock of
+/// the calling thread's process).
 class system_clock final : public clock {
 public:
   int64_t now_ms() const override;

@@ -6,13 +6,14 @@
 
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
 commit_loop::commit_loop(storage& store, size_t max_group_ops)
     : store_(store)
     , max_group_ops_(max_group_ops == 0 ? 1 : max_group_ops) {
-  thread_ = std::thread{[this] { run(); }};
+  thread_ = sys::thread{"commit", [this] { run(); }};
 }
 
 commit_loop::~commit_loop() {

@@ -15,6 +15,7 @@
 #include <caf/error.hpp>
 
 #include "runtime/storage.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
@@ -95,8 +96,8 @@ private:
 
   storage& store_;
   size_t max_group_ops_;
-  mutable std::mutex mtx_;
-  std::condition_variable cv_;
+  mutable sys::mutex mtx_;
+  sys::condition_variable cv_;
   std::deque<item> queue_;
   bool stopping_ = false;
   std::atomic<bool> failed_{false};
@@ -106,7 +107,7 @@ private:
   std::atomic<uint64_t> ops_{0};
   std::atomic<uint64_t> cancelled_{0};
   std::atomic<uint64_t> superseded_{0};
-  std::thread thread_;
+  sys::thread thread_;
 };
 
 } // namespace granary

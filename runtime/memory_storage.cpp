@@ -8,6 +8,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/limits.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
@@ -155,7 +156,7 @@ caf::error memory_storage::commit(std::span<const write_batch* const> batches) {
     return make_error(errc::storage_failure,
                       "memory storage: injected commit failure");
   if (auto ms = commit_delay_ms_.load(); ms > 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds{ms});
+    sys::sleep_for(std::chrono::milliseconds{ms});
   std::lock_guard guard{mtx_};
   for (auto* batch : batches) {
     for (auto& op : batch->ops()) {

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "runtime/storage.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
@@ -67,7 +68,7 @@ public:
   void poke(column col, std::string key, std::string value);
 
 private:
-  mutable std::mutex mtx_;
+  mutable sys::mutex mtx_;
   std::array<std::map<std::string, std::string, std::less<>>, column_count>
       data_;
   std::atomic<bool> fail_commits_{false};

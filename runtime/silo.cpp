@@ -1,16 +1,14 @@
 #include "runtime/silo.hpp"
 
 #include <charconv>
-#include <future>
 #include <random>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/logger.hpp>
-#include <caf/scoped_actor.hpp>
+#include <caf/scheduler/test_coordinator.hpp>
 #include <caf/send.hpp>
 #include <google/protobuf/message.h>
-#include <thread>
 #include <type_traits>
 
 #include "granary.pb.h"
@@ -20,6 +18,7 @@
 #include "runtime/log.hpp"
 #include "runtime/partition.hpp"
 #include "runtime/silo_core.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary {
 
@@ -207,8 +206,7 @@ caf::error silo_core::reserve(uint32_t p) {
 
 caf::error silo_core::check_space() {
   using namespace std::chrono;
-  auto now = duration_cast<milliseconds>(steady_clock::now().time_since_epoch())
-                 .count();
+  auto now = duration_cast<milliseconds>(sys::now().time_since_epoch()).count();
   auto last = space_checked_ms.load(std::memory_order_relaxed);
   if (now - last >= limits::space_check_interval.count()
       && space_checked_ms.compare_exchange_strong(last, now)) {
@@ -263,6 +261,75 @@ silo::~silo() {
   static_cast<void>(stop());
 }
 
+namespace {
+
+// Asks a partition actor from a short-lived event-based actor and hands
+// the answer to `done`: a blocking `scoped_actor` would stall the
+// simulation's single-threaded scheduler.
+template <class Atom>
+void ask_async(caf::actor_system& sys, const caf::actor& target, Atom what,
+               caf::duration timeout, std::function<void(caf::error)> done) {
+  sys.spawn([target, what, timeout,
+             done = std::move(done)](caf::event_based_actor* self) {
+    self->request(target, timeout, what)
+        .then(
+            [self, done](bool) {
+              done(caf::none);
+              self->quit();
+            },
+            [self, done](caf::error& err) {
+              done(std::move(err));
+              self->quit();
+            });
+  });
+}
+
+using answer = std::shared_ptr<sys::one_shot<caf::error>>;
+
+// Under a simulation the partitions run on CAF's test coordinator, and
+// this loop is its only worker: it runs one job at a time, chosen by the
+// run's seed, and moves CAF's clock with the virtual time. Ends once
+// stopped and drained.
+void drive_test_coordinator(silo_core& c) {
+  auto& co
+      = dynamic_cast<caf::scheduler::test_coordinator&>(c.sys->scheduler());
+  auto& clk = co.clock();
+  // Bounded by the stop flag; every pass runs a job or waits.
+  for (;;) {
+    auto now = sys::now();
+    if (now > clk.current_time)
+      clk.advance_time(now - clk.current_time);
+    if (co.has_job()) {
+      auto pick
+          = static_cast<std::ptrdiff_t>(sys::random_u64() % co.jobs.size());
+      std::rotate(co.jobs.begin(), co.jobs.begin() + pick,
+                  co.jobs.begin() + pick + 1);
+      co.run_once();
+      sys::yield();
+      continue;
+    }
+    if (c.caf_driver_stop.load())
+      return;
+    std::optional<sys::time_point> next;
+    if (clk.has_pending_timeout())
+      next = clk.schedule().begin()->first;
+    sys::wait_until_ready(
+        [&] { return co.has_job() || c.caf_driver_stop.load(); }, next);
+  }
+}
+
+// Asks with `what` and returns where the answer will arrive.
+template <class Atom>
+answer ask(caf::actor_system& sys, const caf::actor& target, Atom what,
+           caf::duration timeout) {
+  auto w = std::make_shared<sys::one_shot<caf::error>>();
+  ask_async(sys, target, what, timeout,
+            [w](caf::error err) { w->set(std::move(err)); });
+  return w;
+}
+
+} // namespace
+
 caf::expected<std::unique_ptr<silo>>
 silo::start(silo_config cfg, grain_registry registry,
             std::unique_ptr<storage> store,
@@ -308,8 +375,7 @@ silo::start(silo_config cfg, grain_registry registry,
   }
   meta.set_incarnation(meta.incarnation() + 1);
   if (meta.node_id() == 0) {
-    std::random_device rd;
-    meta.set_node_id((uint64_t{rd()} << 32) | rd() | 1);
+    meta.set_node_id(sys::random_u64() | 1);
   }
   {
     write_batch wb;
@@ -334,9 +400,15 @@ silo::start(silo_config cfg, grain_registry registry,
                                              ? caf::atom("sharing")
                                              : caf::atom("stealing"));
   core->sys_cfg->set("scheduler.max-throughput", core->cfg.max_throughput);
+  bool simulated = sys::current_kernel() != nullptr;
+  if (simulated)
+    core->sys_cfg->set("scheduler.policy", caf::atom("testing"));
   core->sys_cfg->set("logger.console-verbosity", caf::atom("quiet"));
   core->sys_cfg->set("logger.file-verbosity", caf::atom("quiet"));
   core->sys = std::make_unique<caf::actor_system>(*core->sys_cfg);
+  if (simulated)
+    core->caf_driver
+        = sys::thread{"caf", [c = core.get()] { drive_test_coordinator(*c); }};
   core->commits
       = std::make_unique<commit_loop>(*core->store, core->cfg.max_group_ops);
   core->gauges = std::make_unique<mailbox_gauge[]>(core->cfg.partitions);
@@ -346,22 +418,21 @@ silo::start(silo_config cfg, grain_registry registry,
   auto& c = *result->core_;
   caf::error failure;
   {
-    caf::scoped_actor self{*c.sys};
     // Only partitions this silo owns are served; a cluster silo acquires
     // others later, when they are handed to it.
-    size_t asked = 0;
-    for (uint32_t p = 0; p < c.partitions.size(); ++p) {
-      if (c.remote_owner(p))
-        continue;
-      self->send(c.partitions[p], recover_atom::value);
-      ++asked;
+    std::vector<answer> answers;
+    for (uint32_t p = 0; p < c.partitions.size(); ++p)
+      if (!c.remote_owner(p))
+        answers.push_back(
+            ask(*c.sys, c.partitions[p], recover_atom::value, caf::infinite));
+    for (auto& a : answers) {
+      // Recovery has no deadline of its own; a day bounds the wait.
+      auto err = a->wait_for(std::chrono::hours{24});
+      if (!err)
+        err = make_error(errc::timeout, "recovering a partition took a day");
+      if (*err && !failure)
+        failure = std::move(*err);
     }
-    for (size_t i = 0; i < asked; ++i)
-      self->receive([](bool) {},
-                    [&](caf::error& err) {
-                      if (!failure)
-                        failure = std::move(err);
-                    });
   }
   // CAF 0.17 pins its logger in a thread-local of every thread that built
   // the system or a scoped_actor, and ~actor_system waits for the logger:
@@ -380,12 +451,13 @@ caf::error silo::stop() {
   if (!c.sys || c.stopping.exchange(true))
     return caf::none;
   {
-    caf::scoped_actor self{*c.sys};
+    std::vector<answer> answers;
     for (auto& p : c.partitions)
-      self->send(p, stop_atom::value);
-    for (size_t i = 0; i < c.partitions.size(); ++i)
-      self->receive([](bool) {}, [](caf::error&) {},
-                    caf::after(std::chrono::seconds{30}) >> [] {});
+      answers.push_back(ask(*c.sys, p, stop_atom::value,
+                            caf::duration{std::chrono::seconds{30}}));
+    // Each answer comes by the request's own timeout.
+    for (auto& a : answers)
+      static_cast<void>(a->wait_for(std::chrono::seconds{31}));
   }
   caf::logger::set_current_actor_system(nullptr); // See silo::start.
   // A caller admitted before the stop may still be about to enqueue into a
@@ -393,7 +465,7 @@ caf::error silo::stop() {
   // by their own timeouts), so this wait is bounded too.
   for (int64_t i = 0;
        c.callers.load() > 0 && i < limits::stop_caller_wait.count(); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds{1});
+    sys::sleep_for(std::chrono::milliseconds{1});
   GRANARY_ASSERT(c.callers.load() == 0,
                  "a client API call outlived the silo's stop by 120 s");
   c.commits->stop();
@@ -401,6 +473,12 @@ caf::error silo::stop() {
     caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
   c.partitions.clear();
   auto failure = c.commits->failure();
+  if (c.caf_driver.joinable()) {
+    c.caf_driver_stop = true;
+    c.caf_driver.join();
+    // Actors still waiting for a timer would hold the destructor.
+    c.sys->await_actors_before_shutdown(false);
+  }
   c.sys.reset();
   c.commits.reset();
   c.store.reset();
@@ -422,24 +500,21 @@ ask_partition(silo_core& c, uint32_t p, Atom what, const char* action,
     return err;
   caf::error result;
   {
-    caf::scoped_actor self{*c.sys};
-    self->request(c.partitions[p], timeout, what)
-        .receive([](bool) {},
-                 [&](caf::error& err) {
-                   if (err == caf::sec::request_timeout) {
-                     // Still running: the partition finishes it anyway.
-                     result = make_error(
-                         errc::timeout,
-                         std::string{action} + " partition " + std::to_string(p)
-                             + " did not finish within "
-                             + std::to_string(timeout.count()) + " ms");
-                     return;
-                   }
-                   result = make_error(errc::storage_failure,
-                                       std::string{action} + " partition "
-                                           + std::to_string(p)
-                                           + " failed: " + describe(err));
-                 });
+    auto a = ask(*c.sys, c.partitions[p], what, caf::duration{timeout});
+    auto got = a->wait_for(timeout + std::chrono::seconds{1});
+    auto err = got ? std::move(*got) : caf::error{caf::sec::request_timeout};
+    if (err == caf::sec::request_timeout) {
+      // Still running: the partition finishes it anyway.
+      result = make_error(errc::timeout,
+                          std::string{action} + " partition "
+                              + std::to_string(p) + " did not finish within "
+                              + std::to_string(timeout.count()) + " ms");
+    } else if (err) {
+      result
+          = make_error(errc::storage_failure,
+                       std::string{action} + " partition " + std::to_string(p)
+                           + " failed: " + describe(err));
+    }
   }
   caf::logger::set_current_actor_system(nullptr); // See silo::start.
   return result;
@@ -514,33 +589,17 @@ void silo::deliver_remote(std::shared_ptr<wire::Envelope> env, bool fresh,
 
 namespace {
 
-// Shared between a blocking caller and a callback that may outlive it.
-template <class T>
-struct waiter {
-  std::promise<T> promise;
-  std::atomic<bool> done{false};
-
-  void set(T value) {
-    if (!done.exchange(true))
-      promise.set_value(std::move(value));
-  }
-};
-
-} // namespace
-
-namespace {
-
 // A partition that is being handed off between silos answers `not_owner`
 // for a moment: the blocking calls try again until their deadline.
 template <class Attempt>
 auto retry_not_owner(std::chrono::milliseconds timeout, Attempt attempt) {
   using clock_type = std::chrono::steady_clock;
-  auto deadline = clock_type::now() + timeout;
+  auto deadline = sys::now() + timeout;
   auto pause = std::chrono::milliseconds{10};
   // Bounded by the deadline; every pass waits at least `pause`.
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - clock_type::now());
+        deadline - sys::now());
     auto res = attempt(std::max(left, std::chrono::milliseconds{1}));
     const caf::error* err = nullptr;
     if constexpr (std::is_same_v<decltype(res), caf::error>)
@@ -548,9 +607,9 @@ auto retry_not_owner(std::chrono::milliseconds timeout, Attempt attempt) {
     else if (!res)
       err = &res.error();
     if (!err || code_of(*err) != errc::not_owner
-        || clock_type::now() + pause >= deadline)
+        || sys::now() + pause >= deadline)
       return res;
-    std::this_thread::sleep_for(pause);
+    sys::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::milliseconds{200});
   }
 }
@@ -562,17 +621,17 @@ caf::expected<message_ptr> silo::call(grain_id target, message_ptr msg,
   return retry_not_owner(
       timeout,
       [&](std::chrono::milliseconds left) -> caf::expected<message_ptr> {
-        auto w = std::make_shared<waiter<caf::expected<message_ptr>>>();
-        auto fut = w->promise.get_future();
+        auto w = std::make_shared<sys::one_shot<caf::expected<message_ptr>>>();
         call_async(target, msg, [w](caf::expected<message_ptr> res) {
           w->set(std::move(res));
         });
-        if (fut.wait_for(left) != std::future_status::ready)
+        auto res = w->wait_for(left);
+        if (!res)
           return make_error(errc::timeout,
                             "transient call to " + to_string(target)
                                 + " timed out after "
                                 + std::to_string(timeout.count()) + " ms");
-        return fut.get();
+        return std::move(*res);
       });
 }
 
@@ -620,17 +679,17 @@ caf::error silo::send(grain_id target, const google::protobuf::Message& msg,
   // `not_owner` means the message was not accepted: sending it again (with
   // the same id, or a fresh one) cannot duplicate it.
   return retry_not_owner(timeout, [&](std::chrono::milliseconds left) {
-    auto w = std::make_shared<waiter<caf::error>>();
-    auto fut = w->promise.get_future();
+    auto w = std::make_shared<sys::one_shot<caf::error>>();
     send_async(target, msg, msg_id,
                [w](const caf::error& err) { w->set(err); });
-    if (fut.wait_for(left) != std::future_status::ready)
+    auto res = w->wait_for(left);
+    if (!res)
       return make_error(errc::timeout,
                         "durable send to " + to_string(target)
                             + " was not acknowledged within "
                             + std::to_string(timeout.count())
                             + " ms; resend with the same msg_id to be safe");
-    return fut.get();
+    return std::move(*res);
   });
 }
 
@@ -645,8 +704,7 @@ namespace {
 
 caf::error run_admin(silo_core& c, const grain_id& target,
                      const std::string& msg_id, bool requeue) {
-  auto w = std::make_shared<waiter<caf::error>>();
-  auto fut = w->promise.get_future();
+  auto w = std::make_shared<sys::one_shot<caf::error>>();
   {
     api_guard guard{c};
     if (auto err = guard.error())
@@ -659,9 +717,10 @@ caf::error run_admin(silo_core& c, const grain_id& target,
                          [w](const caf::error& err) { w->set(err); });
                    }});
   }
-  if (fut.wait_for(std::chrono::seconds{30}) != std::future_status::ready)
+  auto res = w->wait_for(std::chrono::seconds{30});
+  if (!res)
     return make_error(errc::timeout, "dead-letter operation timed out");
-  return fut.get();
+  return std::move(*res);
 }
 
 } // namespace

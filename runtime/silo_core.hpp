@@ -19,6 +19,7 @@
 #include "runtime/remote.hpp"
 #include "runtime/silo.hpp"
 #include "runtime/storage.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::detail {
 
@@ -56,6 +57,10 @@ struct silo_core {
   std::shared_ptr<granary::clock> clk;
   std::unique_ptr<caf::actor_system_config> sys_cfg;
   std::unique_ptr<caf::actor_system> sys;
+  /// Under a simulation: the thread that runs CAF's test coordinator (the
+  /// partitions' scheduler there), and its stop flag.
+  sys::thread caf_driver;
+  std::atomic<bool> caf_driver_stop{false};
   std::unique_ptr<commit_loop> commits;
   std::vector<caf::actor> partitions;
   std::unique_ptr<mailbox_gauge[]> gauges;

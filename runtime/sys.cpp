@@ -107,6 +107,28 @@ void yield() {
     k->yield();
 }
 
+bool wait_until_ready(const std::function<bool()>& ready,
+                      std::optional<time_point> deadline) {
+  if (auto* k = this_kernel)
+    return k->wait_until_ready(ready, deadline);
+  // Bounded by the deadline (or by `ready`, which the caller's other
+  // threads make true).
+  while (!ready()) {
+    if (deadline && std::chrono::steady_clock::now() >= *deadline)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds{1});
+  }
+  return true;
+}
+
+int64_t wall_ms() {
+  if (auto* k = this_kernel)
+    return k->wall_ms();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 uint64_t random_u64() {
   if (auto* k = this_kernel)
     return k->random();

@@ -72,6 +72,17 @@ public:
 
   /// The simulated process of the calling thread.
   virtual uint64_t current_process() const = 0;
+
+  /// Waits until `ready()` holds or `deadline`; the kernel checks `ready`
+  /// at every scheduling decision (for state it cannot see, such as a job
+  /// queue filled without a notify). False on timeout.
+  virtual bool wait_until_ready(const std::function<bool()>& ready,
+                                std::optional<time_point> deadline)
+      = 0;
+
+  /// The wall clock as the calling thread's process sees it (virtual,
+  /// with the process's skew), in milliseconds since the Unix epoch.
+  virtual int64_t wall_ms() = 0;
 };
 
 /// The kernel of the calling thread, or null outside a simulation.
@@ -170,6 +181,16 @@ void sleep_until(time_point t);
 /// A scheduling point: under a simulation another thread may run here.
 void yield();
 
+/// Under a simulation, waits until `ready()` holds or `deadline` (see
+/// `kernel::wait_until_ready`); false on timeout. Outside a simulation,
+/// polls every millisecond.
+bool wait_until_ready(const std::function<bool()>& ready,
+                      std::optional<time_point> deadline);
+
+/// The wall clock in milliseconds since the Unix epoch (virtual under a
+/// simulation).
+int64_t wall_ms();
+
 /// A random 64-bit number: from the run's seed under a simulation, from
 /// the operating system otherwise.
 uint64_t random_u64();
@@ -194,6 +215,43 @@ private:
   std::thread native_;
   kernel* kernel_ = nullptr;
   uint64_t sim_id_ = 0;
+};
+
+/// A value handed from one thread to another once: a promise and its
+/// future in one object, shared (`std::shared_ptr`) between a waiting
+/// caller and a callback that may outlive it.
+template <class T>
+class one_shot {
+public:
+  /// Stores `value` and wakes the waiter; later values are ignored.
+  void set(T value) {
+    std::lock_guard guard{mtx_};
+    if (value_)
+      return;
+    value_.emplace(std::move(value));
+    cv_.notify_all();
+  }
+
+  /// The value, once set before `deadline`; nullopt on timeout.
+  std::optional<T> wait_until(time_point deadline) {
+    std::unique_lock lock{mtx_};
+    if (!cv_.wait_until(lock, deadline, [&] { return value_.has_value(); }))
+      return std::nullopt;
+    return std::move(*value_);
+  }
+
+  template <class Rep, class Period>
+  std::optional<T> wait_for(std::chrono::duration<Rep, Period> d) {
+    std::unique_lock lock{mtx_};
+    if (!cv_.wait_for(lock, d, [&] { return value_.has_value(); }))
+      return std::nullopt;
+    return std::move(*value_);
+  }
+
+private:
+  mutex mtx_;
+  condition_variable cv_;
+  std::optional<T> value_;
 };
 
 template <class Rep, class Period>

@@ -62,6 +62,7 @@ struct sim_process {
   bool alive = true;
   bool crash_pending = false;
   std::chrono::nanoseconds paused_until{0};
+  std::chrono::milliseconds skew{0};
 };
 
 struct trace_event {
@@ -448,6 +449,21 @@ void kernel::pause(process_id p, std::chrono::nanoseconds d) {
   proc.paused_until = std::max(proc.paused_until, s.vnow + d);
   s.record(0, "process '" + proc.name + "' paused");
   s.preempt_point(lk, s.me());
+}
+
+void kernel::skew(process_id p, std::chrono::milliseconds ahead) {
+  auto& s = *st_;
+  std::lock_guard guard{s.big};
+  s.processes.at(p).skew = ahead;
+}
+
+int64_t kernel::wall_ms() {
+  auto& s = *st_;
+  std::lock_guard guard{s.big};
+  auto& p = s.processes.at(s.me()->process);
+  return s.cfg.wall_start_ms
+         + std::chrono::duration_cast<std::chrono::milliseconds>(s.vnow).count()
+         + p.skew.count();
 }
 
 bool kernel::alive(process_id p) const {

@@ -29,6 +29,8 @@ struct kernel_config {
   std::chrono::nanoseconds step_cost{2'000};
   /// Livelock guard: the run fails after this many decisions.
   uint64_t max_steps = 100'000'000;
+  /// The wall clock at the start of the run (ms since the Unix epoch).
+  int64_t wall_start_ms = 1'800'000'000'000;
   /// The run fails when the virtual time passes this.
   std::chrono::nanoseconds max_time = std::chrono::hours{24 * 365};
   /// Events kept for the report of a failed run.
@@ -105,6 +107,10 @@ public:
   /// Stops the threads of `p` for `d` of virtual time (like SIGSTOP).
   void pause(process_id p, std::chrono::nanoseconds d);
 
+  /// Sets how far `p`'s wall clock is ahead of the true (virtual) time;
+  /// negative: behind.
+  void skew(process_id p, std::chrono::milliseconds ahead);
+
   /// False once `p` crashed.
   bool alive(process_id p) const;
 
@@ -112,7 +118,7 @@ public:
   /// (for loops that poll state the kernel cannot see, like a CAF job
   /// queue), or until `deadline`; false on timeout.
   bool wait_until_ready(const std::function<bool()>& ready,
-                        std::optional<sys::time_point> deadline);
+                        std::optional<sys::time_point> deadline) override;
 
   /// Adds an event to the trace (and its hash).
   void trace(std::string event);
@@ -141,6 +147,7 @@ public:
   uint64_t start(std::string name, std::function<void()> fn) override;
   void join(uint64_t id) override;
   uint64_t random() override;
+  int64_t wall_ms() override;
 
   struct state;
 

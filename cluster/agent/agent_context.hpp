@@ -12,6 +12,7 @@
 
 #include "cluster/agent/cluster_agent.hpp"
 #include "runtime/log.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -40,19 +41,19 @@ struct agent_context {
 
   /// Guards the fields up to `rng`; `cv` wakes the agent's threads for a
   /// stop or a wanted refresh.
-  mutable std::mutex mtx;
-  std::condition_variable cv;
+  mutable sys::mutex mtx;
+  sys::condition_variable cv;
   bool stopped = false;
   bool refresh_wanted = true;
   bool leaving = false;
   bool left = false;
   /// The newest table and map this silo read (never an older one).
   cluster_view cached;
-  std::mt19937_64 rng{std::random_device{}()};
+  std::mt19937_64 rng{sys::random_u64()};
 
   /// Serializes changes of what this silo serves: applying a view, and a
   /// handoff's start and end.
-  std::mutex apply_mtx;
+  sys::mutex apply_mtx;
   /// Per partition: served here now; on its way to another silo.
   std::unique_ptr<std::atomic<bool>[]> serving;
   std::unique_ptr<std::atomic<bool>[]> moving;

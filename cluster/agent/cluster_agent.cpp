@@ -19,6 +19,7 @@
 #include "runtime/error.hpp"
 #include "runtime/json.hpp"
 #include "runtime/log.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -29,7 +30,7 @@ using namespace std::chrono_literals;
 
 int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
+             sys::now().time_since_epoch())
       .count();
 }
 
@@ -113,7 +114,7 @@ struct cluster_agent::impl : agent_context {
   std::vector<bool> missing_logged;
 
   // Guards the detector, which pongs reach on the transport's threads.
-  std::mutex probe_mtx;
+  sys::mutex probe_mtx;
   failure_detector detector;
   // When a silo without a majority last said so (main thread only).
   int64_t last_minority_log_ms = 0;
@@ -122,9 +123,9 @@ struct cluster_agent::impl : agent_context {
   handoff_receiver receiver;
 
   watch_token watch;
-  std::thread main_thread;
-  std::thread sender_thread;
-  std::thread receiver_thread;
+  sys::thread main_thread;
+  sys::thread sender_thread;
+  sys::thread receiver_thread;
 
   impl(agent_config c, std::shared_ptr<granary::clock> k, membership_store& s,
        transport& n, transport_router& r)
@@ -132,7 +133,7 @@ struct cluster_agent::impl : agent_context {
       , missing_logged(cfg.partitions, false)
       , detector(detector_config{cfg.self.silo_id, cfg.missed_probes,
                                  cfg.votes_needed, cfg.vote_expiry.count()},
-                 std::random_device{}())
+                 sys::random_u64())
       , sender(*this)
       , receiver(*this, [this] { return refresh(); }) {
     on_dead = [](const std::string& why) {
@@ -159,9 +160,8 @@ struct cluster_agent::impl : agent_context {
   caf::error write_own_row(silo_status status, bool fresh_start,
                            std::chrono::milliseconds limit = 30s) {
     caf::error last;
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    for (int attempt = 0; attempt < max_cas_attempts
-                          && std::chrono::steady_clock::now() < deadline;
+    auto deadline = sys::now() + limit;
+    for (int attempt = 0; attempt < max_cas_attempts && sys::now() < deadline;
          ++attempt) {
       auto snap = store.read(cfg.self.silo_id);
       if (!snap) {
@@ -441,13 +441,13 @@ struct cluster_agent::impl : agent_context {
   }
 
   void main_loop() {
-    auto next_probe = std::chrono::steady_clock::now();
+    auto next_probe = sys::now();
     auto next_alive = next_probe + cfg.i_am_alive_interval;
     auto next_refresh = next_probe;
     int64_t last_error_log = 0;
     // Bounded by `stopped`; each pass waits for the next deadline.
     for (;;) {
-      auto now = std::chrono::steady_clock::now();
+      auto now = sys::now();
       bool want = false;
       {
         std::unique_lock guard{mtx};
@@ -457,7 +457,7 @@ struct cluster_agent::impl : agent_context {
           return;
         want = refresh_wanted;
         refresh_wanted = false;
-        now = std::chrono::steady_clock::now();
+        now = sys::now();
       }
       if (want || now >= next_refresh) {
         next_refresh = now + cfg.refresh_interval;
@@ -498,9 +498,10 @@ struct cluster_agent::impl : agent_context {
   }
 
   void start_threads() {
-    main_thread = std::thread{[this] { main_loop(); }};
-    sender_thread = std::thread{[this] { sender.run(); }};
-    receiver_thread = std::thread{[this] { receiver.run(); }};
+    main_thread = sys::thread{"agent", [this] { main_loop(); }};
+    sender_thread = sys::thread{"handoff-sender", [this] { sender.run(); }};
+    receiver_thread
+        = sys::thread{"handoff-receiver", [this] { receiver.run(); }};
   }
 };
 
@@ -618,13 +619,13 @@ caf::error cluster_agent::activate(silo& local) {
   std::vector<std::string> peers;
   for (auto& p : d.live_peer_rows(&addresses))
     peers.push_back(p.silo_id);
-  auto deadline = std::chrono::steady_clock::now() + d.cfg.join_timeout;
+  auto deadline = sys::now() + d.cfg.join_timeout;
   {
     std::lock_guard guard{d.probe_mtx};
     static_cast<void>(d.detector.join_probes(peers));
   }
   // Pings repeat every 100 ms until all answered or the deadline passed.
-  while (std::chrono::steady_clock::now() < deadline) {
+  while (sys::now() < deadline) {
     std::vector<failure_detector::probe> pending;
     {
       std::lock_guard guard{d.probe_mtx};
@@ -634,7 +635,7 @@ caf::error cluster_agent::activate(silo& local) {
       break;
     for (auto& p : pending)
       d.send_ping(addresses.at(p.silo_id), p.nonce);
-    std::this_thread::sleep_for(100ms);
+    sys::sleep_for(100ms);
   }
   {
     std::lock_guard guard{d.probe_mtx};
@@ -658,7 +659,7 @@ caf::error cluster_agent::leave(std::chrono::milliseconds limit) {
     d.refresh_wanted = true;
   }
   d.cv.notify_all();
-  auto deadline = std::chrono::steady_clock::now() + limit;
+  auto deadline = sys::now() + limit;
   if (auto err = d.write_own_row(silo_status::shutting_down, false, limit / 2))
     return make_error(code_of(err),
                       "cannot announce the leave, so the partitions stay "
@@ -666,7 +667,7 @@ caf::error cluster_agent::leave(std::chrono::milliseconds limit) {
                           + describe(err));
   bool others = false;
   // Waits for the sender thread to move every partition away.
-  while (std::chrono::steady_clock::now() < deadline) {
+  while (sys::now() < deadline) {
     static_cast<void>(d.refresh());
     auto view = this->view();
     others = std::any_of(view.table.rows.begin(), view.table.rows.end(),
@@ -676,7 +677,7 @@ caf::error cluster_agent::leave(std::chrono::milliseconds limit) {
                          });
     if (!others || d.held() == 0)
       break;
-    std::this_thread::sleep_for(100ms);
+    sys::sleep_for(100ms);
   }
   auto left_behind = d.held();
   {

@@ -14,6 +14,7 @@
 
 #include "cluster.pb.h"
 #include "cluster/agent/agent_context.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -79,8 +80,8 @@ private:
   agent_context& ctx_;
   refresh_fn refresh_;
 
-  std::mutex mtx_;
-  std::condition_variable cv_;
+  sys::mutex mtx_;
+  sys::condition_variable cv_;
   bool stopped_ = false;
   std::deque<inbound> incoming_;
 };

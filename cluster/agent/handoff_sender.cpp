@@ -7,6 +7,7 @@
 
 #include "cluster/agent/held_partitions.hpp"
 #include "runtime/error.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -66,14 +67,14 @@ caf::error handoff_sender::send_chunk(const peer_address& to, Frame& f) {
     await_seq_ = f.handoff_chunk().seq();
     await_result_.reset();
   }
-  auto deadline = std::chrono::steady_clock::now() + ctx_.cfg.handoff_timeout;
+  auto deadline = sys::now() + ctx_.cfg.handoff_timeout;
   caf::error last;
   // Bounded by the deadline.
-  while (std::chrono::steady_clock::now() < deadline && !ctx_.is_stopped()) {
+  while (sys::now() < deadline && !ctx_.is_stopped()) {
     if (auto err = ctx_.net.send(to, f)) {
       // Backpressure or a reconnect: transient, try again shortly.
       last = err;
-      std::this_thread::sleep_for(20ms);
+      sys::sleep_for(20ms);
       continue;
     }
     last = await_ack(f.handoff_chunk().handoff_id(), f.handoff_chunk().seq());
@@ -300,7 +301,7 @@ caf::error handoff_sender::hand_off(const partition_move& m,
   auto* here = ctx_.local.load();
   if (!here)
     return make_error(errc::silo_stopped, "no silo");
-  auto started = std::chrono::steady_clock::now();
+  auto started = sys::now();
   {
     std::lock_guard apply_guard{ctx_.apply_mtx};
     // Only a partition this silo serves, by the newest map it knows, may
@@ -364,8 +365,8 @@ caf::error handoff_sender::hand_off(const partition_move& m,
     return make_error(errc::storage_failure,
                       "partition " + std::to_string(p)
                           + " changed owner during its handoff");
-  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::chrono::steady_clock::now() - started);
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(sys::now()
+                                                                    - started);
   say(log_level::info, "handed partition " + std::to_string(p) + " to silo '"
                            + m.to + "' at epoch " + std::to_string(epoch + 1)
                            + " (" + std::to_string(bytes) + " bytes in "

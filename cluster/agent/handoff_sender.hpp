@@ -14,6 +14,7 @@
 #include "cluster.pb.h"
 #include "cluster/agent/agent_context.hpp"
 #include "cluster/agent/move_planner.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -98,8 +99,8 @@ private:
   agent_context& ctx_;
 
   // The answer the sender waits for.
-  std::mutex ack_mtx_;
-  std::condition_variable ack_cv_;
+  sys::mutex ack_mtx_;
+  sys::condition_variable ack_cv_;
   uint64_t await_id_ = 0;
   uint64_t await_seq_ = 0;
   std::optional<caf::error> await_result_;

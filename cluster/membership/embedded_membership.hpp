@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cluster/membership/membership.hpp"
+#include "runtime/sys.hpp"
 
 namespace rocksdb {
 class DB;
@@ -96,7 +97,7 @@ private:
   std::unique_ptr<rocksdb::DB> db_;
   std::shared_ptr<watcher_list> watchers_;
   // Guards the cache and all writes.
-  std::mutex mtx_;
+  sys::mutex mtx_;
   bool failed_ = false;
   uint64_t revision_ = 0;
   uint64_t table_version_ = 0;

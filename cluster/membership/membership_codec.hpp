@@ -12,6 +12,7 @@
 
 #include "cluster/membership/membership.hpp"
 #include "membership.pb.h"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -47,9 +48,9 @@ private:
   void remove(uint64_t id);
 
   // Held while watchers run, so that `remove` waits for a running watcher.
-  std::mutex dispatch_mtx_;
+  sys::mutex dispatch_mtx_;
   // Guards the members below.
-  mutable std::mutex mtx_;
+  mutable sys::mutex mtx_;
   uint64_t next_id_ = 1;
   std::map<uint64_t, std::shared_ptr<membership_watcher>> watchers_;
   uint64_t last_table_ = 0;

@@ -18,6 +18,7 @@
 #include "membership.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -332,7 +333,7 @@ struct membership_service::state {
         queue.pop_front();
       }
       if (auto limit = j.call.timeout_ms(); limit > 0) {
-        auto waited = clock_type::now() - j.queued_at;
+        auto waited = sys::now() - j.queued_at;
         if (waited > std::chrono::milliseconds{limit}) {
           bump(expired);
           continue;
@@ -347,11 +348,11 @@ struct membership_service::state {
 
   membership_store& store;
   const size_t max_queued;
-  std::mutex mtx;
-  std::condition_variable cv;
+  sys::mutex mtx;
+  sys::condition_variable cv;
   std::deque<job> queue;
   bool stopped = false;
-  std::thread worker;
+  sys::thread worker;
   std::atomic<uint64_t> calls{0};
   std::atomic<uint64_t> overloaded{0};
   std::atomic<uint64_t> invalid{0};
@@ -363,7 +364,8 @@ struct membership_service::state {
 membership_service::membership_service(membership_store& store,
                                        membership_service_config cfg)
     : state_(std::make_unique<state>(store, cfg)) {
-  state_->worker = std::thread{[st = state_.get()] { st->run(); }};
+  state_->worker
+      = sys::thread{"membership-service", [st = state_.get()] { st->run(); }};
 }
 
 membership_service::~membership_service() {
@@ -396,7 +398,7 @@ void membership_service::handle(const peer_info& from, const MembershipRpc& rpc,
   j.from = from;
   j.request_id = rpc.request_id();
   j.net = &net;
-  j.queued_at = clock_type::now();
+  j.queued_at = sys::now();
   bool stopped = false;
   {
     std::lock_guard guard{st.mtx};
@@ -460,7 +462,7 @@ struct remote_membership::state {
     bool done = false;
     std::string body;
     caf::error failure;
-    std::condition_variable cv;
+    sys::condition_variable cv;
   };
 
   /// Outcome of asking one seed.
@@ -478,9 +480,7 @@ struct remote_membership::state {
       , watchers(std::make_shared<watcher_list>()) {
     // Different clients (and restarts) start at different ids, so that an
     // answer meant for a previous client is never taken for ours.
-    std::random_device rd;
-    uint64_t seed = (uint64_t{rd()} << 32) ^ rd();
-    next_id.store((seed >> 1) + 1);
+    next_id.store((sys::random_u64() >> 1) + 1);
   }
 
   static std::string seed_name(const peer_address& seed) {
@@ -491,7 +491,7 @@ struct remote_membership::state {
   attempt ask(const peer_address& seed, const std::string& body,
               bool is_write) {
     attempt result;
-    auto deadline = clock_type::now() + cfg.call_timeout;
+    auto deadline = sys::now() + cfg.call_timeout;
     auto id = next_id.fetch_add(1, std::memory_order_relaxed);
     auto pc = std::make_shared<pending_call>();
     pc->seed_id = seed.silo_id;
@@ -704,18 +704,18 @@ struct remote_membership::state {
   std::atomic<size_t> preferred{0};
 
   // Guards `pending` and `stopping`, and the pending calls.
-  std::mutex mtx;
+  sys::mutex mtx;
   std::map<uint64_t, std::shared_ptr<pending_call>> pending;
   bool stopping = false;
 
   // Serializes `watch` while it starts the poller.
-  std::mutex watch_mtx;
+  sys::mutex watch_mtx;
   bool poller_started = false;
   // Guards `poll_stop`.
-  std::mutex poll_mtx;
-  std::condition_variable poll_cv;
+  sys::mutex poll_mtx;
+  sys::condition_variable poll_cv;
   bool poll_stop = false;
-  std::thread poller;
+  sys::thread poller;
   // Written before the poller starts, then by the poller only.
   uint64_t seen_table = 0;
   uint64_t seen_map = 0;
@@ -894,7 +894,8 @@ remote_membership::watch(membership_watcher watcher) {
         return make_error(errc::silo_stopped,
                           "membership client is shutting down");
     }
-    st.poller = std::thread{[s = state_.get()] { s->poll_loop(); }};
+    st.poller = sys::thread{"membership-poller",
+                            [s = state_.get()] { s->poll_loop(); }};
     st.poller_started = true;
     return token;
   }

@@ -5,7 +5,6 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <thread>
 
 #include <google/protobuf/descriptor.h>
@@ -15,6 +14,7 @@
 #include "granary.pb.h"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -69,19 +69,19 @@ struct transport_router::impl {
   uint32_t partition_count = 0;
   // Guards `routes`; `serving` mirrors "routed here and available" for the
   // hot path of `owns`.
-  mutable std::shared_mutex routes_mtx;
+  mutable sys::mutex routes_mtx;
   std::vector<route> routes;
   std::unique_ptr<std::atomic<bool>[]> serving;
   std::function<void()> stale_fn;
   frame_handler other_fn;
   router_config cfg;
-  std::mutex mtx;
-  std::condition_variable cv;
+  sys::mutex mtx;
+  sys::condition_variable cv;
   std::map<std::string, pending_ack> acks;
   std::map<uint64_t, pending_call> calls;
   uint64_t next_id = 0;
   bool stopped = false;
-  std::thread expiry;
+  sys::thread expiry;
 
   impl(transport& t, peer_address me, uint32_t count, router_config c)
       : net(t)
@@ -94,11 +94,11 @@ struct transport_router::impl {
       r.available = false;
       r.why = "no owner is known yet";
     }
-    expiry = std::thread{[this] { expire_loop(); }};
+    expiry = sys::thread{"router-expiry", [this] { expire_loop(); }};
   }
 
   route get(uint32_t p) const {
-    std::shared_lock guard{routes_mtx};
+    std::lock_guard guard{routes_mtx};
     if (p >= routes.size())
       return route{{}, 0, false, "no such partition"};
     return routes[p];
@@ -106,7 +106,7 @@ struct transport_router::impl {
 
   // The epoch at which this silo serves `p`, or nullopt when it does not.
   std::optional<uint64_t> served_epoch(uint32_t p) const {
-    std::shared_lock guard{routes_mtx};
+    std::lock_guard guard{routes_mtx};
     if (p >= routes.size() || !serving[p].load(std::memory_order_acquire))
       return std::nullopt;
     return routes[p].epoch;
@@ -150,7 +150,7 @@ struct transport_router::impl {
     std::unique_lock guard{mtx};
     while (!stopped) {
       cv.wait_for(guard, std::chrono::milliseconds{50});
-      auto now = clock_type::now();
+      auto now = sys::now();
       std::vector<ack_fn> lost_acks;
       std::vector<std::pair<reply_fn, uint32_t>> lost_calls;
       for (auto i = acks.begin(); i != acks.end();) {
@@ -403,8 +403,8 @@ void transport_router::deliver(uint32_t p,
     // A redelivery while an earlier copy is unanswered takes its place
     // (without answering the earlier one, which would only provoke
     // another redelivery at once).
-    d.acks[e.ack_key()] = impl::pending_ack{
-        std::move(ack), clock_type::now() + d.cfg.ack_timeout};
+    d.acks[e.ack_key()]
+        = impl::pending_ack{std::move(ack), sys::now() + d.cfg.ack_timeout};
   }
   auto key = e.ack_key();
   if (auto err = d.net.send(r.owner, f)) {
@@ -447,8 +447,7 @@ void transport_router::call(uint32_t p, const grain_id& target, message_ptr msg,
                               "too many calls wait for replies; retry after "
                               "100 ms"));
     id = ++d.next_id;
-    d.calls[id]
-        = impl::pending_call{std::move(reply), clock_type::now() + timeout, p};
+    d.calls[id] = impl::pending_call{std::move(reply), sys::now() + timeout, p};
   }
   c.set_call_id(id);
   if (auto err = d.net.send(r.owner, f)) {

@@ -10,6 +10,7 @@
 
 #include "cluster.pb.h"
 #include "runtime/error.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -50,8 +51,8 @@ public:
   std::shared_ptr<transport> inner;
   fault_config cfg;
 
-  std::mutex mtx;
-  std::condition_variable cv;
+  sys::mutex mtx;
+  sys::condition_variable cv;
   std::mt19937_64 rng;
   bool running = false;
   bool stopped = false;
@@ -60,7 +61,7 @@ public:
   // Per peer: the frame held back for reordering, if any.
   std::unordered_map<std::string, held_key> swap_slot;
   fault_stats counts;
-  std::thread timer;
+  sys::thread timer;
 };
 
 caf::error faulty_transport::impl::send(const peer_address& to,
@@ -87,7 +88,7 @@ caf::error faulty_transport::impl::send(const peer_address& to,
 caf::error faulty_transport::impl::send_one(const peer_address& to,
                                             const Frame& frame) {
   auto room = held.size() < cfg.max_held;
-  auto now = steady::now();
+  auto now = sys::now();
   if (room && roll(cfg.delay_rate)) {
     ++counts.delayed;
     std::uniform_int_distribution<int64_t> dist{0, cfg.max_delay.count()};
@@ -136,7 +137,7 @@ void faulty_transport::impl::run() {
     auto first = held.begin();
     // A copy: `send` may release (erase) this frame while we wait.
     auto due = first->first.first;
-    if (due > steady::now()) {
+    if (due > sys::now()) {
       cv.wait_until(guard, due);
       continue;
     }
@@ -185,7 +186,7 @@ caf::expected<uint16_t> faulty_transport::start(const endpoint& listen) {
     return port;
   std::lock_guard guard{impl_->mtx};
   impl_->running = true;
-  impl_->timer = std::thread{[this] { impl_->run(); }};
+  impl_->timer = sys::thread{"fault-timer", [this] { impl_->run(); }};
   return port;
 }
 

@@ -7,6 +7,7 @@
 #include "cluster.pb.h"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -36,7 +37,7 @@ public:
     started_ = true;
     self_.address = listen;
     self_.address.port = net_->listen(this);
-    worker_ = std::thread{[this] { run(); }};
+    worker_ = sys::thread{"memory-network", [this] { run(); }};
     return self_.address.port;
   }
 
@@ -117,13 +118,13 @@ private:
   std::shared_ptr<memory_network> net_;
   peer_info self_;
   frame_handler handler_;
-  mutable std::mutex mtx_;
-  std::condition_variable cv_;
+  mutable sys::mutex mtx_;
+  sys::condition_variable cv_;
   std::deque<item> queue_;
   bool started_ = false;
   bool stopped_ = false;
   transport_stats stats_;
-  std::thread worker_;
+  sys::thread worker_;
 };
 
 std::shared_ptr<memory_network> memory_network::make() {

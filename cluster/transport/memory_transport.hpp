@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cluster/transport/transport.hpp"
+#include "runtime/sys.hpp"
 
 namespace granary::cluster {
 
@@ -39,7 +40,7 @@ private:
   caf::error deliver(const peer_address& to, const peer_info& from,
                      const Frame& frame);
 
-  std::mutex mtx_;
+  sys::mutex mtx_;
   uint16_t next_port_ = 1;
   // By port; a silo is reached at the port it listens on.
   std::map<uint16_t, memory_transport*> listening_;
