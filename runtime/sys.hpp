@@ -109,9 +109,11 @@ public:
   }
 
   /// Simulation bookkeeping, owned by the kernel: the holder's thread id
-  /// (0: free) and the process that created the mutex.
+  /// (0: free), the process that created the mutex, and whether threads of
+  /// other processes lock it too.
   uint64_t sim_holder = 0;
   uint64_t sim_owner_process = 0;
+  bool sim_shared = false;
 
 private:
   std::mutex native_;

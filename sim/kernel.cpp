@@ -51,8 +51,8 @@ struct sim_thread {
   std::optional<std::chrono::nanoseconds> deadline;
   const std::function<bool()>* ready = nullptr;
   bool timed_out = false;
-  // Mutexes of other processes this thread holds (defers crashes).
-  int foreign_locks = 0;
+  // The mutexes this thread holds (a crash waits while one is shared).
+  std::vector<sys::mutex*> held;
   // The baton: the thread runs while `running == this`.
   std::condition_variable cv;
 };
@@ -178,7 +178,7 @@ struct kernel::state {
         wake(*t, true);
   }
 
-  // Crashes `p` now (its threads hold no foreign mutex).
+  // Crashes `p` now (its threads hold no shared mutex).
   void crash_now(process_id p) {
     auto& proc = processes.at(p);
     proc.alive = false;
@@ -186,12 +186,30 @@ struct kernel::state {
     record(0, "process '" + proc.name + "' crashed");
   }
 
+  // A process crashes only while none of its threads holds a mutex that
+  // another process uses: a dead holder would block the living for good.
   bool can_crash(process_id p) const {
     for (auto* t : live)
-      if (t->process == p && t->state != thread_state::done
-          && t->foreign_locks > 0)
-        return false;
+      if (t->process == p && t->state != thread_state::done)
+        for (auto* m : t->held)
+          if (m->sim_owner_process != p || m->sim_shared)
+            return false;
     return true;
+  }
+
+  void take(sim_thread* self, sys::mutex& m) {
+    m.sim_holder = self->id;
+    if (m.sim_owner_process != self->process)
+      m.sim_shared = true;
+    self->held.push_back(&m);
+  }
+
+  void release(sim_thread* self, sys::mutex& m) {
+    GRANARY_ASSERT(m.sim_holder == self->id,
+                   "a thread released a mutex it does not hold");
+    m.sim_holder = 0;
+    std::erase(self->held, &m);
+    wake_waiters_of(&m);
   }
 
   void drop_done() {
@@ -431,7 +449,7 @@ void kernel::crash(process_id p) {
     s.crash_now(p);
   else
     proc.crash_pending = true;
-  // Bounded: the holder of the foreign mutex releases it as it runs.
+  // Bounded: the holder of the shared mutex releases it as it runs.
   while (proc.alive && self->process != p) {
     self->state = thread_state::runnable;
     s.preempt_point(lk, self);
@@ -531,9 +549,7 @@ void kernel::lock(sys::mutex& m) {
     self->blocked_on = &m;
     s.reschedule(lk, self, false);
   }
-  m.sim_holder = self->id;
-  if (m.sim_owner_process != self->process)
-    ++self->foreign_locks;
+  s.take(self, m);
 }
 
 bool kernel::try_lock(sys::mutex& m) {
@@ -545,9 +561,7 @@ bool kernel::try_lock(sys::mutex& m) {
   s.preempt_point(lk, self);
   if (m.sim_holder != 0)
     return false;
-  m.sim_holder = self->id;
-  if (m.sim_owner_process != self->process)
-    ++self->foreign_locks;
+  s.take(self, m);
   return true;
 }
 
@@ -555,12 +569,7 @@ void kernel::unlock(sys::mutex& m) {
   auto& s = *st_;
   std::unique_lock lk{s.big};
   auto* self = s.me();
-  GRANARY_ASSERT(m.sim_holder == self->id,
-                 "a thread unlocked a mutex it does not hold");
-  m.sim_holder = 0;
-  if (m.sim_owner_process != self->process)
-    --self->foreign_locks;
-  s.wake_waiters_of(&m);
+  s.release(self, m);
   s.preempt_point(lk, self);
 }
 
@@ -571,12 +580,7 @@ bool kernel::wait(sys::condition_variable& cv, sys::mutex& m,
   {
     std::unique_lock lk{s.big};
     self = s.me();
-    GRANARY_ASSERT(m.sim_holder == self->id,
-                   "condition_variable::wait without holding the mutex");
-    m.sim_holder = 0;
-    if (m.sim_owner_process != self->process)
-      --self->foreign_locks;
-    s.wake_waiters_of(&m);
+    s.release(self, m);
     self->state = thread_state::blocked;
     self->blocked_on = &cv;
     self->deadline = s.to_virtual(deadline);

@@ -73,8 +73,9 @@ struct run_result {
 ///
 /// Processes crash (their threads never run again and their memory is
 /// abandoned, as a killed process's is), and pause. A crash is deferred
-/// while a thread of the process holds a mutex created by another process,
-/// so shared simulated devices (the network, the disks) stay consistent.
+/// while a thread of the process holds a mutex that another process uses
+/// too, so that shared simulated devices (the network, the disks) stay
+/// consistent and no living thread waits for a dead one's lock.
 class kernel final : public sys::kernel {
 public:
   explicit kernel(kernel_config cfg = {});

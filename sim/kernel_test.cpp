@@ -231,6 +231,43 @@ TEST(sim_kernel, a_crash_waits_until_the_process_releases_shared_locks) {
   EXPECT_TRUE(consistent);
 }
 
+TEST(sim_kernel, a_crash_never_leaves_a_lock_that_others_use_held) {
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    kernel k{seeded(seed)};
+    auto res = k.run([&] {
+      auto p = k.new_process("silo-1");
+      // The process's own queue, which the world fills too.
+      std::shared_ptr<sys::mutex> queue;
+      sys::mutex ready_mtx;
+      sys::condition_variable ready_cv;
+      k.spawn(p, "owner", [&] {
+        {
+          std::lock_guard guard{ready_mtx};
+          queue = std::make_shared<sys::mutex>();
+          ready_cv.notify_all();
+        }
+        for (;;) {
+          std::lock_guard guard{*queue};
+          sys::sleep_for(1ms);
+        }
+      });
+      {
+        std::unique_lock lock{ready_mtx};
+        ready_cv.wait(lock, [&] { return queue != nullptr; });
+      }
+      for (int i = 0; i < 5; ++i) {
+        std::lock_guard guard{*queue};
+        sys::sleep_for(1ms);
+      }
+      k.crash(p);
+      // Would deadlock if the owner had died holding it.
+      std::lock_guard guard{*queue};
+    });
+    ASSERT_TRUE(res.ok) << "seed " << seed << ": " << res.invariant << ": "
+                        << res.detail;
+  }
+}
+
 TEST(sim_kernel, a_paused_process_resumes_later) {
   kernel k{seeded(2)};
   std::chrono::nanoseconds late{0};

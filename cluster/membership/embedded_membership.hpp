@@ -22,6 +22,10 @@ struct embedded_membership_config {
   /// Directory of the store's own RocksDB instance, e.g.
   /// "<data_dir>/membership"; created when missing.
   std::string dir;
+  /// Keeps the table in memory only, without RocksDB (`dir` is then just
+  /// its name in messages): for the deterministic simulation, where the
+  /// store stands for an external service that outlives every silo.
+  bool in_memory = false;
 };
 
 /// The development default: the membership table and the partition map in
