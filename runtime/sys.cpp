@@ -22,11 +22,6 @@ void set_current_kernel(kernel* k) noexcept {
   this_kernel = k;
 }
 
-mutex::mutex() {
-  if (auto* k = this_kernel)
-    sim_owner_process = k->current_process();
-}
-
 void mutex::lock() {
   if (auto* k = this_kernel)
     return k->lock(*this);

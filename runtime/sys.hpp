@@ -70,9 +70,6 @@ public:
   /// A random number from the run's seed.
   virtual uint64_t random() = 0;
 
-  /// The simulated process of the calling thread.
-  virtual uint64_t current_process() const = 0;
-
   /// Waits until `ready()` holds or `deadline`; the kernel checks `ready`
   /// at every scheduling decision (for state it cannot see, such as a job
   /// queue filled without a notify). False on timeout.
@@ -95,7 +92,7 @@ void set_current_kernel(kernel* k) noexcept;
 /// `std::unique_lock` and `std::scoped_lock` work with it).
 class mutex {
 public:
-  mutex();
+  mutex() = default;
   mutex(const mutex&) = delete;
   mutex& operator=(const mutex&) = delete;
 
@@ -109,11 +106,8 @@ public:
   }
 
   /// Simulation bookkeeping, owned by the kernel: the holder's thread id
-  /// (0: free), the process that created the mutex, and whether threads of
-  /// other processes lock it too.
+  /// (0: free).
   uint64_t sim_holder = 0;
-  uint64_t sim_owner_process = 0;
-  bool sim_shared = false;
 
 private:
   std::mutex native_;

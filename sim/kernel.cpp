@@ -45,6 +45,8 @@ struct sim_thread {
   uint64_t id = 0;
   process_id process = 0;
   std::string name;
+  // What the thread waits for, for reports.
+  const char* waits_for = "";
   std::function<void()> fn;
   thread_state state = thread_state::runnable;
   const void* blocked_on = nullptr;
@@ -140,9 +142,27 @@ struct kernel::state {
     result.trace_hash = hash;
     for (auto& e : tail)
       result.tail.push_back(describe(e));
-    for (auto* t : live)
-      if (t->state != thread_state::done)
-        ++result.abandoned_threads;
+    for (auto* t : live) {
+      if (t->state == thread_state::done)
+        continue;
+      ++result.abandoned_threads;
+      auto& p = processes.at(t->process);
+      std::string line = p.name + "/" + t->name + ": ";
+      if (!p.alive)
+        line += "crashed, ";
+      if (t->state == thread_state::runnable) {
+        line += "runnable";
+      } else {
+        line += std::string{"waits for "} + t->waits_for;
+        if (t->deadline) {
+          char when[32];
+          std::snprintf(when, sizeof(when), "%.6f",
+                        std::chrono::duration<double>(*t->deadline).count());
+          line += std::string{" until t="} + when + "s";
+        }
+      }
+      result.threads.push_back(std::move(line));
+    }
     running = nullptr;
     ended_cv.notify_all();
   }
@@ -164,6 +184,13 @@ struct kernel::state {
     t.timed_out = timed_out;
   }
 
+  // A thread picked to run while waiting for its `ready` predicate stops
+  // waiting.
+  void make_runnable(sim_thread& t) {
+    if (t.state == thread_state::blocked)
+      wake(t, false);
+  }
+
   void wake_waiters_of(const void* object) {
     for (auto* t : live)
       if (t->state == thread_state::blocked && t->blocked_on == object)
@@ -178,7 +205,7 @@ struct kernel::state {
         wake(*t, true);
   }
 
-  // Crashes `p` now (its threads hold no shared mutex).
+  // Crashes `p` now (its threads hold no mutex).
   void crash_now(process_id p) {
     auto& proc = processes.at(p);
     proc.alive = false;
@@ -186,21 +213,18 @@ struct kernel::state {
     record(0, "process '" + proc.name + "' crashed");
   }
 
-  // A process crashes only while none of its threads holds a mutex that
-  // another process uses: a dead holder would block the living for good.
+  // A process crashes only while none of its threads holds a mutex: a
+  // dead holder could block the living for good (other processes reach
+  // into a dead one's objects through shared devices and callbacks).
   bool can_crash(process_id p) const {
     for (auto* t : live)
-      if (t->process == p && t->state != thread_state::done)
-        for (auto* m : t->held)
-          if (m->sim_owner_process != p || m->sim_shared)
-            return false;
+      if (t->process == p && t->state != thread_state::done && !t->held.empty())
+        return false;
     return true;
   }
 
   void take(sim_thread* self, sys::mutex& m) {
     m.sim_holder = self->id;
-    if (m.sim_owner_process != self->process)
-      m.sim_shared = true;
     self->held.push_back(&m);
   }
 
@@ -251,10 +275,13 @@ struct kernel::state {
           ready.push_back(t);
       if (!ready.empty()) {
         if (self_may_stay && self && schedulable(*self)
-            && uniform() >= cfg.switch_rate)
+            && uniform() >= cfg.switch_rate) {
+          make_runnable(*self);
           return self;
+        }
         auto* next = ready[std::uniform_int_distribution<size_t>{
             0, ready.size() - 1}(rng)];
+        make_runnable(*next);
         record(next->id, {});
         return next;
       }
@@ -449,7 +476,7 @@ void kernel::crash(process_id p) {
     s.crash_now(p);
   else
     proc.crash_pending = true;
-  // Bounded: the holder of the shared mutex releases it as it runs.
+  // Bounded: the holders of mutexes release them as they run.
   while (proc.alive && self->process != p) {
     self->state = thread_state::runnable;
     s.preempt_point(lk, self);
@@ -500,6 +527,7 @@ bool kernel::wait_until_ready(const std::function<bool()>& ready,
     return true;
   self->state = thread_state::blocked;
   self->blocked_on = &ready_marker;
+  self->waits_for = "a condition it polls";
   self->ready = &ready;
   self->deadline = s.to_virtual(deadline);
   s.reschedule(lk, self, false);
@@ -539,14 +567,13 @@ void kernel::lock(sys::mutex& m) {
   auto& s = *st_;
   std::unique_lock lk{s.big};
   auto* self = s.me();
-  if (m.sim_owner_process == 0)
-    m.sim_owner_process = self->process;
   s.preempt_point(lk, self);
   // Bounded by the holder: it runs until it unlocks.
   while (m.sim_holder != 0) {
     GRANARY_ASSERT(m.sim_holder != self->id, "a thread locked its own mutex");
     self->state = thread_state::blocked;
     self->blocked_on = &m;
+    self->waits_for = "a mutex";
     s.reschedule(lk, self, false);
   }
   s.take(self, m);
@@ -556,8 +583,6 @@ bool kernel::try_lock(sys::mutex& m) {
   auto& s = *st_;
   std::unique_lock lk{s.big};
   auto* self = s.me();
-  if (m.sim_owner_process == 0)
-    m.sim_owner_process = self->process;
   s.preempt_point(lk, self);
   if (m.sim_holder != 0)
     return false;
@@ -583,6 +608,7 @@ bool kernel::wait(sys::condition_variable& cv, sys::mutex& m,
     s.release(self, m);
     self->state = thread_state::blocked;
     self->blocked_on = &cv;
+    self->waits_for = "a condition variable";
     self->deadline = s.to_virtual(deadline);
     s.reschedule(lk, self, false);
   }
@@ -624,6 +650,7 @@ void kernel::sleep_until(sys::time_point t) {
   auto* self = s.me();
   self->state = thread_state::blocked;
   self->blocked_on = &sleep_marker;
+  self->waits_for = "the time (sleeps)";
   self->deadline = s.to_virtual(t);
   s.reschedule(lk, self, false);
 }
@@ -651,6 +678,7 @@ void kernel::join(uint64_t id) {
   while (target->state != thread_state::done) {
     self->state = thread_state::blocked;
     self->blocked_on = target;
+    self->waits_for = "another thread to finish";
     s.reschedule(lk, self, false);
   }
 }

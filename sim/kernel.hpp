@@ -56,6 +56,9 @@ struct run_result {
   uint64_t trace_hash = 0;
   /// The last events, oldest first, one line each.
   std::vector<std::string> tail;
+  /// Every unfinished thread at the end and what it waited for, one line
+  /// each ("silo-1#2/agent: waits on a condition variable until t=...").
+  std::vector<std::string> threads;
   /// Threads that never finished (crashed processes, or waiting at the
   /// end); they stay parked until the program exits.
   size_t abandoned_threads = 0;
@@ -72,10 +75,10 @@ struct run_result {
 /// simulated hour of timers takes as long as the work in it.
 ///
 /// Processes crash (their threads never run again and their memory is
-/// abandoned, as a killed process's is), and pause. A crash is deferred
-/// while a thread of the process holds a mutex that another process uses
-/// too, so that shared simulated devices (the network, the disks) stay
-/// consistent and no living thread waits for a dead one's lock.
+/// abandoned, as a killed process's is), and pause. A crash waits until no
+/// thread of the process holds a mutex, so that shared simulated devices
+/// (the network, the disks) stay consistent and no living thread can wait
+/// for a lock held by a dead one.
 class kernel final : public sys::kernel {
 public:
   explicit kernel(kernel_config cfg = {});
@@ -98,7 +101,7 @@ public:
   uint64_t spawn(process_id p, std::string name, std::function<void()> fn);
 
   /// The calling thread's process.
-  process_id current_process() const override;
+  process_id current_process() const;
 
   /// Stops every thread of `p` for good (at once, or as soon as none holds
   /// another process's mutex). Returns once the crash has happened, unless

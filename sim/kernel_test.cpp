@@ -205,7 +205,7 @@ TEST(sim_kernel, a_crashed_process_never_runs_again) {
   EXPECT_EQ(res.abandoned_threads, 1u);
 }
 
-TEST(sim_kernel, a_crash_waits_until_the_process_releases_shared_locks) {
+TEST(sim_kernel, a_crash_waits_until_the_process_releases_its_locks) {
   kernel k{seeded(9)};
   bool consistent = true;
   auto res = k.run([&] {
@@ -266,6 +266,39 @@ TEST(sim_kernel, a_crash_never_leaves_a_lock_that_others_use_held) {
     ASSERT_TRUE(res.ok) << "seed " << seed << ": " << res.invariant << ": "
                         << res.detail;
   }
+}
+
+TEST(sim_kernel, a_thread_waiting_for_a_polled_condition_wakes_every_time) {
+  kernel k{seeded(4)};
+  int handled = 0;
+  auto res = k.run([&] {
+    int queued = 0;
+    bool stop = false;
+    sys::thread worker{"worker", [&] {
+                         // Ends with `stop`.
+                         for (;;) {
+                           if (queued > 0) {
+                             --queued;
+                             ++handled;
+                             sys::yield();
+                             continue;
+                           }
+                           if (stop)
+                             return;
+                           k.wait_until_ready(
+                               [&] { return queued > 0 || stop; },
+                               std::nullopt);
+                         }
+                       }};
+    for (int i = 0; i < 50; ++i) {
+      ++queued; // No notify: the kernel polls.
+      sys::sleep_for(1ms);
+    }
+    stop = true;
+    worker.join();
+  });
+  ASSERT_TRUE(res.ok) << res.invariant << ": " << res.detail;
+  EXPECT_EQ(handled, 50);
 }
 
 TEST(sim_kernel, a_paused_process_resumes_later) {

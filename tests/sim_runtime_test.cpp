@@ -43,9 +43,9 @@ outcome run_silo(uint64_t seed) {
     grain_registry reg;
     if (auto err = register_grain<probe>(reg))
       k.fail("setup", describe(err));
-    auto started = silo::start(cfg, std::move(reg),
-                               std::make_unique<memory_storage>(),
-                               make_system_clock());
+    auto started
+        = silo::start(cfg, std::move(reg), std::make_unique<memory_storage>(),
+                      make_system_clock());
     if (!started)
       k.fail("setup", "silo::start: " + describe(started.error()));
     auto& s = **started;

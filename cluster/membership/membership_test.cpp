@@ -393,9 +393,8 @@ protected:
   std::unique_ptr<membership_store> store;
 };
 
-using providers
-    = ::testing::Types<embedded_provider, etcd_provider, seeded_provider,
-                       in_memory_provider>;
+using providers = ::testing::Types<embedded_provider, etcd_provider,
+                                   seeded_provider, in_memory_provider>;
 
 TYPED_TEST_SUITE(membership_conformance, providers);
 

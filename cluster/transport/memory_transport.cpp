@@ -1,7 +1,8 @@
 #include "cluster/transport/memory_transport.hpp"
 
+#include <algorithm>
 #include <condition_variable>
-#include <deque>
+#include <map>
 #include <thread>
 
 #include "cluster.pb.h"
@@ -79,8 +80,10 @@ public:
     return self_.silo_id;
   }
 
-  /// Queues a frame from `from`; `overloaded` when the queue is full.
-  caf::error enqueue(const peer_info& from, const Frame& frame) {
+  /// Queues a frame from `from`, to be seen after `delay`; `overloaded`
+  /// when the queue is full.
+  caf::error enqueue(const peer_info& from, const Frame& frame,
+                     std::chrono::nanoseconds delay) {
     std::lock_guard guard{mtx_};
     if (stopped_)
       return caf::none; // Lost, as on a connection that just died.
@@ -88,7 +91,8 @@ public:
       return make_error(errc::overloaded, "memory transport: " + self_.silo_id
                                               + " has a full queue");
     }
-    queue_.push_back({from, frame});
+    queue_.emplace(std::pair{sys::now() + delay, next_seq_++},
+                   item{from, frame});
     cv_.notify_one();
     return caf::none;
   }
@@ -101,12 +105,21 @@ private:
 
   void run() {
     std::unique_lock guard{mtx_};
+    // Ends with stop(); each pass hands over one frame or waits.
     for (;;) {
-      cv_.wait(guard, [&] { return stopped_ || !queue_.empty(); });
       if (stopped_)
         return;
-      auto next = std::move(queue_.front());
-      queue_.pop_front();
+      if (queue_.empty()) {
+        cv_.wait(guard);
+        continue;
+      }
+      auto due = queue_.begin()->first.first;
+      if (due > sys::now()) {
+        cv_.wait_until(guard, due);
+        continue;
+      }
+      auto next = std::move(queue_.begin()->second);
+      queue_.erase(queue_.begin());
       ++stats_.frames_received;
       guard.unlock();
       if (handler_)
@@ -120,7 +133,9 @@ private:
   frame_handler handler_;
   mutable sys::mutex mtx_;
   sys::condition_variable cv_;
-  std::deque<item> queue_;
+  // By due time, then arrival.
+  std::map<std::pair<sys::time_point, uint64_t>, item> queue_;
+  uint64_t next_seq_ = 0;
   bool started_ = false;
   bool stopped_ = false;
   transport_stats stats_;
@@ -166,7 +181,21 @@ caf::error memory_network::deliver(const peer_address& to,
   // it): the frame is lost.
   if (i == listening_.end() || i->second->silo_id() != to.silo_id)
     return caf::none;
-  return i->second->enqueue(from, frame);
+  link_fate fate;
+  if (policy_)
+    fate = policy_(from.silo_id, to.silo_id);
+  if (fate.drop)
+    return caf::none;
+  caf::error result;
+  for (int c = 0; c < std::clamp(fate.copies, 1, 2); ++c)
+    if (auto err = i->second->enqueue(from, frame, fate.delay[c]); !result)
+      result = std::move(err);
+  return result;
+}
+
+void memory_network::set_link_policy(link_policy policy) {
+  std::lock_guard guard{mtx_};
+  policy_ = std::move(policy);
 }
 
 } // namespace granary::cluster

@@ -1,6 +1,8 @@
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -12,6 +14,23 @@
 namespace granary::cluster {
 
 class memory_transport;
+
+/// What happens to one frame on a `memory_network` link.
+struct link_fate {
+  /// The frame is lost.
+  bool drop = false;
+  /// Copies delivered (1, or 2 for a duplicate).
+  int copies = 1;
+  /// Delay of each copy before its receiver sees it; frames of one link
+  /// with different delays overtake each other.
+  std::chrono::nanoseconds delay[2] = {};
+};
+
+/// Decides the fate of a frame from silo `from` to silo `to` (for fault
+/// injection; called under the network's lock, so it must not call back
+/// into the network).
+using link_policy
+    = std::function<link_fate(const std::string& from, const std::string& to)>;
 
 /// A network inside one process: the silos of a test cluster exchange
 /// frames through it without sockets. Every transport delivers on its own
@@ -27,6 +46,10 @@ public:
 
   /// A transport on this network for silo `silo_id`, run `incarnation`.
   std::shared_ptr<transport> attach(std::string silo_id, uint64_t incarnation);
+
+  /// Sets the policy every frame goes through (default: none, every frame
+  /// arrives once, in order).
+  void set_link_policy(link_policy policy);
 
 private:
   friend class memory_transport;
@@ -44,6 +67,7 @@ private:
   uint16_t next_port_ = 1;
   // By port; a silo is reached at the port it listens on.
   std::map<uint16_t, memory_transport*> listening_;
+  link_policy policy_;
 };
 
 } // namespace granary::cluster

@@ -1,0 +1,701 @@
+#include "testing/simulation.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "cluster/membership/embedded_membership.hpp"
+#include "cluster/transport/memory_transport.hpp"
+#include "runtime/assert.hpp"
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+#include "runtime/sys.hpp"
+
+namespace granary::testing {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// -- faults -------------------------------------------------------------------
+
+sim_faults sim_faults::none() {
+  return {};
+}
+
+sim_faults sim_faults::all() {
+  sim_faults f;
+  f.drop_rate = 0.02;
+  f.duplicate_rate = 0.02;
+  f.delay_rate = 0.05;
+  f.partitions = true;
+  f.clogging = true;
+  f.crashes = true;
+  f.pauses = true;
+  f.clock_skew = true;
+  return f;
+}
+
+caf::expected<sim_faults> sim_faults::parse(std::string_view list) {
+  sim_faults f;
+  auto all = sim_faults::all();
+  // Bounded by the list's length.
+  while (!list.empty()) {
+    auto comma = list.find(',');
+    auto kind = list.substr(0, comma);
+    list = comma == std::string_view::npos ? std::string_view{}
+                                           : list.substr(comma + 1);
+    if (kind == "all")
+      f = all;
+    else if (kind == "none")
+      f = none();
+    else if (kind == "drop")
+      f.drop_rate = all.drop_rate;
+    else if (kind == "duplicate")
+      f.duplicate_rate = all.duplicate_rate;
+    else if (kind == "delay")
+      f.delay_rate = all.delay_rate;
+    else if (kind == "partition")
+      f.partitions = true;
+    else if (kind == "clog")
+      f.clogging = true;
+    else if (kind == "crash")
+      f.crashes = true;
+    else if (kind == "pause")
+      f.pauses = true;
+    else if (kind == "skew")
+      f.clock_skew = true;
+    else
+      return make_error(errc::invalid_argument,
+                        "unknown fault kind '" + std::string{kind}
+                            + "' (known: drop, duplicate, delay, partition, "
+                              "clog, crash, pause, skew, all, none)");
+  }
+  return f;
+}
+
+std::string sim_faults::to_string() const {
+  std::string out;
+  auto add = [&](bool on, const char* name) {
+    if (on)
+      out += (out.empty() ? "" : ",") + std::string{name};
+  };
+  add(drop_rate > 0, "drop");
+  add(duplicate_rate > 0, "duplicate");
+  add(delay_rate > 0, "delay");
+  add(partitions, "partition");
+  add(clogging, "clog");
+  add(crashes, "crash");
+  add(pauses, "pause");
+  add(clock_skew, "skew");
+  return out.empty() ? "none" : out;
+}
+
+std::string sim_report::summary() const {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                "seed %llu: %s, %.1f s simulated in %.2f s, %llu frames",
+                static_cast<unsigned long long>(seed), run.ok ? "ok" : "FAILED",
+                std::chrono::duration<double>(run.elapsed).count(),
+                std::chrono::duration<double>(wall).count(),
+                static_cast<unsigned long long>(frames));
+  std::string out = buf;
+  std::string kinds;
+  for (auto& [kind, n] : faults)
+    kinds += (kinds.empty() ? "" : ", ") + kind + " " + std::to_string(n);
+  if (!kinds.empty())
+    out += ", faults: " + kinds;
+  if (!run.ok)
+    out += "; " + run.invariant + ": " + run.detail;
+  return out;
+}
+
+// -- world --------------------------------------------------------------------
+
+sim_world::~sim_world() = default;
+
+uint64_t sim_world::random() {
+  return kernel().random();
+}
+
+void sim_world::fail(std::string invariant, std::string detail) {
+  kernel().fail(std::move(invariant), std::move(detail));
+}
+
+void sim_world::trace(std::string event) {
+  kernel().trace(std::move(event));
+}
+
+namespace {
+
+// The shared membership store as one silo sees it: watchers of a crashed
+// silo are not called (its threads are gone; its objects must stay still).
+class guarded_store final : public cluster::membership_store {
+public:
+  guarded_store(cluster::membership_store& inner, sim::kernel& k,
+                sim::process_id p)
+      : inner_(inner)
+      , k_(k)
+      , p_(p) {}
+
+  caf::expected<cluster::membership_table> read_all() override {
+    return inner_.read_all();
+  }
+  caf::expected<cluster::membership_table>
+  read(const std::string& silo_id) override {
+    return inner_.read(silo_id);
+  }
+  caf::expected<cluster::write_result>
+  insert(const cluster::membership_entry& entry, uint64_t v) override {
+    return inner_.insert(entry, v);
+  }
+  caf::expected<cluster::write_result>
+  update(const cluster::membership_entry& entry, uint64_t row,
+         uint64_t table) override {
+    return inner_.update(entry, row, table);
+  }
+  caf::error update_i_am_alive(const std::string& silo_id,
+                               int64_t now_ms) override {
+    return inner_.update_i_am_alive(silo_id, now_ms);
+  }
+  caf::expected<size_t> delete_dead(int64_t older_than_ms) override {
+    return inner_.delete_dead(older_than_ms);
+  }
+  caf::expected<cluster::watch_token>
+  watch(cluster::membership_watcher watcher) override {
+    return inner_.watch([k = &k_, p = p_, w = std::move(watcher)](
+                            const cluster::membership_change& c) {
+      if (k->alive(p))
+        w(c);
+    });
+  }
+  caf::expected<cluster::partition_map> read_partition_map() override {
+    return inner_.read_partition_map();
+  }
+  caf::expected<cluster::write_result>
+  write_partition_map(const cluster::partition_map& map,
+                      uint64_t expected) override {
+    return inner_.write_partition_map(map, expected);
+  }
+
+private:
+  cluster::membership_store& inner_;
+  sim::kernel& k_;
+  sim::process_id p_;
+};
+
+struct sim_node {
+  std::string id;
+  std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  sim::process_id process = 0;
+  std::unique_ptr<guarded_store> store;
+  std::unique_ptr<host::silo_host> host;
+  uint64_t incarnation = 0;
+};
+
+using link = std::pair<std::string, std::string>;
+
+class world final : public sim_world {
+public:
+  world(const sim_options& opts, std::vector<host::grains_fn> grains,
+        std::vector<std::function<void(host::silo_file_config&, size_t)>>
+            configure,
+        sim::kernel& k, sim_report& report, fs::path dir)
+      : opts_(opts)
+      , grains_(std::move(grains))
+      , configure_(std::move(configure))
+      , k_(k)
+      , report_(report)
+      , dir_(std::move(dir)) {}
+
+  // -- sim_world --
+
+  size_t size() const override {
+    return nodes_.size();
+  }
+
+  bool running(size_t i) const override {
+    auto& n = *nodes_.at(i);
+    return n.host != nullptr && k_.alive(n.process);
+  }
+
+  caf::error on(size_t i, const std::function<void(silo&)>& fn) override {
+    auto& n = *nodes_.at(i);
+    if (!running(i))
+      return make_error(errc::silo_stopped, n.id + " is down");
+    auto done = std::make_shared<sys::one_shot<bool>>();
+    auto* s = &n.host->runtime();
+    auto process = n.process;
+    k_.spawn(process, "client", [done, s, &fn] {
+      fn(*s);
+      done->set(true);
+    });
+    // Bounded: ends when `fn` returns or its process is gone.
+    for (;;) {
+      if (done->wait_for(100ms))
+        return caf::none;
+      if (!k_.alive(process))
+        return make_error(errc::silo_stopped,
+                          n.id + " crashed while a client used it");
+    }
+  }
+
+  memory_storage& data(size_t i) override {
+    return *nodes_.at(i)->mem;
+  }
+
+  sim::kernel& kernel() override {
+    return k_;
+  }
+
+  // -- the run --
+
+  void setup() {
+    cluster::embedded_membership_config mc;
+    mc.dir = "simulated-membership";
+    mc.in_memory = true;
+    auto opened = cluster::embedded_membership::open(mc);
+    GRANARY_ASSERT(opened, "an in-memory membership store opens");
+    store_ = std::move(*opened);
+    net_ = cluster::memory_network::make();
+    net_->set_link_policy(
+        [this](const std::string& from, const std::string& to) {
+          return fate(from, to);
+        });
+    for (size_t i = 0; i < opts_.silos; ++i) {
+      nodes_.push_back(std::make_unique<sim_node>());
+      nodes_.back()->id = "silo-" + std::to_string(i);
+    }
+    for (size_t i = 0; i < nodes_.size(); ++i)
+      if (auto err = start(i))
+        fail("setup", "starting " + nodes_[i]->id + ": " + describe(err));
+  }
+
+  // Injects faults for `fault_time`, then heals everything and restarts
+  // the crashed silos.
+  void inject_faults() {
+    auto end = sys::now() + opts_.fault_time;
+    std::vector<std::string> kinds;
+    auto& f = opts_.faults;
+    if (f.partitions)
+      kinds.push_back("partition");
+    if (f.clogging)
+      kinds.push_back("clog");
+    if (f.crashes)
+      kinds.push_back("crash");
+    if (f.pauses)
+      kinds.push_back("pause");
+    {
+      std::lock_guard guard{mtx_};
+      network_faults_ = true;
+    }
+    // Bounded by `end`: every pass sleeps at least 200 ms.
+    while (sys::now() < end) {
+      auto gap = std::chrono::milliseconds{200 + random() % 2800};
+      sys::sleep_until(std::min(end, sys::now() + gap));
+      heal_due();
+      if (sys::now() >= end || kinds.empty())
+        continue;
+      auto kind = kinds[random() % kinds.size()];
+      if (kind == "partition")
+        cut_random();
+      else if (kind == "clog")
+        clog_random();
+      else if (kind == "crash")
+        crash_random();
+      else if (kind == "pause")
+        pause_random();
+    }
+    {
+      std::lock_guard guard{mtx_};
+      network_faults_ = false;
+      cuts_.clear();
+      clogs_.clear();
+    }
+    note("faults stopped; healing");
+    collect_exited();
+    for (size_t i = 0; i < nodes_.size(); ++i)
+      if (!nodes_[i]->host)
+        restart_or_fail(i);
+  }
+
+  // Restarts silos that exited, like a process supervisor.
+  void supervise() {
+    heal_due();
+  }
+
+  void stop_all() {
+    collect_exited();
+    for (auto& n : nodes_) {
+      if (!n->host)
+        continue;
+      auto done = std::make_shared<sys::one_shot<caf::error>>();
+      auto* h = n->host.get();
+      k_.spawn(n->process, "stop", [done, h] { done->set(h->stop()); });
+      auto err = done->wait_for(120s);
+      if (!err)
+        fail("shutdown", n->id + " did not stop within 120 s");
+      n->host.reset();
+      n->store.reset();
+    }
+  }
+
+  uint64_t frames() const {
+    return frames_.load();
+  }
+
+private:
+  void note(std::string event) {
+    if (opts_.verbose_trace)
+      trace(std::move(event));
+  }
+
+  void count(const std::string& kind) {
+    ++report_.faults[kind];
+  }
+
+  caf::error start(size_t i) {
+    auto& n = *nodes_.at(i);
+    GRANARY_ASSERT(!n.host, "starting a running silo");
+    auto p = k_.new_process(n.id + "#" + std::to_string(n.incarnation + 1));
+    if (opts_.faults.clock_skew) {
+      auto ahead = static_cast<int64_t>(random() % 4001) - 2000;
+      k_.skew(p, std::chrono::milliseconds{ahead});
+    }
+    auto store = std::make_unique<guarded_store>(*store_, k_, p);
+    host::silo_file_config cfg;
+    cfg.cluster_id = "sim";
+    cfg.silo_id = n.id;
+    cfg.data_dir = (dir_ / n.id).string();
+    cfg.silo_listen = cluster::endpoint{"sim", 0};
+    cfg.gateway_listen = cluster::endpoint{"sim", 0};
+    cfg.limits.partitions = opts_.partitions;
+    cfg.limits.threads = 1;
+    cfg.limits.redelivery_timeout = 1s;
+    cfg.limits.remote_call_timeout = 2s;
+    auto& d = cfg.membership.detector;
+    d.probe_interval = 500ms;
+    d.missed_probes = 4;
+    d.vote_expiry = 10s;
+    d.i_am_alive_interval = 2s;
+    d.join_timeout = 2s;
+    d.refresh_interval = 500ms;
+    d.handoff_timeout = 5s;
+    cfg.membership.leave_timeout = 30s;
+    for (auto& fn : configure_)
+      fn(cfg, i);
+    host::silo_builder b;
+    b.config(cfg)
+        .gateway(false)
+        .incarnation(++n.incarnation)
+        .activity_pool_size(2)
+        .join_patience(10s)
+        .storage([mem = n.mem](const host::silo_file_config&)
+                     -> caf::expected<std::unique_ptr<storage>> {
+          return std::make_unique<shared_memory_storage>(mem);
+        })
+        .membership(
+            [s = store.get()](const host::silo_file_config&)
+                -> caf::expected<cluster::membership_store*> { return s; })
+        .transport([net = net_](const host::silo_file_config& c,
+                                uint64_t incarnation) {
+          return net->attach(c.silo_id, incarnation);
+        })
+        // A silo declared dead exits (its process ends, as with _Exit); the
+        // world restarts it later.
+        .on_declared_dead([this, p](const std::string& why) {
+          note("process " + std::to_string(p) + " exits: " + why);
+          k_.crash(p);
+        });
+    for (auto& fn : grains_)
+      b.grains(fn);
+    using started_type = caf::expected<std::unique_ptr<host::silo_host>>;
+    auto result = std::make_shared<sys::one_shot<started_type>>();
+    k_.spawn(p, "boot",
+             [b = std::move(b), result]() mutable { result->set(b.start()); });
+    // Bounded: the boot ends, or its process crashed.
+    std::optional<started_type> got;
+    while (!(got = result->wait_for(1s)))
+      if (!k_.alive(p))
+        return make_error(errc::silo_stopped, n.id + " crashed while starting");
+    if (!*got)
+      return std::move(got->error());
+    n.host = std::move(**got);
+    n.process = p;
+    n.store = std::move(store);
+    note(n.id + " started");
+    return caf::none;
+  }
+
+  void crash(size_t i) {
+    auto& n = *nodes_.at(i);
+    if (!n.host)
+      return;
+    k_.crash(n.process);
+    // Its threads are parked for good inside these objects: abandon them,
+    // as the memory of a killed process is.
+    static_cast<void>(n.host.release());
+    static_cast<void>(n.store.release());
+    count("crash");
+    note(n.id + " crashed");
+    restart_at_.emplace_back(
+        sys::now() + std::chrono::milliseconds{1000 + random() % 9000}, i);
+  }
+
+  void restart_or_fail(size_t i) {
+    caf::error last;
+    // Bounded: 30 attempts, 1 s apart.
+    for (int attempt = 0; attempt < 30; ++attempt) {
+      last = start(i);
+      if (!last)
+        return;
+      sys::sleep_for(1s);
+    }
+    fail("liveness", nodes_[i]->id + " could not restart after the faults: "
+                         + describe(last));
+  }
+
+  // Silos that ended on their own (declared dead): abandoned like crashed
+  // ones, and restarted a moment later.
+  void collect_exited() {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      auto& n = *nodes_[i];
+      if (!n.host || k_.alive(n.process))
+        continue;
+      static_cast<void>(n.host.release());
+      static_cast<void>(n.store.release());
+      count("exit (declared dead)");
+      restart_at_.emplace_back(sys::now() + 1s, i);
+    }
+  }
+
+  void heal_due() {
+    collect_exited();
+    auto now = sys::now();
+    {
+      std::lock_guard guard{mtx_};
+      std::erase_if(cuts_, [&](auto& c) { return c.second <= now; });
+      std::erase_if(clogs_, [&](auto& c) { return c.second.first <= now; });
+    }
+    // Bounded by the restarts queued.
+    for (size_t k = 0; k < restart_at_.size();) {
+      auto [when, i] = restart_at_[k];
+      if (when > now) {
+        ++k;
+        continue;
+      }
+      restart_at_.erase(restart_at_.begin() + static_cast<std::ptrdiff_t>(k));
+      if (nodes_[i]->host)
+        continue;
+      if (auto err = start(i)) {
+        note(nodes_[i]->id + " did not restart: " + describe(err));
+        restart_at_.emplace_back(now + 2s, i);
+      }
+    }
+  }
+
+  std::pair<size_t, size_t> random_pair() {
+    auto a = random() % nodes_.size();
+    auto b = (a + 1 + random() % (nodes_.size() - 1)) % nodes_.size();
+    return {a, b};
+  }
+
+  void cut_random() {
+    if (nodes_.size() < 2)
+      return;
+    auto [a, b] = random_pair();
+    auto until = sys::now() + std::chrono::milliseconds{1000 + random() % 9000};
+    bool one_way = random() % 2 == 0;
+    std::lock_guard guard{mtx_};
+    cuts_[{nodes_[a]->id, nodes_[b]->id}] = until;
+    if (!one_way)
+      cuts_[{nodes_[b]->id, nodes_[a]->id}] = until;
+    ++report_.faults[one_way ? "cut one-way" : "cut"];
+  }
+
+  void clog_random() {
+    if (nodes_.size() < 2)
+      return;
+    auto [a, b] = random_pair();
+    auto until = sys::now() + std::chrono::milliseconds{1000 + random() % 9000};
+    std::lock_guard guard{mtx_};
+    auto slow = std::chrono::milliseconds{
+        100 + static_cast<int64_t>(random() % 1900)};
+    clogs_[{nodes_[a]->id, nodes_[b]->id}] = {until, slow};
+    ++report_.faults["clog"];
+  }
+
+  void crash_random() {
+    // One silo down at a time: with three, the others still form the
+    // majority that failure detection needs.
+    for (auto& n : nodes_)
+      if (!n->host)
+        return;
+    crash(random() % nodes_.size());
+  }
+
+  void pause_random() {
+    auto i = random() % nodes_.size();
+    if (!nodes_[i]->host)
+      return;
+    k_.pause(nodes_[i]->process,
+             std::chrono::milliseconds{500 + random() % 7500});
+    count("pause");
+  }
+
+  // The fate of one frame (called by senders, under the network's lock).
+  cluster::link_fate fate(const std::string& from, const std::string& to) {
+    std::lock_guard guard{mtx_};
+    ++frames_;
+    cluster::link_fate f;
+    if (cuts_.contains({from, to})) {
+      f.drop = true;
+      return f;
+    }
+    if (auto c = clogs_.find({from, to}); c != clogs_.end()) {
+      auto bound = static_cast<uint64_t>(c->second.second.count()) + 1;
+      f.delay[0] = f.delay[1] = std::chrono::nanoseconds{random() % bound};
+    }
+    if (!network_faults_)
+      return f;
+    auto& o = opts_.faults;
+    auto roll = [&](double rate) {
+      return rate > 0 && static_cast<double>(random() % 1'000'000) < rate * 1e6;
+    };
+    if (roll(o.drop_rate)) {
+      ++report_.faults["drop"];
+      f.drop = true;
+      return f;
+    }
+    auto max
+        = static_cast<uint64_t>(std::chrono::nanoseconds{o.max_delay}.count())
+          + 1;
+    if (roll(o.duplicate_rate)) {
+      ++report_.faults["duplicate"];
+      f.copies = 2;
+      f.delay[1] += std::chrono::nanoseconds{random() % max};
+    }
+    if (roll(o.delay_rate)) {
+      ++report_.faults["delay"];
+      f.delay[0] += std::chrono::nanoseconds{random() % max};
+    }
+    return f;
+  }
+
+  uint64_t random() {
+    return sys::random_u64();
+  }
+
+  const sim_options& opts_;
+  std::vector<host::grains_fn> grains_;
+  std::vector<std::function<void(host::silo_file_config&, size_t)>> configure_;
+  sim::kernel& k_;
+  sim_report& report_;
+  fs::path dir_;
+  std::unique_ptr<cluster::membership_store> store_;
+  std::shared_ptr<cluster::memory_network> net_;
+  std::vector<std::unique_ptr<sim_node>> nodes_;
+  std::vector<std::pair<sys::time_point, size_t>> restart_at_;
+
+  sys::mutex mtx_;
+  bool network_faults_ = false;
+  std::map<link, sys::time_point> cuts_;
+  std::map<link, std::pair<sys::time_point, std::chrono::nanoseconds>> clogs_;
+  std::atomic<uint64_t> frames_{0};
+};
+
+// Worlds whose crashed silos' threads are parked inside them: kept
+// reachable, never freed.
+std::vector<world*>* abandoned_worlds = new std::vector<world*>;
+
+} // namespace
+
+// -- simulation ---------------------------------------------------------------
+
+simulation::simulation(sim_options opts)
+    : opts_(std::move(opts)) {}
+
+simulation& simulation::grains(host::grains_fn fn) {
+  grains_.push_back(std::move(fn));
+  return *this;
+}
+
+simulation&
+simulation::configure(std::function<void(host::silo_file_config&, size_t)> fn) {
+  configure_.push_back(std::move(fn));
+  return *this;
+}
+
+simulation& simulation::workload(sim_workload fn) {
+  workload_ = std::move(fn);
+  return *this;
+}
+
+simulation& simulation::check(std::string invariant, sim_check fn) {
+  checks_.emplace_back(std::move(invariant), std::move(fn));
+  return *this;
+}
+
+sim_report simulation::run(uint64_t seed) const {
+  GRANARY_ASSERT(opts_.silos >= 1 && opts_.silos <= 16,
+                 "a simulation has 1 to 16 silos");
+  sim_report report;
+  report.seed = seed;
+  static std::atomic<uint64_t> counter{0};
+  auto dir = fs::temp_directory_path()
+             / ("granary-sim-" + std::to_string(::getpid()) + "-"
+                + std::to_string(seed) + "-" + std::to_string(counter++));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  sim::kernel_config kc;
+  kc.seed = seed;
+  sim::kernel k{kc};
+  // Silos log a lot under faults; a verbose run shows it on stderr.
+  if (!opts_.verbose_trace)
+    set_log_sink([](log_level, std::string_view) {});
+  auto wall = std::chrono::steady_clock::now();
+  // Abandoned when a crashed silo's threads still use it.
+  auto* w = new world(opts_, grains_, configure_, k, report, dir);
+  bool finished = false;
+  report.run = k.run([&] {
+    w->setup();
+    auto done = std::make_shared<sys::one_shot<bool>>();
+    auto workload = workload_;
+    k.spawn(sim::world, "workload", [w, done, workload] {
+      if (workload)
+        workload(*w);
+      done->set(true);
+    });
+    w->inject_faults();
+    auto settle_end = sys::now() + opts_.settle_time;
+    // Bounded by the settle time: every pass waits up to 1 s.
+    while (!done->wait_for(std::chrono::seconds{1})) {
+      if (sys::now() >= settle_end)
+        w->fail("liveness", "the workload did not finish within "
+                                + std::to_string(opts_.settle_time.count())
+                                + " ms after the faults stopped");
+      w->supervise();
+    }
+    for (auto& [name, fn] : checks_)
+      if (auto violation = fn(*w))
+        w->fail(name, *violation);
+    w->stop_all();
+    finished = true;
+  });
+  report.wall = std::chrono::steady_clock::now() - wall;
+  report.frames = w->frames();
+  if (!opts_.verbose_trace)
+    set_log_sink({});
+  if (finished && report.run.abandoned_threads == 0)
+    delete w;
+  else
+    abandoned_worlds->push_back(w);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  return report;
+}
+
+} // namespace granary::testing

@@ -1,0 +1,168 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+#include "host/silo_host.hpp"
+#include "runtime/memory_storage.hpp"
+#include "runtime/silo.hpp"
+#include "sim/kernel.hpp"
+
+namespace granary::testing {
+
+/// The faults a simulation injects while its workload runs.
+struct sim_faults {
+  /// Chance that a frame between silos is lost, arrives twice, or is
+  /// delayed by up to `max_delay` (delayed frames overtake others).
+  double drop_rate = 0;
+  double duplicate_rate = 0;
+  double delay_rate = 0;
+  std::chrono::milliseconds max_delay{50};
+  /// Network cuts between two silos, both ways or one way, healed later.
+  bool partitions = false;
+  /// One link at a time becomes slow (every frame delayed by up to 2 s).
+  bool clogging = false;
+  /// Silos crash (their unsaved memory is lost) and restart on their data
+  /// a while later.
+  bool crashes = false;
+  /// Silos stop for up to 8 s (like SIGSTOP) and go on.
+  bool pauses = false;
+  /// Silos' wall clocks run up to 2 s ahead or behind.
+  bool clock_skew = false;
+
+  /// Nothing.
+  static sim_faults none();
+  /// Every kind, at rates that still let work finish.
+  static sim_faults all();
+  /// Parses a comma-separated list of kinds: drop, duplicate, delay,
+  /// partition, clog, crash, pause, skew, or "all" or "none"
+  /// (`invalid_argument` naming an unknown kind).
+  static caf::expected<sim_faults> parse(std::string_view list);
+  /// The kinds, as `parse` reads them.
+  std::string to_string() const;
+};
+
+/// Settings of a simulated cluster.
+struct sim_options {
+  /// Silos at the start (1 to 16).
+  size_t silos = 3;
+  /// Partitions of the key space.
+  uint32_t partitions = 8;
+  /// Virtual time during which faults are injected (the workload starts
+  /// with it).
+  std::chrono::milliseconds fault_time{60'000};
+  /// Once the faults stop, how long the workload may take to finish (the
+  /// liveness bound).
+  std::chrono::milliseconds settle_time{120'000};
+  sim_faults faults;
+  /// Adds to the run's trace every fault and workload event (always
+  /// hashed; shown in a failure's tail).
+  bool verbose_trace = false;
+};
+
+/// What one seed's run did.
+struct sim_report {
+  uint64_t seed = 0;
+  sim::run_result run;
+  /// Faults injected, by kind.
+  std::map<std::string, uint64_t> faults;
+  /// Frames sent between silos.
+  uint64_t frames = 0;
+  /// Wall time of the run.
+  std::chrono::nanoseconds wall{0};
+
+  /// One line: seed, outcome, simulated and wall time, faults, frames.
+  std::string summary() const;
+};
+
+/// The running cluster, as the workload and the checks see it. Its calls
+/// are made from the simulation's world thread (the workload's).
+class sim_world {
+public:
+  virtual ~sim_world();
+
+  /// Number of silos.
+  virtual size_t size() const = 0;
+
+  /// True while silo `i` runs.
+  virtual bool running(size_t i) const = 0;
+
+  /// Runs `fn` with silo `i`'s runtime on a new thread of silo `i`'s
+  /// process, like a client connected to that silo, and waits for it.
+  /// `silo_stopped` when the silo is down, or crashes before `fn` returns
+  /// (then whatever `fn` did has an unknown outcome).
+  virtual caf::error on(size_t i, const std::function<void(silo&)>& fn) = 0;
+
+  /// The data of silo `i` (kept across its crashes).
+  virtual memory_storage& data(size_t i) = 0;
+
+  /// The simulation's kernel (time, randomness, trace).
+  virtual sim::kernel& kernel() = 0;
+
+  /// A number from the run's seed.
+  uint64_t random();
+
+  /// Fails the run: `invariant` names what broke. Never returns.
+  [[noreturn]] void fail(std::string invariant, std::string detail);
+
+  /// Adds `event` to the trace.
+  void trace(std::string event);
+};
+
+/// The workload: drives the cluster during the faults and returns once its
+/// work is done (bounded by `sim_options::settle_time` after the faults).
+using sim_workload = std::function<void(sim_world&)>;
+
+/// A check after the workload: empty when it holds, else what is wrong.
+using sim_check = std::function<std::optional<std::string>(sim_world&)>;
+
+/// A cluster of real silos with the user's grains under the deterministic
+/// kernel: simulated network (with drops, duplicates, delays, cuts and slow
+/// links), in-memory storage that survives crashes, a shared membership
+/// store, and faults drawn from the seed. Every run replays exactly from
+/// its seed.
+///
+///     simulation sim{opts};
+///     sim.grains([](host::registration& r) { return r.grain<account>(); })
+///        .workload(transfers)
+///        .check("money is conserved", conserved);
+///     auto report = sim.run(seed);
+class simulation {
+public:
+  explicit simulation(sim_options opts = {});
+
+  /// Registrations every silo runs.
+  simulation& grains(host::grains_fn fn);
+
+  /// Adjusts each silo's config after the simulation's defaults.
+  simulation&
+  configure(std::function<void(host::silo_file_config&, size_t)> fn);
+
+  /// The workload (one; the last call wins).
+  simulation& workload(sim_workload fn);
+
+  /// A check run after the workload finished and the cluster settled.
+  simulation& check(std::string invariant, sim_check fn);
+
+  /// Runs one seed.
+  sim_report run(uint64_t seed) const;
+
+private:
+  sim_options opts_;
+  std::vector<host::grains_fn> grains_;
+  std::vector<std::function<void(host::silo_file_config&, size_t)>> configure_;
+  sim_workload workload_;
+  std::vector<std::pair<std::string, sim_check>> checks_;
+};
+
+} // namespace granary::testing
