@@ -13,6 +13,7 @@
 
 #include "actors/grain.hpp"
 #include "runtime/sys.hpp"
+#include "testing/sim_workloads.hpp"
 #include "testing/simulation.hpp"
 #include "testing/test_grains.hpp"
 
@@ -22,12 +23,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr int counters = 6;
-constexpr int adds = 60;
-
-// Sends `adds` durable Adds, each with its own message id, through random
-// silos; a send whose answer is lost is sent again with the same id. The
-// checks read every counter: each acknowledged add counts exactly once.
+// Durable counters on three silos (see add_counter_workload).
 simulation counter_simulation(sim_faults faults) {
   sim_options opts;
   opts.silos = 3;
@@ -36,68 +32,9 @@ simulation counter_simulation(sim_faults faults) {
   opts.faults = faults;
   opts.verbose_trace = std::getenv("GRANARY_SIM_VERBOSE") != nullptr;
   simulation sim{opts};
-  auto sent = std::make_shared<std::map<std::string, std::set<std::string>>>();
-  sim.grains([](host::registration& r) { return r.grain<probe>(); })
-      .workload([sent](sim_world& w) {
-        for (int n = 0; n < adds; ++n) {
-          auto key = "c" + std::to_string(n % counters);
-          auto msg_id = "add-" + std::to_string(n);
-          // Bounded: 200 attempts, 1 s apart at most.
-          bool acked = false;
-          for (int attempt = 0; attempt < 200 && !acked; ++attempt) {
-            auto via = w.random() % w.size();
-            caf::error result = make_error(errc::silo_stopped, "not sent");
-            auto err = w.on(via, [&](silo& s) {
-              Add add;
-              add.set_delta(1);
-              result = grain_ref<probe>{s, key}.send(add, msg_id);
-            });
-            acked = !err && !result;
-            if (!acked)
-              w.trace(msg_id + " via silo-" + std::to_string(via) + ": "
-                      + describe(err ? err : result));
-            if (!acked)
-              sys::sleep_for(std::chrono::milliseconds{100 + w.random() % 900});
-          }
-          if (!acked)
-            w.fail("liveness", msg_id + " was never acknowledged");
-          (*sent)[key].insert(msg_id);
-        }
-      })
-      .check("no acknowledged message is lost or applied twice",
-             [sent](sim_world& w) -> std::optional<std::string> {
-               for (int c = 0; c < counters; ++c) {
-                 auto key = "c" + std::to_string(c);
-                 std::optional<Value> value;
-                 // Bounded: every silo is up again; 50 tries.
-                 for (int attempt = 0; attempt < 50 && !value; ++attempt) {
-                   static_cast<void>(w.on(attempt % w.size(), [&](silo& s) {
-                     auto v = grain_ref<probe>{s, key}.call<Value>(Get{});
-                     if (v)
-                       value = *v;
-                   }));
-                   if (!value)
-                     sys::sleep_for(500ms);
-                 }
-                 if (!value)
-                   return key + " cannot be read";
-                 auto& want = (*sent)[key];
-                 std::multiset<std::string> seen(value->seen().begin(),
-                                                 value->seen().end());
-                 for (auto& id : want)
-                   if (seen.count(id) != 1)
-                     return key + ": " + id + " applied "
-                            + std::to_string(seen.count(id)) + " times";
-                 if (value->value() != static_cast<int64_t>(want.size()))
-                   return key + " is " + std::to_string(value->value())
-                          + ", expected " + std::to_string(want.size());
-               }
-               return std::nullopt;
-             });
+  add_counter_workload(sim);
   return sim;
 }
-
-} // namespace
 
 // The report's end: the last events and what every thread waited for.
 std::string details(const sim_report& r) {
@@ -110,6 +47,8 @@ std::string details(const sim_report& r) {
   return out;
 }
 
+} // namespace
+
 TEST(sim_cluster, counters_add_up_without_faults) {
   auto report = counter_simulation(sim_faults::none()).run(1);
   EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
@@ -120,15 +59,8 @@ TEST(sim_cluster, counters_survive_every_fault_kind) {
   auto sim = counter_simulation(sim_faults::all());
   for (uint64_t seed = 1; seed <= 3; ++seed) {
     auto report = sim.run(seed);
-    EXPECT_TRUE(report.run.ok) << report.summary() << "\n"
-                               << [&] {
-                                    std::string t;
-                                    for (auto& l : report.run.tail)
-                                      t += "  " + l + "\n";
-                                    return t;
-                                  }();
+    EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
     EXPECT_GE(report.run.elapsed, 60s);
-    std::cerr << report.summary() << "\n";
   }
 }
 

@@ -98,6 +98,9 @@ void add_grain(CLI::App& app, command& run);
 void add_dead_letters(CLI::App& app, command& run);
 void add_cluster(CLI::App& app, command& run);
 
+/// Adds `sim`: a workload on a simulated cluster, over seeds.
+void add_sim(CLI::App& app, command& run);
+
 /// The scenarios of `granary bench`, one per line with its summary.
 std::string bench_scenarios_help();
 

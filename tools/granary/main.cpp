@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   add_grain(app, run);
   add_dead_letters(app, run);
   add_cluster(app, run);
+  add_sim(app, run);
   app.add_subcommand("help", "Prints this help")->callback([&] {
     run = [&app] {
       std::fputs(

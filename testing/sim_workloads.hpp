@@ -1,0 +1,34 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <caf/error.hpp>
+
+#include "testing/simulation.hpp"
+
+namespace granary::testing {
+
+/// Settings of the built-in workloads.
+struct workload_options {
+  /// Counter grains (counters) or accounts.
+  int grains = 6;
+  /// Operations the workload issues.
+  int operations = 60;
+};
+
+/// Durable counters: `operations` Adds, each with its own message id, go
+/// through random silos and are sent again with the same id until one is
+/// acknowledged. Checks that each counter counts every acknowledged Add
+/// exactly once (no loss, no duplicate).
+void add_counter_workload(simulation& sim, workload_options opts = {});
+
+/// The built-in workloads' names, for `granary sim --workload`.
+std::vector<std::string> workload_names();
+
+/// Adds the built-in workload `name` to `sim` (`invalid_argument` naming
+/// the known ones).
+caf::error add_workload(simulation& sim, const std::string& name,
+                        workload_options opts = {});
+
+} // namespace granary::testing
