@@ -3,6 +3,7 @@
 // space, uncommitted turns, payload, dedup, inbox room), and the answer to
 // the sending partition of a delivery.
 
+#include "runtime/mutation.hpp"
 #include "runtime/partition.hpp"
 
 #include <algorithm>
@@ -186,7 +187,7 @@ void partition::on_send(send_msg& m) {
                                    + to_string(target) + " does not parse as "
                                    + m.env->payload_type()));
   }
-  if (!m.fresh) {
+  if (!m.fresh && !mutation_active(mutation::skip_dedup)) {
     if (pending_ids_.count(dk) > 0) {
       bump(core_.stats.duplicates);
       // Acknowledge once everything in flight (the original) is durable.

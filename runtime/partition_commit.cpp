@@ -2,6 +2,7 @@
 // commit loop under a ticket, the effects (acknowledgements, replies) held
 // until that commit is durable, and the fail-stop after a storage error.
 
+#include "runtime/mutation.hpp"
 #include "runtime/partition.hpp"
 
 #include <algorithm>
@@ -25,6 +26,8 @@ void partition::touch_write(activation& act) {
 }
 
 void partition::defer(effect fx) {
+  if (mutation_active(mutation::reply_before_durable))
+    return fx(caf::none);
   effects_.push_back(std::move(fx));
   schedule_flush();
 }

@@ -187,6 +187,46 @@ private:
   sim::process_id p_;
 };
 
+// A silo's disk: its data (kept across crashes) behind an fsync that takes
+// a while, so that a crash during a commit loses the batch, as power loss
+// before the fsync returned would.
+class sim_disk final : public storage {
+public:
+  explicit sim_disk(std::shared_ptr<memory_storage> mem)
+      : inner_(std::move(mem)) {}
+
+  caf::expected<std::optional<std::string>> get(column col,
+                                                std::string_view key) override {
+    return inner_.get(col, key);
+  }
+  caf::error commit(std::span<const write_batch* const> batches) override {
+    // 50 us to 2 ms, like an fsync of an SSD.
+    sys::sleep_for(std::chrono::microseconds{50 + sys::random_u64() % 1950});
+    return inner_.commit(batches);
+  }
+  caf::error scan(column col, std::string_view prefix, std::string_view start,
+                  size_t limit, const scan_visitor& visit) override {
+    return inner_.scan(col, prefix, start, limit, visit);
+  }
+  std::optional<uint64_t> free_bytes() override {
+    return inner_.free_bytes();
+  }
+  caf::expected<std::vector<partition_file>>
+  export_partition(uint32_t p, const std::string& dir) override {
+    return inner_.export_partition(p, dir);
+  }
+  caf::error import_partition(uint32_t p,
+                              std::span<const partition_file> files) override {
+    return inner_.import_partition(p, files);
+  }
+  caf::error drop_partition(uint32_t p) override {
+    return inner_.drop_partition(p);
+  }
+
+private:
+  shared_memory_storage inner_;
+};
+
 struct sim_node {
   std::string id;
   std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
@@ -403,7 +443,7 @@ private:
         .join_patience(10s)
         .storage([mem = n.mem](const host::silo_file_config&)
                      -> caf::expected<std::unique_ptr<storage>> {
-          return std::make_unique<shared_memory_storage>(mem);
+          return std::make_unique<sim_disk>(mem);
         })
         .membership(
             [s = store.get()](const host::silo_file_config&)

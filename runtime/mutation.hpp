@@ -1,0 +1,33 @@
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace granary {
+
+/// Known bugs that the simulator's tests switch back on, one at a time, to
+/// prove that the simulation finds them (a simulator that finds nothing
+/// proves nothing). Production never switches one on; each costs one
+/// relaxed atomic load where it applies.
+enum class mutation : uint8_t {
+  /// A redelivered durable message skips the dedup check and is applied
+  /// again.
+  skip_dedup = 1,
+  /// A partition releases replies and acknowledgements before the batch
+  /// they depend on is durable.
+  reply_before_durable = 2,
+};
+
+/// Switches `m` on, process-wide.
+void set_mutation(mutation m) noexcept;
+
+/// Switches every mutation off.
+void clear_mutations() noexcept;
+
+/// True while `m` is switched on.
+bool mutation_active(mutation m) noexcept;
+
+/// The mutation's name ("skip_dedup", ...).
+std::string_view to_string(mutation m) noexcept;
+
+} // namespace granary
