@@ -32,6 +32,8 @@ std::string_view to_string(mutation m) noexcept {
       return "skip_dedup";
     case mutation::reply_before_durable:
       return "reply_before_durable";
+    case mutation::rearm_after_cancel:
+      return "rearm_after_cancel";
   }
   return "unknown";
 }

@@ -16,6 +16,10 @@ enum class mutation : uint8_t {
   /// A partition releases replies and acknowledgements before the batch
   /// they depend on is durable.
   reply_before_durable = 2,
+  /// A cancel leaves a queued firing of a periodic timer in place, and the
+  /// firing's turn stores the next period although the timer is gone: the
+  /// cancelled reminder fires for ever.
+  rearm_after_cancel = 3,
 };
 
 /// Switches `m` on, process-wide.

@@ -2,6 +2,7 @@
 // it (rollback, retry with backoff, dead letter), and turning what a turn
 // recorded into writes of the partition's current batch.
 
+#include "runtime/mutation.hpp"
 #include "runtime/partition.hpp"
 
 #include <algorithm>
@@ -227,8 +228,9 @@ void partition::finish_source(work_item& item) {
   }
   auto& env = *item.env;
   auto i = timers_.find(item.source_key);
-  if (i == timers_.end() || !i->second.firing
-      || i->second.env->due_ms() != env.due_ms())
+  if ((i == timers_.end() || !i->second.firing
+       || i->second.env->due_ms() != env.due_ms())
+      && !mutation_active(mutation::rearm_after_cancel))
     return; // Cancelled or re-set since it fired: the new schedule rules.
   if (env.period_ms() <= 0) {
     put_timer(item.source_key, nullptr);
@@ -272,7 +274,8 @@ void partition::apply_turn(activation& act, turn& t) {
   }
   for (auto& tc : t.timers_) {
     auto key = keys::with_suffix(prefix, tc.name);
-    drop_queued_firing(act, key);
+    if (!mutation_active(mutation::rearm_after_cancel))
+      drop_queued_firing(act, key);
     if (tc.cancel) {
       put_timer(key, nullptr);
       continue;

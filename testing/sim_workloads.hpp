@@ -23,6 +23,12 @@ struct workload_options {
 /// exactly once (no loss, no duplicate).
 void add_counter_workload(simulation& sim, workload_options opts = {});
 
+/// Timers and reminders: each grain arms a periodic timer, is blocked by a
+/// failing message while its cancel queues and the timer fires again, then
+/// unblocks. Checks that every timer fired while armed, and that none fires
+/// once cancelled (a cancelled reminder must stay cancelled).
+void add_timer_workload(simulation& sim, workload_options opts = {});
+
 /// The built-in workloads' names, for `granary sim --workload`.
 std::vector<std::string> workload_names();
 

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "cluster/membership/embedded_membership.hpp"
+#include "cluster/routing/transport_router.hpp"
 #include "cluster/transport/memory_transport.hpp"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
@@ -361,6 +362,34 @@ public:
       r.first = std::min(r.first, sys::now());
   }
 
+  // Checks, every 10 ms of virtual time until `stop_supervising`, that no
+  // two live silos serve one partition (a paused silo still counts: it
+  // believes it does).
+  void monitor_ownership() {
+    // Bounded by the stop flag; every pass sleeps 10 ms.
+    while (!supervisor_stop_) {
+      for (uint32_t p = 0; p < opts_.partitions; ++p) {
+        std::string owners;
+        int count = 0;
+        for (auto& n : nodes_) {
+          if (!n->host || !k_.alive(n->process))
+            continue;
+          auto* r = dynamic_cast<cluster::transport_router*>(
+              n->host->config().limits.router);
+          if (!r || !r->owns(p))
+            continue;
+          ++count;
+          owners += (owners.empty() ? "" : " and ") + n->id + " (epoch "
+                    + std::to_string(r->route_of(p).epoch) + ")";
+        }
+        if (count > 1)
+          fail("at most one silo serves a partition",
+               "partition " + std::to_string(p) + " is served by " + owners);
+      }
+      sys::sleep_for(10ms);
+    }
+  }
+
   // Restarts silos that crashed or exited, like a process supervisor,
   // until `stop_supervising`; runs on its own world thread.
   void supervise() {
@@ -708,6 +737,7 @@ sim_report simulation::run(uint64_t seed) const {
       done->set(true);
     });
     sys::thread supervisor{"supervisor", [w] { w->supervise(); }};
+    sys::thread monitor{"ownership-monitor", [w] { w->monitor_ownership(); }};
     w->inject_faults();
     if (!done->wait_for(opts_.settle_time))
       w->fail("liveness", "the workload did not finish within "
@@ -718,6 +748,7 @@ sim_report simulation::run(uint64_t seed) const {
         w->fail(name, *violation);
     w->stop_supervising();
     supervisor.join();
+    monitor.join();
     w->stop_all();
     finished = true;
   });

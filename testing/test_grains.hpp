@@ -79,8 +79,12 @@ public:
     return done{};
   }
 
-  caf::expected<done> fired(turn&, const Fired&) {
+  caf::expected<done> fired(turn& t, const Fired&) {
     state().set_fired(view().fired() + 1);
+    auto* firings = state().mutable_firings();
+    if (firings->size() >= 16)
+      firings->DeleteSubrange(0, 1);
+    *state().add_firings() = t.message_id() + "@" + std::to_string(t.now_ms());
     return done{};
   }
 
@@ -128,6 +132,7 @@ private:
     v.set_fired(view().fired());
     *v.mutable_seen() = view().seen();
     *v.mutable_answers() = view().answers();
+    *v.mutable_firings() = view().firings();
     return v;
   }
 };

@@ -64,6 +64,20 @@ TEST(sim_cluster, counters_survive_every_fault_kind) {
   }
 }
 
+TEST(sim_cluster, timers_stay_cancelled_under_every_fault_kind) {
+  sim_options opts;
+  opts.silos = 3;
+  opts.partitions = 6;
+  opts.fault_time = 60s;
+  opts.faults = sim_faults::all();
+  simulation sim{opts};
+  add_timer_workload(sim);
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    auto report = sim.run(seed);
+    EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
+  }
+}
+
 TEST(sim_cluster, a_seed_replays_to_the_same_trace) {
   auto sim = counter_simulation(sim_faults::all());
   auto a = sim.run(11);

@@ -25,9 +25,9 @@ struct hunt {
   sim_report report;
 };
 
-// Runs the counter workload under every fault with `m` switched on, seed
-// after seed, until one fails.
-hunt find(mutation m) {
+// Runs `workload` under every fault with `m` switched on, seed after
+// seed, until one fails.
+hunt find(mutation m, const std::string& workload = "counters") {
   clear_mutations();
   set_mutation(m);
   sim_options opts;
@@ -36,7 +36,7 @@ hunt find(mutation m) {
   opts.fault_time = 60s;
   opts.faults = sim_faults::all();
   simulation sim{opts};
-  add_counter_workload(sim);
+  EXPECT_FALSE(add_workload(sim, workload));
   hunt h;
   for (uint64_t seed = 1; seed <= max_seeds; ++seed) {
     h.seeds = seed;
@@ -71,6 +71,16 @@ TEST(sim_mutation, a_reply_before_its_batch_is_durable_is_found_as_a_loss) {
             "no acknowledged message is lost or applied twice");
 }
 
+TEST(sim_mutation, a_reminder_rearmed_after_cancel_is_found) {
+  auto h = find(mutation::rearm_after_cancel, "timers");
+  ASSERT_FALSE(h.report.run.ok) << "not found in " << max_seeds << " seeds";
+  EXPECT_EQ(h.report.run.invariant,
+            "timers fire, and a cancelled timer stays cancelled");
+  EXPECT_NE(h.report.run.detail.find("although its cancel was acknowledged"),
+            std::string::npos)
+      << h.report.run.detail;
+}
+
 TEST(sim_mutation, without_a_mutation_the_same_seeds_pass) {
   clear_mutations();
   sim_options opts;
@@ -78,10 +88,12 @@ TEST(sim_mutation, without_a_mutation_the_same_seeds_pass) {
   opts.partitions = 6;
   opts.fault_time = 60s;
   opts.faults = sim_faults::all();
-  simulation sim{opts};
-  add_counter_workload(sim);
-  for (uint64_t seed = 1; seed <= 5; ++seed) {
-    auto report = sim.run(seed);
-    EXPECT_TRUE(report.run.ok) << report.summary();
+  for (auto workload : {"counters", "timers"}) {
+    simulation sim{opts};
+    ASSERT_FALSE(add_workload(sim, workload));
+    for (uint64_t seed = 1; seed <= 5; ++seed) {
+      auto report = sim.run(seed);
+      EXPECT_TRUE(report.run.ok) << workload << ": " << report.summary();
+    }
   }
 }
