@@ -34,6 +34,10 @@ std::string_view to_string(mutation m) noexcept {
       return "reply_before_durable";
     case mutation::rearm_after_cancel:
       return "rearm_after_cancel";
+    case mutation::release_before_local_acks:
+      return "release_before_local_acks";
+    case mutation::restore_after_unknown_map_write:
+      return "restore_after_unknown_map_write";
   }
   return "unknown";
 }

@@ -20,6 +20,14 @@ enum class mutation : uint8_t {
   /// firing's turn stores the next period although the timer is gone: the
   /// cancelled reminder fires for ever.
   rearm_after_cancel = 3,
+  /// A partition's release exports it without waiting for the local
+  /// receivers of its deliveries: an outbox entry whose delivery a local
+  /// receiver already applied moves, and the new owner delivers it again.
+  release_before_local_acks = 4,
+  /// A handoff whose map write has an unknown outcome gives up after its
+  /// attempts and serves the partition again at the old epoch, although
+  /// the write may have applied: two owners.
+  restore_after_unknown_map_write = 5,
 };
 
 /// Switches `m` on, process-wide.

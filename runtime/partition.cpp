@@ -4,6 +4,7 @@
 // per section of partition.hpp.
 
 #include "runtime/partition.hpp"
+#include "runtime/mutation.hpp"
 
 #include <limits>
 #include <memory>
@@ -120,7 +121,8 @@ void partition::finish_stop() {
   // a receiver may still process, or commit the processing of, a message
   // whose entry the export would carry. A failed or stopping silo exports
   // nothing, so it need not wait.
-  bool drained = unanswered_local_ == 0;
+  bool drained = unanswered_local_ == 0
+                 || mutation_active(mutation::release_before_local_acks);
   if (releasing_ && !drained && !failed_ && !shutting_down_)
     return;
   if (releasing_) {

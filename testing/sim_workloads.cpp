@@ -57,51 +57,66 @@ void send_until_acked(sim_world& w, const std::string& key, const M& msg,
 } // namespace
 
 void add_counter_workload(simulation& sim, workload_options opts) {
-  // Per counter: the ids of the acknowledged Adds.
-  auto acked = std::make_shared<std::map<std::string, std::set<std::string>>>();
+  // What the workload got acknowledged: per counter, the ids of its Adds,
+  // and how many Forwards it sent and received.
+  struct ledger {
+    std::map<std::string, std::set<std::string>> adds;
+    std::map<std::string, int64_t> forwards;
+  };
+  auto acked = std::make_shared<ledger>();
+  auto grains = std::max(2, opts.grains);
   sim.grains([](host::registration& r) { return r.grain<probe>(); })
-      .workload([acked, opts](sim_world& w) {
-        acked->clear();
+      .workload([acked, opts, grains](sim_world& w) {
+        *acked = {};
         for (int n = 0; n < opts.operations; ++n) {
-          auto key = "c" + std::to_string(n % opts.grains);
-          auto msg_id = "add-" + std::to_string(n);
-          bool ok = false;
-          // Bounded: 200 attempts, at most 1 s apart.
-          for (int attempt = 0; attempt < 200 && !ok; ++attempt) {
-            auto via = w.random() % w.size();
-            caf::error result = make_error(errc::silo_stopped, "not sent");
-            auto err = w.on(via, [&](silo& s) {
-              Add add;
-              add.set_delta(1);
-              result = grain_ref<probe>{s, key}.send(add, msg_id);
-            });
-            ok = !err && !result;
-            if (!ok)
-              sys::sleep_for(std::chrono::milliseconds{100 + w.random() % 900});
+          auto key = "c" + std::to_string(n % grains);
+          // Every third operation is a Forward: grain to grain, across
+          // partitions and silos, and through handoffs.
+          if (n % 3 == 2) {
+            auto to = "c" + std::to_string((n / 3 + 1 + n % grains) % grains);
+            if (to == key)
+              to = "c" + std::to_string((n + 1) % grains);
+            Forward fwd;
+            fwd.set_to(to);
+            fwd.set_delta(1);
+            send_until_acked(w, key, fwd, "fwd-" + std::to_string(n));
+            ++acked->forwards[key];
+            ++acked->forwards[to];
+            continue;
           }
-          if (!ok)
-            w.fail("liveness", msg_id + " was never acknowledged");
-          (*acked)[key].insert(msg_id);
+          Add add;
+          add.set_delta(1);
+          auto msg_id = "add-" + std::to_string(n);
+          send_until_acked(w, key, add, msg_id);
+          acked->adds[key].insert(msg_id);
         }
       })
       .check("no acknowledged message is lost or applied twice",
-             [acked, opts](sim_world& w) -> std::optional<std::string> {
-               for (int c = 0; c < opts.grains; ++c) {
+             [acked, grains](sim_world& w) -> std::optional<std::string> {
+               // Forwarded Adds may still be on their way for a while.
+               sys::sleep_for(10s);
+               for (int c = 0; c < grains; ++c) {
                  auto key = "c" + std::to_string(c);
                  auto value = read_counter(w, key);
                  if (!value)
                    return key + " cannot be read";
-                 auto& want = (*acked)[key];
+                 auto& want = acked->adds[key];
                  std::multiset<std::string> seen(value->seen().begin(),
                                                  value->seen().end());
+                 for (auto& id : seen)
+                   if (seen.count(id) != 1)
+                     return key + ": " + id + " was applied "
+                            + std::to_string(seen.count(id)) + " times";
                  for (auto& id : want)
                    if (seen.count(id) != 1)
                      return key + ": " + id + " was applied "
                             + std::to_string(seen.count(id)) + " times";
-                 if (value->value() != static_cast<int64_t>(want.size()))
+                 auto expected
+                     = static_cast<int64_t>(want.size()) + acked->forwards[key];
+                 if (value->value() != expected)
                    return key + " is " + std::to_string(value->value())
-                          + ", but " + std::to_string(want.size())
-                          + " adds were acknowledged";
+                          + ", but the acknowledged adds and forwards make "
+                          + std::to_string(expected);
                }
                return std::nullopt;
              });

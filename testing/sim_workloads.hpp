@@ -17,10 +17,13 @@ struct workload_options {
   int operations = 60;
 };
 
-/// Durable counters: `operations` Adds, each with its own message id, go
-/// through random silos and are sent again with the same id until one is
-/// acknowledged. Checks that each counter counts every acknowledged Add
-/// exactly once (no loss, no duplicate).
+/// Durable counters: `operations` messages, each with its own message id,
+/// go through random silos and are sent again with the same id until one
+/// is acknowledged. Two in three are Adds; every third is a Forward, which
+/// adds to its grain and sends an Add on to another counter (grain to
+/// grain, across partitions and silos). Checks that each counter counts
+/// every acknowledged Add and Forward exactly once (no loss, no duplicate,
+/// also of the forwarded Adds).
 void add_counter_workload(simulation& sim, workload_options opts = {});
 
 /// Timers and reminders: each grain arms a periodic timer, is blocked by a

@@ -37,6 +37,8 @@ sim_faults sim_faults::all() {
   f.crashes = true;
   f.pauses = true;
   f.clock_skew = true;
+  f.leaves = true;
+  f.membership = true;
   return f;
 }
 
@@ -69,11 +71,16 @@ caf::expected<sim_faults> sim_faults::parse(std::string_view list) {
       f.pauses = true;
     else if (kind == "skew")
       f.clock_skew = true;
+    else if (kind == "leave")
+      f.leaves = true;
+    else if (kind == "membership")
+      f.membership = true;
     else
       return make_error(errc::invalid_argument,
                         "unknown fault kind '" + std::string{kind}
                             + "' (known: drop, duplicate, delay, partition, "
-                              "clog, crash, pause, skew, all, none)");
+                              "clog, crash, pause, skew, leave, membership, "
+                              "all, none)");
   }
   return f;
 }
@@ -92,6 +99,8 @@ std::string sim_faults::to_string() const {
   add(crashes, "crash");
   add(pauses, "pause");
   add(clock_skew, "skew");
+  add(leaves, "leave");
+  add(membership, "membership");
   return out.empty() ? "none" : out;
 }
 
@@ -132,37 +141,66 @@ void sim_world::trace(std::string event) {
 
 namespace {
 
+// Faults of the membership store as silos see it (shared by the world and
+// every silo's guarded_store; guarded by the world's mutex).
+struct store_faults {
+  // Chance that a write applies but its answer is lost.
+  double lost_answer_rate = 0;
+  // Per silo id: until when the store cannot be reached from it.
+  std::map<std::string, sys::time_point> unreachable;
+  uint64_t lost_answers = 0;
+  uint64_t refused_calls = 0;
+};
+
 // The shared membership store as one silo sees it: watchers of a crashed
-// silo are not called (its threads are gone; its objects must stay still).
+// silo are not called (its threads are gone; its objects must stay
+// still); with faults, calls time out while the store is unreachable from
+// this silo, and some writes apply but answer with a timeout.
 class guarded_store final : public cluster::membership_store {
 public:
   guarded_store(cluster::membership_store& inner, sim::kernel& k,
-                sim::process_id p)
+                sim::process_id p, std::string silo_id, sys::mutex& mtx,
+                store_faults& faults)
       : inner_(inner)
       , k_(k)
-      , p_(p) {}
+      , p_(p)
+      , silo_id_(std::move(silo_id))
+      , mtx_(mtx)
+      , faults_(faults) {}
 
   caf::expected<cluster::membership_table> read_all() override {
+    if (auto err = unreachable())
+      return err;
     return inner_.read_all();
   }
   caf::expected<cluster::membership_table>
   read(const std::string& silo_id) override {
+    if (auto err = unreachable())
+      return err;
     return inner_.read(silo_id);
   }
   caf::expected<cluster::write_result>
   insert(const cluster::membership_entry& entry, uint64_t v) override {
-    return inner_.insert(entry, v);
+    if (auto err = unreachable())
+      return err;
+    return lose_answer(inner_.insert(entry, v));
   }
   caf::expected<cluster::write_result>
   update(const cluster::membership_entry& entry, uint64_t row,
          uint64_t table) override {
-    return inner_.update(entry, row, table);
+    if (auto err = unreachable())
+      return err;
+    return lose_answer(inner_.update(entry, row, table));
   }
   caf::error update_i_am_alive(const std::string& silo_id,
                                int64_t now_ms) override {
+    if (auto err = unreachable())
+      return err;
     return inner_.update_i_am_alive(silo_id, now_ms);
   }
   caf::expected<size_t> delete_dead(int64_t older_than_ms) override {
+    if (auto err = unreachable())
+      return err;
     return inner_.delete_dead(older_than_ms);
   }
   caf::expected<cluster::watch_token>
@@ -174,18 +212,54 @@ public:
     });
   }
   caf::expected<cluster::partition_map> read_partition_map() override {
+    if (auto err = unreachable())
+      return err;
     return inner_.read_partition_map();
   }
   caf::expected<cluster::write_result>
   write_partition_map(const cluster::partition_map& map,
                       uint64_t expected) override {
-    return inner_.write_partition_map(map, expected);
+    if (auto err = unreachable())
+      return err;
+    return lose_answer(inner_.write_partition_map(map, expected));
   }
 
 private:
+  // A call from a silo that cannot reach the store: it waits for its
+  // deadline (1 s) and times out, as a remote store's client would.
+  caf::error unreachable() {
+    {
+      std::lock_guard guard{mtx_};
+      auto i = faults_.unreachable.find(silo_id_);
+      if (i == faults_.unreachable.end() || i->second <= sys::now())
+        return caf::none;
+      ++faults_.refused_calls;
+    }
+    sys::sleep_for(std::chrono::seconds{1});
+    return make_error(errc::timeout,
+                      "simulated membership store: no answer within 1000 ms");
+  }
+
+  // A write that applied, whose answer may be lost on the way back.
+  caf::expected<cluster::write_result>
+  lose_answer(caf::expected<cluster::write_result> res) {
+    std::lock_guard guard{mtx_};
+    if (!res || faults_.lost_answer_rate <= 0
+        || static_cast<double>(sys::random_u64() % 1'000'000)
+               >= faults_.lost_answer_rate * 1e6)
+      return res;
+    ++faults_.lost_answers;
+    return make_error(errc::timeout,
+                      "simulated membership store: the answer was lost; the "
+                      "outcome of the write is unknown");
+  }
+
   cluster::membership_store& inner_;
   sim::kernel& k_;
   sim::process_id p_;
+  std::string silo_id_;
+  sys::mutex& mtx_;
+  store_faults& faults_;
 };
 
 // A silo's disk: its data (kept across crashes) behind an fsync that takes
@@ -329,9 +403,15 @@ public:
       kinds.push_back("crash");
     if (f.pauses)
       kinds.push_back("pause");
+    if (f.leaves)
+      kinds.push_back("leave");
+    if (f.membership)
+      kinds.push_back("membership");
     {
       std::lock_guard guard{mtx_};
       network_faults_ = true;
+      if (f.membership)
+        store_faults_.lost_answer_rate = 0.05;
     }
     // Bounded by `end`: every pass sleeps at least 200 ms.
     while (sys::now() < end) {
@@ -349,12 +429,22 @@ public:
         crash_random();
       else if (kind == "pause")
         pause_random();
+      else if (kind == "leave")
+        leave_random();
+      else if (kind == "membership")
+        cut_store_random();
     }
     {
       std::lock_guard guard{mtx_};
       network_faults_ = false;
       cuts_.clear();
       clogs_.clear();
+      store_faults_.lost_answer_rate = 0;
+      store_faults_.unreachable.clear();
+      if (store_faults_.lost_answers > 0)
+        report_.faults["membership answer lost"] = store_faults_.lost_answers;
+      if (store_faults_.refused_calls > 0)
+        report_.faults["membership call refused"] = store_faults_.refused_calls;
     }
     note("faults stopped; healing");
     // Crashed silos come back now rather than at their planned time.
@@ -442,7 +532,8 @@ private:
       auto ahead = static_cast<int64_t>(random() % 4001) - 2000;
       k_.skew(p, std::chrono::milliseconds{ahead});
     }
-    auto store = std::make_unique<guarded_store>(*store_, k_, p);
+    auto store = std::make_unique<guarded_store>(*store_, k_, p, n.id, mtx_,
+                                                 store_faults_);
     host::silo_file_config cfg;
     cfg.cluster_id = "sim";
     cfg.silo_id = n.id;
@@ -603,6 +694,46 @@ private:
     crash(random() % nodes_.size());
   }
 
+  // A graceful leave: the silo hands its partitions to the others and
+  // stops; it joins again a while later.
+  void leave_random() {
+    // One silo away at a time.
+    for (auto& n : nodes_)
+      if (!n->host)
+        return;
+    auto i = random() % nodes_.size();
+    auto& n = *nodes_[i];
+    auto done = std::make_shared<sys::one_shot<caf::error>>();
+    auto* h = n.host.get();
+    k_.spawn(n.process, "leave", [done, h] {
+      auto err = h->leave();
+      auto stopped = h->stop();
+      done->set(err ? err : stopped);
+    });
+    // Bounded: the leave's own timeout (30 s) plus the stop.
+    std::optional<caf::error> result;
+    while (!(result = done->wait_for(1s)))
+      if (!k_.alive(n.process))
+        return; // Crashed or exited meanwhile: the supervisor restarts it.
+    note(n.id + " left" + (*result ? ": " + describe(*result) : ""));
+    count("leave");
+    // The process ends after its stop; a client still inside the silo's
+    // API ends with it (so its objects are abandoned, not freed).
+    k_.crash(n.process);
+    static_cast<void>(n.host.release());
+    static_cast<void>(n.store.release());
+    restart_at_.emplace_back(
+        sys::now() + std::chrono::milliseconds{1000 + random() % 9000}, i);
+  }
+
+  // The membership store becomes unreachable from one silo for a while.
+  void cut_store_random() {
+    auto i = random() % nodes_.size();
+    auto until = sys::now() + std::chrono::milliseconds{500 + random() % 4500};
+    std::lock_guard guard{mtx_};
+    store_faults_.unreachable[nodes_[i]->id] = until;
+  }
+
   void pause_random() {
     auto i = random() % nodes_.size();
     if (!nodes_[i]->host)
@@ -668,6 +799,7 @@ private:
 
   sys::mutex mtx_;
   bool network_faults_ = false;
+  store_faults store_faults_;
   bool supervisor_stop_ = false;
   std::map<link, sys::time_point> cuts_;
   std::map<link, std::pair<sys::time_point, std::chrono::nanoseconds>> clogs_;

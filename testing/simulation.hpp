@@ -39,13 +39,20 @@ struct sim_faults {
   bool pauses = false;
   /// Silos' wall clocks run up to 2 s ahead or behind.
   bool clock_skew = false;
+  /// Silos leave gracefully (their partitions move to the others) and
+  /// join again a while later.
+  bool leaves = false;
+  /// The membership store loses the answers of some writes (they may or
+  /// may not have applied), and cannot be reached by one silo for a while.
+  bool membership = false;
 
   /// Nothing.
   static sim_faults none();
   /// Every kind, at rates that still let work finish.
   static sim_faults all();
   /// Parses a comma-separated list of kinds: drop, duplicate, delay,
-  /// partition, clog, crash, pause, skew, or "all" or "none"
+  /// partition, clog, crash, pause, skew, leave, membership, or "all" or
+  /// "none"
   /// (`invalid_argument` naming an unknown kind).
   static caf::expected<sim_faults> parse(std::string_view list);
   /// The kinds, as `parse` reads them.

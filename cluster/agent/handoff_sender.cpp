@@ -7,6 +7,7 @@
 
 #include "cluster/agent/held_partitions.hpp"
 #include "runtime/error.hpp"
+#include "runtime/mutation.hpp"
 #include "runtime/sys.hpp"
 
 namespace granary::cluster {
@@ -175,6 +176,8 @@ handoff_sender::move_answer handoff_sender::commit_move(uint32_t p,
     if (res && res->applied())
       return {move_outcome::moved, res->version, m.to};
     if (!res && code_of(res.error()) != errc::invalid_argument) {
+      if (mutation_active(mutation::restore_after_unknown_map_write))
+        return {move_outcome::ours, 0, {}};
       m.unknown = true;
       m.unknown_at = std::max(m.unknown_at, map->version);
     }
