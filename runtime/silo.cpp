@@ -5,6 +5,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/event_based_actor.hpp>
 #include <caf/logger.hpp>
 #include <caf/scheduler/test_coordinator.hpp>
 #include <caf/send.hpp>
@@ -263,25 +264,45 @@ silo::~silo() {
 
 namespace {
 
-// Asks a partition actor from a short-lived event-based actor and hands
-// the answer to `done`: a blocking `scoped_actor` would stall the
-// simulation's single-threaded scheduler.
+// A short-lived actor that asks a partition actor and hands the answer to
+// `done`: a blocking `scoped_actor` would stall the simulation's
+// single-threaded scheduler. A class rather than a spawned function: CAF
+// 0.17 dereferences a null argument tuple for functions without arguments,
+// which debug builds of libstdc++ abort on.
 template <class Atom>
-void ask_async(caf::actor_system& sys, const caf::actor& target, Atom what,
-               caf::duration timeout, std::function<void(caf::error)> done) {
-  sys.spawn([target, what, timeout,
-             done = std::move(done)](caf::event_based_actor* self) {
-    self->request(target, timeout, what)
+class asker final : public caf::event_based_actor {
+public:
+  asker(caf::actor_config& cfg, caf::actor target, caf::duration timeout,
+        std::function<void(caf::error)> done)
+      : caf::event_based_actor(cfg)
+      , target_(std::move(target))
+      , timeout_(timeout)
+      , done_(std::move(done)) {}
+
+  caf::behavior make_behavior() override {
+    request(target_, timeout_, Atom::value)
         .then(
-            [self, done](bool) {
-              done(caf::none);
-              self->quit();
+            [this](bool) {
+              done_(caf::none);
+              quit();
             },
-            [self, done](caf::error& err) {
-              done(std::move(err));
-              self->quit();
+            [this](caf::error& err) {
+              done_(std::move(err));
+              quit();
             });
-  });
+    return {};
+  }
+
+private:
+  caf::actor target_;
+  caf::duration timeout_;
+  std::function<void(caf::error)> done_;
+};
+
+template <class Atom>
+void ask_async(caf::actor_system& sys, const caf::actor& target, Atom,
+               caf::duration timeout, std::function<void(caf::error)> done) {
+  sys.spawn<asker<Atom>>(target, timeout, std::move(done));
 }
 
 using answer = std::shared_ptr<sys::one_shot<caf::error>>;
