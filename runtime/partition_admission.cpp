@@ -259,6 +259,20 @@ void partition::on_deliver(deliver_msg& m) {
       ack_sender(item, caf::none, 0);
       return;
     }
+    // An earlier copy may have been applied while this partition lived on
+    // another silo: that remote delivery recorded the id, the partition
+    // moved here with the record, and the sender never got the answer.
+    auto seen = core_.store->get(column::dedup, dk);
+    if (!seen) {
+      fail_stop(seen.error());
+      ack_sender(item, failure_, 1'000);
+      return;
+    }
+    if (*seen) {
+      bump(core_.stats.duplicates);
+      ack_sender(item, caf::none, 0);
+      return;
+    }
     // Redeliveries leave only once the sender's record is durable; the
     // commit that processed an earlier copy deleted it.
     auto stored = core_.store->get(column::outbox, env->ack_key());
