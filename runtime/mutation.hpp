@@ -42,4 +42,10 @@ bool mutation_active(mutation m) noexcept;
 /// The mutation's name ("skip_dedup", ...).
 std::string_view to_string(mutation m) noexcept;
 
+/// Every mutation, in number order.
+inline constexpr mutation all_mutations[]
+    = {mutation::skip_dedup, mutation::reply_before_durable,
+       mutation::rearm_after_cancel, mutation::release_before_local_acks,
+       mutation::restore_after_unknown_map_write};
+
 } // namespace granary

@@ -60,6 +60,7 @@ void add_counter_workload(simulation& sim, workload_options opts) {
   // What the workload got acknowledged: per counter, the ids of its Adds,
   // and how many Forwards it sent and received.
   struct ledger {
+    sys::mutex mtx;
     std::map<std::string, std::set<std::string>> adds;
     std::map<std::string, int64_t> forwards;
   };
@@ -67,29 +68,43 @@ void add_counter_workload(simulation& sim, workload_options opts) {
   auto grains = std::max(2, opts.grains);
   sim.grains([](host::registration& r) { return r.grain<probe>(); })
       .workload([acked, opts, grains](sim_world& w) {
-        *acked = {};
-        for (int n = 0; n < opts.operations; ++n) {
-          auto key = "c" + std::to_string(n % grains);
-          // Every third operation is a Forward: grain to grain, across
-          // partitions and silos, and through handoffs.
-          if (n % 3 == 2) {
-            auto to = "c" + std::to_string((n / 3 + 1 + n % grains) % grains);
-            if (to == key)
-              to = "c" + std::to_string((n + 1) % grains);
-            Forward fwd;
-            fwd.set_to(to);
-            fwd.set_delta(1);
-            send_until_acked(w, key, fwd, "fwd-" + std::to_string(n));
-            ++acked->forwards[key];
-            ++acked->forwards[to];
-            continue;
-          }
-          Add add;
-          add.set_delta(1);
-          auto msg_id = "add-" + std::to_string(n);
-          send_until_acked(w, key, add, msg_id);
-          acked->adds[key].insert(msg_id);
+        {
+          std::lock_guard guard{acked->mtx};
+          acked->adds.clear();
+          acked->forwards.clear();
         }
+        auto clients = std::clamp(opts.clients, 1, 64);
+        std::vector<sys::thread> threads;
+        for (int c = 0; c < clients; ++c)
+          threads.emplace_back("client-" + std::to_string(c), [&, c] {
+            for (int n = c; n < opts.operations; n += clients) {
+              auto key = "c" + std::to_string(n % grains);
+              // Every third operation is a Forward: grain to grain, across
+              // partitions and silos, and through handoffs.
+              if (n % 3 == 2) {
+                auto to
+                    = "c" + std::to_string((n / 3 + 1 + n % grains) % grains);
+                if (to == key)
+                  to = "c" + std::to_string((n + 1) % grains);
+                Forward fwd;
+                fwd.set_to(to);
+                fwd.set_delta(1);
+                send_until_acked(w, key, fwd, "fwd-" + std::to_string(n));
+                std::lock_guard guard{acked->mtx};
+                ++acked->forwards[key];
+                ++acked->forwards[to];
+                continue;
+              }
+              Add add;
+              add.set_delta(1);
+              auto msg_id = "add-" + std::to_string(n);
+              send_until_acked(w, key, add, msg_id);
+              std::lock_guard guard{acked->mtx};
+              acked->adds[key].insert(msg_id);
+            }
+          });
+        for (auto& t : threads)
+          t.join();
       })
       .check("no acknowledged message is lost or applied twice",
              [acked, grains](sim_world& w) -> std::optional<std::string> {

@@ -15,6 +15,8 @@ struct workload_options {
   int grains = 6;
   /// Operations the workload issues.
   int operations = 60;
+  /// Clients issuing them at once.
+  int clients = 4;
 };
 
 /// Durable counters: `operations` messages, each with its own message id,

@@ -605,8 +605,8 @@ private:
     k_.crash(n.process);
     // Its threads are parked for good inside these objects: abandon them,
     // as the memory of a killed process is.
-    static_cast<void>(n.host.release());
-    static_cast<void>(n.store.release());
+    abandoned_hosts_.push_back(std::move(n.host));
+    abandoned_stores_.push_back(std::move(n.store));
     count("crash");
     note(n.id + " crashed");
     restart_at_.emplace_back(
@@ -620,8 +620,8 @@ private:
       auto& n = *nodes_[i];
       if (!n.host || k_.alive(n.process))
         continue;
-      static_cast<void>(n.host.release());
-      static_cast<void>(n.store.release());
+      abandoned_hosts_.push_back(std::move(n.host));
+      abandoned_stores_.push_back(std::move(n.store));
       count("exit (declared dead)");
       restart_at_.emplace_back(sys::now() + 1s, i);
     }
@@ -720,8 +720,8 @@ private:
     // The process ends after its stop; a client still inside the silo's
     // API ends with it (so its objects are abandoned, not freed).
     k_.crash(n.process);
-    static_cast<void>(n.host.release());
-    static_cast<void>(n.store.release());
+    abandoned_hosts_.push_back(std::move(n.host));
+    abandoned_stores_.push_back(std::move(n.store));
     restart_at_.emplace_back(
         sys::now() + std::chrono::milliseconds{1000 + random() % 9000}, i);
   }
@@ -796,6 +796,10 @@ private:
   std::shared_ptr<cluster::memory_network> net_;
   std::vector<std::unique_ptr<sim_node>> nodes_;
   std::vector<std::pair<sys::time_point, size_t>> restart_at_;
+  // Hosts of crashed or ended processes, whose parked threads may still
+  // point into them: kept (reachable, never stopped) with the world.
+  std::vector<std::unique_ptr<host::silo_host>> abandoned_hosts_;
+  std::vector<std::unique_ptr<guarded_store>> abandoned_stores_;
 
   sys::mutex mtx_;
   bool network_faults_ = false;

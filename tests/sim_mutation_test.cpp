@@ -27,7 +27,8 @@ struct hunt {
 
 // Runs `workload` under every fault with `m` switched on, seed after
 // seed, until one fails.
-hunt find(mutation m, const std::string& workload = "counters") {
+hunt find(mutation m, const std::string& workload = "counters",
+          int operations = 300) {
   clear_mutations();
   set_mutation(m);
   sim_options opts;
@@ -36,7 +37,9 @@ hunt find(mutation m, const std::string& workload = "counters") {
   opts.fault_time = 60s;
   opts.faults = sim_faults::all();
   simulation sim{opts};
-  EXPECT_FALSE(add_workload(sim, workload));
+  workload_options wo;
+  wo.operations = operations;
+  EXPECT_FALSE(add_workload(sim, workload, wo));
   hunt h;
   for (uint64_t seed = 1; seed <= max_seeds; ++seed) {
     h.seeds = seed;
@@ -60,7 +63,10 @@ TEST(sim_mutation, skipped_dedup_is_found_as_a_duplicate_effect) {
   ASSERT_FALSE(h.report.run.ok) << "not found in " << max_seeds << " seeds";
   EXPECT_EQ(h.report.run.invariant,
             "no acknowledged message is lost or applied twice");
-  EXPECT_NE(h.report.run.detail.find("times"), std::string::npos)
+  // Seen twice, or counted once too often.
+  EXPECT_TRUE(h.report.run.detail.find(" times") != std::string::npos
+              || h.report.run.detail.find("but the acknowledged")
+                     != std::string::npos)
       << h.report.run.detail;
 }
 

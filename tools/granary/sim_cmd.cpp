@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/error.hpp"
+#include "runtime/mutation.hpp"
 #include "testing/sim_workloads.hpp"
 #include "testing/simulation.hpp"
 #include "tools/granary/cli.hpp"
@@ -33,6 +34,7 @@ struct sim_args {
   std::string faults = "all";
   uint64_t operations = 60;
   bool trace = false;
+  std::string mutation;
 };
 
 // One seed's outcome, as the child process that ran it reports it.
@@ -165,6 +167,25 @@ seed_outcome run_isolated(const testing::simulation& sim, uint64_t seed,
 }
 
 int simulate(const sim_args& a) {
+  if (!a.mutation.empty()) {
+    std::string known;
+    bool found = false;
+    for (auto m : all_mutations) {
+      known += (known.empty() ? "" : ", ") + std::string{to_string(m)};
+      if (to_string(m) == a.mutation) {
+        set_mutation(m);
+        found = true;
+      }
+    }
+    if (!found) {
+      std::fprintf(stderr, "granary sim: unknown mutation '%s' (known: %s)\n",
+                   a.mutation.c_str(), known.c_str());
+      return exit_usage;
+    }
+    std::printf("granary sim: mutation %s is switched on: the runs should "
+                "fail\n",
+                a.mutation.c_str());
+  }
   auto faults = testing::sim_faults::parse(a.faults);
   if (!faults) {
     std::fprintf(stderr, "granary sim: %s\n", describe(faults.error()).c_str());
@@ -289,6 +310,9 @@ void add_sim(CLI::App& app, command& run) {
   sub->add_option("--faults", a->faults,
                   "Comma-separated: drop, duplicate, delay, partition, clog, "
                   "crash, pause, skew, all, none (default all)");
+  sub->add_option("--mutation", a->mutation,
+                  "Switches a known bug back on, to see the simulation find "
+                  "it (for testing the simulator)");
   sub->add_flag("--trace", a->trace,
                 "Print each seed's last events and the silos' log lines");
   on_parse(sub, a, run, simulate);
