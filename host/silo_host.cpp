@@ -280,11 +280,10 @@ caf::expected<std::unique_ptr<silo_host>> silo_builder::start() const {
     return make_error(errc::invalid_config,
                       "silo_builder: the activity pool needs 1 to 1024 "
                       "threads and a queue bound of at least 1");
-  h->incarnation
-      = incarnation_ != 0
-            ? incarnation_
-            : static_cast<uint64_t>(
-                std::chrono::system_clock::now().time_since_epoch().count());
+  h->incarnation = incarnation_ != 0
+                       ? incarnation_
+                       : static_cast<uint64_t>(sys::wall_ms()) * 1'000'000
+                             + sys::random_u64() % 1'000'000;
   // 2. Storage.
   caf::expected<std::unique_ptr<granary::storage>> store{nullptr};
   if (storage_) {

@@ -426,7 +426,11 @@ silo::start(silo_config cfg, grain_registry registry,
     core->sys_cfg->set("scheduler.policy", caf::atom("testing"));
   core->sys_cfg->set("logger.console-verbosity", caf::atom("quiet"));
   core->sys_cfg->set("logger.file-verbosity", caf::atom("quiet"));
-  core->sys = std::make_unique<caf::actor_system>(*core->sys_cfg);
+  {
+    // CAF's logger takes its start time from the OS clock.
+    sys::os_calls_allowed caf_setup;
+    core->sys = std::make_unique<caf::actor_system>(*core->sys_cfg);
+  }
   if (simulated)
     core->caf_driver
         = sys::thread{"caf", [c = core.get()] { drive_test_coordinator(*c); }};
@@ -500,7 +504,10 @@ caf::error silo::stop() {
     // Actors still waiting for a timer would hold the destructor.
     c.sys->await_actors_before_shutdown(false);
   }
-  c.sys.reset();
+  {
+    sys::os_calls_allowed caf_teardown;
+    c.sys.reset();
+  }
   c.commits.reset();
   c.store.reset();
   return failure;

@@ -22,6 +22,16 @@ void set_current_kernel(kernel* k) noexcept {
   this_kernel = k;
 }
 
+os_calls_allowed::os_calls_allowed() {
+  if (auto* k = this_kernel)
+    previous_ = k->allow_os_calls(true);
+}
+
+os_calls_allowed::~os_calls_allowed() {
+  if (auto* k = this_kernel)
+    k->allow_os_calls(previous_);
+}
+
 void mutex::lock() {
   if (auto* k = this_kernel)
     return k->lock(*this);

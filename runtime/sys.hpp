@@ -80,6 +80,11 @@ public:
   /// The wall clock as the calling thread's process sees it (virtual,
   /// with the process's skew), in milliseconds since the Unix epoch.
   virtual int64_t wall_ms() = 0;
+
+  /// Whether the calling thread may call the OS's clocks, sleeps, threads
+  /// and sockets (a simulation fails the run otherwise); returns the
+  /// previous setting.
+  virtual bool allow_os_calls(bool allowed) = 0;
 };
 
 /// The kernel of the calling thread, or null outside a simulation.
@@ -87,6 +92,21 @@ kernel* current_kernel() noexcept;
 
 /// Makes `k` the calling thread's kernel (for the kernel's own threads).
 void set_current_kernel(kernel* k) noexcept;
+
+/// Lets the calling thread call the OS's clocks and threads while it
+/// lives, under a simulation: only around third-party code whose use of
+/// them does not reach the simulated logic (CAF builds its logger's start
+/// time from the OS clock). Does nothing outside a simulation.
+class os_calls_allowed {
+public:
+  os_calls_allowed();
+  ~os_calls_allowed();
+  os_calls_allowed(const os_calls_allowed&) = delete;
+  os_calls_allowed& operator=(const os_calls_allowed&) = delete;
+
+private:
+  bool previous_ = false;
+};
 
 /// A mutex (BasicLockable and Lockable: `std::lock_guard`,
 /// `std::unique_lock` and `std::scoped_lock` work with it).

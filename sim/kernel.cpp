@@ -1,5 +1,10 @@
 #include "sim/kernel.hpp"
 
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <time.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -8,10 +13,37 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "runtime/assert.hpp"
 
 namespace granary::sim {
+
+namespace {
+
+// Set while the kernel itself calls the OS, or code outside the simulated
+// logic does (`sys::os_calls_allowed`), which the escape checks allow.
+thread_local bool kernel_internal = false;
+// Set only while the kernel starts a simulated thread's OS thread: no
+// other code of a simulated thread may start an OS thread.
+thread_local bool kernel_launching = false;
+
+} // namespace
+
+// Fails the run when a simulated thread calls `what` (a clock, a sleep, a
+// thread or a socket of the OS): that code escapes the simulation, and the
+// run would no longer replay from its seed.
+void check_escape(const char* what, bool thread_start = false) {
+  if (thread_start ? kernel_launching : kernel_internal)
+    return;
+  auto* k = dynamic_cast<kernel*>(sys::current_kernel());
+  if (k == nullptr)
+    return;
+  kernel_internal = true; // fail() must not trip over its own calls.
+  k->fail("determinism",
+          std::string{"a simulated thread called "} + what
+              + ", which escapes the simulation (use runtime/sys.hpp)");
+}
 
 namespace {
 
@@ -371,6 +403,12 @@ namespace {
 // The OS thread of simulated thread `t`: waits for the baton, runs the
 // function, and hands the baton on. The first thread's return ends the run.
 void launch(std::shared_ptr<kernel::state> keep, kernel* k, sim_thread* t) {
+  struct allow {
+    bool previous = std::exchange(kernel_launching, true);
+    ~allow() {
+      kernel_launching = previous;
+    }
+  } scope;
   std::thread{[keep = std::move(keep), k, t] {
     auto& s = *keep;
     sys::set_current_kernel(k);
@@ -494,6 +532,10 @@ void kernel::pause(process_id p, std::chrono::nanoseconds d) {
   proc.paused_until = std::max(proc.paused_until, s.vnow + d);
   s.record(0, "process '" + proc.name + "' paused");
   s.preempt_point(lk, s.me());
+}
+
+bool kernel::allow_os_calls(bool allowed) {
+  return std::exchange(kernel_internal, allowed);
 }
 
 void kernel::skew(process_id p, std::chrono::milliseconds ahead) {
@@ -690,3 +732,48 @@ uint64_t kernel::random() {
 }
 
 } // namespace granary::sim
+
+// The OS calls a simulated thread must not make (see check_escape). The
+// executable's definitions take precedence over the C library's, which
+// they call once the check passed.
+extern "C" {
+
+int clock_gettime(clockid_t clk, struct timespec* ts) {
+  using fn = int (*)(clockid_t, struct timespec*);
+  static auto real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, "clock_gettime"));
+  granary::sim::check_escape("clock_gettime (a clock of the OS)");
+  return real(clk, ts);
+}
+
+int nanosleep(const struct timespec* req, struct timespec* rem) {
+  using fn = int (*)(const struct timespec*, struct timespec*);
+  static auto real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, "nanosleep"));
+  granary::sim::check_escape("nanosleep (a sleep of the OS)");
+  return real(req, rem);
+}
+
+int clock_nanosleep(clockid_t clk, int flags, const struct timespec* req,
+                    struct timespec* rem) {
+  using fn = int (*)(clockid_t, int, const struct timespec*, struct timespec*);
+  static auto real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, "clock_nanosleep"));
+  granary::sim::check_escape("clock_nanosleep (a sleep of the OS)");
+  return real(clk, flags, req, rem);
+}
+
+int pthread_create(pthread_t* thread, const pthread_attr_t* attr,
+                   void* (*start)(void*), void* arg) {
+  using fn
+      = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+  static auto real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, "pthread_create"));
+  granary::sim::check_escape("pthread_create (a thread of the OS)", true);
+  return real(thread, attr, start, arg);
+}
+
+int socket(int domain, int type, int protocol) {
+  using fn = int (*)(int, int, int);
+  static auto real = reinterpret_cast<fn>(dlsym(RTLD_NEXT, "socket"));
+  granary::sim::check_escape("socket (the OS network)");
+  return real(domain, type, protocol);
+}
+
+} // extern "C"

@@ -152,6 +152,7 @@ public:
   void join(uint64_t id) override;
   uint64_t random() override;
   int64_t wall_ms() override;
+  bool allow_os_calls(bool allowed) override;
 
   struct state;
 

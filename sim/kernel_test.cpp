@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -351,6 +352,35 @@ TEST(sim_kernel, exceptions_and_failed_checks_end_the_run_with_their_cause) {
     EXPECT_NE(res.tail[res.tail.size() - 2].find("checking money"),
               std::string::npos);
   }
+}
+
+TEST(sim_kernel, a_thread_that_escapes_the_simulation_fails_the_run) {
+  {
+    kernel k;
+    auto res = k.run([] { std::this_thread::sleep_for(1ms); });
+    EXPECT_FALSE(res.ok);
+    EXPECT_EQ(res.invariant, "determinism");
+    EXPECT_NE(res.detail.find("sleep"), std::string::npos) << res.detail;
+  }
+  {
+    kernel k;
+    auto res
+        = k.run([] { static_cast<void>(std::chrono::steady_clock::now()); });
+    EXPECT_FALSE(res.ok);
+    EXPECT_NE(res.detail.find("clock_gettime"), std::string::npos)
+        << res.detail;
+  }
+  {
+    kernel k;
+    auto res = k.run([] { std::thread{[] {}}.join(); });
+    EXPECT_FALSE(res.ok);
+    EXPECT_NE(res.detail.find("pthread_create"), std::string::npos)
+        << res.detail;
+  }
+  // Outside a simulation the same calls work.
+  auto before = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(1ms);
+  EXPECT_GE(std::chrono::steady_clock::now() - before, 1ms);
 }
 
 TEST(sim_kernel, seeded_randomness_replays) {
