@@ -47,12 +47,11 @@ struct seed_outcome {
   std::map<std::string, uint64_t> faults;
 };
 
-// Prints one seed's lines (the summary; for a failure or with --trace the
+// Prints one seed's lines (its summary; for a failure or with --trace the
 // replay command, the last events and the threads).
 void print_seed(const testing::sim_report& report, const sim_args& a,
-                const testing::sim_options& opts, bool summary_line) {
-  if (summary_line || !report.run.ok || a.trace)
-    std::printf("%s\n", report.summary().c_str());
+                const testing::sim_options& opts) {
+  std::printf("%s\n", report.summary().c_str());
   if (report.run.ok && !a.trace)
     return;
   std::printf("  replay: granary sim --seed %llu --workload %s --faults "
@@ -76,8 +75,7 @@ void print_seed(const testing::sim_report& report, const sim_args& a,
 // run out of threads. The child prints the seed's lines and reports its
 // outcome through a pipe.
 seed_outcome run_isolated(const testing::simulation& sim, uint64_t seed,
-                          const sim_args& a, const testing::sim_options& opts,
-                          bool summary_line) {
+                          const sim_args& a, const testing::sim_options& opts) {
   seed_outcome out;
   int fds[2];
   if (::pipe(fds) != 0) {
@@ -95,7 +93,7 @@ seed_outcome run_isolated(const testing::simulation& sim, uint64_t seed,
   if (pid == 0) {
     ::close(fds[0]);
     auto report = sim.run(seed);
-    print_seed(report, a, opts, summary_line);
+    print_seed(report, a, opts);
     std::fflush(stdout);
     std::string msg = std::to_string(report.run.ok ? 1 : 0) + "\t"
                       + std::to_string(report.run.steps) + "\t"
@@ -226,7 +224,7 @@ int simulate(const sim_args& a) {
   for (uint64_t i = 0; i < count; ++i) {
     if (tty)
       std::fprintf(stderr, "\r\033[K");
-    auto report = run_isolated(sim, first + i, a, opts, count <= 20);
+    auto report = run_isolated(sim, first + i, a, opts);
     simulated += report.elapsed;
     frames += report.frames;
     steps += report.steps;
@@ -256,9 +254,10 @@ int simulate(const sim_args& a) {
   std::string kinds;
   for (auto& [kind, n] : faults_by_kind)
     kinds += (kinds.empty() ? "" : ", ") + kind + " " + std::to_string(n);
-  std::printf("summary: %llu seeds, %llu failed, %.2f simulated hours, %.1f s "
-              "wall (%.0f simulated s per wall s, %.0f seeds per minute, "
-              "%.0f events per s), %llu frames\n",
+  std::printf("summary: %llu seeds, %llu failed (invariant violations), "
+              "%.2f simulated hours, %.1f s wall (%.0f simulated s per wall "
+              "s, %.0f seeds per minute, %.0f events per s), %llu messages "
+              "between silos\n",
               static_cast<unsigned long long>(count),
               static_cast<unsigned long long>(failed), sim_secs / 3600, secs,
               secs > 0 ? sim_secs / secs : 0.0,
