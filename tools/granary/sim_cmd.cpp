@@ -308,10 +308,12 @@ void add_sim(CLI::App& app, command& run) {
       ->transform(count(1, 1'000'000));
   sub->add_option("--faults", a->faults,
                   "Comma-separated: drop, duplicate, delay, partition, clog, "
-                  "crash, pause, skew, all, none (default all)");
+                  "crash, pause, skew, leave, membership, all, none "
+                  "(default all)");
   sub->add_option("--mutation", a->mutation,
                   "Switches a known bug back on, to see the simulation find "
-                  "it (for testing the simulator)");
+                  "it: skip_dedup, reply_before_durable, rearm_after_cancel, "
+                  "release_before_local_acks, restore_after_unknown_map_write");
   sub->add_flag("--trace", a->trace,
                 "Print each seed's last events and the silos' log lines");
   on_parse(sub, a, run, simulate);
