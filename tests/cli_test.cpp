@@ -333,6 +333,36 @@ TEST_F(cli_test, empty_arguments_are_usage_errors) {
       << drop.out;
 }
 
+TEST(cli, sim_runs_seeds_replays_them_and_reports_a_mutation) {
+  auto ok = granary_cmd("sim --seeds 2 --first-seed 7");
+  ASSERT_EQ(ok.status, 0) << ok.out;
+  EXPECT_NE(ok.out.find("seed 7: ok"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("seed 8: ok"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("summary: 2 seeds, 0 failed"), std::string::npos)
+      << ok.out;
+  // The same seed, the same trace.
+  auto a = granary_cmd("sim --seed 7 --trace");
+  auto b = granary_cmd("sim --seed 7 --trace");
+  auto hash = [](const std::string& out) {
+    auto at = out.find("trace hash ");
+    return at == std::string::npos ? std::string{} : out.substr(at, 27);
+  };
+  EXPECT_FALSE(hash(a.out).empty()) << a.out;
+  EXPECT_EQ(hash(a.out), hash(b.out));
+  auto bad = granary_cmd("sim --mutation skip_dedup --seed 1 --operations 300");
+  EXPECT_EQ(bad.status, 1) << bad.out;
+  EXPECT_NE(bad.out.find("replay: granary sim --seed 1"), std::string::npos)
+      << bad.out;
+  EXPECT_NE(bad.out.find("violated: no acknowledged message is lost or "
+                         "applied twice"),
+            std::string::npos)
+      << bad.out;
+  auto usage = granary_cmd("sim --faults drop,bogus");
+  EXPECT_EQ(usage.status, 2) << usage.out;
+  EXPECT_NE(usage.out.find("unknown fault kind 'bogus'"), std::string::npos)
+      << usage.out;
+}
+
 TEST(cli, help_lists_every_bench_scenario) {
   auto res = granary_cmd("--help");
   ASSERT_EQ(res.status, 0) << res.out;
