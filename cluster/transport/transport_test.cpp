@@ -26,6 +26,7 @@
 #include "cluster/transport/faulty_transport.hpp"
 #include "cluster/transport/frame_codec.hpp"
 #include "cluster/transport/memory_transport.hpp"
+#include "cluster/transport/ports.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 
@@ -118,17 +119,12 @@ struct node {
   std::vector<Frame> frames;
 };
 
-/// A free port: bound once by the kernel, then released.
+/// A port nobody listens on, below the ephemeral range (so that no
+/// transport of the test that listens on port 0 can take it).
 uint16_t unused_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  auto port = pick_free_port();
+  EXPECT_TRUE(port) << describe(port.error());
+  return port ? *port : uint16_t{1};
 }
 
 /// A plain blocking socket, to play a hostile peer.
