@@ -216,6 +216,20 @@ struct kernel::state {
     t.timed_out = timed_out;
   }
 
+  // A new thread of process `p`, runnable, not yet started on the OS.
+  sim_thread* add_thread(process_id p, std::string name,
+                         std::function<void()> fn) {
+    auto t = std::make_unique<sim_thread>();
+    auto* raw = t.get();
+    raw->id = next_thread++;
+    raw->process = p;
+    raw->name = std::move(name);
+    raw->fn = std::move(fn);
+    threads.emplace(raw->id, std::move(t));
+    live.push_back(raw);
+    return raw;
+  }
+
   // A thread picked to run while waiting for its `ready` predicate stops
   // waiting.
   void make_runnable(sim_thread& t) {
@@ -451,14 +465,7 @@ uint64_t kernel::spawn(process_id p, std::string name,
     fail("thread limit", "more than " + std::to_string(s.cfg.max_threads)
                              + " threads alive at once");
   }
-  auto t = std::make_unique<sim_thread>();
-  auto* raw = t.get();
-  raw->id = s.next_thread++;
-  raw->process = p;
-  raw->name = std::move(name);
-  raw->fn = std::move(fn);
-  s.threads.emplace(raw->id, std::move(t));
-  s.live.push_back(raw);
+  auto* raw = s.add_thread(p, std::move(name), std::move(fn));
   s.record(raw->id, "start " + raw->name);
   launch(st_, this, raw);
   return raw->id;
@@ -473,14 +480,7 @@ run_result kernel::run(std::function<void()> main) {
   }
   // The first thread is started from outside: no thread runs yet.
   std::unique_lock lk{s.big};
-  auto t = std::make_unique<sim_thread>();
-  auto* raw = t.get();
-  raw->id = s.next_thread++;
-  raw->process = world;
-  raw->name = "main";
-  raw->fn = std::move(main);
-  s.threads.emplace(raw->id, std::move(t));
-  s.live.push_back(raw);
+  auto* raw = s.add_thread(world, "main", std::move(main));
   launch(st_, this, raw);
   s.running = raw;
   raw->cv.notify_one();

@@ -341,21 +341,15 @@ public:
     auto& n = *nodes_.at(i);
     if (!running(i))
       return make_error(errc::silo_stopped, n.id + " is down");
-    auto done = std::make_shared<sys::one_shot<bool>>();
     auto* s = &n.host->runtime();
-    auto process = n.process;
-    k_.spawn(process, "client", [done, s, &fn] {
+    auto done = run_in<bool>(n.process, "client", 100ms, [s, &fn] {
       fn(*s);
-      done->set(true);
+      return true;
     });
-    // Bounded: ends when `fn` returns or its process is gone.
-    for (;;) {
-      if (done->wait_for(100ms))
-        return caf::none;
-      if (!k_.alive(process))
-        return make_error(errc::silo_stopped,
-                          n.id + " crashed while a client used it");
-    }
+    if (!done)
+      return make_error(errc::silo_stopped,
+                        n.id + " crashed while a client used it");
+    return caf::none;
   }
 
   memory_storage& data(size_t i) override {
@@ -581,14 +575,10 @@ private:
     for (auto& fn : grains_)
       b.grains(fn);
     using started_type = caf::expected<std::unique_ptr<host::silo_host>>;
-    auto result = std::make_shared<sys::one_shot<started_type>>();
-    k_.spawn(p, "boot",
-             [b = std::move(b), result]() mutable { result->set(b.start()); });
-    // Bounded: the boot ends, or its process crashed.
-    std::optional<started_type> got;
-    while (!(got = result->wait_for(1s)))
-      if (!k_.alive(p))
-        return make_error(errc::silo_stopped, n.id + " crashed while starting");
+    auto got = run_in<started_type>(p, "boot", 1s,
+                                    [b = std::move(b)] { return b.start(); });
+    if (!got)
+      return make_error(errc::silo_stopped, n.id + " crashed while starting");
     if (!*got)
       return std::move(got->error());
     n.host = std::move(**got);
@@ -603,14 +593,38 @@ private:
     if (!n.host)
       return;
     k_.crash(n.process);
-    // Its threads are parked for good inside these objects: abandon them,
-    // as the memory of a killed process is.
-    abandoned_hosts_.push_back(std::move(n.host));
-    abandoned_stores_.push_back(std::move(n.store));
+    abandon(i, std::chrono::milliseconds{1000 + random() % 9000});
     count("crash");
     note(n.id + " crashed");
-    restart_at_.emplace_back(
-        sys::now() + std::chrono::milliseconds{1000 + random() % 9000}, i);
+  }
+
+  // Silo `i`'s process has ended (crashed, exited or left). Its threads
+  // may be parked for good inside its host: the objects are kept, never
+  // freed, as the memory of a killed process is gone. It restarts after
+  // `delay`.
+  void abandon(size_t i, std::chrono::milliseconds delay) {
+    auto& n = *nodes_.at(i);
+    abandoned_hosts_.push_back(std::move(n.host));
+    abandoned_stores_.push_back(std::move(n.store));
+    restart_at_.emplace_back(sys::now() + delay, i);
+  }
+
+  // Runs `fn` on a new thread of process `p` and waits for its result,
+  // checking every `poll` whether the process is still alive; nullopt
+  // when it crashed or ended first.
+  template <class T, class F>
+  std::optional<T> run_in(sim::process_id p, std::string name,
+                          std::chrono::milliseconds poll, F fn) {
+    auto result = std::make_shared<sys::one_shot<T>>();
+    k_.spawn(p, std::move(name),
+             [result, fn = std::move(fn)]() mutable { result->set(fn()); });
+    // Bounded: `fn` returns, or its process is gone.
+    for (;;) {
+      if (auto got = result->wait_for(poll))
+        return got;
+      if (!k_.alive(p))
+        return std::nullopt;
+    }
   }
 
   // Silos that ended on their own (declared dead): abandoned like crashed
@@ -620,10 +634,8 @@ private:
       auto& n = *nodes_[i];
       if (!n.host || k_.alive(n.process))
         continue;
-      abandoned_hosts_.push_back(std::move(n.host));
-      abandoned_stores_.push_back(std::move(n.store));
+      abandon(i, 1s);
       count("exit (declared dead)");
-      restart_at_.emplace_back(sys::now() + 1s, i);
     }
   }
 
@@ -703,27 +715,21 @@ private:
         return;
     auto i = random() % nodes_.size();
     auto& n = *nodes_[i];
-    auto done = std::make_shared<sys::one_shot<caf::error>>();
     auto* h = n.host.get();
-    k_.spawn(n.process, "leave", [done, h] {
+    // Bounded by the leave's own timeout (30 s) plus the stop.
+    auto result = run_in<caf::error>(n.process, "leave", 1s, [h] {
       auto err = h->leave();
       auto stopped = h->stop();
-      done->set(err ? err : stopped);
+      return err ? err : stopped;
     });
-    // Bounded: the leave's own timeout (30 s) plus the stop.
-    std::optional<caf::error> result;
-    while (!(result = done->wait_for(1s)))
-      if (!k_.alive(n.process))
-        return; // Crashed or exited meanwhile: the supervisor restarts it.
+    if (!result)
+      return; // Crashed or exited meanwhile: the supervisor restarts it.
     note(n.id + " left" + (*result ? ": " + describe(*result) : ""));
     count("leave");
     // The process ends after its stop; a client still inside the silo's
     // API ends with it (so its objects are abandoned, not freed).
     k_.crash(n.process);
-    abandoned_hosts_.push_back(std::move(n.host));
-    abandoned_stores_.push_back(std::move(n.store));
-    restart_at_.emplace_back(
-        sys::now() + std::chrono::milliseconds{1000 + random() % 9000}, i);
+    abandon(i, std::chrono::milliseconds{1000 + random() % 9000});
   }
 
   // The membership store becomes unreachable from one silo for a while.
