@@ -1,4 +1,5 @@
 #include "actors/workflow_client.hpp"
+#include "runtime/assert.hpp"
 #include "runtime/sys.hpp"
 
 #include <algorithm>
@@ -138,7 +139,7 @@ workflow_client::describe(const std::string& type, const std::string& id) {
 
 caf::expected<wire::Value> workflow_client::result_value(const grain_id& id,
                                                          milliseconds timeout) {
-  auto info = await_finished(id, clock::now() + timeout);
+  auto info = await_finished(id, sys::now() + timeout);
   if (!info)
     return std::move(info.error());
   if (info->status() == wire::WorkflowState::COMPLETED)
@@ -195,7 +196,7 @@ workflow_client::update_value(const grain_id& id, const std::string& name,
                               const google::protobuf::Message& request,
                               milliseconds timeout,
                               const std::string& update_id) {
-  auto deadline = clock::now() + timeout;
+  auto deadline = sys::now() + timeout;
   auto info = describe_started(id);
   if (!info)
     return std::move(info.error());
@@ -223,7 +224,7 @@ workflow_client::update_value(const grain_id& id, const std::string& name,
                         "workflow " + to_string(id) + " finished ("
                             + wire::WorkflowState::Status_Name(qr.status())
                             + ") without answering " + what);
-    if (clock::now() + pause > deadline)
+    if (sys::now() + pause > deadline)
       return make_error(errc::timeout,
                         "workflow " + to_string(id) + " did not answer " + what
                             + " within " + std::to_string(timeout.count())
@@ -311,15 +312,20 @@ silo_workflow_client::await_finished(const grain_id& id,
   milliseconds pause{2};
   for (;;) {
     auto info = describe_started(id);
-    if (!info || finished(info->status()) || clock::now() >= deadline)
+    if (!info || finished(info->status()) || sys::now() >= deadline)
       return info;
-    auto until = std::min(deadline, clock::now() + pause);
+    auto until = std::min(deadline, sys::now() + pause);
     if (sub)
       sub.wait_until(until);
     else
       sys::sleep_until(until);
-    pause = std::min(pause * 2, milliseconds{100});
+    pause = std::min(pause * 2, sub ? max_poll_ : milliseconds{100});
   }
+}
+
+void silo_workflow_client::set_max_poll(milliseconds pause) {
+  GRANARY_ASSERT(pause.count() > 0, "a poll pause must be positive");
+  max_poll_ = pause;
 }
 
 } // namespace granary

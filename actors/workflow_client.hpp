@@ -288,6 +288,13 @@ public:
   explicit silo_workflow_client(silo& s, milliseconds call_timeout
                                          = std::chrono::seconds{10});
 
+  /// Sets the longest pause between two reads of a run while waiting for
+  /// it and subscribed to the silo's `workflow_watch` (default 100 ms). A
+  /// run that settles on this silo wakes the wait at once, so a client of
+  /// a silo on its own (like `testing::workflow_env`'s) can pause far
+  /// longer; runs on other silos are seen only by these reads.
+  void set_max_poll(milliseconds pause);
+
 protected:
   caf::error call(const grain_id& id, const google::protobuf::Message& request,
                   google::protobuf::Message& reply) override;
@@ -301,6 +308,7 @@ protected:
 private:
   silo& silo_;
   milliseconds call_timeout_;
+  milliseconds max_poll_{100};
 };
 
 } // namespace granary

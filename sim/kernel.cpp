@@ -62,6 +62,9 @@ const char sleep_marker = 0;
 // The marker of a thread waiting for a `ready` predicate.
 const char ready_marker = 0;
 
+// The marker of a thread waiting until every other thread waits.
+const char idle_marker = 0;
+
 uint64_t mix(uint64_t h, uint64_t v) {
   // FNV-1a over the 8 bytes of `v`.
   for (int i = 0; i < 8; ++i) {
@@ -331,6 +334,16 @@ struct kernel::state {
         record(next->id, {});
         return next;
       }
+      // Every other thread waits: a thread waiting for exactly that goes
+      // on before the time moves (the lowest id, for determinism).
+      for (auto* t : live)
+        if (t->state == thread_state::blocked && t->blocked_on == &idle_marker
+            && processes.at(t->process).alive
+            && processes.at(t->process).paused_until <= vnow) {
+          wake(*t, false);
+          record(t->id, {});
+          return t;
+        }
       // Every thread waits: jump to the earliest deadline or pause end.
       std::optional<std::chrono::nanoseconds> next_time;
       auto consider = [&](std::chrono::nanoseconds t) {
@@ -575,6 +588,17 @@ bool kernel::wait_until_ready(const std::function<bool()>& ready,
   s.reschedule(lk, self, false);
   self->ready = nullptr;
   return !self->timed_out;
+}
+
+void kernel::wait_until_idle() {
+  auto& s = *st_;
+  std::unique_lock lk{s.big};
+  auto* self = s.me();
+  self->state = thread_state::blocked;
+  self->blocked_on = &idle_marker;
+  self->waits_for = "every other thread to wait";
+  self->deadline.reset();
+  s.reschedule(lk, self, false);
 }
 
 void kernel::trace(std::string event) {

@@ -124,6 +124,12 @@ public:
   bool wait_until_ready(const std::function<bool()>& ready,
                         std::optional<sys::time_point> deadline) override;
 
+  /// Waits until no other thread can run without the virtual time moving
+  /// on: each one waits for a deadline, a lock, a notification or a
+  /// predicate that is false (the time-skipping test environment's
+  /// `run_until_idle`). Time does not move while the caller waits.
+  void wait_until_idle();
+
   /// Adds an event to the trace (and its hash).
   void trace(std::string event);
 

@@ -108,6 +108,42 @@ TEST(sim_kernel, virtual_time_jumps_over_sleeps_and_timeouts) {
   EXPECT_LT(std::chrono::steady_clock::now() - wall, 10s);
 }
 
+TEST(sim_kernel, waiting_until_idle_lets_all_work_at_this_time_finish) {
+  kernel k{seeded(3)};
+  int done = 0;
+  bool slept_done = false;
+  std::chrono::nanoseconds waited{0};
+  auto res = k.run([&] {
+    std::vector<sys::thread> workers;
+    for (int w = 0; w < 4; ++w)
+      workers.emplace_back("worker", [&] {
+        // Bounded: 50 scheduling points each.
+        for (int i = 0; i < 50; ++i)
+          sys::yield();
+        ++done;
+      });
+    sys::thread sleeper{"sleeper", [&] {
+                          sys::sleep_for(1h);
+                          slept_done = true;
+                        }};
+    auto before = sys::now();
+    k.wait_until_idle();
+    waited = sys::now() - before;
+    // Every worker finished, and the sleeper still sleeps: being idle
+    // never moves the time to its deadline.
+    if (done != 4 || slept_done)
+      k.fail("idle",
+             "woke before the others were done, or after the time moved");
+    for (auto& w : workers)
+      w.join();
+    sleeper.join();
+  });
+  ASSERT_TRUE(res.ok) << res.invariant << ": " << res.detail;
+  EXPECT_EQ(done, 4);
+  EXPECT_TRUE(slept_done);
+  EXPECT_LT(waited, 1s);
+}
+
 TEST(sim_kernel, a_notify_wakes_a_waiter_before_its_deadline) {
   kernel k{seeded(3)};
   bool woken = false;
