@@ -9,6 +9,8 @@
 
 #include <caf/expected.hpp>
 #include <google/protobuf/empty.pb.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/message.h>
 
 #include "runtime/error.hpp"
@@ -18,6 +20,20 @@
 #include "runtime/turn.hpp"
 
 namespace granary {
+
+/// Serializes `msg` deterministically (map entries in key order), so that
+/// equal messages give equal bytes in every process. Use it for messages
+/// embedded as bytes in other messages: the workflow engine compares a
+/// replayed request with the journaled one by these bytes.
+inline std::string deterministic_bytes(const google::protobuf::Message& msg) {
+  std::string out;
+  google::protobuf::io::StringOutputStream stream{&out};
+  google::protobuf::io::CodedOutputStream coded{&stream};
+  coded.SetSerializationDeterministic(true);
+  msg.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return out;
+}
 
 /// Reply type of handlers that return nothing but success.
 using done = google::protobuf::Empty;

@@ -95,7 +95,8 @@ public:
   static wire::SetDesired desire(const Spec& spec, bool wait = false) {
     wire::SetDesired m;
     m.set_spec_type(std::string{Spec::descriptor()->full_name()});
-    spec.SerializeToString(m.mutable_spec());
+    // Canonical bytes: a workflow replaying this call compares them.
+    *m.mutable_spec() = deterministic_bytes(spec);
     m.set_wait(wait);
     return m;
   }

@@ -11,6 +11,7 @@
 #include <caf/expected.hpp>
 #include <google/protobuf/message.h>
 
+#include "actors/grain.hpp"
 #include "actors/workflow_watch.hpp"
 #include "runtime/error.hpp"
 #include "runtime/grain_id.hpp"
@@ -28,7 +29,7 @@ inline wire::Signal make_signal(std::string name,
   wire::Signal sig;
   sig.set_name(std::move(name));
   sig.set_payload_type(payload.GetDescriptor()->full_name());
-  payload.SerializeToString(sig.mutable_payload());
+  *sig.mutable_payload() = deterministic_bytes(payload);
   return sig;
 }
 
@@ -39,7 +40,7 @@ inline wire::Update make_update(std::string name, std::string id,
   u.set_name(std::move(name));
   u.set_id(std::move(id));
   u.set_payload_type(request.GetDescriptor()->full_name());
-  request.SerializeToString(u.mutable_payload());
+  *u.mutable_payload() = deterministic_bytes(request);
   return u;
 }
 

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 
+#include "actors/grain.hpp"
 #include "runtime/log.hpp"
 
 namespace granary {
@@ -49,6 +50,17 @@ std::string describe_command(wire::JournalEntry::Kind kind,
   return out;
 }
 
+// FNV-1a 64 of `msg`'s deterministic serialization; never 0 (0 marks an
+// entry journaled without a hash).
+uint64_t hash_of(const google::protobuf::Message& msg) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (auto c : deterministic_bytes(msg)) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ULL;
+  }
+  return h == 0 ? 1 : h;
+}
+
 // SplitMix64: a deterministic function of the run's seed and the sequence
 // number, so replay returns the same numbers.
 uint64_t mix(uint64_t x) {
@@ -81,29 +93,79 @@ void workflow_engine::halt(const wire::JournalEntry& recorded,
             + describe_command(recorded.kind(), recorded.target(),
                                recorded.payload_type())
             + " but the code now issues "
-            + describe_command(kind, target, payload_type)
-            + "; the run is suspended and its data is unchanged";
+            + describe_command(kind, target, payload_type) + "; "
+            + consequence();
   throw detail::workflow_halt{};
 }
 
-wire::JournalEntry& workflow_engine::next(wire::JournalEntry::Kind kind,
-                                          const std::string& target,
-                                          const std::string& payload_type,
-                                          bool& is_new) {
+const char* workflow_engine::consequence() const {
+  return replay_only_ ? "(check_replay: nothing ran and nothing was changed)"
+                      : "the run is suspended and its data is unchanged";
+}
+
+bool workflow_engine::check_finished() {
+  if (!halted_.empty() || !fatal_.empty()
+      || next_seq_ >= static_cast<uint64_t>(state_->journal_size()))
+    return halted_.empty();
+  halted_ = "workflow " + to_string(*self_) + ": non-determinism: the code "
+            + "finished at seq " + std::to_string(next_seq_)
+            + " but the journal holds " + std::to_string(state_->journal_size())
+            + " commands; " + consequence();
+  return false;
+}
+
+void workflow_engine::end_of_journal(const std::string& what) {
+  auto status = state_->status();
+  if (status == wire::WorkflowState::COMPLETED
+      || status == wire::WorkflowState::FAILED) {
+    halted_
+        = "workflow " + to_string(*self_) + ": non-determinism at seq "
+          + std::to_string(next_seq_ - 1) + ": the run "
+          + (status == wire::WorkflowState::COMPLETED ? "completed" : "failed")
+          + " after " + std::to_string(state_->journal_size())
+          + " commands, but the code now issues " + what + " after them; "
+          + consequence();
+    throw detail::workflow_halt{};
+  }
+  reached_end_ = true;
+  throw detail::replay_end{};
+}
+
+wire::JournalEntry&
+workflow_engine::next(wire::JournalEntry::Kind kind, const std::string& target,
+                      const std::string& payload_type, bool& is_new,
+                      const google::protobuf::Message* payload) {
   if (!halted_.empty() || !fatal_.empty())
     throw detail::workflow_halt{};
   auto seq = next_seq_++;
+  auto hash = payload ? hash_of(*payload) : 0;
   if (auto* e = entry(seq)) {
     if (e->kind() != kind || e->target() != target
         || e->payload_type() != payload_type)
       halt(*e, kind, target, payload_type);
+    if (hash != 0 && e->payload_hash() != 0 && e->payload_hash() != hash) {
+      // The journaled outcome stands either way; a changed request is a
+      // compatible change for a live run (as adding a field is), but the
+      // replay check reports it: the outcome was for another request.
+      auto what = "at seq " + std::to_string(seq) + " the code issues "
+                  + describe_command(kind, target, payload_type)
+                  + " with a request that differs from the journaled one";
+      if (replay_only_ && compare_payloads_) {
+        halted_ = "workflow " + to_string(*self_) + ": non-determinism " + what
+                  + "; " + consequence();
+        throw detail::workflow_halt{};
+      }
+      if (!replay_only_)
+        log(log_level::warning,
+            "workflow " + to_string(*self_) + ": " + what
+                + "; the journaled outcome stands (check_replay reports "
+                  "this)");
+    }
     is_new = false;
     return *e;
   }
-  if (replay_only_) {
-    reached_end_ = true;
-    throw detail::replay_end{};
-  }
+  if (replay_only_)
+    end_of_journal(describe_command(kind, target, payload_type));
   if (seq == journal_warn_)
     log(log_level::warning,
         "workflow " + to_string(*self_) + " has " + std::to_string(seq)
@@ -120,6 +182,7 @@ wire::JournalEntry& workflow_engine::next(wire::JournalEntry::Kind kind,
   e->set_kind(kind);
   e->set_target(target);
   e->set_payload_type(payload_type);
+  e->set_payload_hash(hash);
   is_new = true;
   return *e;
 }
@@ -128,7 +191,7 @@ uint64_t workflow_engine::call(const grain_id& to,
                                const google::protobuf::Message& msg) {
   bool is_new = false;
   auto& e = next(wire::JournalEntry::CALL, to_string(to),
-                 msg.GetDescriptor()->full_name(), is_new);
+                 msg.GetDescriptor()->full_name(), is_new, &msg);
   if (is_new) {
     caf::error err;
     if (!turn_)
@@ -179,7 +242,7 @@ uint64_t workflow_engine::child(const grain_id& child,
                                 const google::protobuf::Message& input) {
   bool is_new = false;
   auto& e = next(wire::JournalEntry::CHILD, to_string(child),
-                 input.GetDescriptor()->full_name(), is_new);
+                 input.GetDescriptor()->full_name(), is_new, &input);
   if (is_new) {
     wire::StartChild start;
     start.set_input_type(input.GetDescriptor()->full_name());
@@ -316,7 +379,7 @@ uint64_t workflow_engine::activity(const std::string& name,
                                    const activity_options& opts) {
   bool is_new = false;
   auto& e = next(wire::JournalEntry::ACTIVITY, name,
-                 input.GetDescriptor()->full_name(), is_new);
+                 input.GetDescriptor()->full_name(), is_new, &input);
   if (is_new) {
     input.SerializeToString(e.mutable_input());
     auto& o = *e.mutable_activity();
@@ -674,7 +737,7 @@ int64_t workflow_engine::version(const std::string& change_id, int64_t min,
         halted_ = "workflow " + to_string(*self_) + ": change '" + change_id
                   + "' was recorded at version " + std::to_string(e->value())
                   + ", outside the supported range [" + std::to_string(min)
-                  + ", " + std::to_string(max) + "]";
+                  + ", " + std::to_string(max) + "]; " + consequence();
         throw detail::workflow_halt{};
       }
       return e->value();
@@ -683,10 +746,8 @@ int64_t workflow_engine::version(const std::string& change_id, int64_t min,
     // old branch, and no sequence number is used.
     return min;
   }
-  if (replay_only_) {
-    reached_end_ = true;
-    throw detail::replay_end{};
-  }
+  if (replay_only_)
+    end_of_journal("version('" + change_id + "')");
   bool is_new = false;
   auto& e = next(wire::JournalEntry::VERSION, change_id, {}, is_new);
   e.set_value(max);

@@ -80,9 +80,12 @@ public:
   }
 
   /// In replay-only mode the engine never extends the journal: reaching
-  /// its end stops the code (see `check_replay`).
-  void set_replay_only(bool value) {
+  /// its end stops the code (see `check_replay`). With `payloads`, a
+  /// replayed call, child start or activity whose request differs from
+  /// the journaled one is a mismatch too (live replay only logs it).
+  void set_replay_only(bool value, bool payloads = true) {
     replay_only_ = value;
+    compare_payloads_ = payloads;
   }
 
   /// True once replay-only code reached the end of the journal.
@@ -104,6 +107,11 @@ public:
   void set_turn(turn* t) {
     turn_ = t;
   }
+
+  /// Called when the code returned: a journal with commands past the
+  /// code's last one was written by other code, a non-determinism error
+  /// (then `halted` says so and this returns false).
+  bool check_finished();
 
   /// Non-empty after a non-determinism error: what did not match.
   const std::string& halted() const {
@@ -254,14 +262,24 @@ public:
 private:
   // Returns the entry for the next command, appending it when new. Throws
   // workflow_halt when the journal holds a different command there.
+  // `payload`, when given, is compared with the journaled request.
   wire::JournalEntry& next(wire::JournalEntry::Kind kind,
                            const std::string& target,
-                           const std::string& payload_type, bool& is_new);
+                           const std::string& payload_type, bool& is_new,
+                           const google::protobuf::Message* payload = nullptr);
 
   [[noreturn]] void halt(const wire::JournalEntry& recorded,
                          wire::JournalEntry::Kind kind,
                          const std::string& target,
                          const std::string& payload_type);
+
+  // Replay-only code reached the end of the journal with command `what`:
+  // fine for a run that waits there, a mismatch for a finished run.
+  [[noreturn]] void end_of_journal(const std::string& what);
+
+  // What a mismatch means for the run: suspended (live) or nothing
+  // (offline check).
+  const char* consequence() const;
 
   // Fails the attempt: schedules the next one (at once when `now`, else
   // after the backoff) or completes with `err`.
@@ -313,6 +331,7 @@ private:
   size_t journal_warn_ = default_journal_warn;
   size_t journal_limit_ = default_journal_limit;
   bool replay_only_ = false;
+  bool compare_payloads_ = true;
   bool reached_end_ = false;
   std::optional<std::string> continue_input_;
 };
