@@ -175,9 +175,11 @@ private:
     // for client sends whose id the silo generated: nobody can ever resend
     // those ids.
     bool dedup = true;
-    // Whether processing also writes a dedup record. Not for deliveries
-    // from a local outbox: their processing deletes the sender's record in
-    // the same commit, so a redelivery after a crash cannot happen.
+    // Whether processing also writes a dedup record. Not for the first
+    // delivery from a local outbox: its processing deletes the sender's
+    // record in the same commit, so no copy can come again. A local
+    // redelivery writes one, because a copy sent by an earlier owner of the
+    // sending partition may still arrive from another silo.
     bool record = true;
   };
 

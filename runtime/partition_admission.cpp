@@ -231,7 +231,11 @@ void partition::on_deliver(deliver_msg& m) {
   work_item item;
   item.env = env;
   item.from = m.from;
-  item.record = false;
+  // A first delivery of an entry this silo wrote needs no dedup record:
+  // its processing deletes the sender's record in the same commit. A
+  // redelivery does: an earlier owner of the sending partition may have
+  // sent a copy from another silo that is still on its way here.
+  item.record = !m.fresh;
   if (!failed_ && (!serving_ || releasing_)) {
     ack_sender(item, not_served(), 50);
     return;

@@ -7,6 +7,9 @@
 #include <set>
 
 #include "actors/grain.hpp"
+#include "actors/workflow.hpp"
+#include "actors/workflow_client.hpp"
+#include "runtime/assert.hpp"
 #include "runtime/error.hpp"
 #include "runtime/sys.hpp"
 #include "testing/test_grains.hpp"
@@ -52,6 +55,20 @@ void send_until_acked(sim_world& w, const std::string& key, const M& msg,
     sys::sleep_for(std::chrono::milliseconds{100 + w.random() % 900});
   }
   w.fail("liveness", msg_id + " to " + key + " was never acknowledged");
+}
+
+// Runs `fn(n)` for n in [0, operations) on `clients` threads.
+void on_clients(int clients, int operations,
+                const std::function<void(int)>& fn) {
+  clients = std::clamp(clients, 1, 64);
+  std::vector<sys::thread> threads;
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back("client-" + std::to_string(c), [&, c] {
+      for (int n = c; n < operations; n += clients)
+        fn(n);
+    });
+  for (auto& t : threads)
+    t.join();
 }
 
 } // namespace
@@ -207,8 +224,361 @@ void add_timer_workload(simulation& sim, workload_options opts) {
           });
 }
 
+// -- bank
+// ----------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t opening_balance = 100;
+
+// An account of the bank workload (see `SimAccount`).
+class sim_account : public grain<sim_account, SimAccount> {
+public:
+  static constexpr std::string_view type_name = "sim.account";
+
+  static void define(handlers<sim_account>& h) {
+    h.on(&sim_account::move).on(&sim_account::get);
+  }
+
+  caf::expected<MoveResult> move(turn& t, const Move& m) {
+    auto balance = opening_balance + view().delta();
+    MoveResult out;
+    bool closed = t.self().key.rfind("closed-", 0) == 0;
+    if ((m.amount() < 0 && balance + m.amount() < 0)
+        || (m.amount() > 0 && closed
+            && m.leg().find(":credit") != m.leg().npos)) {
+      out.set_ok(false);
+      out.set_balance(balance);
+      return out;
+    }
+    state().set_delta(view().delta() + m.amount());
+    // Bounded by the workload's transfers (three legs each at most).
+    GRANARY_ASSERT(view().legs_size() < 100'000,
+                   "an account applied too many legs");
+    state().add_legs(m.leg());
+    out.set_ok(true);
+    out.set_balance(balance + m.amount());
+    return out;
+  }
+
+  caf::expected<MoveResult> get(turn&, const Get&) {
+    MoveResult out;
+    out.set_ok(true);
+    out.set_balance(opening_balance + view().delta());
+    *out.mutable_legs() = view().legs();
+    return out;
+  }
+};
+
+// Debits `from`, credits `to`, and refunds `from` when the credit is
+// refused: a saga whose compensation is itself a durable call.
+class sim_transfer : public workflow<sim_transfer, Transfer, TransferOutcome> {
+public:
+  static constexpr std::string_view type_name = "sim.transfer";
+
+  task<TransferOutcome> run(workflow_context& ctx, const Transfer& t) {
+    TransferOutcome out;
+    auto id = ctx.workflow_id();
+    Move debit;
+    debit.set_leg(id + ":debit");
+    debit.set_amount(-t.amount());
+    auto from = t.from();
+    auto debited = co_await ctx.call<MoveResult, sim_account>(from, debit);
+    if (!debited)
+      co_return debited.error();
+    if (!debited->ok()) {
+      out.set_outcome("refused");
+      co_return out;
+    }
+    // Money in flight for a while: a durable timer between the legs.
+    if (auto s
+        = co_await ctx.sleep(std::chrono::milliseconds{ctx.random() % 2'000});
+        !s)
+      co_return s.error();
+    Move credit;
+    credit.set_leg(id + ":credit");
+    credit.set_amount(t.amount());
+    auto to = t.to();
+    auto credited = co_await ctx.call<MoveResult, sim_account>(to, credit);
+    if (!credited)
+      co_return credited.error();
+    if (credited->ok()) {
+      out.set_outcome("done");
+      co_return out;
+    }
+    Move refund;
+    refund.set_leg(id + ":refund");
+    refund.set_amount(t.amount());
+    auto refunded = co_await ctx.call<MoveResult, sim_account>(from, refund);
+    if (!refunded)
+      co_return refunded.error();
+    if (!refunded->ok())
+      co_return make_error(errc::handler_failed, "the refund was refused");
+    out.set_outcome("refunded");
+    co_return out;
+  }
+};
+
+} // namespace
+
+void add_bank_workload(simulation& sim, workload_options opts) {
+  auto accounts = std::max(2, opts.grains);
+  auto account = [](int a) { return "a" + std::to_string(a); };
+  std::vector<std::string> all;
+  for (int a = 0; a < accounts; ++a)
+    all.push_back(account(a));
+  all.push_back("closed-0");
+  all.push_back("closed-1");
+  auto transfers = std::max(1, opts.operations);
+  auto ids = std::make_shared<std::vector<std::string>>();
+  for (int n = 0; n < transfers; ++n)
+    ids->push_back("t" + std::to_string(n));
+  // What the workload asked and learnt, per transfer id.
+  struct ledger {
+    sys::mutex mtx;
+    std::map<std::string, std::pair<Transfer, std::string>> done;
+  };
+  auto book = std::make_shared<ledger>();
+  sim.grains([](host::registration& r) {
+       if (auto err = r.grain<sim_account>())
+         return err;
+       return r.workflow<sim_transfer>();
+     })
+      .workload([=](sim_world& w) {
+        {
+          std::lock_guard guard{book->mtx};
+          book->done.clear();
+        }
+        on_clients(opts.clients, transfers, [&](int n) {
+          Transfer t;
+          auto from
+              = static_cast<int>(w.random() % static_cast<uint64_t>(accounts));
+          t.set_from(account(from));
+          if (w.random() % 5 == 0)
+            t.set_to("closed-" + std::to_string(w.random() % 2));
+          else
+            t.set_to(
+                account((from + 1
+                         + static_cast<int>(
+                             w.random() % static_cast<uint64_t>(accounts - 1)))
+                        % accounts));
+          t.set_amount(1 + static_cast<int64_t>(w.random() % 60));
+          auto& id = (*ids)[static_cast<size_t>(n)];
+          w.start<sim_transfer>(id, t);
+          auto out = w.result<sim_transfer>(id);
+          w.trace("transfer " + id + ": " + out.outcome());
+          std::lock_guard guard{book->mtx};
+          book->done[id] = {t, out.outcome()};
+        });
+      })
+      .check("money is conserved",
+             [all, book](sim_world& w) -> std::optional<std::string> {
+               int64_t total = 0;
+               // The legs each account must have applied, by the outcomes.
+               std::map<std::string, std::multiset<std::string>> want;
+               {
+                 std::lock_guard guard{book->mtx};
+                 for (auto& [id, done] : book->done) {
+                   auto& [t, outcome] = done;
+                   if (outcome == "done") {
+                     want[t.from()].insert(id + ":debit");
+                     want[t.to()].insert(id + ":credit");
+                   } else if (outcome == "refunded") {
+                     want[t.from()].insert(id + ":debit");
+                     want[t.from()].insert(id + ":refund");
+                   }
+                 }
+               }
+               for (auto& key : all) {
+                 std::optional<MoveResult> got;
+                 // Bounded: 50 tries, 500 ms apart.
+                 for (int attempt = 0; attempt < 50 && !got; ++attempt) {
+                   static_cast<void>(w.on(
+                       static_cast<size_t>(attempt) % w.size(), [&](silo& s) {
+                         auto v
+                             = grain_ref<sim_account>{s, key}.call<MoveResult>(
+                                 Get{});
+                         if (v)
+                           got = *v;
+                       }));
+                   if (!got)
+                     sys::sleep_for(500ms);
+                 }
+                 if (!got)
+                   return key + " cannot be read";
+                 std::multiset<std::string> legs(got->legs().begin(),
+                                                 got->legs().end());
+                 if (legs != want[key]) {
+                   std::string diff;
+                   for (auto& l : want[key])
+                     if (legs.count(l) != want[key].count(l))
+                       diff += " " + l + " applied "
+                               + std::to_string(legs.count(l)) + " times;";
+                   for (auto& l : legs)
+                     if (want[key].count(l) == 0)
+                       diff += " " + l + " applied but its transfer says "
+                               + "otherwise;";
+                   return key + " (balance " + std::to_string(got->balance())
+                          + "):" + diff;
+                 }
+                 if (got->balance() < 0)
+                   return key + " has a negative balance of "
+                          + std::to_string(got->balance());
+                 total += got->balance();
+               }
+               auto opened = opening_balance * static_cast<int64_t>(all.size());
+               if (total != opened)
+                 return "the accounts hold " + std::to_string(total)
+                        + ", but they opened with " + std::to_string(opened);
+               return std::nullopt;
+             })
+      .check("journal replay issues the same commands", [ids](sim_world& w) {
+        return check_journals<sim_transfer>(w, *ids);
+      });
+}
+
+// -- cloud
+// ---------------------------------------------------------------------
+
+namespace {
+
+// A flaky cloud API shared by every silo: calls are slow, some fail before
+// they apply, and some apply and then lose their answer. Like a real
+// provider it answers a repeated idempotency key from its record. It
+// records every creation, so that a resource created twice (under two keys:
+// one logical step retried as a new one) is seen.
+struct sim_cloud {
+  sys::mutex mtx;
+  // Idempotency key to the id it created.
+  std::map<std::string, std::string> by_key;
+  // Resource name to the keys that created it.
+  std::map<std::string, std::vector<std::string>> creations;
+  uint64_t next_id = 1;
+
+  caf::expected<CloudCreated> create(const activity_context& ctx,
+                                     const CloudCreate& in) {
+    sys::sleep_for(std::chrono::milliseconds{5 + sys::random_u64() % 400});
+    auto roll = sys::random_u64() % 100;
+    if (roll < 15)
+      return make_error(errc::handler_failed,
+                        "503: the API is busy (nothing applied)");
+    CloudCreated out;
+    {
+      std::lock_guard guard{mtx};
+      auto [it, fresh] = by_key.try_emplace(ctx.idempotency_key);
+      if (fresh) {
+        // Bounded by the workload's resources and their retries.
+        GRANARY_ASSERT(by_key.size() < 1'000'000,
+                       "the simulated cloud is full");
+        it->second = "res-" + std::to_string(next_id++);
+        creations[in.resource()].push_back(ctx.idempotency_key);
+      }
+      out.set_id(it->second);
+    }
+    if (roll < 30) {
+      // Applied, but the answer is lost: only the key makes a retry safe.
+      sys::sleep_for(std::chrono::milliseconds{sys::random_u64() % 1'000});
+      return make_error(errc::timeout, "the API did not answer in time");
+    }
+    return out;
+  }
+};
+
+class sim_provision : public workflow<sim_provision, Provision, Provisioned> {
+public:
+  static constexpr std::string_view type_name = "sim.provision";
+
+  task<Provisioned> run(workflow_context& ctx, const Provision& p) {
+    Provisioned out;
+    activity_options opts;
+    opts.initial_interval = 200ms;
+    opts.max_interval = 5s;
+    opts.max_attempts = 1'000;
+    opts.start_to_close = 5s;
+    for (int i = 0; i < p.count(); ++i) {
+      CloudCreate req;
+      req.set_resource(p.name() + "-" + std::to_string(i));
+      auto made
+          = co_await ctx.activity<CloudCreated>("sim.cloud.create", req, opts);
+      if (!made)
+        co_return made.error();
+      out.add_ids(made->id());
+    }
+    co_return out;
+  }
+};
+
+} // namespace
+
+void add_cloud_workload(simulation& sim, workload_options opts) {
+  auto cloud = std::make_shared<sim_cloud>();
+  auto runs = std::max(1, opts.operations / 3);
+  constexpr int per_run = 3;
+  auto ids = std::make_shared<std::vector<std::string>>();
+  for (int n = 0; n < runs; ++n)
+    ids->push_back("p" + std::to_string(n));
+  auto outputs = std::make_shared<std::map<std::string, Provisioned>>();
+  sim.grains([cloud](host::registration& r) {
+       if (auto err = r.workflow<sim_provision>())
+         return err;
+       return r.activity<CloudCreate, CloudCreated>(
+           "sim.cloud.create",
+           [cloud](const activity_context& ctx, const CloudCreate& in) {
+             return cloud->create(ctx, in);
+           });
+     })
+      .workload([=](sim_world& w) {
+        {
+          std::lock_guard guard{cloud->mtx};
+          cloud->by_key.clear();
+          cloud->creations.clear();
+        }
+        outputs->clear();
+        sys::mutex mtx;
+        on_clients(opts.clients, runs, [&](int n) {
+          auto& id = (*ids)[static_cast<size_t>(n)];
+          Provision p;
+          p.set_name(id);
+          p.set_count(per_run);
+          w.start<sim_provision>(id, p);
+          auto out = w.result<sim_provision>(id);
+          std::lock_guard guard{mtx};
+          (*outputs)[id] = out;
+        });
+      })
+      .check("no effect is applied twice per idempotency key",
+             [cloud, ids, outputs](sim_world&) -> std::optional<std::string> {
+               std::lock_guard guard{cloud->mtx};
+               for (auto& id : *ids) {
+                 auto& out = (*outputs)[id];
+                 if (out.ids_size() != per_run)
+                   return id + " provisioned " + std::to_string(out.ids_size())
+                          + " resources, not " + std::to_string(per_run);
+                 for (int i = 0; i < per_run; ++i) {
+                   auto name = id + "-" + std::to_string(i);
+                   auto& keys = cloud->creations[name];
+                   if (keys.size() != 1) {
+                     std::string list;
+                     for (auto& k : keys)
+                       list += (list.empty() ? "" : ", ") + k;
+                     return name + " was created " + std::to_string(keys.size())
+                            + " times (keys: " + list + ")";
+                   }
+                   if (cloud->by_key[keys.front()] != out.ids(i))
+                     return id + " recorded " + out.ids(i) + " for " + name
+                            + ", but the API created "
+                            + cloud->by_key[keys.front()];
+                 }
+               }
+               return std::nullopt;
+             })
+      .check("journal replay issues the same commands", [ids](sim_world& w) {
+        return check_journals<sim_provision>(w, *ids);
+      });
+}
+
 std::vector<std::string> workload_names() {
-  return {"counters", "timers"};
+  return {"counters", "timers", "bank", "cloud"};
 }
 
 caf::error add_workload(simulation& sim, const std::string& name,
@@ -219,6 +589,14 @@ caf::error add_workload(simulation& sim, const std::string& name,
   }
   if (name == "timers") {
     add_timer_workload(sim, opts);
+    return caf::none;
+  }
+  if (name == "bank") {
+    add_bank_workload(sim, opts);
+    return caf::none;
+  }
+  if (name == "cloud") {
+    add_cloud_workload(sim, opts);
     return caf::none;
   }
   std::string known;

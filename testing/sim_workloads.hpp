@@ -34,6 +34,22 @@ void add_counter_workload(simulation& sim, workload_options opts = {});
 /// once cancelled (a cancelled reminder must stay cancelled).
 void add_timer_workload(simulation& sim, workload_options opts = {});
 
+/// Bank transfers as sagas: `operations` transfers between `grains`
+/// accounts (and two closed ones, which refuse credits so that the saga
+/// refunds), each a workflow whose legs are durable calls with a durable
+/// timer between them. Checks that money is conserved (no leg lost or
+/// applied twice), that every transfer finishes, and that every stored
+/// journal replays (`check_journals`).
+void add_bank_workload(simulation& sim, workload_options opts = {});
+
+/// Control-plane provisioning: `operations / 3` workflows create three
+/// resources each through activities against a simulated flaky cloud API
+/// (slow; 15% of calls fail before applying, 15% apply and lose the
+/// answer), which records every creation by idempotency key. Checks that
+/// no resource is created twice, that the workflows got the ids the API
+/// created, that every run finishes, and that every journal replays.
+void add_cloud_workload(simulation& sim, workload_options opts = {});
+
 /// The built-in workloads' names, for `granary sim --workload`.
 std::vector<std::string> workload_names();
 

@@ -13,6 +13,7 @@
 #include "cluster/transport/memory_transport.hpp"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
+#include "runtime/keys.hpp"
 #include "runtime/log.hpp"
 #include "runtime/sys.hpp"
 
@@ -104,6 +105,18 @@ std::string sim_faults::to_string() const {
   return out.empty() ? "none" : out;
 }
 
+std::string sim_report::details() const {
+  if (run.ok)
+    return {};
+  std::string out = "\n last events:\n";
+  for (auto& l : run.tail)
+    out += "  " + l + "\n";
+  out += " threads:\n";
+  for (auto& l : run.threads)
+    out += "  " + l + "\n";
+  return out;
+}
+
 std::string sim_report::summary() const {
   char buf[256];
   std::snprintf(buf, sizeof(buf),
@@ -137,6 +150,33 @@ void sim_world::fail(std::string invariant, std::string detail) {
 
 void sim_world::trace(std::string event) {
   kernel().trace(std::move(event));
+}
+
+void sim_world::pause() {
+  sys::sleep_for(std::chrono::milliseconds{100 + random() % 900});
+}
+
+bool sim_world::cluster_fault(const caf::error& err) {
+  auto code = code_of(err);
+  return code == errc::timeout || code == errc::silo_stopped
+         || code == errc::partition_unavailable || code == errc::not_owner
+         || code == errc::overloaded || code == errc::not_found;
+}
+
+std::vector<wire::WorkflowState> sim_world::stored_runs(const grain_id& id) {
+  std::vector<wire::WorkflowState> out;
+  auto key = keys::grain_prefix(partition_of(id, partitions()), id);
+  for (size_t i = 0; i < size(); ++i) {
+    auto raw = data(i).get(column::state, key);
+    if (!raw || !*raw)
+      continue;
+    wire::WorkflowState st;
+    if (!st.ParseFromString(**raw))
+      fail("storage", "the state of " + to_string(id) + " on silo "
+                          + std::to_string(i) + " is not a workflow journal");
+    out.push_back(std::move(st));
+  }
+  return out;
 }
 
 namespace {
@@ -360,6 +400,10 @@ public:
     return k_;
   }
 
+  uint32_t partitions() const override {
+    return opts_.partitions;
+  }
+
   // -- the run --
 
   void setup() {
@@ -493,11 +537,20 @@ public:
     for (auto& n : nodes_) {
       if (!n->host)
         continue;
-      auto done = std::make_shared<sys::one_shot<caf::error>>();
       auto* h = n->host.get();
-      k_.spawn(n->process, "stop", [done, h] { done->set(h->stop()); });
-      auto err = done->wait_for(120s);
-      if (!err)
+      auto deadline = sys::now() + 120s;
+      auto stopped = run_in<bool>(n->process, "stop", 100ms, [h, deadline] {
+        static_cast<void>(h->stop());
+        return sys::now() < deadline;
+      });
+      if (!stopped) {
+        // Declared dead while it stopped (the others saw it go quiet): it
+        // exited, and its threads may be parked inside the host.
+        abandoned_hosts_.push_back(std::move(n->host));
+        abandoned_stores_.push_back(std::move(n->store));
+        continue;
+      }
+      if (!*stopped)
         fail("shutdown", n->id + " did not stop within 120 s");
       n->host.reset();
       n->store.reset();

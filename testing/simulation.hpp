@@ -13,9 +13,11 @@
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
 
+#include "actors/workflow.hpp"
 #include "host/silo_host.hpp"
 #include "runtime/memory_storage.hpp"
 #include "runtime/silo.hpp"
+#include "runtime/sys.hpp"
 #include "sim/kernel.hpp"
 
 namespace granary::testing {
@@ -90,6 +92,10 @@ struct sim_report {
 
   /// One line: seed, outcome, simulated and wall time, faults, frames.
   std::string summary() const;
+
+  /// For a failed run: the last events of the trace and what every thread
+  /// waited for at the end, one per line (empty for a passed run).
+  std::string details() const;
 };
 
 /// The running cluster, as the workload and the checks see it. Its calls
@@ -116,6 +122,14 @@ public:
   /// The simulation's kernel (time, randomness, trace).
   virtual sim::kernel& kernel() = 0;
 
+  /// Partitions of the key space.
+  virtual uint32_t partitions() const = 0;
+
+  /// Every stored copy of the workflow state of grain `id`, one per silo
+  /// that holds one (an old owner may keep an older copy), from the silos'
+  /// storage: crashed silos' too.
+  std::vector<wire::WorkflowState> stored_runs(const grain_id& id);
+
   /// A number from the run's seed.
   uint64_t random();
 
@@ -124,7 +138,130 @@ public:
 
   /// Adds `event` to the trace.
   void trace(std::string event);
+
+  /// Starts run `id` of workflow `W` with `input` through random silos
+  /// until one takes it (a start with the same id starts nothing new);
+  /// fails the run ("liveness") after 200 tries.
+  template <class W>
+  void start(const std::string& id, const typename W::input_type& input) {
+    // Bounded: 200 attempts, at most 1 s apart.
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      bool taken = false;
+      static_cast<void>(on(random() % size(), [&](silo& s) {
+        taken = static_cast<bool>(
+            silo_workflow_client{s, std::chrono::seconds{5}}.template start<W>(
+                id, input));
+      }));
+      if (taken) {
+        trace("started " + std::string{W::type_name} + "/" + id);
+        return;
+      }
+      pause();
+    }
+    fail("liveness", "workflow " + std::string{W::type_name} + "/" + id
+                         + " could not be started");
+  }
+
+  /// Sends signal `name` with `payload` to run `id` of `W` through random
+  /// silos until one takes it (with a fixed signal id: delivered once);
+  /// fails the run ("liveness") after 200 tries.
+  template <class W>
+  void signal(const std::string& id, const std::string& name,
+              const google::protobuf::Message& payload) {
+    // Bounded: 200 attempts, at most 1 s apart.
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      caf::error err = make_error(errc::silo_stopped, "not sent");
+      static_cast<void>(on(random() % size(), [&](silo& s) {
+        err = silo_workflow_client{s, std::chrono::seconds{5}}
+                  .template signal<W>(id, name, payload, name + "@" + id);
+      }));
+      if (!err) {
+        trace("signalled " + std::string{W::type_name} + "/" + id);
+        return;
+      }
+      if (!cluster_fault(err))
+        fail("workflows complete", "signal '" + name + "' to "
+                                       + std::string{W::type_name} + "/" + id
+                                       + ": " + describe(err));
+      pause();
+    }
+    fail("liveness", "signal '" + name + "' never reached "
+                         + std::string{W::type_name} + "/" + id);
+  }
+
+  /// Waits for run `id` of `W` through random silos until it finished:
+  /// its output, or the error it failed with (a failed run is an answer).
+  /// Fails the simulation ("workflows complete") when the run is
+  /// suspended, and ("liveness") when it did not finish `within` (virtual
+  /// time).
+  template <class W>
+  caf::expected<typename W::output_type>
+  finish(const std::string& id,
+         std::chrono::milliseconds within = std::chrono::minutes{30}) {
+    auto name = std::string{W::type_name} + "/" + id;
+    std::string last = "no silo answered";
+    auto deadline = sys::now() + within;
+    // Bounded by the deadline: each round waits at least the pause.
+    while (sys::now() < deadline) {
+      std::optional<caf::expected<typename W::output_type>> got;
+      std::optional<wire::WorkflowInfo> info;
+      static_cast<void>(on(random() % size(), [&](silo& s) {
+        silo_workflow_client client{s, std::chrono::seconds{5}};
+        got = client.template result<W>(id, std::chrono::seconds{20});
+        if (got && !*got)
+          if (auto d = client.template describe<W>(id))
+            info = *d;
+      }));
+      if (got && *got)
+        return std::move(**got);
+      if (info && info->status() == wire::WorkflowState::FAILED)
+        return std::move(got->error());
+      if (info && info->status() == wire::WorkflowState::SUSPENDED)
+        fail("workflows complete", name + " is suspended: " + info->error());
+      if (got) {
+        last = describe(got->error());
+        trace("waiting for " + name + ": " + last);
+      }
+      pause();
+    }
+    fail("liveness", name + " did not finish: " + last);
+  }
+
+  /// `finish`, for a run that must complete: fails the simulation
+  /// ("workflows complete") when it failed.
+  template <class W>
+  typename W::output_type
+  result(const std::string& id,
+         std::chrono::milliseconds within = std::chrono::minutes{30}) {
+    auto out = finish<W>(id, within);
+    if (!out)
+      fail("workflows complete", std::string{W::type_name} + "/" + id
+                                     + " failed: " + describe(out.error()));
+    return std::move(*out);
+  }
+
+private:
+  // Sleeps 100 ms to 1 s (a client's backoff).
+  void pause();
+
+  // True for the errors a client meets while the cluster is faulty
+  // (timeouts, stopped silos, moving partitions).
+  static bool cluster_fault(const caf::error& err);
 };
+
+/// The journal-replay checker: replays every stored copy of the runs
+/// `ids` of workflow `W` with `check_replay` (journal identities and
+/// requests, see `replay_check_options`). Empty when each issues the same
+/// commands again; else the first difference.
+template <class W>
+std::optional<std::string> check_journals(sim_world& w,
+                                          const std::vector<std::string>& ids) {
+  for (auto& id : ids)
+    for (auto& st : w.stored_runs(grain_id{std::string{W::type_name}, id}))
+      if (auto err = check_replay<W>(st, id))
+        return describe(err);
+  return std::nullopt;
+}
 
 /// The workload: drives the cluster during the faults and returns once its
 /// work is done (bounded by `sim_options::settle_time` after the faults).

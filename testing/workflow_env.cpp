@@ -1,6 +1,8 @@
 #include "testing/workflow_env.hpp"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -9,6 +11,19 @@
 namespace granary::testing {
 
 namespace fs = std::filesystem;
+
+caf::expected<wire::WorkflowState> load_journal(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  if (!in)
+    return make_error(errc::not_found, "cannot read journal file " + path);
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  wire::WorkflowState st;
+  if (!st.ParseFromString(bytes.str()))
+    return make_error(errc::corrupt_record,
+                      path + " is not an exported workflow journal");
+  return st;
+}
 
 workflow_session::workflow_session(const workflow_env& env, sim::kernel& k)
     : env_(&env)

@@ -152,6 +152,11 @@ private:
 
 class workflow_env;
 
+/// Reads a journal exported with `granary workflow history --export FILE`
+/// (a `WorkflowState`), for `check_replay` in CI (`not_found` naming the
+/// file when it cannot be read, `corrupt_record` when it does not parse).
+caf::expected<wire::WorkflowState> load_journal(const std::string& path);
+
 /// What a test does inside `workflow_env::run`: start, signal and await
 /// workflows, let time pass, and read journals. Only valid inside `run`.
 class workflow_session {

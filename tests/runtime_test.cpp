@@ -333,7 +333,10 @@ TEST_F(runtime_test, outbox_is_redelivered_after_restart) {
   auto v = get(*s, "dst");
   ASSERT_TRUE(v);
   EXPECT_EQ(v->value(), 5);
-  EXPECT_EQ(mem->count(column::dedup), 0u);
+  // A redelivery records its id: a copy that an earlier owner of the
+  // sending partition sent from another silo may still arrive (seed 93 of
+  // the bank simulation).
+  EXPECT_EQ(mem->count(column::dedup), 1u);
 }
 
 TEST_F(runtime_test, redeliveries_during_slow_commits_take_effect_once) {

@@ -92,6 +92,22 @@ TEST(sim_cluster, regression_seed_52_a_moved_receiver_keeps_its_dedup) {
   EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
 }
 
+// Found by `granary sim --seeds 300 --workload bank` (seed 93; also 254,
+// 290 and 295): a debit call was sent to a remote receiver by one owner
+// of the workflow's partition; the partition then moved to the
+// receiver's silo and redelivered the call locally, which applied it and
+// wrote no dedup record (a local delivery relied on deleting the sender's
+// outbox record); the first copy, delayed in the network, then arrived
+// and was applied again.
+TEST(sim_cluster, regression_seed_93_a_late_remote_copy_of_a_local_delivery) {
+  sim_options opts;
+  opts.faults = sim_faults::all();
+  simulation sim{opts};
+  add_bank_workload(sim);
+  auto report = sim.run(93);
+  EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
+}
+
 TEST(sim_cluster, a_seed_replays_to_the_same_trace) {
   auto sim = counter_simulation(sim_faults::all());
   auto a = sim.run(11);
@@ -100,4 +116,39 @@ TEST(sim_cluster, a_seed_replays_to_the_same_trace) {
   EXPECT_EQ(a.run.trace_hash, b.run.trace_hash);
   EXPECT_EQ(a.run.steps, b.run.steps);
   EXPECT_EQ(a.faults, b.faults);
+}
+
+namespace {
+
+// A built-in workload on three silos with every fault kind.
+simulation faulty_simulation(const std::string& workload) {
+  sim_options opts;
+  opts.silos = 3;
+  opts.partitions = 6;
+  opts.fault_time = 60s;
+  opts.faults = sim_faults::all();
+  opts.verbose_trace = std::getenv("GRANARY_SIM_VERBOSE") != nullptr;
+  simulation sim{opts};
+  workload_options w;
+  w.operations = 24;
+  EXPECT_FALSE(add_workload(sim, workload, w));
+  return sim;
+}
+
+} // namespace
+
+TEST(sim_cluster, bank_transfers_conserve_money_under_every_fault_kind) {
+  auto sim = faulty_simulation("bank");
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    auto report = sim.run(seed);
+    EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
+  }
+}
+
+TEST(sim_cluster, cloud_resources_are_created_once_under_every_fault_kind) {
+  auto sim = faulty_simulation("cloud");
+  for (uint64_t seed = 1; seed <= 3; ++seed) {
+    auto report = sim.run(seed);
+    EXPECT_TRUE(report.run.ok) << report.summary() << "\n" << details(report);
+  }
 }
