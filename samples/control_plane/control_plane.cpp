@@ -4,11 +4,13 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "actors/saga.hpp"
 #include "runtime/log.hpp"
+#include "runtime/sys.hpp"
 #include "samples/control_plane/fake_cloud/client.hpp"
 
 namespace granary::cp {
@@ -31,14 +33,36 @@ void wait_for_token(const activity_context& ctx) {
   auto grant = grain_ref<cloud_api_limiter>{*ctx.host, "provider"}.call<Grant>(
       Acquire{}, std::chrono::seconds{2});
   if (grant && grant->wait_ms() > 0)
-    std::this_thread::sleep_for(
+    sys::sleep_for(
         std::chrono::milliseconds{std::min<int64_t>(grant->wait_ms(), 5'000)});
 }
 
-fake_cloud::client make_client(const activity_context& ctx) {
-  auto& cfg = settings(ctx.services());
-  return fake_cloud::client{cfg.host, cfg.port, cfg.timeout};
-}
+// The provider API of this silo: a `fake_cloud::api` service when the host
+// added one (the deterministic simulation's in-process cloud), else an HTTP
+// client of the `cloud_config` service.
+class provider {
+public:
+  explicit provider(const activity_context& ctx) {
+    if (auto* api = ctx.services().find<fake_cloud::api>()) {
+      api_ = api;
+      return;
+    }
+    auto& cfg = settings(ctx.services());
+    http_.emplace(cfg.host, cfg.port, cfg.timeout);
+    api_ = &*http_;
+  }
+
+  provider(const provider&) = delete;
+  provider& operator=(const provider&) = delete;
+
+  const fake_cloud::api& operator*() const {
+    return *api_;
+  }
+
+private:
+  std::optional<fake_cloud::client> http_;
+  const fake_cloud::api* api_ = nullptr;
+};
 
 CloudActual actual_of(const fake_cloud::resource& r) {
   CloudActual out;
@@ -53,7 +77,7 @@ CloudActual actual_of(const fake_cloud::resource& r) {
 // missing one a 412), so the likelier one goes first and the other follows
 // under a derived key, which keeps retries of the whole attempt replayable.
 caf::expected<fake_cloud::mutation_result>
-upsert(const fake_cloud::client& api, const std::string& kind,
+upsert(const fake_cloud::api& api, const std::string& kind,
        const std::string& name, const std::string& json, const std::string& key,
        bool exists) {
   if (exists) {
@@ -137,7 +161,8 @@ caf::expected<CloudActual> cloud_resource<Kind>::reconcile(
                             + std::to_string(cfg.max_quota));
   }
   wait_for_token(ctx);
-  auto api = make_client(ctx);
+  provider cloud{ctx};
+  auto& api = *cloud;
   if (in.remove) {
     auto res = api.del(kind, in.name, key);
     if (!res && code_of(res.error()) != errc::not_found)
@@ -537,7 +562,8 @@ namespace {
 caf::expected<Deployed> deploy_cell(const activity_context& ctx,
                                     const DeployCell& in) {
   wait_for_token(ctx);
-  auto api = make_client(ctx);
+  provider cloud{ctx};
+  auto& api = *cloud;
   std::map<std::string, std::string> fields{{"version", in.version()}};
   auto json = fake_cloud::spec_to_json(fields);
   auto key = "cell:" + ctx.idempotency_key;
@@ -553,7 +579,8 @@ caf::expected<Deployed> deploy_cell(const activity_context& ctx,
 caf::expected<Deployed> health_check(const activity_context& ctx,
                                      const DeployCell& in) {
   wait_for_token(ctx);
-  auto api = make_client(ctx);
+  provider cloud{ctx};
+  auto& api = *cloud;
   auto res = api.get("cell", in.cell());
   if (!res)
     return std::move(res.error());
@@ -572,7 +599,8 @@ caf::expected<Deployed> health_check(const activity_context& ctx,
 caf::expected<MigrationResult> replicate(const activity_context& ctx,
                                          const MigrateNamespace& in) {
   wait_for_token(ctx);
-  auto api = make_client(ctx);
+  provider cloud{ctx};
+  auto& api = *cloud;
   std::map<std::string, std::string> fields{{"source", in.from_cell()},
                                             {"target", in.to_cell()}};
   auto key = "replica:" + ctx.idempotency_key;

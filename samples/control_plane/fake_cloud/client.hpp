@@ -25,6 +25,35 @@ struct mutation_result {
   resource res;
 };
 
+/// The provider calls the control-plane sample's activities make: the
+/// HTTP `client` below, or `memory_cloud` (in process, for the
+/// deterministic simulation). Implementations are thread-safe.
+class api {
+public:
+  virtual ~api() = default;
+
+  /// Creates `kind/name` (see `client::put`).
+  virtual caf::expected<mutation_result>
+  put(const std::string& kind, const std::string& name,
+      const std::string& spec_json,
+      const std::string& idempotency_key) const = 0;
+
+  /// Updates `kind/name` (see `client::update`).
+  virtual caf::expected<mutation_result>
+  update(const std::string& kind, const std::string& name,
+         const std::string& spec_json, const std::string& idempotency_key,
+         std::optional<uint64_t> expected_version = std::nullopt) const = 0;
+
+  /// Deletes `kind/name` (see `client::del`).
+  virtual caf::expected<mutation_result>
+  del(const std::string& kind, const std::string& name,
+      const std::string& idempotency_key) const = 0;
+
+  /// Reads `kind/name` (see `client::get`).
+  virtual caf::expected<resource> get(const std::string& kind,
+                                      const std::string& name) const = 0;
+};
+
 /// A synchronous client of the fake cloud, for use inside activities, on
 /// granary's http/ client.
 ///
@@ -42,7 +71,7 @@ struct mutation_result {
 /// - `not_found` (404), `payload_too_large` (413) and `invalid_argument`
 ///   (any other 4xx: bad input, 409 conflict, 412 precondition failed, 422
 ///   key reused): retrying cannot help.
-class client {
+class client : public api {
 public:
   /// Talks to `host:port` (an IP literal or a name) with a deadline of
   /// `timeout` per call.
@@ -52,26 +81,28 @@ public:
   /// Creates `kind/name` with `spec_json` (a flat JSON object of string
   /// fields); a live resource with the same spec is left as is (status 200,
   /// but the server's audit reports it as a double create).
-  caf::expected<mutation_result> put(const std::string& kind,
-                                     const std::string& name,
-                                     const std::string& spec_json,
-                                     const std::string& idempotency_key) const;
+  caf::expected<mutation_result>
+  put(const std::string& kind, const std::string& name,
+      const std::string& spec_json,
+      const std::string& idempotency_key) const override;
 
   /// Updates the live resource `kind/name` to `spec_json`; with
   /// `expected_version` set, only if it is at that version.
-  caf::expected<mutation_result>
-  update(const std::string& kind, const std::string& name,
-         const std::string& spec_json, const std::string& idempotency_key,
-         std::optional<uint64_t> expected_version = std::nullopt) const;
+  caf::expected<mutation_result> update(const std::string& kind,
+                                        const std::string& name,
+                                        const std::string& spec_json,
+                                        const std::string& idempotency_key,
+                                        std::optional<uint64_t> expected_version
+                                        = std::nullopt) const override;
 
   /// Deletes `kind/name`; `not_found` if it does not exist.
-  caf::expected<mutation_result> del(const std::string& kind,
-                                     const std::string& name,
-                                     const std::string& idempotency_key) const;
+  caf::expected<mutation_result>
+  del(const std::string& kind, const std::string& name,
+      const std::string& idempotency_key) const override;
 
   /// Reads `kind/name`; `not_found` if it does not exist.
   caf::expected<resource> get(const std::string& kind,
-                              const std::string& name) const;
+                              const std::string& name) const override;
 
   /// Lists the live resources of `kind`, by name.
   caf::expected<std::vector<resource>> list(const std::string& kind) const;

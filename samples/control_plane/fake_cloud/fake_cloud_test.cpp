@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "samples/control_plane/fake_cloud/client.hpp"
+#include "samples/control_plane/fake_cloud/memory_cloud.hpp"
 #include "samples/control_plane/fake_cloud/server.hpp"
 #include "testing/child_process.hpp"
 #include "testing/eventually.hpp"
@@ -633,3 +634,56 @@ TEST(fake_cloud_api, bad_flag_exits_2_naming_the_flag) {
 }
 
 } // namespace
+
+// The in-process API the simulation uses answers as the server does.
+TEST(memory_cloud, keeps_the_servers_semantics_and_audit) {
+  fake_cloud::memory_cloud api;
+  auto a = api.put("vm", "web", R"({"size":"s"})", "k1");
+  ASSERT_TRUE(a) << granary::describe(a.error());
+  EXPECT_EQ(a->status, 201u);
+  // The same key answers from the record.
+  auto again = api.put("vm", "web", R"({"size":"s"})", "k1");
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->replayed);
+  // The same key with other parameters is refused (422).
+  auto reused = api.put("vm", "web", R"({"size":"m"})", "k1");
+  EXPECT_EQ(granary::code_of(reused.error()), granary::errc::invalid_argument);
+  // Another key, same spec: a double create, recorded.
+  ASSERT_TRUE(api.put("vm", "web", R"({"size":"s"})", "k2"));
+  // Another spec: a conflict (409).
+  auto conflict = api.put("vm", "web", R"({"size":"l"})", "k3");
+  EXPECT_EQ(granary::code_of(conflict.error()),
+            granary::errc::invalid_argument);
+  // Updates need a live resource (412 otherwise); deletes too (404).
+  auto missing = api.update("vm", "db", R"({"size":"s"})", "k4");
+  EXPECT_EQ(granary::code_of(missing.error()), granary::errc::invalid_argument);
+  auto updated = api.update("vm", "web", R"({"size":"m"})", "k5");
+  ASSERT_TRUE(updated);
+  EXPECT_EQ(updated->res.version, 2u);
+  ASSERT_TRUE(api.del("vm", "web", "k6"));
+  auto gone = api.get("vm", "web");
+  EXPECT_EQ(granary::code_of(gone.error()), granary::errc::not_found);
+  auto audit = api.audit();
+  ASSERT_EQ(audit.double_creates.size(), 1u);
+  EXPECT_EQ(audit.double_creates[0].key, "k2");
+  EXPECT_EQ(audit.conflicts, 1u);
+  EXPECT_EQ(audit.replayed, 1u);
+  ASSERT_EQ(audit.resources.size(), 1u);
+  EXPECT_EQ(audit.resources[0].created, 1u);
+  EXPECT_EQ(audit.resources[0].deleted, 1u);
+  EXPECT_FALSE(audit.resources[0].live);
+}
+
+TEST(memory_cloud, a_failure_after_apply_leaves_a_replayable_record) {
+  fake_cloud::memory_faults faults;
+  faults.fail_after_apply = 1.0;
+  fake_cloud::memory_cloud api{faults};
+  auto lost = api.put("vm", "web", R"({"size":"s"})", "k1");
+  EXPECT_EQ(granary::code_of(lost.error()), granary::errc::handler_failed);
+  api.set_faults({});
+  auto retry = api.put("vm", "web", R"({"size":"s"})", "k1");
+  ASSERT_TRUE(retry);
+  EXPECT_TRUE(retry->replayed);
+  EXPECT_EQ(retry->status, 201u);
+  EXPECT_TRUE(api.audit().double_creates.empty());
+}
