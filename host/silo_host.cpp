@@ -11,6 +11,7 @@
 #include "cluster/transport/asio_transport.hpp"
 #include "cluster/transport/faulty_transport.hpp"
 #include "gateway/gateway.hpp"
+#include "host/silo_main.hpp"
 #include "persistence/rocksdb_storage.hpp"
 #include "runtime/assert.hpp"
 #include "runtime/error.hpp"
@@ -197,6 +198,12 @@ silo_builder::on_declared_dead(cluster::cluster_agent::dead_fn fn) {
   return *this;
 }
 
+silo_builder&
+silo_builder::on_storage_failure(std::function<void(const caf::error&)> fn) {
+  on_storage_failure_ = std::move(fn);
+  return *this;
+}
+
 silo_builder& silo_builder::before_activate(std::function<void(silo&)> fn) {
   before_activate_ = std::move(fn);
   return *this;
@@ -311,6 +318,19 @@ caf::expected<std::unique_ptr<silo_host>> silo_builder::start() const {
     if (auto err = fn(r))
       return with_context("registering grains", err);
   cfg.limits.services = services;
+  cfg.limits.on_storage_failure = on_storage_failure_;
+  if (!cfg.limits.on_storage_failure)
+    cfg.limits.on_storage_failure = [](const caf::error& err) {
+      // The store may have lost or half-applied a write: only a reopen
+      // (a new process) can trust it again.
+      log(log_level::error,
+          "silo: storage failure (" + describe(err)
+              + "); exiting with status 4 so that the supervisor restarts "
+                "the silo on a reopened store");
+      std::fflush(stdout);
+      std::fflush(stderr);
+      std::_Exit(static_cast<int>(exit_storage_failure));
+    };
   // 4. The cluster: transport, membership, router, agent (join).
   if (cfg.membership.clustered() || membership_) {
     cluster::asio_transport_config tc;

@@ -142,6 +142,12 @@ public:
   /// it instead).
   silo_builder& on_declared_dead(cluster::cluster_agent::dead_fn fn);
 
+  /// What happens when a storage error fail-stops the silo (default: log
+  /// and exit the process with status 4, so that its supervisor restarts
+  /// it on a reopened store; in-process test clusters leave the silo up
+  /// with its failed partitions, and the simulation crashes its process).
+  silo_builder& on_storage_failure(std::function<void(const caf::error&)> fn);
+
   /// Runs once the silo has started, before it joins the cluster's
   /// routing (tests use it to act at that moment).
   silo_builder& before_activate(std::function<void(silo&)> fn);
@@ -179,6 +185,7 @@ private:
   size_t pool_threads_ = 8;
   size_t pool_queue_ = 4'096;
   cluster::cluster_agent::dead_fn on_dead_;
+  std::function<void(const caf::error&)> on_storage_failure_;
   std::function<void(silo&)> before_activate_;
   bool gateway_ = true;
   std::chrono::milliseconds join_patience_{30'000};

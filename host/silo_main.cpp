@@ -49,7 +49,8 @@ int run_silo_main(int argc, char** argv, silo_builder builder,
   CLI::App app{opts.description, opts.name};
   app.footer("Exit status: 0 stopped cleanly (SIGTERM/SIGINT: the silo hands "
              "its partitions to the others first), 1 failed, 2 bad flags or "
-             "config, 3 declared dead by the other silos.");
+             "config, 3 declared dead by the other silos, 4 storage "
+             "failure (restart it: the store is reopened).");
   std::string config_path;
   size_t activity_threads = 8;
   app.add_option("--config", config_path, "The silo's TOML config file")

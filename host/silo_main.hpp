@@ -19,6 +19,9 @@ enum exit_status : int {
   exit_usage = 2,
   /// The other silos declared this one dead; restart it.
   exit_declared_dead = 3,
+  /// A storage error fail-stopped the silo; restart it (the store is
+  /// reopened).
+  exit_storage_failure = 4,
 };
 
 /// The program around `run_silo_main`.

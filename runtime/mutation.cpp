@@ -38,6 +38,8 @@ std::string_view to_string(mutation m) noexcept {
       return "release_before_local_acks";
     case mutation::restore_after_unknown_map_write:
       return "restore_after_unknown_map_write";
+    case mutation::unrecorded_local_redelivery:
+      return "unrecorded_local_redelivery";
   }
   return "unknown";
 }

@@ -28,6 +28,10 @@ enum class mutation : uint8_t {
   /// attempts and serves the partition again at the old epoch, although
   /// the write may have applied: two owners.
   restore_after_unknown_map_write = 5,
+  /// A local redelivery writes no dedup record: a copy that an earlier
+  /// owner of the sending partition sent from another silo, arriving late,
+  /// is applied again (found by the simulation, seed 93 of `bank`).
+  unrecorded_local_redelivery = 6,
 };
 
 /// Switches `m` on, process-wide.
@@ -44,8 +48,11 @@ std::string_view to_string(mutation m) noexcept;
 
 /// Every mutation, in number order.
 inline constexpr mutation all_mutations[]
-    = {mutation::skip_dedup, mutation::reply_before_durable,
-       mutation::rearm_after_cancel, mutation::release_before_local_acks,
-       mutation::restore_after_unknown_map_write};
+    = {mutation::skip_dedup,
+       mutation::reply_before_durable,
+       mutation::rearm_after_cancel,
+       mutation::release_before_local_acks,
+       mutation::restore_after_unknown_map_write,
+       mutation::unrecorded_local_redelivery};
 
 } // namespace granary

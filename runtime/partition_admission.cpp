@@ -235,7 +235,8 @@ void partition::on_deliver(deliver_msg& m) {
   // its processing deletes the sender's record in the same commit. A
   // redelivery does: an earlier owner of the sending partition may have
   // sent a copy from another silo that is still on its way here.
-  item.record = !m.fresh;
+  item.record
+      = !m.fresh && !mutation_active(mutation::unrecorded_local_redelivery);
   if (!failed_ && (!serving_ || releasing_)) {
     ack_sender(item, not_served(), 50);
     return;

@@ -170,6 +170,8 @@ void partition::fail_stop(const caf::error& err) {
                             + describe(err));
   log(log_level::error,
       "partition " + std::to_string(id_) + ": " + describe(failure_));
+  if (!core_.storage_failed.exchange(true) && core_.cfg.on_storage_failure)
+    core_.cfg.on_storage_failure(failure_);
 }
 
 size_t partition::turns_in_flight() const {

@@ -94,6 +94,12 @@ struct silo_config {
   /// Services handed to grains (`turn::services`) and activities
   /// (`activity_context::services`); null: none.
   std::shared_ptr<const service_registry> services;
+  /// Called once, from a partition's thread, when a storage error
+  /// fail-stopped a partition: nothing stored can be trusted until the
+  /// store is reopened. The host exits the process (status 4) so that its
+  /// supervisor restarts it; empty: the failed partitions refuse work
+  /// until the silo is restarted by hand.
+  std::function<void(const caf::error&)> on_storage_failure;
 
   /// Checks every value; the error names the field and the problem.
   caf::error validate() const;

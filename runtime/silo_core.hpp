@@ -52,6 +52,9 @@ inline void bump(std::atomic<uint64_t>& x, uint64_t n = 1) {
 
 struct silo_core {
   silo_config cfg;
+  // Set by the first partition that fail-stops (see
+  // `silo_config::on_storage_failure`).
+  std::atomic<bool> storage_failed{false};
   grain_registry registry;
   std::unique_ptr<storage> store;
   std::shared_ptr<granary::clock> clk;

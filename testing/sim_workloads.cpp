@@ -57,15 +57,24 @@ void send_until_acked(sim_world& w, const std::string& key, const M& msg,
   w.fail("liveness", msg_id + " to " + key + " was never acknowledged");
 }
 
-// Runs `fn(n)` for n in [0, operations) on `clients` threads.
-void on_clients(int clients, int operations,
+// Waits a random time below `pace` (none when 0).
+void pace_client(sim_world& w, std::chrono::milliseconds pace) {
+  if (pace.count() > 0)
+    sys::sleep_for(std::chrono::milliseconds{
+        w.random() % static_cast<uint64_t>(pace.count())});
+}
+
+// Runs `fn(n)` for n in [0, operations) on `opts.clients` threads, paced.
+void on_clients(sim_world& w, const workload_options& opts, int operations,
                 const std::function<void(int)>& fn) {
-  clients = std::clamp(clients, 1, 64);
+  auto clients = std::clamp(opts.clients, 1, 64);
   std::vector<sys::thread> threads;
   for (int c = 0; c < clients; ++c)
     threads.emplace_back("client-" + std::to_string(c), [&, c] {
-      for (int n = c; n < operations; n += clients)
+      for (int n = c; n < operations; n += clients) {
+        pace_client(w, opts.pace);
         fn(n);
+      }
     });
   for (auto& t : threads)
     t.join();
@@ -95,6 +104,7 @@ void add_counter_workload(simulation& sim, workload_options opts) {
         for (int c = 0; c < clients; ++c)
           threads.emplace_back("client-" + std::to_string(c), [&, c] {
             for (int n = c; n < opts.operations; n += clients) {
+              pace_client(w, opts.pace);
               auto key = "c" + std::to_string(n % grains);
               // Every third operation is a Forward: grain to grain, across
               // partitions and silos, and through handoffs.
@@ -349,7 +359,7 @@ void add_bank_workload(simulation& sim, workload_options opts) {
           std::lock_guard guard{book->mtx};
           book->done.clear();
         }
-        on_clients(opts.clients, transfers, [&](int n) {
+        on_clients(w, opts, transfers, [&](int n) {
           Transfer t;
           auto from
               = static_cast<int>(w.random() % static_cast<uint64_t>(accounts));
@@ -535,7 +545,7 @@ void add_cloud_workload(simulation& sim, workload_options opts) {
         }
         outputs->clear();
         sys::mutex mtx;
-        on_clients(opts.clients, runs, [&](int n) {
+        on_clients(w, opts, runs, [&](int n) {
           auto& id = (*ids)[static_cast<size_t>(n)];
           Provision p;
           p.set_name(id);

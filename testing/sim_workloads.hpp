@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,9 @@ struct workload_options {
   int operations = 60;
   /// Clients issuing them at once.
   int clients = 4;
+  /// A client waits a random time below this before each operation, so
+  /// that the work spreads over the faults (handoffs under load); 0: none.
+  std::chrono::milliseconds pace{0};
 };
 
 /// Durable counters: `operations` messages, each with its own message id,

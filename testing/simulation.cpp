@@ -40,6 +40,7 @@ sim_faults sim_faults::all() {
   f.clock_skew = true;
   f.leaves = true;
   f.membership = true;
+  f.disk = true;
   return f;
 }
 
@@ -76,12 +77,14 @@ caf::expected<sim_faults> sim_faults::parse(std::string_view list) {
       f.leaves = true;
     else if (kind == "membership")
       f.membership = true;
+    else if (kind == "disk")
+      f.disk = true;
     else
       return make_error(errc::invalid_argument,
                         "unknown fault kind '" + std::string{kind}
                             + "' (known: drop, duplicate, delay, partition, "
                               "clog, crash, pause, skew, leave, membership, "
-                              "all, none)");
+                              "disk, all, none)");
   }
   return f;
 }
@@ -102,6 +105,7 @@ std::string sim_faults::to_string() const {
   add(clock_skew, "skew");
   add(leaves, "leave");
   add(membership, "membership");
+  add(disk, "disk");
   return out.empty() ? "none" : out;
 }
 
@@ -160,7 +164,8 @@ bool sim_world::cluster_fault(const caf::error& err) {
   auto code = code_of(err);
   return code == errc::timeout || code == errc::silo_stopped
          || code == errc::partition_unavailable || code == errc::not_owner
-         || code == errc::overloaded || code == errc::not_found;
+         || code == errc::overloaded || code == errc::not_found
+         || code == errc::storage_full || code == errc::storage_failure;
 }
 
 std::vector<wire::WorkflowState> sim_world::stored_runs(const grain_id& id) {
@@ -305,18 +310,49 @@ private:
 // A silo's disk: its data (kept across crashes) behind an fsync that takes
 // a while, so that a crash during a commit loses the batch, as power loss
 // before the fsync returned would.
+// The faults of one silo's disk, set by the world and read by its
+// `sim_disk` (the disk outlives the silo's processes).
+struct disk_faults {
+  sys::mutex mtx;
+  // Until then, every commit takes 100 to 500 ms more.
+  sys::time_point slow_until;
+  // Until then, the disk reports no free space.
+  sys::time_point full_until;
+  // The next commit fails (applied or not: its outcome is unknown).
+  bool fail_next = false;
+};
+
 class sim_disk final : public storage {
 public:
-  explicit sim_disk(std::shared_ptr<memory_storage> mem)
-      : inner_(std::move(mem)) {}
+  sim_disk(std::shared_ptr<memory_storage> mem,
+           std::shared_ptr<disk_faults> faults)
+      : inner_(std::move(mem))
+      , faults_(std::move(faults)) {}
 
   caf::expected<std::optional<std::string>> get(column col,
                                                 std::string_view key) override {
     return inner_.get(col, key);
   }
   caf::error commit(std::span<const write_batch* const> batches) override {
-    // 50 us to 2 ms, like an fsync of an SSD.
-    sys::sleep_for(std::chrono::microseconds{50 + sys::random_u64() % 1950});
+    bool slow = false;
+    bool fail = false;
+    {
+      std::lock_guard guard{faults_->mtx};
+      slow = sys::now() < faults_->slow_until;
+      fail = std::exchange(faults_->fail_next, false);
+    }
+    // 50 us to 2 ms, like an fsync of an SSD; a slow disk adds 100-500 ms.
+    auto took = std::chrono::microseconds{50 + sys::random_u64() % 1950};
+    if (slow)
+      took += std::chrono::milliseconds{100 + sys::random_u64() % 400};
+    sys::sleep_for(took);
+    if (fail) {
+      // A failed write may or may not have reached the disk.
+      if (sys::random_u64() % 2 == 0)
+        static_cast<void>(inner_.commit(batches));
+      return make_error(errc::storage_failure,
+                        "simulated disk: the write failed (EIO)");
+    }
     return inner_.commit(batches);
   }
   caf::error scan(column col, std::string_view prefix, std::string_view start,
@@ -324,6 +360,9 @@ public:
     return inner_.scan(col, prefix, start, limit, visit);
   }
   std::optional<uint64_t> free_bytes() override {
+    std::lock_guard guard{faults_->mtx};
+    if (sys::now() < faults_->full_until)
+      return 0;
     return inner_.free_bytes();
   }
   caf::expected<std::vector<partition_file>>
@@ -340,11 +379,15 @@ public:
 
 private:
   shared_memory_storage inner_;
+  std::shared_ptr<disk_faults> faults_;
 };
 
 struct sim_node {
   std::string id;
   std::shared_ptr<memory_storage> mem = std::make_shared<memory_storage>();
+  std::shared_ptr<disk_faults> disk = std::make_shared<disk_faults>();
+  // Why its process ended on its own, for the report.
+  std::string exit_reason = "declared dead";
   sim::process_id process = 0;
   std::unique_ptr<guarded_store> store;
   std::unique_ptr<host::silo_host> host;
@@ -445,6 +488,8 @@ public:
       kinds.push_back("leave");
     if (f.membership)
       kinds.push_back("membership");
+    if (f.disk)
+      kinds.push_back("disk");
     {
       std::lock_guard guard{mtx_};
       network_faults_ = true;
@@ -471,6 +516,8 @@ public:
         leave_random();
       else if (kind == "membership")
         cut_store_random();
+      else if (kind == "disk")
+        disk_random();
     }
     {
       std::lock_guard guard{mtx_};
@@ -483,6 +530,12 @@ public:
         report_.faults["membership answer lost"] = store_faults_.lost_answers;
       if (store_faults_.refused_calls > 0)
         report_.faults["membership call refused"] = store_faults_.refused_calls;
+    }
+    for (auto& n : nodes_) {
+      std::lock_guard guard{n->disk->mtx};
+      n->disk->slow_until = {};
+      n->disk->full_until = {};
+      n->disk->fail_next = false;
     }
     note("faults stopped; healing");
     // Crashed silos come back now rather than at their planned time.
@@ -608,9 +661,9 @@ private:
         .incarnation(++n.incarnation)
         .activity_pool_size(2)
         .join_patience(10s)
-        .storage([mem = n.mem](const host::silo_file_config&)
+        .storage([mem = n.mem, disk = n.disk](const host::silo_file_config&)
                      -> caf::expected<std::unique_ptr<storage>> {
-          return std::make_unique<sim_disk>(mem);
+          return std::make_unique<sim_disk>(mem, disk);
         })
         .membership(
             [s = store.get()](const host::silo_file_config&)
@@ -621,8 +674,16 @@ private:
         })
         // A silo declared dead exits (its process ends, as with _Exit); the
         // world restarts it later.
-        .on_declared_dead([this, p](const std::string& why) {
+        .on_declared_dead([this, p, node = &n](const std::string& why) {
           note("process " + std::to_string(p) + " exits: " + why);
+          node->exit_reason = "declared dead";
+          k_.crash(p);
+        })
+        // A storage error fail-stops the silo: its process exits, and the
+        // supervisor restarts it on its (reopened) disk.
+        .on_storage_failure([this, p, node = &n](const caf::error& err) {
+          note("process " + std::to_string(p) + " exits: " + describe(err));
+          node->exit_reason = "storage failure";
           k_.crash(p);
         });
     for (auto& fn : grains_)
@@ -639,6 +700,31 @@ private:
     n.store = std::move(store);
     note(n.id + " started");
     return caf::none;
+  }
+
+  // One silo's disk turns slow or full for 2 to 10 s, or fails its next
+  // write (the silo fail-stops, exits and is restarted).
+  void disk_random() {
+    auto i = random() % nodes_.size();
+    auto& n = *nodes_[i];
+    if (!running(i))
+      return;
+    auto lasts = std::chrono::milliseconds{2'000 + random() % 8'000};
+    auto what = random() % 3;
+    std::lock_guard guard{n.disk->mtx};
+    if (what == 0) {
+      n.disk->slow_until = sys::now() + lasts;
+      count("disk slow");
+      note(n.id + "'s disk is slow");
+    } else if (what == 1) {
+      n.disk->full_until = sys::now() + lasts;
+      count("disk full");
+      note(n.id + "'s disk is full");
+    } else {
+      n.disk->fail_next = true;
+      count("disk write error");
+      note(n.id + "'s next write fails");
+    }
   }
 
   void crash(size_t i) {
@@ -688,7 +774,7 @@ private:
       if (!n.host || k_.alive(n.process))
         continue;
       abandon(i, 1s);
-      count("exit (declared dead)");
+      count("exit (" + n.exit_reason + ")");
     }
   }
 

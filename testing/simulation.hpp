@@ -47,14 +47,18 @@ struct sim_faults {
   /// The membership store loses the answers of some writes (they may or
   /// may not have applied), and cannot be reached by one silo for a while.
   bool membership = false;
+  /// One silo's disk turns slow (commits take 100-500 ms more) or full
+  /// (no free space: new work is refused) for a while, or fails a write
+  /// (the silo fail-stops, exits and restarts on its disk).
+  bool disk = false;
 
   /// Nothing.
   static sim_faults none();
   /// Every kind, at rates that still let work finish.
   static sim_faults all();
   /// Parses a comma-separated list of kinds: drop, duplicate, delay,
-  /// partition, clog, crash, pause, skew, leave, membership, or "all" or
-  /// "none"
+  /// partition, clog, crash, pause, skew, leave, membership, disk, or
+  /// "all" or "none"
   /// (`invalid_argument` naming an unknown kind).
   static caf::expected<sim_faults> parse(std::string_view list);
   /// The kinds, as `parse` reads them.
@@ -195,9 +199,9 @@ public:
   /// suspended, and ("liveness") when it did not finish `within` (virtual
   /// time).
   template <class W>
-  caf::expected<typename W::output_type>
-  finish(const std::string& id,
-         std::chrono::milliseconds within = std::chrono::minutes{30}) {
+  caf::expected<typename W::output_type> finish(const std::string& id,
+                                                std::chrono::milliseconds within
+                                                = std::chrono::minutes{30}) {
     auto name = std::string{W::type_name} + "/" + id;
     std::string last = "no silo answered";
     auto deadline = sys::now() + within;
@@ -230,9 +234,9 @@ public:
   /// `finish`, for a run that must complete: fails the simulation
   /// ("workflows complete") when it failed.
   template <class W>
-  typename W::output_type
-  result(const std::string& id,
-         std::chrono::milliseconds within = std::chrono::minutes{30}) {
+  typename W::output_type result(const std::string& id,
+                                 std::chrono::milliseconds within
+                                 = std::chrono::minutes{30}) {
     auto out = finish<W>(id, within);
     if (!out)
       fail("workflows complete", std::string{W::type_name} + "/" + id

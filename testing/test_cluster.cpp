@@ -284,7 +284,9 @@ caf::error test_cluster::start(size_t i) {
       .decorate_transport([cut = n.cut](auto inner) {
         return std::make_shared<cuttable_transport>(std::move(inner), cut);
       })
-      .on_declared_dead([dead = n.dead](const std::string&) { *dead = true; });
+      .on_declared_dead([dead = n.dead](const std::string&) { *dead = true; })
+      // A test's process must not exit: the failed partitions refuse work.
+      .on_storage_failure([](const caf::error&) {});
   if (spec_.in_memory_) {
     if (!network_)
       network_ = cluster::memory_network::make();

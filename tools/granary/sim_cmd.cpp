@@ -33,6 +33,7 @@ struct sim_args {
   std::string workload = "counters";
   std::string faults = "all";
   uint64_t operations = 60;
+  uint64_t pace_ms = 0;
   bool trace = false;
   std::string mutation;
 };
@@ -167,18 +168,28 @@ seed_outcome run_isolated(const testing::simulation& sim, uint64_t seed,
 int simulate(const sim_args& a) {
   if (!a.mutation.empty()) {
     std::string known;
-    bool found = false;
-    for (auto m : all_mutations) {
+    for (auto m : all_mutations)
       known += (known.empty() ? "" : ", ") + std::string{to_string(m)};
-      if (to_string(m) == a.mutation) {
-        set_mutation(m);
-        found = true;
+    // A comma-separated list: several known bugs at once.
+    std::string_view list = a.mutation;
+    // Bounded by the list's length.
+    while (!list.empty()) {
+      auto comma = list.find(',');
+      auto name = list.substr(0, comma);
+      list = comma == std::string_view::npos ? std::string_view{}
+                                             : list.substr(comma + 1);
+      bool found = false;
+      for (auto m : all_mutations)
+        if (to_string(m) == name) {
+          set_mutation(m);
+          found = true;
+        }
+      if (!found) {
+        std::fprintf(stderr,
+                     "granary sim: unknown mutation '%.*s' (known: %s)\n",
+                     static_cast<int>(name.size()), name.data(), known.c_str());
+        return exit_usage;
       }
-    }
-    if (!found) {
-      std::fprintf(stderr, "granary sim: unknown mutation '%s' (known: %s)\n",
-                   a.mutation.c_str(), known.c_str());
-      return exit_usage;
     }
     std::printf("granary sim: mutation %s is switched on: the runs should "
                 "fail\n",
@@ -200,6 +211,7 @@ int simulate(const sim_args& a) {
   testing::simulation sim{opts};
   testing::workload_options wo;
   wo.operations = static_cast<int>(a.operations);
+  wo.pace = std::chrono::milliseconds{a.pace_ms};
   if (auto err = testing::add_workload(sim, a.workload, wo)) {
     std::fprintf(stderr, "granary sim: %s\n", describe(err).c_str());
     return exit_usage;
@@ -303,17 +315,23 @@ void add_sim(CLI::App& app, command& run) {
   for (auto& n : testing::workload_names())
     names += (names.empty() ? "" : ", ") + n;
   sub->add_option("--workload", a->workload, "Workload: " + names);
+  sub->add_option("--pace-ms", a->pace_ms,
+                  "Each client waits a random time below this before each "
+                  "operation, spreading the work over the faults (default 0)")
+      ->transform(count(0, 60'000));
   sub->add_option("--operations", a->operations,
                   "Operations the workload issues per seed")
       ->transform(count(1, 1'000'000));
   sub->add_option("--faults", a->faults,
                   "Comma-separated: drop, duplicate, delay, partition, clog, "
-                  "crash, pause, skew, leave, membership, all, none "
+                  "crash, pause, skew, leave, membership, disk, all, none "
                   "(default all)");
   sub->add_option("--mutation", a->mutation,
-                  "Switches a known bug back on, to see the simulation find "
-                  "it: skip_dedup, reply_before_durable, rearm_after_cancel, "
-                  "release_before_local_acks, restore_after_unknown_map_write");
+                  "Switches known bugs back on (comma-separated), to see the "
+                  "simulation find them: skip_dedup, reply_before_durable, "
+                  "rearm_after_cancel, release_before_local_acks, "
+                  "restore_after_unknown_map_write, "
+                  "unrecorded_local_redelivery");
   sub->add_flag("--trace", a->trace,
                 "Print each seed's last events and the silos' log lines");
   on_parse(sub, a, run, simulate);
