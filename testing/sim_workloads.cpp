@@ -185,7 +185,9 @@ void add_timer_workload(simulation& sim, workload_options opts) {
           arm.set_period_ms(500);
           send_until_acked(w, key(g), arm, "arm-" + std::to_string(g));
         }
-        sys::sleep_for(3s);
+        // Armed for longer than any one fault stops a silo's progress (a
+        // full disk, 10 s at most, refuses the firings' turns too).
+        sys::sleep_for(20s);
         // Blocked grains queue what arrives: the cancel, then the firings.
         flaky_fails = true;
         for (int g = 0; g < grains; ++g) {

@@ -336,7 +336,9 @@ public:
   caf::error commit(std::span<const write_batch* const> batches) override {
     bool slow = false;
     bool fail = false;
-    {
+    // Without disk faults no lock is taken: a lock is a scheduling point,
+    // and runs without them keep the schedules (and seeds) they had.
+    if (faults_) {
       std::lock_guard guard{faults_->mtx};
       slow = sys::now() < faults_->slow_until;
       fail = std::exchange(faults_->fail_next, false);
@@ -360,9 +362,11 @@ public:
     return inner_.scan(col, prefix, start, limit, visit);
   }
   std::optional<uint64_t> free_bytes() override {
-    std::lock_guard guard{faults_->mtx};
-    if (sys::now() < faults_->full_until)
-      return 0;
+    if (faults_) {
+      std::lock_guard guard{faults_->mtx};
+      if (sys::now() < faults_->full_until)
+        return 0;
+    }
     return inner_.free_bytes();
   }
   caf::expected<std::vector<partition_file>>
@@ -379,6 +383,7 @@ public:
 
 private:
   shared_memory_storage inner_;
+  // Null without disk faults.
   std::shared_ptr<disk_faults> faults_;
 };
 
@@ -532,6 +537,8 @@ public:
         report_.faults["membership call refused"] = store_faults_.refused_calls;
     }
     for (auto& n : nodes_) {
+      if (!f.disk)
+        break;
       std::lock_guard guard{n->disk->mtx};
       n->disk->slow_until = {};
       n->disk->full_until = {};
@@ -661,7 +668,8 @@ private:
         .incarnation(++n.incarnation)
         .activity_pool_size(2)
         .join_patience(10s)
-        .storage([mem = n.mem, disk = n.disk](const host::silo_file_config&)
+        .storage([mem = n.mem, disk = opts_.faults.disk ? n.disk : nullptr](
+                     const host::silo_file_config&)
                      -> caf::expected<std::unique_ptr<storage>> {
           return std::make_unique<sim_disk>(mem, disk);
         })

@@ -83,6 +83,9 @@ caf::error workflow_session::start() {
   // The clock is the kernel's and never steps: partitions need not wake
   // up to look for a jump, which keeps a skipped day cheap.
   cfg.limits.timer_poll = std::chrono::hours{1};
+  // Sweeping expired dedup records every minute would cost a turn per
+  // partition per skipped minute; hourly keeps a skipped day cheap.
+  cfg.limits.dedup_sweep_interval = std::chrono::hours{1};
   for (auto& fn : env_->configure_)
     fn(cfg);
   host::silo_builder b;

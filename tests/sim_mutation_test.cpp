@@ -123,17 +123,17 @@ TEST(sim_mutation, a_release_before_local_acks_is_found_as_a_duplicate) {
 }
 
 // The bug seed 93 of `bank` found: a late remote copy of a message that
-// was redelivered locally is applied again. Cut links and moving
-// partitions under paced traffic find it.
+// was redelivered locally is applied again. A rare interleaving (about one
+// seed in a hundred): the bank's defaults meet it at seed 159.
 TEST(sim_mutation, an_unrecorded_local_redelivery_is_found_as_a_duplicate) {
-  ground moves;
-  moves.faults = "clog,leave";
-  moves.pace = 500ms;
-  moves.seeds = 60;
-  auto h = find(mutation::unrecorded_local_redelivery, moves);
-  ASSERT_FALSE(h.report.run.ok) << "not found in " << moves.seeds << " seeds";
-  EXPECT_EQ(h.report.run.invariant,
-            "no acknowledged message is lost or applied twice");
+  ground bank;
+  bank.workload = "bank";
+  bank.operations = 60;
+  bank.partitions = 8;
+  bank.seeds = 170;
+  auto h = find(mutation::unrecorded_local_redelivery, bank);
+  ASSERT_FALSE(h.report.run.ok) << "not found in " << bank.seeds << " seeds";
+  EXPECT_EQ(h.report.run.invariant, "money is conserved");
   EXPECT_NE(h.report.run.detail.find("applied 2 times"), std::string::npos)
       << h.report.run.detail;
 }
