@@ -88,29 +88,33 @@ void workflow_engine::halt(const wire::JournalEntry& recorded,
                            wire::JournalEntry::Kind kind,
                            const std::string& target,
                            const std::string& payload_type) {
-  halted_ = "workflow " + to_string(*self_) + ": non-determinism at seq "
-            + std::to_string(recorded.seq()) + ": the journal has "
-            + describe_command(recorded.kind(), recorded.target(),
-                               recorded.payload_type())
-            + " but the code now issues "
-            + describe_command(kind, target, payload_type) + "; "
-            + consequence();
+  halted_ = mismatch(recorded.seq(),
+                     "the journal has "
+                         + describe_command(recorded.kind(), recorded.target(),
+                                            recorded.payload_type())
+                         + " but the code now issues "
+                         + describe_command(kind, target, payload_type));
   throw detail::workflow_halt{};
 }
 
-const char* workflow_engine::consequence() const {
-  return replay_only_ ? "(check_replay: nothing ran and nothing was changed)"
-                      : "the run is suspended and its data is unchanged";
+std::string workflow_engine::mismatch(std::optional<uint64_t> seq,
+                                      const std::string& what) const {
+  return "workflow " + to_string(*self_) + ": non-determinism"
+         + (seq ? " at seq " + std::to_string(*seq) : std::string{}) + ": "
+         + what + "; "
+         + (replay_only_ ? "(check_replay: nothing ran and nothing was "
+                           "changed)"
+                         : "the run is suspended and its data is unchanged");
 }
 
 bool workflow_engine::check_finished() {
   if (!halted_.empty() || !fatal_.empty()
       || next_seq_ >= static_cast<uint64_t>(state_->journal_size()))
     return halted_.empty();
-  halted_ = "workflow " + to_string(*self_) + ": non-determinism: the code "
-            + "finished at seq " + std::to_string(next_seq_)
-            + " but the journal holds " + std::to_string(state_->journal_size())
-            + " commands; " + consequence();
+  halted_ = mismatch(
+      std::nullopt, "the code finished at seq " + std::to_string(next_seq_)
+                        + " but the journal holds "
+                        + std::to_string(state_->journal_size()) + " commands");
   return false;
 }
 
@@ -118,13 +122,13 @@ void workflow_engine::end_of_journal(const std::string& what) {
   auto status = state_->status();
   if (status == wire::WorkflowState::COMPLETED
       || status == wire::WorkflowState::FAILED) {
-    halted_
-        = "workflow " + to_string(*self_) + ": non-determinism at seq "
-          + std::to_string(next_seq_ - 1) + ": the run "
-          + (status == wire::WorkflowState::COMPLETED ? "completed" : "failed")
-          + " after " + std::to_string(state_->journal_size())
-          + " commands, but the code now issues " + what + " after them; "
-          + consequence();
+    halted_ = mismatch(
+        next_seq_ - 1,
+        std::string{"the run "}
+            + (status == wire::WorkflowState::COMPLETED ? "completed"
+                                                        : "failed")
+            + " after " + std::to_string(state_->journal_size())
+            + " commands, but the code now issues " + what + " after them");
     throw detail::workflow_halt{};
   }
   reached_end_ = true;
@@ -147,17 +151,17 @@ workflow_engine::next(wire::JournalEntry::Kind kind, const std::string& target,
       // The journaled outcome stands either way; a changed request is a
       // compatible change for a live run (as adding a field is), but the
       // replay check reports it: the outcome was for another request.
-      auto what = "at seq " + std::to_string(seq) + " the code issues "
+      auto what = "the code issues "
                   + describe_command(kind, target, payload_type)
                   + " with a request that differs from the journaled one";
       if (replay_only_ && compare_payloads_) {
-        halted_ = "workflow " + to_string(*self_) + ": non-determinism " + what
-                  + "; " + consequence();
+        halted_ = mismatch(seq, what);
         throw detail::workflow_halt{};
       }
       if (!replay_only_)
         log(log_level::warning,
-            "workflow " + to_string(*self_) + ": " + what
+            "workflow " + to_string(*self_) + ": at seq " + std::to_string(seq)
+                + " " + what
                 + "; the journaled outcome stands (check_replay reports "
                   "this)");
     }
@@ -734,10 +738,11 @@ int64_t workflow_engine::version(const std::string& change_id, int64_t min,
     if (e->kind() == wire::JournalEntry::VERSION && e->target() == change_id) {
       ++next_seq_;
       if (e->value() < min || e->value() > max) {
-        halted_ = "workflow " + to_string(*self_) + ": change '" + change_id
-                  + "' was recorded at version " + std::to_string(e->value())
-                  + ", outside the supported range [" + std::to_string(min)
-                  + ", " + std::to_string(max) + "]; " + consequence();
+        halted_ = mismatch(
+            e->seq(),
+            "change '" + change_id + "' was recorded at version "
+                + std::to_string(e->value()) + ", outside the supported range ["
+                + std::to_string(min) + ", " + std::to_string(max) + "]");
         throw detail::workflow_halt{};
       }
       return e->value();

@@ -277,9 +277,11 @@ private:
   // fine for a run that waits there, a mismatch for a finished run.
   [[noreturn]] void end_of_journal(const std::string& what);
 
-  // What a mismatch means for the run: suspended (live) or nothing
+  // The message of a mismatch: what differs (at `seq`, when one is
+  // named) and what it means for the run: suspended (live) or nothing
   // (offline check).
-  const char* consequence() const;
+  std::string mismatch(std::optional<uint64_t> seq,
+                       const std::string& what) const;
 
   // Fails the attempt: schedules the next one (at once when `now`, else
   // after the backoff) or completes with `err`.

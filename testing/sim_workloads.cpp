@@ -20,15 +20,16 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Reads counter `key` through any silo that answers; nullopt when none
-// did within 50 tries.
-std::optional<Value> read_counter(sim_world& w, const std::string& key) {
-  std::optional<Value> value;
+// Calls grain `key` of `G` with `req` through the silos in turn until one
+// answers with an `R`; nullopt when none did within 50 tries.
+template <class G, class R, class M>
+std::optional<R> read_any(sim_world& w, const std::string& key, const M& req) {
+  std::optional<R> value;
   // Bounded: 50 tries, 500 ms apart.
   for (int attempt = 0; attempt < 50 && !value; ++attempt) {
     static_cast<void>(
         w.on(static_cast<size_t>(attempt) % w.size(), [&](silo& s) {
-          auto v = grain_ref<probe>{s, key}.call<Value>(Get{});
+          auto v = grain_ref<G>{s, key}.template call<R>(req);
           if (v)
             value = *v;
         }));
@@ -36,6 +37,11 @@ std::optional<Value> read_counter(sim_world& w, const std::string& key) {
       sys::sleep_for(500ms);
   }
   return value;
+}
+
+// Reads counter `key` through any silo that answers.
+std::optional<Value> read_counter(sim_world& w, const std::string& key) {
+  return read_any<probe, Value>(w, key, Get{});
 }
 
 // Sends `msg` to probe `key` durably with id `msg_id` through random silos
@@ -52,7 +58,7 @@ void send_until_acked(sim_world& w, const std::string& key, const M& msg,
     });
     if (!err && !result)
       return;
-    sys::sleep_for(std::chrono::milliseconds{100 + w.random() % 900});
+    w.pause();
   }
   w.fail("liveness", msg_id + " to " + key + " was never acknowledged");
 }
@@ -99,39 +105,30 @@ void add_counter_workload(simulation& sim, workload_options opts) {
           acked->adds.clear();
           acked->forwards.clear();
         }
-        auto clients = std::clamp(opts.clients, 1, 64);
-        std::vector<sys::thread> threads;
-        for (int c = 0; c < clients; ++c)
-          threads.emplace_back("client-" + std::to_string(c), [&, c] {
-            for (int n = c; n < opts.operations; n += clients) {
-              pace_client(w, opts.pace);
-              auto key = "c" + std::to_string(n % grains);
-              // Every third operation is a Forward: grain to grain, across
-              // partitions and silos, and through handoffs.
-              if (n % 3 == 2) {
-                auto to
-                    = "c" + std::to_string((n / 3 + 1 + n % grains) % grains);
-                if (to == key)
-                  to = "c" + std::to_string((n + 1) % grains);
-                Forward fwd;
-                fwd.set_to(to);
-                fwd.set_delta(1);
-                send_until_acked(w, key, fwd, "fwd-" + std::to_string(n));
-                std::lock_guard guard{acked->mtx};
-                ++acked->forwards[key];
-                ++acked->forwards[to];
-                continue;
-              }
-              Add add;
-              add.set_delta(1);
-              auto msg_id = "add-" + std::to_string(n);
-              send_until_acked(w, key, add, msg_id);
-              std::lock_guard guard{acked->mtx};
-              acked->adds[key].insert(msg_id);
-            }
-          });
-        for (auto& t : threads)
-          t.join();
+        on_clients(w, opts, opts.operations, [&](int n) {
+          auto key = "c" + std::to_string(n % grains);
+          // Every third operation is a Forward: grain to grain, across
+          // partitions and silos, and through handoffs.
+          if (n % 3 == 2) {
+            auto to = "c" + std::to_string((n / 3 + 1 + n % grains) % grains);
+            if (to == key)
+              to = "c" + std::to_string((n + 1) % grains);
+            Forward fwd;
+            fwd.set_to(to);
+            fwd.set_delta(1);
+            send_until_acked(w, key, fwd, "fwd-" + std::to_string(n));
+            std::lock_guard guard{acked->mtx};
+            ++acked->forwards[key];
+            ++acked->forwards[to];
+            return;
+          }
+          Add add;
+          add.set_delta(1);
+          auto msg_id = "add-" + std::to_string(n);
+          send_until_acked(w, key, add, msg_id);
+          std::lock_guard guard{acked->mtx};
+          acked->adds[key].insert(msg_id);
+        });
       })
       .check("no acknowledged message is lost or applied twice",
              [acked, grains](sim_world& w) -> std::optional<std::string> {
@@ -236,8 +233,7 @@ void add_timer_workload(simulation& sim, workload_options opts) {
           });
 }
 
-// -- bank
-// ----------------------------------------------------------------------
+// -- bank ---------------------------------------------------------------------
 
 namespace {
 
@@ -402,20 +398,7 @@ void add_bank_workload(simulation& sim, workload_options opts) {
                  }
                }
                for (auto& key : all) {
-                 std::optional<MoveResult> got;
-                 // Bounded: 50 tries, 500 ms apart.
-                 for (int attempt = 0; attempt < 50 && !got; ++attempt) {
-                   static_cast<void>(w.on(
-                       static_cast<size_t>(attempt) % w.size(), [&](silo& s) {
-                         auto v
-                             = grain_ref<sim_account>{s, key}.call<MoveResult>(
-                                 Get{});
-                         if (v)
-                           got = *v;
-                       }));
-                   if (!got)
-                     sys::sleep_for(500ms);
-                 }
+                 auto got = read_any<sim_account, MoveResult>(w, key, Get{});
                  if (!got)
                    return key + " cannot be read";
                  std::multiset<std::string> legs(got->legs().begin(),
@@ -449,8 +432,7 @@ void add_bank_workload(simulation& sim, workload_options opts) {
       });
 }
 
-// -- cloud
-// ---------------------------------------------------------------------
+// -- cloud --------------------------------------------------------------------
 
 namespace {
 

@@ -244,10 +244,10 @@ public:
     return std::move(*out);
   }
 
-private:
-  // Sleeps 100 ms to 1 s (a client's backoff).
+  /// Sleeps 100 ms to 1 s, drawn from the seed (a client's backoff).
   void pause();
 
+private:
   // True for the errors a client meets while the cluster is faulty
   // (timeouts, stopped silos, moving partitions).
   static bool cluster_fault(const caf::error& err);
